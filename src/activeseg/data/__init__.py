@@ -1,0 +1,1 @@
+"""Datasets: discovery, validation, reading, preprocessing and synthetic phantoms."""
