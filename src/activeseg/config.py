@@ -1,0 +1,296 @@
+"""Frozen, typed run configuration, validated once at load time.
+
+A config is a tree of frozen dataclasses. :func:`load_config` turns a YAML mapping into that tree and rejects unknown
+keys, wrong types and impossible values with a message that names the key and lists the valid ones. Nothing else in
+activeseg validates configuration: code downstream trusts these objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, raised before any work starts."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how it is prepared."""
+
+    root: Path | None = None
+    """Dataset folder in MSD / nnU-Net raw layout (imagesTr/, labelsTr/). ``--data`` overrides it."""
+    test_root: Path | None = None
+    """Optional separate test dataset (same layout). When set, every case under ``root`` is in the pool."""
+    test_size: int = 40
+    """Cases held out from ``root`` as the fixed test split when ``test_root`` is not set."""
+    split_seed: int = 0
+    """Seeds the test split (and ``max_cases`` subset) alone, so runs with different seeds share one split."""
+    max_cases: int | None = None
+    """Use only this many cases of ``root`` (a seeded subset), for quick runs."""
+    shape: tuple[int, int, int] = (40, 56, 40)
+    """Every volume is centre-padded or cropped to this shape; each axis must be divisible by 2**len(strides)."""
+    cache_dir: Path | None = None
+    """Preprocessed-array cache; default ``$ACTIVESEG_CACHE`` or ``~/.cache/activeseg``."""
+
+    def __post_init__(self) -> None:
+        _require(self.test_size >= 1, "data.test_size", "must be at least 1")
+        _require(self.max_cases is None or self.max_cases >= 2, "data.max_cases", "must be at least 2")
+        _require(all(s >= 8 for s in self.shape), "data.shape", "each axis must be at least 8 voxels")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A MONAI 3D U-Net with dropout (so that MC dropout works)."""
+
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = 1
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(len(self.channels) >= 2, "model.channels", "needs at least two levels")
+        _require(len(self.strides) == len(self.channels) - 1, "model.strides", "needs len(channels) - 1 entries")
+        _require(all(c > 0 for c in self.channels), "model.channels", "must be positive")
+        _require(all(s in (1, 2) for s in self.strides), "model.strides", "each stride must be 1 or 2")
+        _require(0.0 < self.dropout < 1.0, "model.dropout", "must be in (0, 1): MC dropout needs dropout")
+        _require(self.num_res_units >= 0, "model.num_res_units", "must be >= 0")
+
+    @property
+    def divisor(self) -> int:
+        """Every spatial size the network sees must be divisible by this."""
+        return int(2 ** sum(1 for s in self.strides if s == 2))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One round's training. Every round retrains from scratch unless ``warm_start``."""
+
+    iterations: int = 300
+    batch_size: int = 2
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-5
+    augment: bool = True
+    warm_start: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    """Mixed precision on CUDA (ignored on CPU, where runs stay bit-reproducible)."""
+    eval_batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        _require(self.iterations >= 1, "train.iterations", "must be at least 1")
+        _require(self.batch_size >= 1, "train.batch_size", "must be at least 1")
+        _require(self.learning_rate > 0, "train.learning_rate", "must be positive")
+        _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _require(self.eval_batch_size >= 1, "train.eval_batch_size", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Which registered acquisition strategy to use, and how voxel scores become one score per volume."""
+
+    name: str = "random"
+    reduction: Literal["mean", "top_q", "foreground"] = "mean"
+    top_q: float = 0.05
+    """Fraction of the highest-scoring voxels averaged by the ``top_q`` reduction."""
+    mc_samples: int = 8
+    """Stochastic forward passes (MC dropout) per volume."""
+    mc_batch_size: int = 8
+    """Passes computed together in one batch."""
+
+    def __post_init__(self) -> None:
+        from activeseg.strategies import STRATEGIES  # the registry defines the valid names
+
+        _require(
+            self.name in STRATEGIES,
+            "strategy.name",
+            f"unknown strategy {self.name!r}; registered: {', '.join(sorted(STRATEGIES))}",
+        )
+        _require(0.0 < self.top_q <= 1.0, "strategy.top_q", "must be in (0, 1]")
+        _require(self.mc_samples >= 2, "strategy.mc_samples", "must be at least 2 for a spread of predictions")
+        _require(self.mc_batch_size >= 1, "strategy.mc_batch_size", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """The labelling budget."""
+
+    initial: int = 5
+    """Volumes labelled at round 0 (seeded random choice)."""
+    per_round: int = 5
+    """Volumes queried per round."""
+    rounds: int = 3
+    """Acquisition rounds after round 0; the model is trained ``rounds + 1`` times."""
+
+    def __post_init__(self) -> None:
+        _require(self.initial >= 1, "loop.initial", "must be at least 1 (training needs labels)")
+        _require(self.per_round >= 1, "loop.per_round", "must be at least 1")
+        _require(self.rounds >= 0, "loop.rounds", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole active-learning run. The seed fixes everything: split, initial set, training, MC passes, choices."""
+
+    name: str = "run"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.data.shape if s % self.model.divisor]
+        _require(
+            not bad,
+            "data.shape",
+            f"{list(self.data.shape)} is not divisible by {self.model.divisor} (2**number of stride-2 levels)",
+        )
+        if self.data.max_cases is not None and self.data.test_root is None:
+            _require(
+                self.data.max_cases > self.data.test_size,
+                "data.max_cases",
+                f"{self.data.max_cases} leaves no pool after holding out test_size={self.data.test_size}",
+            )
+
+    def check_budget(self, pool_size: int) -> None:
+        """Reject a budget the pool cannot supply. Called once the dataset size is known, before any work."""
+        _require(
+            self.loop.initial <= pool_size,
+            "loop.initial",
+            f"asks for {self.loop.initial} initial volumes but the pool holds only {pool_size}",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, YAML-safe snapshot (paths as strings, tuples as lists)."""
+        return typing.cast(dict[str, Any], _plain(dataclasses.asdict(self)))
+
+    def override(self, changes: dict[str, Any]) -> RunConfig:
+        """A copy with dotted keys replaced, e.g. ``{"data.root": "/data", "strategy.name": "bald"}``.
+
+        The result goes through the same validation as a loaded file.
+        """
+        raw = self.to_dict()
+        for dotted, value in changes.items():
+            *sections, key = dotted.split(".")
+            node = raw
+            for section in sections:
+                if not isinstance(node.get(section), dict):
+                    raise ConfigError(f"{dotted}: {section!r} is not a config section")
+                node = node[section]
+            node[key] = _plain(value)
+        return config_from_dict(raw)
+
+
+def load_config(path: Path) -> RunConfig:
+    """Read and validate a YAML run config; errors name the file and the key."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    try:
+        return config_from_dict(raw or {})
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def config_from_dict(raw: Any) -> RunConfig:
+    """Build a :class:`RunConfig` from plain data, validating every key and type."""
+    return typing.cast(RunConfig, _build(RunConfig, raw, ""))
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    """Write the config snapshot as YAML."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+# --- the generic validator -----------------------------------------------------------------------------------
+
+
+def _require(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {problem}")
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        section = where or "top level"
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in {section}; "
+            f"valid keys: {', '.join(fields)}"
+        )
+    values = {}
+    for name, value in raw.items():
+        key = f"{where}.{name}" if where else name
+        values[name] = _coerce(hints[name], value, key)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(typing.cast(type, hint), value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(a, v, key) for a, v in zip(args, value, strict=True))
+    if hint is Path:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a path string, got {value!r}")
+        return Path(value).expanduser()
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug in this module, not user input
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -1,0 +1,160 @@
+"""Reading and writing 3D volumes (NIfTI via nibabel, NRRD/MHA via SimpleITK).
+
+Arrays are always in (x, y, z) voxel order and affines map voxel indices to RAS+ world
+coordinates, as nibabel does, whichever format the file is in.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+import SimpleITK as sitk
+
+from activeseg.data.dataset import DatasetError
+
+SUPPORTED_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_CHANNEL_SUFFIX = "_0000"
+# ITK uses LPS+ world coordinates, nibabel RAS+: the first two world axes change sign.
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+# "Exception thrown in SimpleITK ImageFileReader_Execute: /src/x.cxx:490: ITK ERROR: MetaImageIO(0x…): "
+_ITK_BOILERPLATE = re.compile(r"^.*?(ITK ERROR: \w+\(0x[0-9a-fA-F]+\):|sitk::ERROR:)\s*")
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A voxel array in (x, y, z) order and its 4x4 voxel-to-RAS affine (float64)."""
+
+    array: npt.NDArray[Any]
+    affine: npt.NDArray[np.float64]
+
+
+def supported_suffix(path: Path) -> str | None:
+    """The supported suffix that ``path`` ends with (case-insensitive), or None."""
+    name = path.name.lower()
+    return next((s for s in SUPPORTED_SUFFIXES if name.endswith(s)), None)
+
+
+def case_id_from_path(path: Path) -> str:
+    """File name minus its supported suffix and nnU-Net's ``_0000`` channel suffix."""
+    suffix = supported_suffix(path)
+    if suffix is None:
+        raise DatasetError(f"{path}: unsupported file type (expected one of {', '.join(SUPPORTED_SUFFIXES)})")
+    stem = path.name[: -len(suffix)]
+    return stem.removesuffix(_CHANNEL_SUFFIX) or stem
+
+
+def read_volume(path: Path) -> Volume:
+    """Read a volume; trailing singleton dimensions beyond the third are squeezed.
+
+    Raises DatasetError naming the file for any failure (missing, truncated, not an image,
+    unsupported extension).
+    """
+    path = Path(path)
+    suffix = supported_suffix(path)
+    if suffix is None:
+        raise DatasetError(f"{path}: unsupported file type (expected one of {', '.join(SUPPORTED_SUFFIXES)})")
+    if not path.exists():
+        raise DatasetError(f"{path}: file does not exist")
+    if not path.is_file():
+        raise DatasetError(f"{path}: not a regular file")
+    try:
+        volume = _read_nifti(path) if suffix in _NIFTI_SUFFIXES else _read_itk(path)
+    except DatasetError:
+        raise
+    except Exception as exc:
+        raise DatasetError(f"{path}: cannot read: {_describe_read_error(exc)}") from exc
+    array = volume.array
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return Volume(array, volume.affine)
+
+
+def write_volume(path: Path, array: npt.ArrayLike, affine: npt.ArrayLike) -> None:
+    """Write ``array`` ((x, y, z) order) with a voxel-to-RAS ``affine`` to .nii(.gz), .nrrd or .mha."""
+    path = Path(path)
+    suffix = supported_suffix(path)
+    data = np.asarray(array)
+    aff = np.asarray(affine, dtype=np.float64)
+    if aff.shape != (4, 4):
+        raise ValueError(f"affine must be 4x4, got shape {aff.shape}")
+    if data.dtype == np.bool_:
+        data = data.astype(np.uint8)
+    if suffix in _NIFTI_SUFFIXES:
+        dtype = data.dtype
+        if dtype.kind in "iu" and dtype.itemsize == 8:  # NIfTI int64 is poorly supported by other tools
+            small = np.int32 if dtype.kind == "i" else np.uint32
+            info = np.iinfo(small)
+            if data.size == 0 or (data.min() >= info.min and data.max() <= info.max):
+                dtype = np.dtype(small)
+        nifti1: Any = nib.Nifti1Image  # nibabel is untyped
+        img = nifti1(data, aff, dtype=dtype)
+        img.set_qform(aff, code=1)
+        img.set_sform(aff, code=1)
+        nib.save(img, str(path))
+    elif suffix is not None:
+        if data.ndim != 3:
+            raise ValueError(f"{path}: only 3D arrays can be written as {suffix}, got shape {data.shape}")
+        image: Any = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
+        lps = _LPS_TO_RAS @ aff[:3, :]
+        spacing = np.linalg.norm(lps[:, :3], axis=0)
+        if np.any(spacing == 0):
+            raise ValueError(f"{path}: affine has a zero-length axis: {aff.tolist()}")
+        image.SetSpacing([float(s) for s in spacing])
+        image.SetDirection([float(d) for d in (lps[:, :3] / spacing).ravel()])
+        image.SetOrigin([float(o) for o in lps[:, 3]])
+        sitk.WriteImage(image, str(path), True)
+    else:
+        raise ValueError(f"{path}: unsupported file type (expected one of {', '.join(SUPPORTED_SUFFIXES)})")
+
+
+def _read_nifti(path: Path) -> Volume:
+    img = nib.load(str(path), mmap=False)
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise DatasetError(f"{path}: not a NIfTI image (nibabel read it as {type(img).__name__})")
+    array = np.asanyarray(img.dataobj)
+    return Volume(np.asarray(array), np.asarray(img.affine, dtype=np.float64))
+
+
+def _read_itk(path: Path) -> Volume:
+    image: Any = sitk.ReadImage(str(path))
+    dim = image.GetDimension()
+    array = sitk.GetArrayFromImage(image)  # (z, y, x[, component])
+    spatial = tuple(range(dim - 1, -1, -1))
+    array = array.transpose(*spatial, *range(dim, array.ndim))
+    n = min(dim, 3)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim)[:n, :n]
+    lps = np.eye(4)
+    lps[:n, :n] = direction * np.asarray(image.GetSpacing(), dtype=np.float64)[:n]
+    lps[:n, 3] = np.asarray(image.GetOrigin(), dtype=np.float64)[:n]
+    affine = np.eye(4)
+    affine[:3, :] = _LPS_TO_RAS @ lps[:3, :]
+    return Volume(array, affine)
+
+
+def _describe_read_error(exc: Exception) -> str:
+    detail = " ".join(str(exc).split())
+    if isinstance(exc, EOFError | zlib.error | gzip.BadGzipFile) or (
+        isinstance(exc, OSError) and detail.startswith("Expected")
+    ):
+        what = "the file is truncated or its compressed data is corrupt"
+    elif isinstance(exc, nib.filebasedimages.ImageFileError):
+        what = "not a recognisable NIfTI image (bad or missing header)"
+    elif isinstance(exc, PermissionError):
+        what = "permission denied"
+    elif isinstance(exc, RuntimeError) and "itk" in detail.lower():
+        what = "SimpleITK could not read it (corrupt, truncated or not an image)"
+        detail = _ITK_BOILERPLATE.sub("", detail)
+    else:
+        what = "the file is corrupt or not an image"
+    if len(detail) > 200:
+        detail = detail[:200] + "…"
+    return f"{what} [{type(exc).__name__}: {detail}]" if detail else f"{what} [{type(exc).__name__}]"

@@ -1,0 +1,201 @@
+"""The label ledger: a SQLite record of which case was labelled in which round, and why.
+
+Keyed by stable case ids (never by list positions). Every write is one transaction, so a process killed at any
+moment leaves the ledger either before or after a change, never half-way. The ledger is the source of truth for
+resuming: the labelled set of round r is every case whose ``round`` is at most r.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cases (
+    case_id TEXT PRIMARY KEY,
+    split TEXT NOT NULL CHECK (split IN ('pool', 'test'))
+);
+CREATE TABLE IF NOT EXISTS labels (
+    case_id TEXT PRIMARY KEY REFERENCES cases(case_id),
+    round INTEGER NOT NULL CHECK (round >= 0),
+    strategy TEXT NOT NULL,
+    score REAL,
+    rank INTEGER NOT NULL,
+    labelled_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY,
+    n_labelled INTEGER NOT NULL,
+    seeds TEXT NOT NULL,
+    mean_dice REAL NOT NULL,
+    dice TEXT NOT NULL,
+    evaluated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stops (
+    round INTEGER PRIMARY KEY,
+    reason TEXT NOT NULL,
+    stopped_at TEXT NOT NULL
+);
+"""
+
+
+class LedgerError(RuntimeError):
+    """An impossible ledger change (such as labelling a case twice)."""
+
+
+@dataclass(frozen=True)
+class LabelRecord:
+    """One labelled case."""
+
+    case_id: str
+    round: int
+    strategy: str
+    score: float | None
+    rank: int
+    labelled_at: str
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One evaluated round."""
+
+    round: int
+    n_labelled: int
+    seeds: dict[str, int]
+    mean_dice: float
+    dice: dict[str, float]
+    evaluated_at: str
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Ledger:
+    """A run's SQLite ledger."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = FULL")
+        with self.transaction() as db:
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                db.execute(statement)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` on any exception."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- set-up -------------------------------------------------------------------------------------------------
+
+    def initialise(self, pool: Sequence[str], test: Sequence[str], meta: dict[str, Any]) -> None:
+        """Record the split and run metadata, once. Refuses to overwrite a ledger that already holds a split."""
+        with self.transaction() as db:
+            if db.execute("SELECT COUNT(*) FROM cases").fetchone()[0]:
+                raise LedgerError(f"{self.path}: ledger already initialised")
+            db.executemany("INSERT INTO cases VALUES (?, 'pool')", [(c,) for c in pool])
+            db.executemany("INSERT INTO cases VALUES (?, 'test')", [(c,) for c in test])
+            db.executemany(
+                "INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v, sort_keys=True)) for k, v in meta.items()]
+            )
+
+    def meta(self) -> dict[str, Any]:
+        """Run metadata stored at initialisation."""
+        return {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta ORDER BY key")}
+
+    def split(self, name: str) -> list[str]:
+        """Case ids of ``pool`` or ``test``, sorted."""
+        rows = self._db.execute("SELECT case_id FROM cases WHERE split = ? ORDER BY case_id", (name,))
+        return [r[0] for r in rows]
+
+    # --- labels -------------------------------------------------------------------------------------------------
+
+    def add_labels(self, round_index: int, strategy: str, choices: Sequence[tuple[str, float | None, int]]) -> None:
+        """Record (case id, score, rank) choices as labelled in ``round_index``: all of them or none."""
+        when = _now()
+        with self.transaction() as db:
+            for case_id, _, _ in choices:
+                row = db.execute("SELECT split FROM cases WHERE case_id = ?", (case_id,)).fetchone()
+                if row is None or row[0] != "pool":
+                    raise LedgerError(f"{case_id!r} is not a pool case of this run")
+                if db.execute("SELECT 1 FROM labels WHERE case_id = ?", (case_id,)).fetchone():
+                    raise LedgerError(f"{case_id!r} is already labelled")
+            db.executemany(
+                "INSERT INTO labels VALUES (?, ?, ?, ?, ?, ?)",
+                [(c, round_index, strategy, s, r, when) for c, s, r in choices],
+            )
+
+    def labels(self, up_to_round: int | None = None) -> list[LabelRecord]:
+        """Labelled cases (optionally only those labelled by ``up_to_round``), in round then rank order."""
+        query = "SELECT * FROM labels"
+        args: tuple[int, ...] = ()
+        if up_to_round is not None:
+            query += " WHERE round <= ?"
+            args = (up_to_round,)
+        return [LabelRecord(*row) for row in self._db.execute(query + " ORDER BY round, rank", args)]
+
+    def labelled_ids(self, up_to_round: int | None = None) -> list[str]:
+        """Ids of the labelled cases, sorted."""
+        return sorted(r.case_id for r in self.labels(up_to_round))
+
+    def unlabelled_ids(self) -> list[str]:
+        """Pool cases not yet labelled, sorted."""
+        labelled = set(self.labelled_ids())
+        return [c for c in self.split("pool") if c not in labelled]
+
+    def current_round(self) -> int:
+        """The round whose labelled set is complete: the highest round any label was recorded in (-1 if none)."""
+        value = self._db.execute("SELECT MAX(round) FROM labels").fetchone()[0]
+        return -1 if value is None else int(value)
+
+    # --- rounds -------------------------------------------------------------------------------------------------
+
+    def record_round(self, round_index: int, n_labelled: int, seeds: dict[str, int], dice: dict[str, float]) -> None:
+        """Store a round's evaluation (replacing an earlier attempt of the same round)."""
+        mean = dice["mean_foreground"]
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO rounds VALUES (?, ?, ?, ?, ?, ?)",
+                (round_index, n_labelled, json.dumps(seeds), mean, json.dumps(dice), _now()),
+            )
+
+    def rounds(self) -> list[RoundRecord]:
+        """All evaluated rounds, in order."""
+        rows = self._db.execute("SELECT * FROM rounds ORDER BY round")
+        return [RoundRecord(r[0], r[1], json.loads(r[2]), r[3], json.loads(r[4]), r[5]) for r in rows]
+
+    def stop(self, round_index: int, reason: str) -> None:
+        """Record why the run stopped after ``round_index``."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO stops VALUES (?, ?, ?)", (round_index, reason, _now()))
+
+    def stop_reason(self) -> str | None:
+        """Why the run stopped, or None while it is unfinished."""
+        row = self._db.execute("SELECT reason FROM stops ORDER BY round DESC LIMIT 1").fetchone()
+        return None if row is None else str(row[0])

@@ -1,0 +1,103 @@
+"""Learning curves and selection montages (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from activeseg.artifacts import read_json
+from activeseg.config import load_config
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One run's learning curve."""
+
+    label: str
+    n_labelled: list[int]
+    mean_dice: list[float]
+
+
+def read_curve(run_dir: Path) -> Curve:
+    """Read ``curve.csv`` of a run, labelled by its strategy (and name when that adds anything)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "curve.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no learning curve yet (has the run finished a round?)")
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    config = load_config(run_dir / "config.yaml")
+    label = (
+        config.strategy.name
+        if config.name in (config.strategy.name, "run")
+        else (f"{config.strategy.name} ({config.name})")
+    )
+    return Curve(label, [int(r["n_labelled"]) for r in rows], [float(r["mean_dice"]) for r in rows])
+
+
+def plot_curves(
+    curves: Sequence[Curve], out_png: Path, full_data: float | None = None, title: str = "Learning curve"
+) -> Path:
+    """Mean foreground Dice against labelled volumes; the full-data upper bound as a dashed line."""
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for curve in curves:
+        ax.plot(curve.n_labelled, curve.mean_dice, marker="o", label=curve.label)
+    if full_data is not None:
+        ax.axhline(full_data, color="black", linestyle="--", label=f"full data ({full_data:.3f})")
+    ax.set_xlabel("labelled volumes")
+    ax.set_ylabel("mean foreground Dice (test split)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png
+
+
+def full_data_dice(path: Path) -> float:
+    """The mean foreground Dice stored by ``activeseg full-data`` (a directory or its ``full_data.json``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "full_data.json"
+    return float(read_json(path)["dice"]["mean_foreground"])
+
+
+def plot_montage(
+    rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]], out_png: Path, title: str
+) -> Path:
+    """One row per case: (case id, image_D_H_W, prediction_D_H_W, uncertainty_D_H_W, truth_D_H_W), mid slice each."""
+    columns = ("image", "prediction", "uncertainty (BALD/PE)", "ground truth")
+    fig, axes = plt.subplots(len(rows), 4, figsize=(9, 2.4 * len(rows)), dpi=110, squeeze=False)
+    for axis_row, (case_id, image, prediction, uncertainty, truth) in zip(axes, rows, strict=True):
+        mid = image.shape[0] // 2
+        panels = (
+            (image[mid], "gray", None),
+            (prediction[mid], "viridis", (0, 2)),
+            (uncertainty[mid], "magma", None),
+            (truth[mid], "viridis", (0, 2)),
+        )
+        for ax, (panel, cmap, limits) in zip(axis_row, panels, strict=True):
+            vmin, vmax = limits if limits else (None, None)
+            ax.imshow(np.rot90(panel), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axis_row[0].set_ylabel(case_id, fontsize=8)
+    for ax, name in zip(axes[0], columns, strict=True):
+        ax.set_title(name, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png

@@ -1,0 +1,92 @@
+"""Pure uncertainty scorers and reductions.
+
+Shapes are in the names: ``probs_K_C_D_H_W`` holds K stochastic softmax predictions (MC dropout passes) over C classes
+for one volume. A scorer maps it to a voxel map ``score_D_H_W``; a reduction maps that map to one number per query unit
+(here: a volume). None of these functions mutates its input. Definitions follow ``shared/docs/anchors.md``:
+
+- predictive entropy  PE  = H[mean_k p_k]
+- expected entropy    EE  = mean_k H[p_k]
+- BALD (mutual information) = PE - EE >= 0  (Houlsby et al. 2011; Gal et al., ICML 2017)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+VoxelScorer = Callable[[Tensor], Tensor]
+"""probs_K_C_D_H_W -> score_D_H_W"""
+
+Reduction = Callable[[Tensor, Tensor], float]
+"""(score_D_H_W, mean_probs_C_D_H_W) -> one score for the unit"""
+
+
+def _entropy(probs_C: Tensor, dim: int) -> Tensor:
+    """Shannon entropy in nats along ``dim``, with 0 log 0 = 0."""
+    entropy: Tensor = -torch.special.xlogy(probs_C, probs_C).sum(dim=dim)
+    return entropy
+
+
+def predictive_entropy(probs_K_C_D_H_W: Tensor) -> Tensor:
+    """Entropy of the mean prediction, per voxel: H[p̄]."""
+    return _entropy(probs_K_C_D_H_W.mean(dim=0), dim=0)
+
+
+def expected_entropy(probs_K_C_D_H_W: Tensor) -> Tensor:
+    """Mean entropy of the individual predictions, per voxel: mean_k H[p_k]."""
+    return _entropy(probs_K_C_D_H_W, dim=1).mean(dim=0)
+
+
+def bald(probs_K_C_D_H_W: Tensor) -> Tensor:
+    """Mutual information between the prediction and the model parameters, per voxel: PE - EE.
+
+    Mathematically non-negative (Jensen); clamped at 0 to remove float round-off.
+    """
+    return (predictive_entropy(probs_K_C_D_H_W) - expected_entropy(probs_K_C_D_H_W)).clamp_min(0.0)
+
+
+def reduce_mean(score_D_H_W: Tensor, mean_probs_C_D_H_W: Tensor) -> float:
+    """Mean over all voxels of the unit (MONAI Label's "epistemic" reduction)."""
+    del mean_probs_C_D_H_W
+    return float(score_D_H_W.double().mean())
+
+
+def reduce_top_q(score_D_H_W: Tensor, mean_probs_C_D_H_W: Tensor, q: float) -> float:
+    """Mean of the highest ``q`` fraction of voxel scores (at least one voxel): rewards a focused uncertain region."""
+    del mean_probs_C_D_H_W
+    flat = score_D_H_W.reshape(-1)
+    k = max(1, round(q * flat.numel()))
+    return float(torch.topk(flat, k).values.double().mean())
+
+
+def reduce_foreground(score_D_H_W: Tensor, mean_probs_C_D_H_W: Tensor) -> float:
+    """Mean weighted by the predicted foreground probability, 1 - p̄(background).
+
+    Concentrates the score on the structure rather than on the large, easy background. Falls back to the plain
+    mean when the model predicts no foreground at all.
+    """
+    weight_D_H_W = (1.0 - mean_probs_C_D_H_W[0]).double()
+    total = float(weight_D_H_W.sum())
+    if total <= 1e-12:
+        return reduce_mean(score_D_H_W, mean_probs_C_D_H_W)
+    return float((score_D_H_W.double() * weight_D_H_W).sum() / total)
+
+
+SCORERS: dict[str, VoxelScorer] = {
+    "predictive_entropy": predictive_entropy,
+    "expected_entropy": expected_entropy,
+    "bald": bald,
+}
+
+
+def make_reduction(name: str, top_q: float = 0.05) -> Reduction:
+    """The reduction called ``name`` (``mean``, ``top_q`` or ``foreground``)."""
+    if name == "mean":
+        return reduce_mean
+    if name == "top_q":
+        return lambda score, probs: reduce_top_q(score, probs, top_q)
+    if name == "foreground":
+        return reduce_foreground
+    raise ValueError(f"unknown reduction {name!r}; valid: mean, top_q, foreground")

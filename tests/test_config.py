@@ -1,0 +1,73 @@
+"""Config validation: unknown keys, wrong types and impossible values fail at load, naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from activeseg.config import ConfigError, RunConfig, config_from_dict, load_config, save_config
+
+
+def test_defaults_are_valid_and_round_trip(tmp_path: Path) -> None:
+    config = config_from_dict({"data": {"root": "/data"}, "strategy": {"name": "bald"}})
+    save_config(config, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == config
+    assert config.data.root == Path("/data")
+    assert config.model.channels == (16, 32, 64, 128)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"sed": 1}, r"unknown key 'sed' in top level; valid keys: name, seed, data, model"),
+        ({"train": {"iters": 5}}, r"unknown key 'iters' in train; valid keys: iterations, batch_size"),
+        ({"seed": "zero"}, r"seed: expected an integer, got 'zero'"),
+        ({"seed": True}, r"seed: expected an integer"),
+        ({"train": {"augment": "yes"}}, r"train.augment: expected true or false"),
+        ({"train": {"device": "tpu"}}, r"train.device: 'tpu' is not one of 'auto', 'cpu', 'cuda'"),
+        ({"model": {"dropout": 0.0}}, r"model.dropout: must be in \(0, 1\)"),
+        ({"model": {"channels": [8, 16], "strides": [2, 2]}}, r"model.strides: needs len\(channels\) - 1"),
+        ({"data": {"shape": [40, 56]}}, r"data.shape: expected 3 values"),
+        ({"data": {"shape": [36, 56, 40]}}, r"data.shape: \[36, 56, 40\] is not divisible by 8"),
+        ({"strategy": {"name": "magic"}}, r"strategy.name: unknown strategy 'magic'; registered: bald, entropy"),
+        ({"strategy": {"mc_samples": 1}}, r"strategy.mc_samples: must be at least 2"),
+        ({"loop": {"initial": 0}}, r"loop.initial: must be at least 1"),
+        ({"data": {"max_cases": 20, "test_size": 20}}, r"data.max_cases: 20 leaves no pool"),
+        ({"data": []}, r"data: expected a mapping"),
+        ([1, 2], r"config: expected a mapping"),
+    ],
+)
+def test_invalid_config_is_rejected_with_the_key(raw: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw)
+
+
+def test_load_config_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("loop:\n  per_round: -1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: loop.per_round: must be at least 1"):
+        load_config(path)
+    path.write_text("loop: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_budget_checked_against_pool_size() -> None:
+    config = config_from_dict({"loop": {"initial": 10}})
+    config.check_budget(10)
+    with pytest.raises(ConfigError, match=r"loop\.initial: asks for 10 initial volumes but the pool holds only 9"):
+        config.check_budget(9)
+
+
+def test_configs_are_frozen_and_override_revalidates() -> None:
+    config = RunConfig()
+    with pytest.raises(AttributeError):
+        config.seed = 3  # type: ignore[misc]
+    changed = config.override({"strategy.name": "bald", "data.root": Path("/x")})
+    assert changed.strategy.name == "bald" and changed.data.root == Path("/x")
+    assert config.strategy.name == "random"
+    with pytest.raises(ConfigError, match="unknown key 'bogus' in train"):
+        config.override({"train.bogus": 1})

@@ -1,0 +1,131 @@
+"""Real active-learning rounds on a hippocampus subset: the loop, determinism, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _support import requires_hippocampus, tiny_config
+from activeseg.config import save_config
+from activeseg.ledger import Ledger
+from activeseg.loop import RunError, derive_seed, resume_run, round_seeds, start_run
+
+pytestmark = [requires_hippocampus, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
+    """One uninterrupted 2-round BALD run, shared by the tests below."""
+    run_dir = tmp_path_factory.mktemp("runs") / "reference"
+    start_run(tiny_config(cache), run_dir)
+    return run_dir
+
+
+def ledger_rows(run_dir: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """Labels and rounds without their wall-clock timestamps."""
+    db = sqlite3.connect(run_dir / "ledger.sqlite")
+    labels = db.execute("SELECT case_id, round, strategy, score, rank FROM labels ORDER BY case_id").fetchall()
+    rounds = db.execute("SELECT round, n_labelled, seeds, mean_dice, dice FROM rounds ORDER BY round").fetchall()
+    db.close()
+    return labels, rounds
+
+
+def round_artifacts(run_dir: Path) -> dict[str, str]:
+    """Every deterministic per-round file (not timings, not checkpoints' bytes)."""
+    names = ("metrics.json", "scores.csv", "selection.json", "seeds.json")
+    files = sorted(p for p in (run_dir / "rounds").rglob("*") if p.name in names)
+    return {str(p.relative_to(run_dir)): p.read_text() for p in files}
+
+
+def test_two_rounds_label_the_top_scoring_pool_cases(reference_run: Path) -> None:
+    with Ledger(reference_run / "ledger.sqlite") as ledger:
+        pool, test = set(ledger.split("pool")), set(ledger.split("test"))
+        labels = ledger.labels()
+        rounds = ledger.rounds()
+        assert ledger.stop_reason() == "budget reached: 2 acquisition rounds"
+    assert (len(pool), len(test)) == (18, 6)
+    assert [sum(1 for r in labels if r.round == i) for i in range(3)] == [4, 3, 3]
+    assert {r.case_id for r in labels} <= pool
+    assert [r.n_labelled for r in rounds] == [4, 7, 10]
+    assert all(0.0 <= r.mean_dice <= 1.0 for r in rounds)
+    assert rounds[0].seeds == round_seeds(7, 0)
+
+    for r in (0, 1):
+        round_dir = reference_run / "rounds" / f"round_{r:03d}"
+        with (round_dir / "scores.csv").open() as handle:
+            scores = {row["case_id"]: float(row["score"]) for row in csv.DictReader(handle)}
+        labelled_before = {x.case_id for x in labels if x.round <= r}
+        assert set(scores) == pool - labelled_before  # only the unlabelled pool is scored
+        chosen = [c["case_id"] for c in json.loads((round_dir / "selection.json").read_text())]
+        assert chosen == sorted(scores, key=lambda c: (-scores[c], c))[:3]
+        assert {x.case_id for x in labels if x.round == r + 1} == set(chosen)
+        metrics = json.loads((round_dir / "metrics.json").read_text())
+        assert set(metrics["per_case"]) == test
+        assert metrics["dice"]["mean_foreground"] == pytest.approx(
+            np.mean([metrics["dice"]["class_1"], metrics["dice"]["class_2"]])
+        )
+    assert (reference_run / "curve.png").stat().st_size > 1000
+    assert len((reference_run / "curve.csv").read_text().splitlines()) == 4
+
+
+def test_same_config_gives_identical_selections_and_metrics(reference_run: Path, cache: Path, tmp_path: Path) -> None:
+    again = start_run(tiny_config(cache), tmp_path / "again")
+    assert ledger_rows(again) == ledger_rows(reference_run)
+    assert round_artifacts(again) == round_artifacts(reference_run)
+
+
+def test_resume_after_sigkill_mid_round_matches_uninterrupted(reference_run: Path, cache: Path, tmp_path: Path) -> None:
+    config_path = tmp_path / "config.yaml"
+    save_config(tiny_config(cache, train={"iterations": 60}), config_path)
+    reference = tmp_path / "reference"
+    start_run(tiny_config(cache, train={"iterations": 60}), reference)
+
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "activeseg.cli", "run", str(config_path), "--run-dir", str(run_dir)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    marker = run_dir / "rounds" / "round_001" / "seeds.json"  # round 1 has started: it is now training
+    deadline = time.monotonic() + 240
+    while not marker.exists():
+        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+        assert time.monotonic() < deadline, "run never reached round 1"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (run_dir / "rounds" / "round_001" / "metrics.json").exists(), "kill landed after the round's training"
+    labelled_at_kill = len(ledger_rows(run_dir)[0])
+
+    assert resume_run(run_dir) == "budget reached: 2 acquisition rounds"
+    assert labelled_at_kill == 7
+    assert ledger_rows(run_dir) == ledger_rows(reference)
+    assert round_artifacts(run_dir) == round_artifacts(reference)
+
+
+def test_seeds_are_named_and_stable() -> None:
+    assert derive_seed(0, "train", 1) == derive_seed(0, "train", 1)
+    assert len({derive_seed(0, "train", 1), derive_seed(0, "train", 2), derive_seed(1, "train", 1)}) == 3
+    assert 0 <= derive_seed(123, "x") < 2**63
+
+
+def test_refuses_to_overwrite_or_resume_a_non_run(reference_run: Path, cache: Path, tmp_path: Path) -> None:
+    with pytest.raises(RunError, match="already exists"):
+        start_run(tiny_config(cache), reference_run)
+    with pytest.raises(RunError, match="not an activeseg run directory"):
+        resume_run(tmp_path)

@@ -1,0 +1,98 @@
+"""Scorers against a float64 numpy reference, and their invariants."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from activeseg.scorers import (
+    SCORERS,
+    bald,
+    expected_entropy,
+    make_reduction,
+    predictive_entropy,
+    reduce_foreground,
+    reduce_mean,
+    reduce_top_q,
+)
+
+
+def random_probs(seed: int, k: int = 6, c: int = 3, shape: tuple[int, ...] = (4, 5, 3)) -> torch.Tensor:
+    logits = np.random.default_rng(seed).normal(scale=3.0, size=(k, c, *shape))
+    return torch.softmax(torch.from_numpy(logits), dim=1).float()
+
+
+def entropy_np(p: np.ndarray, axis: int) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p), 0.0)
+    return -terms.sum(axis=axis)
+
+
+def reference(name: str, probs: torch.Tensor) -> np.ndarray:
+    p = probs.double().numpy()
+    pe = entropy_np(p.mean(axis=0), axis=0)
+    ee = entropy_np(p, axis=1).mean(axis=0)
+    return {"predictive_entropy": pe, "expected_entropy": ee, "bald": pe - ee}[name]
+
+
+@pytest.mark.parametrize("name", sorted(SCORERS))
+@pytest.mark.parametrize("seed", range(5))
+def test_scorer_matches_float64_reference(name: str, seed: int) -> None:
+    probs = random_probs(seed)
+    got = SCORERS[name](probs)
+    assert got.shape == probs.shape[2:]
+    np.testing.assert_allclose(got.double().numpy(), np.maximum(reference(name, probs), 0), atol=2e-6)
+
+
+@pytest.mark.parametrize("name", sorted(SCORERS))
+def test_scorer_does_not_mutate_and_is_permutation_invariant(name: str) -> None:
+    probs = random_probs(7)
+    before = probs.clone()
+    score = SCORERS[name](probs)
+    assert torch.equal(probs, before)
+    permuted = probs[torch.randperm(probs.shape[0], generator=torch.Generator().manual_seed(1))]
+    torch.testing.assert_close(SCORERS[name](permuted), score, atol=1e-6, rtol=0)
+
+
+def test_bald_non_negative_and_zero_when_samples_agree() -> None:
+    for seed in range(10):
+        assert float(bald(random_probs(seed)).min()) >= 0.0
+    one = random_probs(3, k=1)
+    agreeing = one.expand(8, *one.shape[1:]).clone()
+    assert float(bald(agreeing).abs().max()) < 1e-6
+    torch.testing.assert_close(predictive_entropy(agreeing), expected_entropy(agreeing))
+
+
+def test_hand_checked_values() -> None:
+    # Two samples, two classes, one voxel: p1 = (1, 0), p2 = (0, 1) -> mean (0.5, 0.5).
+    probs = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).reshape(2, 2, 1, 1, 1)
+    assert float(predictive_entropy(probs)) == pytest.approx(np.log(2))
+    assert float(expected_entropy(probs)) == pytest.approx(0.0)
+    assert float(bald(probs)) == pytest.approx(np.log(2))
+
+
+def test_reductions_against_numpy() -> None:
+    probs = random_probs(11, shape=(6, 7, 5))
+    score = bald(probs)
+    mean_probs = probs.mean(dim=0)
+    s, m = score.double().numpy(), mean_probs.double().numpy()
+    assert reduce_mean(score, mean_probs) == pytest.approx(s.mean())
+    top = np.sort(s.ravel())[::-1][: round(0.1 * s.size)]
+    assert reduce_top_q(score, mean_probs, 0.1) == pytest.approx(top.mean())
+    assert reduce_top_q(score, mean_probs, 1e-9) == pytest.approx(s.max())
+    weight = 1 - m[0]
+    assert reduce_foreground(score, mean_probs) == pytest.approx((s * weight).sum() / weight.sum())
+    assert make_reduction("top_q", 0.1)(score, mean_probs) == pytest.approx(top.mean())
+
+
+def test_foreground_reduction_falls_back_to_mean_without_foreground() -> None:
+    mean_probs = torch.zeros(3, 2, 2, 2)
+    mean_probs[0] = 1.0
+    score = torch.arange(8, dtype=torch.float32).reshape(2, 2, 2)
+    assert reduce_foreground(score, mean_probs) == pytest.approx(3.5)
+
+
+def test_unknown_reduction_is_rejected() -> None:
+    with pytest.raises(ValueError, match="valid: mean, top_q, foreground"):
+        make_reduction("median")
