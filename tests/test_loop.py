@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _support import requires_hippocampus, tiny_config
 from activeseg.config import save_config
 from activeseg.ledger import Ledger
-from activeseg.loop import RunError, derive_seed, resume_run, round_seeds, start_run
+from activeseg.loop import RunError, adopt_round_zero, create_run, derive_seed, resume_run, round_seeds, start_run
+
+from _support import requires_hippocampus, tiny_config
 
 pytestmark = [requires_hippocampus, pytest.mark.slow]
 
@@ -129,3 +130,17 @@ def test_refuses_to_overwrite_or_resume_a_non_run(reference_run: Path, cache: Pa
         start_run(tiny_config(cache), reference_run)
     with pytest.raises(RunError, match="not an activeseg run directory"):
         resume_run(tmp_path)
+
+
+def test_round_zero_is_shared_only_between_equivalent_runs(reference_run: Path, cache: Path, tmp_path: Path) -> None:
+    random_run, _ = create_run(tiny_config(cache, strategy={"name": "random"}), tmp_path / "random")
+    other_seed, _ = create_run(tiny_config(cache, seed=8), tmp_path / "seed8")
+    assert not adopt_round_zero(reference_run, other_seed)
+    assert adopt_round_zero(reference_run, random_run)
+    assert not adopt_round_zero(reference_run, random_run)  # only into a fresh run
+    resume_run(random_run)
+    zero = "rounds/round_000/metrics.json"
+    assert (random_run / zero).read_text() == (reference_run / zero).read_text()
+    assert ledger_rows(random_run)[1][0] == ledger_rows(reference_run)[1][0]
+    with Ledger(random_run / "ledger.sqlite") as ledger:
+        assert {r.strategy for r in ledger.labels() if r.round > 0} == {"random"}

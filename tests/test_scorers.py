@@ -96,3 +96,14 @@ def test_foreground_reduction_falls_back_to_mean_without_foreground() -> None:
 def test_unknown_reduction_is_rejected() -> None:
     with pytest.raises(ValueError, match="valid: mean, top_q, foreground"):
         make_reduction("median")
+
+
+def test_aubc_against_hand_computed_areas() -> None:
+    from activeseg.curves import aubc
+
+    assert aubc([5, 10, 15, 20], [0.5, 0.5, 0.5, 0.5]) == pytest.approx(0.5)
+    # (5 * (0.2 + 0.6) / 2 + 10 * (0.6 + 0.8) / 2) / 15 = (2 + 7) / 15
+    assert aubc([5, 10, 20], [0.2, 0.6, 0.8]) == pytest.approx(9 / 15)
+    assert aubc([5], [0.7]) == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="increase"):
+        aubc([5, 5], [0.1, 0.2])

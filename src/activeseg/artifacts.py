@@ -40,6 +40,16 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_atomic(path, write)
 
 
+def copy_atomic(source: Path, destination: Path) -> None:
+    """Atomically copy a file."""
+    data = Path(source).read_bytes()
+
+    def write(handle: IO[bytes]) -> None:
+        handle.write(data)
+
+    write_atomic(destination, write)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Atomically write JSON (sorted keys, so equal data gives equal bytes)."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

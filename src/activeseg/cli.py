@@ -7,13 +7,15 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from activeseg.config import ConfigError, RunConfig, load_config
+from activeseg.curves import read_curve
 from activeseg.data.dataset import DatasetError
 from activeseg.ledger import Ledger, LedgerError
 from activeseg.loop import LEDGER_FILE, RunError, full_data_run, resume_run, start_run
-from activeseg.plots import full_data_dice, plot_curves, read_curve
+from activeseg.plots import full_data_dice, plot_curves
 from activeseg.reporting import RichReporter
 from activeseg.strategies import STRATEGIES
 
@@ -23,7 +25,7 @@ USER_ERRORS = (ConfigError, DatasetError, RunError, LedgerError, FileNotFoundErr
 
 
 def _fail(err: Exception) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
     return typer.Exit(code=2)
 
 

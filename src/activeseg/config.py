@@ -78,6 +78,9 @@ class TrainConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5
     augment: bool = True
+    flip_axes: tuple[int, ...] = (0,)
+    """Axes flipped at random by augmentation. Only mirror-symmetric axes: flipping anterior-posterior would
+    swap the meaning of the hippocampus labels (anterior / posterior)."""
     warm_start: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
@@ -90,6 +93,7 @@ class TrainConfig:
         _require(self.learning_rate > 0, "train.learning_rate", "must be positive")
         _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _require(self.eval_batch_size >= 1, "train.eval_batch_size", "must be at least 1")
+        _require(all(a in (0, 1, 2) for a in self.flip_axes), "train.flip_axes", "axes must be 0, 1 or 2")
 
 
 @dataclass(frozen=True)

@@ -29,14 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from activeseg.artifacts import read_json, write_atomic, write_json_atomic, write_text_atomic
+from activeseg.artifacts import copy_atomic, read_json, write_atomic, write_json_atomic, write_text_atomic
 from activeseg.config import RunConfig, load_config, save_config
-from activeseg.data.dataset import Dataset, DatasetError, load_dataset
+from activeseg.curves import read_curve
+from activeseg.data.dataset import Case, Dataset, DatasetError, load_dataset
 from activeseg.data.preprocess import PreprocessedCache, default_cache_dir
 from activeseg.ledger import Ledger
 from activeseg.model import build_model, select_device, use_amp
 from activeseg.oracle import Oracle, SimulatedOracle
-from activeseg.plots import plot_curves, read_curve
+from activeseg.plots import plot_curves
 from activeseg.reporting import Reporter, SilentReporter
 from activeseg.scorers import make_reduction
 from activeseg.strategies import Choice, get_strategy
@@ -86,13 +87,16 @@ class RunData:
         """label_D_H_W: only the simulated oracle and the test evaluation may call this."""
         return self.cache.load(self._case(case_id)).label_D_H_W
 
-    def _case(self, case_id: str) -> Any:
-        return self.pool.case(case_id) if case_id in self.pool.ids else self.test.case(case_id)
+    def _case(self, case_id: str) -> Case:
+        try:
+            return self.pool.case(case_id)
+        except KeyError:
+            return self.test.case(case_id)
 
 
-def open_data(config: RunConfig, reporter: Reporter, root: Path | None = None) -> RunData:
+def open_data(config: RunConfig, reporter: Reporter) -> RunData:
     """Validate the dataset(s) and fill the preprocessing cache. Writes nothing if any file is invalid."""
-    root = root or config.data.root
+    root = config.data.root
     if root is None:
         raise RunError("no dataset: set data.root in the config or pass --data DIR")
     with reporter.progress("validating dataset", total=1) as advance:
@@ -128,7 +132,16 @@ def open_data(config: RunConfig, reporter: Reporter, root: Path | None = None) -
 def start_run(
     config: RunConfig, run_dir: Path, reporter: Reporter | None = None, data_root: Path | None = None
 ) -> Path:
-    """Validate everything, create ``run_dir`` atomically with its round-0 labelled set, then run the loop."""
+    """Validate everything, create ``run_dir`` with its round-0 labelled set, then run the loop to its end."""
+    run_dir, data = create_run(config, run_dir, reporter, data_root)
+    resume_run(run_dir, reporter, data=data)
+    return run_dir
+
+
+def create_run(
+    config: RunConfig, run_dir: Path, reporter: Reporter | None = None, data_root: Path | None = None
+) -> tuple[Path, RunData]:
+    """Validate everything, then create ``run_dir`` atomically (config, ledger, round-0 labels); trains nothing."""
     reporter = reporter or SilentReporter()
     run_dir = Path(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -156,8 +169,28 @@ def start_run(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     reporter.info(f"run directory: {run_dir} ({len(pool)} pool, {len(test)} test, {len(initial)} labelled)")
-    resume_run(run_dir, reporter, data=data)
-    return run_dir
+    return run_dir, data
+
+
+def adopt_round_zero(source: Path, target: Path) -> bool:
+    """Copy round 0's model and metrics from ``source`` to ``target`` when round 0 is provably the same there.
+
+    Round 0 depends only on the seed, the data, the model and training settings and the initial labelled set, never
+    on the strategy; runs of several strategies with one seed can therefore train it once. Returns whether it
+    copied. Resuming ``target`` then reloads these artifacts exactly as after an interrupted round.
+    """
+    configs = [load_config(Path(d) / CONFIG_FILE) for d in (source, target)]
+    same_inputs = len({(c.seed, c.data, c.model, c.train) for c in configs}) == 1
+    with Ledger(Path(source) / LEDGER_FILE) as a, Ledger(Path(target) / LEDGER_FILE) as b:
+        same_labels = a.labelled_ids(0) == b.labelled_ids(0) and a.split("test") == b.split("test")
+        target_fresh = b.current_round() == 0 and not b.rounds()
+    artifacts = [Path(source) / "rounds" / "round_000" / name for name in ("model.pt", "metrics.json")]
+    if not (same_inputs and same_labels and target_fresh and all(p.exists() for p in artifacts)):
+        return False
+    for path in artifacts:
+        destination = Path(target) / "rounds" / "round_000" / path.name
+        copy_atomic(path, destination)
+    return True
 
 
 def resume_run(run_dir: Path, reporter: Reporter | None = None, data: RunData | None = None) -> str:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -14,44 +12,22 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from activeseg.artifacts import read_json
-from activeseg.config import load_config
-
-
-@dataclass(frozen=True)
-class Curve:
-    """One run's learning curve."""
-
-    label: str
-    n_labelled: list[int]
-    mean_dice: list[float]
-
-
-def read_curve(run_dir: Path) -> Curve:
-    """Read ``curve.csv`` of a run, labelled by its strategy (and name when that adds anything)."""
-    run_dir = Path(run_dir)
-    path = run_dir / "curve.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no learning curve yet (has the run finished a round?)")
-    with path.open() as handle:
-        rows = list(csv.DictReader(handle))
-    config = load_config(run_dir / "config.yaml")
-    label = (
-        config.strategy.name
-        if config.name in (config.strategy.name, "run")
-        else (f"{config.strategy.name} ({config.name})")
-    )
-    return Curve(label, [int(r["n_labelled"]) for r in rows], [float(r["mean_dice"]) for r in rows])
+from activeseg.curves import Curve
 
 
 def plot_curves(
-    curves: Sequence[Curve], out_png: Path, full_data: float | None = None, title: str = "Learning curve"
+    curves: Sequence[Curve],
+    out_png: Path,
+    full_data: float | None = None,
+    title: str = "Learning curve",
+    full_data_label: str = "full data",
 ) -> Path:
     """Mean foreground Dice against labelled volumes; the full-data upper bound as a dashed line."""
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for curve in curves:
         ax.plot(curve.n_labelled, curve.mean_dice, marker="o", label=curve.label)
     if full_data is not None:
-        ax.axhline(full_data, color="black", linestyle="--", label=f"full data ({full_data:.3f})")
+        ax.axhline(full_data, color="black", linestyle="--", label=f"{full_data_label}: {full_data:.3f}")
     ax.set_xlabel("labelled volumes")
     ax.set_ylabel("mean foreground Dice (test split)")
     ax.set_title(title)

@@ -29,14 +29,12 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def augmentation(seed: int) -> Compose:
+def augmentation(seed: int, flip_axes: Sequence[int]) -> Compose:
     """Light MONAI augmentation: flips and small intensity changes, with its own seeded random state."""
     keys = ["image", "label"]
     transform = Compose(
         [
-            RandFlipd(keys, prob=0.5, spatial_axis=0),
-            RandFlipd(keys, prob=0.5, spatial_axis=1),
-            RandFlipd(keys, prob=0.5, spatial_axis=2),
+            *(RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in flip_axes),
             RandScaleIntensityd("image", factors=0.1, prob=0.5),
             RandShiftIntensityd("image", offsets=0.1, prob=0.5),
             RandGaussianNoised("image", prob=0.2, std=0.05),
@@ -68,7 +66,7 @@ def train(
         raise ValueError("cannot train on an empty labelled set")
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
-    augment = augmentation(seed) if config.augment else None
+    augment = augmentation(seed, config.flip_axes) if config.augment else None
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.PolynomialLR(optimiser, total_iters=config.iterations, power=0.9)

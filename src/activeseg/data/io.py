@@ -16,7 +16,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
-import SimpleITK as sitk
 
 from activeseg.data.dataset import DatasetError
 
@@ -103,6 +102,7 @@ def write_volume(path: Path, array: npt.ArrayLike, affine: npt.ArrayLike) -> Non
     elif suffix is not None:
         if data.ndim != 3:
             raise ValueError(f"{path}: only 3D arrays can be written as {suffix}, got shape {data.shape}")
+        sitk = _simpleitk()
         image: Any = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
         lps = _LPS_TO_RAS @ aff[:3, :]
         spacing = np.linalg.norm(lps[:, :3], axis=0)
@@ -124,7 +124,15 @@ def _read_nifti(path: Path) -> Volume:
     return Volume(np.asarray(array), np.asarray(img.affine, dtype=np.float64))
 
 
+def _simpleitk() -> Any:
+    """SimpleITK, imported on first use: NIfTI-only work never pays for loading it."""
+    import SimpleITK
+
+    return SimpleITK
+
+
 def _read_itk(path: Path) -> Volume:
+    sitk = _simpleitk()
     image: Any = sitk.ReadImage(str(path))
     dim = image.GetDimension()
     array = sitk.GetArrayFromImage(image)  # (z, y, x[, component])

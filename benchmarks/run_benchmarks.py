@@ -1,0 +1,309 @@
+"""Measure activeseg on this machine and write BENCHMARKS.md.
+
+Each part stores its raw results in ``benchmarks/results/<part>.json``; BENCHMARKS.md is rendered from those files
+only, so every number in it can be traced and regenerated. Parts:
+
+- ``speed``:    training steps/s, scored volumes/s (MC dropout), selection time for a 160-volume pool
+- ``memory``:   peak RSS while scoring a 20- and a 160-volume pool (``score_memory.py``)
+- ``full``:     full-data mean foreground Dice on the 40-volume test split (``benchmarks/full_data.yaml``)
+- ``demo``:     ``activeseg demo`` wall time, peak RSS, each strategy's Dice per round, final Dice and AUBC
+
+    python benchmarks/run_benchmarks.py                 # every part (about 40 min on 2 CPU cores)
+    python benchmarks/run_benchmarks.py --parts speed memory
+    python benchmarks/run_benchmarks.py --render-only   # rewrite BENCHMARKS.md from stored results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from activeseg.config import load_config
+from activeseg.curves import aubc, read_curve
+from activeseg.demo import DEMO_STRATEGIES, default_config, find_hippocampus
+from activeseg.loop import open_data
+from activeseg.model import build_model
+from activeseg.reporting import SilentReporter
+from activeseg.scorers import bald, reduce_mean
+from activeseg.strategies import get_strategy
+from activeseg.train import train
+from activeseg.uncertainty import score_pool
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+OUTPUT = HERE.parent / "BENCHMARKS.md"
+PARTS = ("speed", "memory", "full", "demo")
+
+
+def machine() -> dict[str, Any]:
+    """What ran the benchmark."""
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor(),
+    )
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "gpu": device,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": date.today().isoformat(),
+    }
+
+
+def bench_speed(data_root: Path) -> dict[str, Any]:
+    """Median training step, scoring and selection times with the demo's model and shapes (CPU)."""
+    config = default_config().override({"data.root": data_root})
+    data = open_data(config, SilentReporter())
+    pool = list(data.pool.ids)
+    torch.manual_seed(0)
+    model = build_model(config.model, data.num_classes)
+    examples = [(data.image(c), data.ground_truth(c)) for c in pool[:20]]
+    steps: list[float] = []
+    for _ in range(3):  # 3 x 10 steps; the first 2 steps of each are warm-up
+        one = config.override({"train.iterations": 10}).train
+        times: list[float] = []
+        tick = [time.perf_counter()]
+
+        def lap(_: int, times: list[float] = times, tick: list[float] = tick) -> None:
+            now = time.perf_counter()
+            times.append(now - tick[0])
+            tick[0] = now
+
+        train(model, examples, one, torch.device("cpu"), seed=0, progress=lap)
+        steps += times[2:]
+    strategy = config.strategy
+    score_times = []
+    for case_id in pool[:20]:
+        tick0 = time.perf_counter()
+        volumes = [(case_id, data.image(case_id))]
+        list(score_pool(model, volumes, bald, reduce_mean, strategy.mc_samples, strategy.mc_batch_size, lambda c: 0))
+        score_times.append(time.perf_counter() - tick0)
+    rng = np.random.default_rng(0)
+    scores = {c: float(s) for c, s in zip(pool, rng.random(len(pool)), strict=True)}
+    selection = {}
+    for name in ("random", "entropy", "bald"):
+        strategy_obj = get_strategy(name)
+        reps = []
+        for i in range(200):
+            tick0 = time.perf_counter()
+            strategy_obj.select(pool, scores if strategy_obj.needs_scores else None, 5, np.random.default_rng(i))
+            reps.append(time.perf_counter() - tick0)
+        selection[name] = statistics.median(reps) * 1e3
+    return {
+        "model": {"channels": list(config.model.channels), "num_res_units": config.model.num_res_units},
+        "shape": list(config.data.shape),
+        "batch_size": config.train.batch_size,
+        "train_step_s_median": statistics.median(steps),
+        "train_steps_per_s": 1 / statistics.median(steps),
+        "mc_samples": strategy.mc_samples,
+        "score_s_per_volume_median": statistics.median(score_times),
+        "scored_volumes_per_s": 1 / statistics.median(score_times),
+        "selection_ms_median_160_pool": selection,
+        "pool_size": len(pool),
+    }
+
+
+def bench_memory(data_root: Path) -> dict[str, Any]:
+    """Peak RSS while scoring 20 and 160 volumes, each in a fresh process."""
+    out = {}
+    for pool in (20, 160):
+        command = [sys.executable, str(HERE / "score_memory.py"), "--pool", str(pool), "--data", str(data_root)]
+        result = subprocess.run(command, check=True, capture_output=True, text=True)
+        out[str(pool)] = json.loads(result.stdout.strip().splitlines()[-1])
+    out["ratio_160_to_20"] = out["160"]["peak_rss_mb"] / out["20"]["peak_rss_mb"]
+    return out
+
+
+def run_cli(args: list[str]) -> tuple[float, float]:
+    """Run ``activeseg ARGS`` in a child process; return (wall seconds, peak RSS MB of the child)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    tick = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "activeseg.cli", *args], check=True)
+    wall = time.perf_counter() - tick
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return wall, max(peak, before) / 1024
+
+
+def bench_full(data_root: Path) -> dict[str, Any]:
+    """The full-data upper bound with the benchmark's longer training (``benchmarks/full_data.yaml``)."""
+    out_dir = RESULTS / "full-data-run"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    config_path = HERE / "full_data.yaml"
+    wall, rss = run_cli(["full-data", str(config_path), "--out-dir", str(out_dir), "--data", str(data_root)])
+    record = json.loads((out_dir / "full_data.json").read_text())
+    config = load_config(config_path)
+    shutil.rmtree(out_dir, ignore_errors=True)  # keep the numbers, not the checkpoint
+    return {
+        "config": config.to_dict() | {"data": {**config.to_dict()["data"], "root": "hippocampus"}},
+        "n_train": record["n_labelled"],
+        "dice": record["dice"],
+        "train_seconds": record["train_seconds"],
+        "wall_s": wall,
+        "peak_rss_mb": rss,
+    }
+
+
+def bench_demo(data_root: Path) -> dict[str, Any]:
+    """``activeseg demo`` from scratch: wall time, peak RSS, and each strategy's curve."""
+    out_dir = RESULTS / "demo-run"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    wall, rss = run_cli(["demo", "--out", str(out_dir), "--data", str(data_root)])
+    curves = {}
+    for name in DEMO_STRATEGIES:
+        curve = read_curve(out_dir / name)
+        curves[name] = {
+            "n_labelled": curve.n_labelled,
+            "mean_dice": curve.mean_dice,
+            "final_dice": curve.mean_dice[-1],
+            "aubc": aubc(curve.n_labelled, curve.mean_dice),
+        }
+    full = json.loads((out_dir / "full-data" / "full_data.json").read_text())
+    for png in ("curve.png", "montage.png"):
+        shutil.copy(out_dir / png, RESULTS / f"demo-{png}")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return {"wall_s": wall, "peak_rss_mb": rss, "curves": curves, "full_data_dice": full["dice"]["mean_foreground"]}
+
+
+def render(results: dict[str, dict[str, Any]]) -> str:
+    """BENCHMARKS.md from stored results."""
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `python benchmarks/run_benchmarks.py` from `benchmarks/results/*.json`.",
+        "",
+    ]
+    lines += ["Timings vary by up to ~1.7x between runs on these VMs; medians are quoted.", ""]
+    for part in PARTS:
+        if part not in results:
+            lines += [f"## {part}", "", "_not measured yet_", ""]
+            continue
+        result = results[part]
+        m = result["machine"]
+        where = f"{m['cpu']}, {m['threads']} threads, GPU: {m['gpu']}, torch {m['torch']}, {m['date']}"
+        if part == "speed":
+            sel = result["selection_ms_median_160_pool"]
+            lines += [
+                "## Speed (demo model and shapes, CPU)",
+                "",
+                f"Machine: {where}.",
+                "",
+                f"MONAI U-Net channels {result['model']['channels']}, {result['model']['num_res_units']} residual "
+                f"unit(s), volumes {result['shape']}.",
+                "",
+                "| measure | median |",
+                "|---|---|",
+                f"| training step (batch {result['batch_size']}) | {result['train_step_s_median']:.3f} s "
+                f"({result['train_steps_per_s']:.2f} steps/s) |",
+                f"| scoring one volume ({result['mc_samples']} MC-dropout passes + BALD) | "
+                f"{result['score_s_per_volume_median']:.3f} s ({result['scored_volumes_per_s']:.2f} volumes/s) |",
+                *(
+                    f"| selection of 5 from the {result['pool_size']}-volume pool: {k} | {v:.3f} ms |"
+                    for k, v in sel.items()
+                ),
+                "",
+            ]
+        elif part == "memory":
+            small, large = result["20"], result["160"]
+            lines += [
+                "## Memory while scoring (streamed)",
+                "",
+                f"Machine: {where}. Peak RSS (VmHWM, reset before scoring) with the demo model, 8 MC passes.",
+                "",
+                "| pool | peak RSS | scoring time |",
+                "|---|---|---|",
+                f"| 20 volumes | {small['peak_rss_mb']:.0f} MB | {small['seconds']:.1f} s |",
+                f"| 160 volumes | {large['peak_rss_mb']:.0f} MB | {large['seconds']:.1f} s |",
+                "",
+                f"Ratio 160 / 20: **{result['ratio_160_to_20']:.3f}** (acceptance: at most 1.10).",
+                "",
+            ]
+        elif part == "full":
+            dice = result["dice"]
+            train_cfg = result["config"]["train"]
+            lines += [
+                "## Full-data upper bound",
+                "",
+                f"Machine: {where}. `activeseg full-data benchmarks/full_data.yaml`: all {result['n_train']} pool "
+                f"volumes, {train_cfg['iterations']} iterations, batch {train_cfg['batch_size']}, "
+                f"channels {result['config']['model']['channels']}; 40-volume test split (split seed 0).",
+                "",
+                "| class 1 (anterior) | class 2 (posterior) | mean foreground Dice | training time | peak RSS |",
+                "|---|---|---|---|---|",
+                f"| {dice['class_1']:.4f} | {dice['class_2']:.4f} | **{dice['mean_foreground']:.4f}** | "
+                f"{result['train_seconds']:.0f} s | {result['peak_rss_mb']:.0f} MB |",
+                "",
+                "For reference, nnActive reports 0.895 for full-data nnU-Net on its Hippocampus split.",
+                "",
+            ]
+        elif part == "demo":
+            curves = result["curves"]
+            names = list(curves)
+            first = curves[names[0]]
+            lines += [
+                "## `activeseg demo`",
+                "",
+                f"Machine: {where}. Wall time **{result['wall_s'] / 60:.1f} min**, peak RSS "
+                f"**{result['peak_rss_mb']:.0f} MB** (one seed; see the note below).",
+                "",
+                "| labelled volumes | " + " | ".join(names) + " |",
+                "|---|" + "---|" * len(names),
+            ]
+            for i, n in enumerate(first["n_labelled"]):
+                lines.append(f"| {n} | " + " | ".join(f"{curves[k]['mean_dice'][i]:.4f}" for k in names) + " |")
+            lines += [
+                "| **final Dice** | " + " | ".join(f"**{curves[k]['final_dice']:.4f}**" for k in names) + " |",
+                "| **AUBC** | " + " | ".join(f"**{curves[k]['aubc']:.4f}**" for k in names) + " |",
+                "",
+                f"Full-data bound with the demo's training budget: {result['full_data_dice']:.4f}.",
+                "",
+                "One seed and one split: the differences between strategies are not tested for significance here "
+                "(the benchmark issue adds seeds, CIs and paired tests).",
+                "",
+                "![demo curve](benchmarks/results/demo-curve.png)",
+                "",
+                "![demo montage](benchmarks/results/demo-montage.png)",
+                "",
+            ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--render-only", action="store_true")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if not args.render_only:
+        data_root = find_hippocampus(args.data)
+        runners = {"speed": bench_speed, "memory": bench_memory, "full": bench_full, "demo": bench_demo}
+        for part in args.parts:
+            print(f"benchmark: {part} …", flush=True)
+            result = runners[part](data_root) | {"machine": machine()}
+            (RESULTS / f"{part}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    stored = {p: json.loads((RESULTS / f"{p}.json").read_text()) for p in PARTS if (RESULTS / f"{p}.json").exists()}
+    OUTPUT.write_text(render(stored))
+    print(f"wrote {OUTPUT}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""The command line end to end on phantoms: bad input fails cleanly and writes nothing; a good run works."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from activeseg.cli import app
+from activeseg.data.phantom import make_phantom_dataset
+
+runner = CliRunner()
+
+
+def write_config(path: Path, root: Path, cache: Path, **sections: dict[str, object]) -> Path:
+    raw: dict[str, object] = {
+        "name": "phantom",
+        "seed": 1,
+        "data": {"root": str(root), "test_size": 4, "shape": [32, 32, 32], "cache_dir": str(cache)},
+        "model": {"channels": [8, 16, 32], "strides": [2, 2]},
+        "train": {"iterations": 8, "device": "cpu"},
+        "strategy": {"name": "entropy", "mc_samples": 3, "mc_batch_size": 3},
+        "loop": {"initial": 2, "per_round": 2, "rounds": 2},
+    }
+    for key, values in sections.items():
+        raw[key] = {**raw[key], **values}  # type: ignore[dict-item]
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_phantom_dataset(tmp_path_factory.mktemp("phantoms"), 12, seed=3)
+
+
+def snapshot(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def broken_copy(phantoms: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "broken"
+    shutil.copytree(phantoms, root)
+    (root / "labelsTr" / "phantom_005.nii.gz").unlink()
+    (root / "imagesTr" / "phantom_007.nii.gz").write_bytes(b"\x1f\x8b truncated")
+    return root
+
+
+def test_invalid_dataset_names_files_and_writes_nothing(phantoms: Path, tmp_path: Path) -> None:
+    root = broken_copy(phantoms, tmp_path)
+    config = write_config(tmp_path / "c.yaml", root, tmp_path / "cache")
+    before = snapshot(tmp_path)
+    result = runner.invoke(app, ["run", str(config), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "phantom_005" in result.output and "label" in result.output
+    assert "phantom_007.nii.gz" in result.output
+    assert snapshot(tmp_path) == before  # no run directory, no cache entries
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"loop": {"initial": 9}}, "loop.initial: asks for 9 initial volumes but the pool holds only 8"),
+        ({"data": {"test_size": 12}}, "leaves no pool"),
+        ({"train": {"iterationz": 3}}, "unknown key 'iterationz' in train; valid keys: iterations"),
+    ],
+)
+def test_config_problems_fail_before_any_work(
+    phantoms: Path, tmp_path: Path, sections: dict[str, dict[str, object]], message: str
+) -> None:
+    config = write_config(tmp_path / "c.yaml", phantoms, tmp_path / "cache", **sections)
+    before = snapshot(tmp_path)
+    result = runner.invoke(app, ["run", str(config), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "run").exists()
+    assert [p for p in snapshot(tmp_path) if p not in before and not p.startswith("cache")] == []
+
+
+def test_run_status_plot_full_data_with_external_test_set(phantoms: Path, tmp_path: Path) -> None:
+    test_root = tmp_path / "external"
+    for kind in ("imagesTr", "labelsTr"):
+        (test_root / kind).mkdir(parents=True)
+        for i in (0, 1, 2):
+            shutil.copy(phantoms / kind / f"phantom_00{i}.nii.gz", test_root / kind / f"external_00{i}.nii.gz")
+    pool_root = tmp_path / "pool"
+    shutil.copytree(phantoms, pool_root)
+    for kind in ("imagesTr", "labelsTr"):
+        for i in (0, 1, 2):
+            (pool_root / kind / f"phantom_00{i}.nii.gz").unlink()
+    config = write_config(tmp_path / "c.yaml", pool_root, tmp_path / "cache")
+    run_dir = tmp_path / "run"
+
+    result = runner.invoke(app, ["run", str(config), "--run-dir", str(run_dir), "--test-data", str(test_root)])
+    assert result.exit_code == 0, result.output
+    status = runner.invoke(app, ["status", str(run_dir)])
+    assert status.exit_code == 0
+    assert "pool 9 · labelled 6 · unlabelled 3 · test 3" in status.output
+    assert "budget reached" in status.output
+
+    full = runner.invoke(app, ["full-data", str(config), "--out-dir", str(tmp_path / "full"), "--test-data",
+                               str(test_root), "--iterations", "4"])  # fmt: skip
+    assert full.exit_code == 0, full.output
+    plotted = runner.invoke(app, ["plot", str(run_dir), "--full-data", str(tmp_path / "full"), "-o",
+                                  str(tmp_path / "c.png")])  # fmt: skip
+    assert plotted.exit_code == 0, plotted.output
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+    again = runner.invoke(app, ["resume", str(run_dir)])
+    assert again.exit_code == 0 and "budget reached" in again.output
+
+
+def test_test_set_sharing_ids_with_the_pool_is_rejected(phantoms: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", phantoms, tmp_path / "cache")
+    result = runner.invoke(app, ["run", str(config), "--run-dir", str(tmp_path / "r"), "--test-data", str(phantoms)])
+    assert result.exit_code == 2
+    assert "share ids" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_demo_without_data_says_how_to_get_it(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "hippocampus data not found" in result.output
+    assert "Task04" in result.output and "Decathlon" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_strategies_lists_every_registered_strategy() -> None:
+    result = runner.invoke(app, ["strategies"])
+    assert result.exit_code == 0
+    for name in ("random", "entropy", "bald"):
+        assert name in result.output

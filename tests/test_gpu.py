@@ -1,0 +1,45 @@
+"""CUDA path: training with AMP, MC dropout and a whole round on the GPU (skipped without CUDA)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from activeseg.ledger import Ledger
+from activeseg.loop import start_run
+from activeseg.model import build_model, select_device, use_amp
+from activeseg.uncertainty import mc_dropout_probs
+
+from _support import requires_hippocampus, tiny_config
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def test_mc_dropout_on_cuda_with_amp_gives_distinct_valid_samples() -> None:
+    config = tiny_config(Path("/unused")).model
+    model = build_model(config, 3).cuda()
+    image = torch.randn(1, 40, 56, 40)
+    probs = mc_dropout_probs(model, image, samples=6, batch_size=3, seed=0, amp=True)
+    assert probs.shape == (6, 3, 40, 56, 40) and probs.device.type == "cpu"
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(6, 40, 56, 40), atol=1e-3, rtol=0)
+    assert not torch.equal(probs[0], probs[1])  # dropout really is on
+    again = mc_dropout_probs(model, image, samples=6, batch_size=3, seed=0, amp=True)
+    torch.testing.assert_close(again, probs, atol=1e-3, rtol=0)
+
+
+@requires_hippocampus
+def test_round_on_cuda(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path / "cache", train={"device": "cuda", "amp": True, "iterations": 30})
+    assert select_device(config.train).type == "cuda" and use_amp(config.train, torch.device("cuda"))
+    run_dir = start_run(config, tmp_path / "run")
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        rounds = ledger.rounds()
+        assert [r.n_labelled for r in rounds] == [4, 7, 10]
+        assert all(math.isfinite(r.mean_dice) and 0 <= r.mean_dice <= 1 for r in rounds)
+        assert ledger.stop_reason() is not None
