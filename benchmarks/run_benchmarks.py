@@ -283,6 +283,27 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                 "![demo montage](benchmarks/results/demo-montage.png)",
                 "",
             ]
+    if "gpu" in results:
+        gpu = results["gpu"]
+        demo, full = gpu["demo"], gpu["full"]
+        lines += [
+            "## The same engine on a GPU",
+            "",
+            f"Machine: {gpu['gpu']}, torch {gpu['torch']} (a lent device machine, 16 CPU cores), produced by "
+            "`benchmarks/gpu_check.sh` → `benchmarks/gpu_benchmark.py` and stored as `benchmarks/results/gpu.json`. "
+            "Mixed precision (AMP) is on; GPU numbers are not bit-identical to CPU runs.",
+            "",
+            "| run | result | wall time |",
+            "|---|---|---|",
+            "| `activeseg demo` (same config as above) | final Dice "
+            + ", ".join(f"{k} {v['mean_dice'][-1]:.4f}" for k, v in demo["curves"].items())
+            + f"; full data {demo['full_data_dice']:.4f} | {demo['wall_s']:.0f} s |",
+            f"| full data, channels {full['channels']}, 2 residual units, {full['iterations']} iterations, "
+            f"batch {full['batch_size']} (`benchmarks/full_data_gpu.yaml`) | mean foreground Dice "
+            f"**{full['dice']['mean_foreground']:.4f}** (class 1 {full['dice']['class_1']:.4f}, class 2 "
+            f"{full['dice']['class_2']:.4f}) | {full['train_seconds']:.0f} s training |",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -300,7 +321,8 @@ def main() -> None:
             print(f"benchmark: {part} …", flush=True)
             result = runners[part](data_root) | {"machine": machine()}
             (RESULTS / f"{part}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    stored = {p: json.loads((RESULTS / f"{p}.json").read_text()) for p in PARTS if (RESULTS / f"{p}.json").exists()}
+    names = (*PARTS, "gpu")
+    stored = {p: json.loads((RESULTS / f"{p}.json").read_text()) for p in names if (RESULTS / f"{p}.json").exists()}
     OUTPUT.write_text(render(stored))
     print(f"wrote {OUTPUT}")
 

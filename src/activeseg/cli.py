@@ -150,7 +150,7 @@ def demo(
     for i, n in enumerate(result.curves[0].n_labelled):
         table.add_row(str(n), *(f"{c.mean_dice[i]:.4f}" for c in result.curves))
     console.print(table)
-    console.print(f"full data ({160} volumes): {result.full_data_dice:.4f}")
+    console.print(f"full data ({result.full_data_volumes} volumes): {result.full_data_dice:.4f}")
     console.print(f"curve: {result.curve_png}\nmontage: {result.montage_png}")
 
 

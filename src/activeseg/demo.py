@@ -29,6 +29,7 @@ from activeseg.loop import (
 from activeseg.model import build_model
 from activeseg.plots import plot_curves, plot_montage
 from activeseg.reporting import Reporter, SilentReporter
+from activeseg.scorers import bald
 from activeseg.strategies import get_strategy
 from activeseg.train import predict
 from activeseg.uncertainty import mc_dropout_probs
@@ -81,6 +82,7 @@ class DemoResult:
 
     curves: list[Curve]
     full_data_dice: float
+    full_data_volumes: int
     curve_png: Path
     montage_png: Path
 
@@ -119,7 +121,7 @@ def run_demo(
         title=f"Hippocampus (MSD Task04), {base.train.iterations} iterations per round, seed {base.seed}",
     )
     montage_png = selection_montage(out_dir / "bald", out_dir / "montage.png", reporter)
-    return DemoResult(curves, full, curve_png, montage_png)
+    return DemoResult(curves, full, int(full_record["n_labelled"]), curve_png, montage_png)
 
 
 def selection_montage(run_dir: Path, out_png: Path, reporter: Reporter | None = None) -> Path:
@@ -140,7 +142,7 @@ def selection_montage(run_dir: Path, out_png: Path, reporter: Reporter | None = 
             raise DatasetError(f"{run_dir}: dataset does not match the run's split")
     model = build_model(config.model, data.num_classes)
     model.load_state_dict(torch.load(round_dir / "model.pt", map_location="cpu", weights_only=True))
-    scorer = strategy.scorer
+    scorer = strategy.scorer or bald  # a score-free strategy's picks are shown with BALD
     rows = []
     mc_seed = round_seeds(config.seed, r)["mc_dropout"]
     for case_id in chosen:
@@ -152,8 +154,8 @@ def selection_montage(run_dir: Path, out_png: Path, reporter: Reporter | None = 
             config.strategy.mc_batch_size,
             derive_seed(mc_seed, case_id),
         )
-        uncertainty = (scorer or get_strategy("bald").scorer)(probs)  # type: ignore[misc]
+        uncertainty = scorer(probs)
         prediction = predict(model, torch.from_numpy(image[None]))[0].argmax(0)
         rows.append((case_id, image[0], prediction.numpy(), uncertainty.numpy(), data.ground_truth(case_id)))
     title = f"{config.strategy.name}: cases selected after round {r} (mid slice)"
-    return plot_montage(rows, out_png, title)
+    return plot_montage(rows, out_png, title, uncertainty_name=f"{scorer.__name__} (MC dropout)")

@@ -183,8 +183,9 @@ def adopt_round_zero(source: Path, target: Path) -> bool:
     same_inputs = len({(c.seed, c.data, c.model, c.train) for c in configs}) == 1
     with Ledger(Path(source) / LEDGER_FILE) as a, Ledger(Path(target) / LEDGER_FILE) as b:
         same_labels = a.labelled_ids(0) == b.labelled_ids(0) and a.split("test") == b.split("test")
-        target_fresh = b.current_round() == 0 and not b.rounds()
+        untrained = b.current_round() == 0 and not b.rounds()
     artifacts = [Path(source) / "rounds" / "round_000" / name for name in ("model.pt", "metrics.json")]
+    target_fresh = untrained and not (Path(target) / "rounds" / "round_000" / "model.pt").exists()
     if not (same_inputs and same_labels and target_fresh and all(p.exists() for p in artifacts)):
         return False
     for path in artifacts:

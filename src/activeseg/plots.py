@@ -50,10 +50,13 @@ def full_data_dice(path: Path) -> float:
 
 
 def plot_montage(
-    rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]], out_png: Path, title: str
+    rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    out_png: Path,
+    title: str,
+    uncertainty_name: str = "uncertainty",
 ) -> Path:
     """One row per case: (case id, image_D_H_W, prediction_D_H_W, uncertainty_D_H_W, truth_D_H_W), mid slice each."""
-    columns = ("image", "prediction", "uncertainty (BALD/PE)", "ground truth")
+    columns = ("image", "prediction", uncertainty_name, "ground truth")
     fig, axes = plt.subplots(len(rows), 4, figsize=(9, 2.4 * len(rows)), dpi=110, squeeze=False)
     for axis_row, (case_id, image, prediction, uncertainty, truth) in zip(axes, rows, strict=True):
         mid = image.shape[0] // 2
