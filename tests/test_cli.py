@@ -12,21 +12,15 @@ from typer.testing import CliRunner
 from activeseg.cli import app
 from activeseg.data.phantom import make_phantom_dataset
 
+from _support import phantom_raw
+
 runner = CliRunner()
 
 
 def write_config(path: Path, root: Path, cache: Path, **sections: dict[str, object]) -> Path:
-    raw: dict[str, object] = {
-        "name": "phantom",
-        "seed": 1,
-        "data": {"root": str(root), "test_size": 4, "shape": [32, 32, 32], "cache_dir": str(cache)},
-        "model": {"channels": [8, 16, 32], "strides": [2, 2]},
-        "train": {"iterations": 8, "device": "cpu"},
-        "strategy": {"name": "entropy", "mc_samples": 3, "mc_batch_size": 3},
-        "loop": {"initial": 2, "per_round": 2, "rounds": 2},
-    }
+    raw = phantom_raw(root, cache)
     for key, values in sections.items():
-        raw[key] = {**raw[key], **values}  # type: ignore[dict-item]
+        raw[key] = {**raw[key], **values}
     path.write_text(yaml.safe_dump(raw))
     return path
 

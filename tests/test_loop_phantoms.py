@@ -14,6 +14,8 @@ from activeseg.ledger import Ledger
 from activeseg.loop import start_run
 from activeseg.oracle import OracleError, SimulatedOracle
 
+from _support import phantom_raw
+
 
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -21,15 +23,8 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def config(root: Path, cache: Path, **changes: object) -> RunConfig:
-    base = config_from_dict(
-        {
-            "seed": 2,
-            "data": {"root": str(root), "test_size": 4, "shape": [32, 32, 32], "cache_dir": str(cache)},
-            "model": {"channels": [8, 16, 32], "strides": [2, 2]},
-            "train": {"iterations": 6, "device": "cpu"},
-            "strategy": {"name": "bald", "mc_samples": 3, "mc_batch_size": 3},
-            "loop": {"initial": 2, "per_round": 4, "rounds": 6},
-        }
+    base = config_from_dict(phantom_raw(root, cache)).override(
+        {"seed": 2, "train.iterations": 6, "strategy.name": "bald", "loop.per_round": 4, "loop.rounds": 6}
     )
     return base.override(dict(changes))
 

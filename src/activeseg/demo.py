@@ -13,8 +13,6 @@ import yaml
 from activeseg.artifacts import read_json
 from activeseg.config import RunConfig, config_from_dict, load_config
 from activeseg.curves import Curve, read_curve
-from activeseg.data.dataset import DatasetError
-from activeseg.ledger import Ledger
 from activeseg.loop import (
     CONFIG_FILE,
     LEDGER_FILE,
@@ -137,9 +135,6 @@ def selection_montage(run_dir: Path, out_png: Path, reporter: Reporter | None = 
     r = int(round_dir.name.split("_")[1])
     chosen = [c["case_id"] for c in read_json(selections[-1])]
     data = open_data(config, reporter)
-    with Ledger(run_dir / LEDGER_FILE) as ledger:
-        if set(ledger.split("pool")) != set(data.pool.ids):
-            raise DatasetError(f"{run_dir}: dataset does not match the run's split")
     model = build_model(config.model, data.num_classes)
     model.load_state_dict(torch.load(round_dir / "model.pt", map_location="cpu", weights_only=True))
     scorer = strategy.scorer or bald  # a score-free strategy's picks are shown with BALD
