@@ -6,11 +6,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 EXTRAS="${1:-}"
 [ -x .venv/bin/python ] || python3 -m venv .venv
-stamp=".venv/.activeseg-installed"
-want="$(cat pyproject.toml | sha256sum | cut -c1-16) $TORCH_SPEC $EXTRAS"
+want="$(sha256sum pyproject.toml | cut -c1-16) $TORCH_SPEC"
+stamp=".venv/.activeseg-installed${EXTRAS:+-$EXTRAS}"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet "$TORCH_SPEC"
   .venv/bin/python -m pip install --quiet "$TORCH_SPEC" -e ".${EXTRAS:+[$EXTRAS]}"
   echo "$want" > "$stamp"
+  echo "$want" > .venv/.activeseg-installed  # the extras install includes the plain one
 fi

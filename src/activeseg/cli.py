@@ -136,7 +136,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="Output folder (rerunning resumes).")] = Path("demo-output"),
     data: Annotated[Path | None, typer.Option("--data", help="Hippocampus folder (MSD Task04 layout).")] = None,
 ) -> None:
-    """Random vs predictive entropy vs BALD on the hippocampus data, with the full-data bound (~15 min on 2 CPUs)."""
+    """Random vs predictive entropy vs BALD on the hippocampus data, with the full-data bound (~8-10 min on 2 CPUs)."""
     from activeseg.demo import DataNotFoundError, run_demo
 
     try:
