@@ -18,6 +18,7 @@ import pytest
 from activeseg.config import save_config
 from activeseg.ledger import Ledger
 from activeseg.loop import RunError, adopt_round_zero, create_run, derive_seed, resume_run, round_seeds, start_run
+from activeseg.strategies import STRATEGIES
 
 from _support import requires_hippocampus, tiny_config
 
@@ -144,3 +145,19 @@ def test_round_zero_is_shared_only_between_equivalent_runs(reference_run: Path, 
     assert ledger_rows(random_run)[1][0] == ledger_rows(reference_run)[1][0]
     with Ledger(random_run / "ledger.sqlite") as ledger:
         assert {r.strategy for r in ledger.labels() if r.round > 0} == {"random"}
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_registered_strategy_runs_two_real_rounds(name: str, cache: Path, tmp_path: Path) -> None:
+    config = tiny_config(
+        cache,
+        data={"max_cases": 16, "test_size": 4},
+        train={"iterations": 4},
+        strategy={"name": name, "mc_samples": 3, "mc_batch_size": 3, "beta": 2.0},
+    )
+    run_dir = start_run(config, tmp_path / name)
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        assert [r.n_labelled for r in ledger.rounds()] == [4, 7, 10]
+        new = [r for r in ledger.labels() if r.round > 0]
+        assert {r.strategy for r in new} == {name}
+        assert all((r.score is None) == (not STRATEGIES[name].needs_scores) for r in new)

@@ -9,12 +9,16 @@ import torch
 from activeseg.scorers import (
     SCORERS,
     bald,
+    class_predictive_entropy,
     expected_entropy,
     make_reduction,
+    margin,
     predictive_entropy,
     reduce_foreground,
     reduce_mean,
+    reduce_sum,
     reduce_top_q,
+    variance,
 )
 
 
@@ -31,9 +35,17 @@ def entropy_np(p: np.ndarray, axis: int) -> np.ndarray:
 
 def reference(name: str, probs: torch.Tensor) -> np.ndarray:
     p = probs.double().numpy()
-    pe = entropy_np(p.mean(axis=0), axis=0)
+    mean = p.mean(axis=0)
+    pe = entropy_np(mean, axis=0)
     ee = entropy_np(p, axis=1).mean(axis=0)
-    return {"predictive_entropy": pe, "expected_entropy": ee, "bald": pe - ee}[name]
+    ordered = np.sort(mean, axis=0)
+    return {
+        "predictive_entropy": pe,
+        "expected_entropy": ee,
+        "bald": pe - ee,
+        "variance": p.var(axis=0).mean(axis=0),
+        "margin": 1.0 - (ordered[-1] - ordered[-2]),
+    }[name]
 
 
 @pytest.mark.parametrize("name", sorted(SCORERS))
@@ -86,6 +98,33 @@ def test_reductions_against_numpy() -> None:
     assert make_reduction("top_q", 0.1)(score, mean_probs) == pytest.approx(top.mean())
 
 
+def test_class_predictive_entropy_against_numpy_and_hand_values() -> None:
+    probs = random_probs(4)
+    before = probs.clone()
+    got = class_predictive_entropy(probs)
+    p = probs.double().numpy()
+    mean = p.mean(axis=0)
+    np.testing.assert_allclose(got.double().numpy(), entropy_np(mean, axis=0)[None] * mean, atol=2e-6)
+    assert torch.equal(probs, before)
+    # The per-class maps sum to PE, because the mean probabilities sum to one.
+    torch.testing.assert_close(got.sum(dim=0), predictive_entropy(probs), atol=1e-5, rtol=0)
+
+
+def test_variance_and_margin_hand_checked() -> None:
+    # Two samples, two classes, one voxel: p1 = (1, 0), p2 = (0, 1): variance 0.25 per class; mean (0.5, 0.5): margin 1.
+    probs = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).reshape(2, 2, 1, 1, 1)
+    assert float(variance(probs)) == pytest.approx(0.25)
+    assert float(margin(probs)) == pytest.approx(1.0)
+    certain = torch.tensor([[1.0, 0.0], [1.0, 0.0]]).reshape(2, 2, 1, 1, 1)
+    assert float(variance(certain)) == pytest.approx(0.0)
+    assert float(margin(certain)) == pytest.approx(0.0)
+
+
+def test_sum_reduction() -> None:
+    score = torch.arange(8, dtype=torch.float32).reshape(2, 2, 2)
+    assert reduce_sum(score, torch.zeros(3, 2, 2, 2)) == pytest.approx(28.0)
+
+
 def test_foreground_reduction_falls_back_to_mean_without_foreground() -> None:
     mean_probs = torch.zeros(3, 2, 2, 2)
     mean_probs[0] = 1.0
@@ -94,7 +133,7 @@ def test_foreground_reduction_falls_back_to_mean_without_foreground() -> None:
 
 
 def test_unknown_reduction_is_rejected() -> None:
-    with pytest.raises(ValueError, match="valid: mean, top_q, foreground"):
+    with pytest.raises(ValueError, match="valid: mean, top_q, foreground, sum"):
         make_reduction("median")
 
 

@@ -84,7 +84,7 @@ def test_rank_and_score_recorded(strategy: Strategy) -> None:
 def test_top_k_strategies_pick_the_highest_scores() -> None:
     ids, scores = pool(40)
     best = sorted(ids, key=lambda c: -scores[c])[:6]
-    for name in ("entropy", "bald"):
+    for name in ("entropy", "bald", "epistemic", "variance", "margin"):
         assert select(get_strategy(name), ids, scores, 6) == best
 
 

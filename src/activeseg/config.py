@@ -101,13 +101,15 @@ class StrategyConfig:
     """Which registered acquisition strategy to use, and how voxel scores become one score per volume."""
 
     name: str = "random"
-    reduction: Literal["mean", "top_q", "foreground"] = "mean"
+    reduction: Literal["mean", "top_q", "foreground", "sum"] = "mean"
     top_q: float = 0.05
     """Fraction of the highest-scoring voxels averaged by the ``top_q`` reduction."""
     mc_samples: int = 8
     """Stochastic forward passes (MC dropout) per volume."""
     mc_batch_size: int = 8
     """Passes computed together in one batch."""
+    beta: float = 1.0
+    """Sharpness of the stochastic batch strategies (power-*, softmax-*, softrank-*): 0 is uniform."""
 
     def __post_init__(self) -> None:
         from activeseg.strategies import STRATEGIES  # the registry defines the valid names
@@ -120,6 +122,7 @@ class StrategyConfig:
         _require(0.0 < self.top_q <= 1.0, "strategy.top_q", "must be in (0, 1]")
         _require(self.mc_samples >= 2, "strategy.mc_samples", "must be at least 2 for a spread of predictions")
         _require(self.mc_batch_size >= 1, "strategy.mc_batch_size", "must be at least 1")
+        _require(self.beta >= 0, "strategy.beta", "must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from activeseg.oracle import Oracle, SimulatedOracle
 from activeseg.plots import plot_curves
 from activeseg.reporting import Reporter, SilentReporter
 from activeseg.scorers import make_reduction
-from activeseg.strategies import Choice, get_strategy
+from activeseg.strategies import Choice, SelectionParams, get_strategy
 from activeseg.train import Evaluation, Example, evaluate, seed_everything, train
 from activeseg.uncertainty import score_pool
 
@@ -271,7 +271,8 @@ class ActiveLearningLoop:
             timings["score_s"] = time.perf_counter() - tick
             tick = time.perf_counter()
             rng = np.random.default_rng(seeds["select"])
-            choices = self.strategy.select(candidates, scores, self.config.loop.per_round, rng)
+            params = SelectionParams(beta=self.config.strategy.beta)
+            choices = self.strategy.select(candidates, scores, self.config.loop.per_round, rng, params)
             timings["select_s"] = time.perf_counter() - tick
             write_json_atomic(out / "selection.json", [c.__dict__ for c in choices])
             self.acquire(r + 1, choices)

@@ -7,6 +7,9 @@ for one volume. A scorer maps it to a voxel map ``score_D_H_W``; a reduction map
 - predictive entropy  PE  = H[mean_k p_k]
 - expected entropy    EE  = mean_k H[p_k]
 - BALD (mutual information) = PE - EE >= 0  (Houlsby et al. 2011; Gal et al., ICML 2017)
+- variance            mean_c var_k p_k(c)   (population variance over the K samples)
+- margin              1 - (p̄_(1) - p̄_(2)), the two largest mean class probabilities
+- class-specific PE   PE · p̄_c, one map per class (ClaSP PE, Lüth et al., TMLR 2026)
 """
 
 from __future__ import annotations
@@ -47,6 +50,23 @@ def bald(probs_K_C_D_H_W: Tensor) -> Tensor:
     return (predictive_entropy(probs_K_C_D_H_W) - expected_entropy(probs_K_C_D_H_W)).clamp_min(0.0)
 
 
+def variance(probs_K_C_D_H_W: Tensor) -> Tensor:
+    """Spread of the K predictions, per voxel: the class-averaged population variance over samples."""
+    return probs_K_C_D_H_W.var(dim=0, correction=0).mean(dim=0)
+
+
+def margin(probs_K_C_D_H_W: Tensor) -> Tensor:
+    """One minus the gap between the two most probable classes of the mean prediction (1 = a tie)."""
+    top2_2_D_H_W = torch.topk(probs_K_C_D_H_W.mean(dim=0), k=2, dim=0).values
+    return 1.0 - (top2_2_D_H_W[0] - top2_2_D_H_W[1])
+
+
+def class_predictive_entropy(probs_K_C_D_H_W: Tensor) -> Tensor:
+    """Class-specific uncertainty PE · p̄_c for every class: score_C_D_H_W (ClaSP PE, Lüth et al., TMLR 2026)."""
+    mean_C_D_H_W = probs_K_C_D_H_W.mean(dim=0)
+    return _entropy(mean_C_D_H_W, dim=0).unsqueeze(0) * mean_C_D_H_W
+
+
 def reduce_mean(score_D_H_W: Tensor, mean_probs_C_D_H_W: Tensor) -> float:
     """Mean over all voxels of the unit (MONAI Label's "epistemic" reduction)."""
     del mean_probs_C_D_H_W
@@ -74,19 +94,30 @@ def reduce_foreground(score_D_H_W: Tensor, mean_probs_C_D_H_W: Tensor) -> float:
     return float((score_D_H_W.double() * weight_D_H_W).sum() / total)
 
 
+def reduce_sum(score_D_H_W: Tensor, mean_probs_C_D_H_W: Tensor) -> float:
+    """Sum over the unit's voxels: favours large units (Baal's ``sum`` reduction)."""
+    del mean_probs_C_D_H_W
+    return float(score_D_H_W.double().sum())
+
+
 SCORERS: dict[str, VoxelScorer] = {
     "predictive_entropy": predictive_entropy,
     "expected_entropy": expected_entropy,
     "bald": bald,
+    "variance": variance,
+    "margin": margin,
 }
+"""Scorers that give one map per volume; :func:`class_predictive_entropy` gives one per class."""
 
 
 def make_reduction(name: str, top_q: float = 0.05) -> Reduction:
-    """The reduction called ``name`` (``mean``, ``top_q`` or ``foreground``)."""
+    """The reduction called ``name`` (``mean``, ``top_q``, ``foreground`` or ``sum``)."""
     if name == "mean":
         return reduce_mean
     if name == "top_q":
         return lambda score, probs: reduce_top_q(score, probs, top_q)
     if name == "foreground":
         return reduce_foreground
-    raise ValueError(f"unknown reduction {name!r}; valid: mean, top_q, foreground")
+    if name == "sum":
+        return reduce_sum
+    raise ValueError(f"unknown reduction {name!r}; valid: mean, top_q, foreground, sum")

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from activeseg.scorers import VoxelScorer, bald, predictive_entropy
+from activeseg.scorers import VoxelScorer, bald, margin, predictive_entropy, variance
+from activeseg.selection import Kind, stochastic_batch
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,18 @@ class Choice:
     rank: int
 
 
-Selector = Callable[[Sequence[str], Mapping[str, float] | None, int, np.random.Generator], list[Choice]]
-"""(candidate ids, scores or None, batch size, rng) -> choices, best first"""
+@dataclass(frozen=True)
+class SelectionParams:
+    """Tunable selection parameters (from the run config's ``strategy`` section)."""
+
+    beta: float = 1.0
+    """Sharpness of stochastic batch acquisition: 0 is uniform, large is top-k."""
+
+
+Selector = Callable[
+    [Sequence[str], Mapping[str, float] | None, int, np.random.Generator, SelectionParams], list[Choice]
+]
+"""(sorted candidate ids, scores or None, batch size, rng, params) -> choices in rank order"""
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,7 @@ class Strategy:
         scores: Mapping[str, float] | None,
         batch_size: int,
         rng: np.random.Generator,
+        params: SelectionParams | None = None,
     ) -> list[Choice]:
         """Choose ``min(batch_size, len(candidates))`` distinct candidates."""
         if batch_size < 1:
@@ -62,26 +74,54 @@ class Strategy:
             missing = [c for c in candidates if scores is None or c not in scores]
             if missing:
                 raise ValueError(f"strategy {self.name!r} needs a score for every candidate; missing {missing[:5]}")
-        return self.selector(sorted(candidates), scores, min(batch_size, len(candidates)), rng)
+        params = params or SelectionParams()
+        return self.selector(sorted(candidates), scores, min(batch_size, len(candidates)), rng, params)
 
 
 def select_random(
-    candidates: Sequence[str], scores: Mapping[str, float] | None, k: int, rng: np.random.Generator
+    candidates: Sequence[str],
+    scores: Mapping[str, float] | None,
+    k: int,
+    rng: np.random.Generator,
+    params: SelectionParams,
 ) -> list[Choice]:
     """Uniform sample without replacement."""
-    del scores
+    del scores, params
     picked = rng.choice(len(candidates), size=k, replace=False)
     return [Choice(candidates[int(i)], None, rank) for rank, i in enumerate(picked)]
 
 
 def select_top_k(
-    candidates: Sequence[str], scores: Mapping[str, float] | None, k: int, rng: np.random.Generator
+    candidates: Sequence[str],
+    scores: Mapping[str, float] | None,
+    k: int,
+    rng: np.random.Generator,
+    params: SelectionParams,
 ) -> list[Choice]:
     """The k highest scores; equal scores go to the smaller case id."""
-    del rng
+    del rng, params
     assert scores is not None
     ranked = sorted(candidates, key=lambda c: (-scores[c], c))
     return [Choice(c, scores[c], rank) for rank, c in enumerate(ranked[:k])]
+
+
+def stochastic_selector(kind: Kind) -> Selector:
+    """A selector that samples the batch ∝ power / softmax / softrank weights of the scores (see ``selection``)."""
+
+    def select(
+        candidates: Sequence[str],
+        scores: Mapping[str, float] | None,
+        k: int,
+        rng: np.random.Generator,
+        params: SelectionParams,
+    ) -> list[Choice]:
+        assert scores is not None
+        values = np.array([scores[c] for c in candidates])
+        picked = stochastic_batch(values, k, params.beta, kind, rng)
+        return [Choice(candidates[int(i)], scores[candidates[int(i)]], rank) for rank, i in enumerate(picked)]
+
+    select.__doc__ = f"Stochastic batch acquisition with {kind} weights (Kirsch et al., TMLR 2023)."
+    return select
 
 
 STRATEGIES: dict[str, Strategy] = {}
@@ -129,5 +169,69 @@ register(
         source="Houlsby et al. 2011; Gal, Islam & Ghahramani, ICML 2017. Top-k, not BatchBALD's joint selection.",
         scorer=bald,
         selector=select_top_k,
+    )
+)
+register(
+    Strategy(
+        name="epistemic",
+        description="MONAI Label's 'epistemic': predictive entropy of the MC-dropout mean (use reduction=mean), top-k.",
+        source="MONAI Label (Project-MONAI), EpistemicScoring. MONAI Label hands out one volume at a time; here the "
+        "batch is the top-k of the same score, computed from seeded, batched MC passes.",
+        scorer=predictive_entropy,
+        selector=select_top_k,
+    )
+)
+register(
+    Strategy(
+        name="variance",
+        description="Top-k class-averaged variance of the MC-dropout samples, reduced per volume.",
+        source="Baal 'Variance' heuristic (baal-org); Gal et al., ICML 2017 (MC dropout).",
+        scorer=variance,
+        selector=select_top_k,
+    )
+)
+register(
+    Strategy(
+        name="margin",
+        description="Top-k margin uncertainty 1 - (p1 - p2) of the MC-dropout mean, reduced per volume.",
+        source="Scheffer et al., IDA 2001 (margin sampling); Baal 'Margin' heuristic.",
+        scorer=margin,
+        selector=select_top_k,
+    )
+)
+register(
+    Strategy(
+        name="power-bald",
+        description="PowerBALD: batch sampled without replacement with probability ∝ BALD^β (strategy.beta).",
+        source="Kirsch et al., 'Stochastic Batch Acquisition', TMLR 2023; scores reduced per volume first.",
+        scorer=bald,
+        selector=stochastic_selector("power"),
+    )
+)
+register(
+    Strategy(
+        name="power-entropy",
+        description="PowerPE: batch sampled without replacement with probability ∝ PE^β (strategy.beta).",
+        source="Kirsch et al., 'Stochastic Batch Acquisition', TMLR 2023; scores reduced per volume first.",
+        scorer=predictive_entropy,
+        selector=stochastic_selector("power"),
+    )
+)
+register(
+    Strategy(
+        name="softmax-bald",
+        description="Batch sampled without replacement with probability ∝ exp(β · BALD).",
+        source="Kirsch et al., 'Stochastic Batch Acquisition', TMLR 2023 (softmax acquisition).",
+        scorer=bald,
+        selector=stochastic_selector("softmax"),
+    )
+)
+register(
+    Strategy(
+        name="softrank-bald",
+        description="Batch sampled without replacement with probability ∝ rank(BALD)^-β.",
+        source="Kirsch et al., 'Stochastic Batch Acquisition', TMLR 2023 (soft-rank acquisition).",
+        scorer=bald,
+        selector=stochastic_selector("softrank"),
     )
 )

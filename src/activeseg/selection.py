@@ -1,0 +1,57 @@
+"""Stochastic batch acquisition (Kirsch, Farquhar, Atighehchian, Jesson, Branchaud-Charron & Gal, TMLR 2023).
+
+Instead of the top-k scores, sample k units without replacement with probability proportional to
+
+- power:    score^β
+- softmax:  exp(β · score)
+- softrank: rank^-β        (rank 1 = highest score)
+
+Sampling without replacement is done with the Gumbel-top-k trick: add independent Gumbel(0, 1) noise to the log
+weights and keep the k largest. This is exact sequential sampling without replacement (Kool et al., ICML 2019).
+β → ∞ recovers top-k; β = 0 is uniform random. With BALD scores and power sampling this is PowerBALD.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+Kind = Literal["power", "softmax", "softrank"]
+KINDS: tuple[Kind, ...] = ("power", "softmax", "softrank")
+_TINY = 1e-12
+
+
+def log_weights(scores_N: np.ndarray, beta: float, kind: Kind) -> np.ndarray:
+    """Unnormalised log sampling weights of each unit (float64)."""
+    if beta < 0 or not np.isfinite(beta):
+        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+    scores = np.asarray(scores_N, dtype=np.float64)
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores must be finite")
+    if kind == "power":
+        if np.any(scores < 0):
+            raise ValueError("power sampling needs non-negative scores")
+        return beta * np.log(np.maximum(scores, _TINY))
+    if kind == "softmax":
+        return beta * scores
+    if kind == "softrank":
+        ranks = np.empty(len(scores))
+        ranks[np.argsort(-scores, kind="stable")] = np.arange(1, len(scores) + 1)
+        return -beta * np.log(ranks)
+    raise ValueError(f"unknown stochastic acquisition {kind!r}; valid: {', '.join(KINDS)}")
+
+
+def sampling_probabilities(scores_N: np.ndarray, beta: float, kind: Kind) -> np.ndarray:
+    """The probability of each unit being the first one drawn (the normalised weights)."""
+    logw = log_weights(scores_N, beta, kind)
+    weights = np.exp(logw - logw.max())
+    return np.asarray(weights / weights.sum())
+
+
+def stochastic_batch(scores_N: np.ndarray, k: int, beta: float, kind: Kind, rng: np.random.Generator) -> np.ndarray:
+    """Indices of k units sampled without replacement ∝ the weights, in draw order."""
+    if not 0 < k <= len(scores_N):
+        raise ValueError(f"k must be in [1, {len(scores_N)}], got {k}")
+    perturbed = log_weights(scores_N, beta, kind) + rng.gumbel(size=len(scores_N))
+    return np.argsort(-perturbed, kind="stable")[:k]
