@@ -58,7 +58,7 @@ def main() -> None:
     baseline = rss_mb("VmRSS")
     tick = time.perf_counter()
     volumes = ((c, data.image(c)) for c in ids)
-    scores = [s.score for s in score_pool(model, volumes, bald, reduce_mean, args.samples, 8, lambda c: 0)]
+    scores = [s.scores[0] for s in score_pool(model, volumes, bald, reduce_mean, args.samples, 8, lambda c: 0)]
     seconds = time.perf_counter() - tick
     assert len(scores) == args.pool
     result = {"pool": args.pool, "peak_rss_mb": rss_mb("VmHWM"), "baseline_rss_mb": baseline, "seconds": seconds}

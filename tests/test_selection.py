@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
+import torch
 
-from activeseg.selection import KINDS, sampling_probabilities, stochastic_batch
+from activeseg.config import ConfigError, config_from_dict
+from activeseg.scorers import predictive_entropy
+from activeseg.selection import KINDS, sampling_probabilities, scheduled_beta, stochastic_batch
+from activeseg.strategies import clasp_quotas, get_strategy
 
 
 def test_probabilities_match_hand_computed_weights() -> None:
@@ -53,3 +59,45 @@ def test_invalid_inputs() -> None:
         stochastic_batch(np.ones(3), 4, 1.0, "power", np.random.default_rng(0))
     with pytest.raises(ValueError, match="finite"):
         stochastic_batch(np.array([np.nan, 1.0]), 1, 1.0, "softmax", np.random.default_rng(0))
+
+
+def test_clasp_quotas_split_two_thirds_over_foreground_classes() -> None:
+    assert clasp_quotas(5, 2) == [2, 1, 2]  # round(3.3) = 3 foreground units
+    assert clasp_quotas(10, 2) == [4, 3, 3]
+    assert clasp_quotas(3, 3) == [1, 1, 0, 1]
+    assert clasp_quotas(1, 2) == [1, 0, 0]
+
+
+def test_clasp_maps_are_pe_then_class_specific_pe() -> None:
+    probs = torch.softmax(torch.randn(4, 3, 2, 3, 2, generator=torch.Generator().manual_seed(0)), dim=1)
+    maps = get_strategy("clasp-pe").score_maps(probs)
+    assert maps.shape == (3, 2, 3, 2)
+    torch.testing.assert_close(maps[0], predictive_entropy(probs))
+    torch.testing.assert_close(maps[1:], predictive_entropy(probs) * probs.mean(dim=0)[1:])
+
+
+def test_clasp_with_vanishing_noise_fills_each_class_share_then_pe() -> None:
+    # columns: (PE, class-1 score, class-2 score); k = 5 -> 2 by class 1, 1 by class 2, 2 by PE
+    scores = {
+        "a": (0.1, 0.9, 0.0), "b": (0.2, 0.8, 0.0), "c": (0.3, 0.7, 0.0),
+        "d": (0.4, 0.0, 0.9), "e": (0.5, 0.0, 0.8),
+        "f": (0.9, 0.1, 0.1), "g": (0.8, 0.1, 0.1), "h": (0.05, 0.05, 0.05),
+    }  # fmt: skip
+    chosen = get_strategy("clasp-pe").select(list(scores), scores, 5, np.random.default_rng(0), beta=1e4)
+    assert [c.case_id for c in chosen] == ["a", "b", "d", "f", "g"]
+    assert [c.score for c in chosen] == [0.9, 0.8, 0.9, 0.9, 0.8]
+
+
+def test_beta_schedules() -> None:
+    assert scheduled_beta("constant", 2.0, None, 3, 5) == 2.0
+    assert scheduled_beta("exponential", 1.0, 100.0, 0, 5) == pytest.approx(1.0)
+    assert scheduled_beta("exponential", 1.0, 100.0, 2, 5) == pytest.approx(10.0)  # geometric midpoint
+    assert scheduled_beta("exponential", 1.0, 100.0, 4, 5) == pytest.approx(100.0)
+    sigmoid = [scheduled_beta("sigmoid", 1.0, 9.0, r, 7) for r in range(7)]
+    assert sigmoid[0] == pytest.approx(1.0) and sigmoid[-1] == pytest.approx(9.0)
+    assert sigmoid[3] == pytest.approx(5.0)  # the middle round is half-way
+    assert all(a < b for a, b in itertools.pairwise(sigmoid))
+    config = config_from_dict({"strategy": {"beta": 1.0, "beta_end": 8.0, "beta_schedule": "exponential"}})
+    assert config.strategy.beta_at(1, 4) == pytest.approx(2.0)
+    with pytest.raises(ConfigError, match="beta_end: is needed by beta_schedule=sigmoid"):
+        config_from_dict({"strategy": {"beta_schedule": "sigmoid"}})

@@ -4,19 +4,35 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
+from activeseg.scorers import reduce_mean
 from activeseg.strategies import STRATEGIES, Strategy, get_strategy, register
 
 ALL = sorted(STRATEGIES)
 
 
-def pool(n: int, seed: int = 0) -> tuple[list[str], dict[str, float]]:
+Scores = dict[str, tuple[float, ...]]
+
+
+def score_vectors(strategy: Strategy, probs: list[torch.Tensor]) -> list[tuple[float, ...]]:
+    """What the loop would give the strategy: its own voxel maps on these predictions, mean-reduced."""
+    if not strategy.needs_scores:
+        return [(0.0,)] * len(probs)
+    return [tuple(reduce_mean(m, p.mean(dim=0)) for m in strategy.score_maps(p)) for p in probs]
+
+
+def pool(n: int, strategy: Strategy | None = None, seed: int = 0, equal: bool = False) -> tuple[list[str], Scores]:
+    """n candidate ids with score vectors computed from random MC predictions (K=3, C=3, 2x3x2 voxels)."""
     ids = [f"case_{i:03d}" for i in range(n)]
-    rng = np.random.default_rng(seed)
-    return ids, {c: float(s) for c, s in zip(ids, rng.random(n), strict=True)}
+    generator = torch.Generator().manual_seed(seed)
+    logits = [torch.randn(3, 3, 2, 3, 2, generator=generator) * 2 for _ in range(1 if equal else n)]
+    probs = [torch.softmax(x, dim=1) for x in logits] * (n if equal else 1)
+    vectors = score_vectors(strategy or get_strategy("bald"), probs)
+    return ids, dict(zip(ids, vectors, strict=True))
 
 
-def select(strategy: Strategy, ids: list[str], scores: dict[str, float], k: int, seed: int = 0) -> list[str]:
+def select(strategy: Strategy, ids: list[str], scores: Scores, k: int, seed: int = 0) -> list[str]:
     chosen = strategy.select(ids, scores if strategy.needs_scores else None, k, np.random.default_rng(seed))
     return [c.case_id for c in chosen]
 
@@ -31,7 +47,7 @@ def test_documented(strategy: Strategy) -> None:
 
 
 def test_rejects_bad_parameters(strategy: Strategy) -> None:
-    ids, scores = pool(10)
+    ids, scores = pool(10, strategy)
     with pytest.raises(ValueError, match="batch_size"):
         strategy.select(ids, scores, 0, np.random.default_rng(0))
     with pytest.raises(ValueError, match="unique"):
@@ -42,14 +58,14 @@ def test_rejects_bad_parameters(strategy: Strategy) -> None:
 
 
 def test_same_seed_same_selection_and_order_free(strategy: Strategy) -> None:
-    ids, scores = pool(30)
+    ids, scores = pool(30, strategy)
     first = select(strategy, ids, scores, 5, seed=3)
     assert select(strategy, ids, scores, 5, seed=3) == first
     assert select(strategy, list(reversed(ids)), scores, 5, seed=3) == first
 
 
 def test_budget_respected_and_only_candidates_without_duplicates(strategy: Strategy) -> None:
-    ids, scores = pool(30)
+    ids, scores = pool(30, strategy)
     labelled = set(ids[::3])
     candidates = [c for c in ids if c not in labelled]
     for k in (1, 4, 7):
@@ -61,29 +77,29 @@ def test_budget_respected_and_only_candidates_without_duplicates(strategy: Strat
 
 
 def test_pool_smaller_than_budget(strategy: Strategy) -> None:
-    ids, scores = pool(3)
+    ids, scores = pool(3, strategy)
     assert sorted(select(strategy, ids, scores, 10)) == ids
 
 
 def test_all_scores_equal(strategy: Strategy) -> None:
-    ids, _ = pool(12)
-    flat = dict.fromkeys(ids, 0.5)
+    ids, flat = pool(12, strategy, equal=True)
+    assert len(set(flat.values())) == 1
     chosen = select(strategy, ids, flat, 4)
     assert len(set(chosen)) == 4
     assert chosen == select(strategy, ids, flat, 4)
 
 
 def test_rank_and_score_recorded(strategy: Strategy) -> None:
-    ids, scores = pool(20)
+    ids, scores = pool(20, strategy)
     chosen = strategy.select(ids, scores if strategy.needs_scores else None, 5, np.random.default_rng(0))
     assert [c.rank for c in chosen] == list(range(5))
     for c in chosen:
-        assert c.score == (scores[c.case_id] if strategy.needs_scores else None)
+        assert (c.score in scores[c.case_id]) if strategy.needs_scores else (c.score is None)
 
 
 def test_top_k_strategies_pick_the_highest_scores() -> None:
     ids, scores = pool(40)
-    best = sorted(ids, key=lambda c: -scores[c])[:6]
+    best = sorted(ids, key=lambda c: -scores[c][0])[:6]
     for name in ("entropy", "bald", "epistemic", "variance", "margin"):
         assert select(get_strategy(name), ids, scores, 6) == best
 

@@ -109,7 +109,10 @@ class StrategyConfig:
     mc_batch_size: int = 8
     """Passes computed together in one batch."""
     beta: float = 1.0
-    """Sharpness of the stochastic batch strategies (power-*, softmax-*, softrank-*): 0 is uniform."""
+    """Sharpness of the stochastic strategies (power-*, softmax-*, softrank-*, clasp-pe): 0 is uniform."""
+    beta_end: float | None = None
+    """β in the last acquisition round when ``beta_schedule`` is not constant (noise decays as β grows)."""
+    beta_schedule: Literal["constant", "exponential", "sigmoid"] = "constant"
 
     def __post_init__(self) -> None:
         from activeseg.strategies import STRATEGIES  # the registry defines the valid names
@@ -123,6 +126,17 @@ class StrategyConfig:
         _require(self.mc_samples >= 2, "strategy.mc_samples", "must be at least 2 for a spread of predictions")
         _require(self.mc_batch_size >= 1, "strategy.mc_batch_size", "must be at least 1")
         _require(self.beta >= 0, "strategy.beta", "must be >= 0")
+        if self.beta_schedule != "constant":
+            _require(self.beta_end is not None, "strategy.beta_end", f"is needed by beta_schedule={self.beta_schedule}")
+            _require(
+                self.beta > 0 and (self.beta_end or 0) > 0, "strategy.beta", "and beta_end must be > 0 for a schedule"
+            )
+
+    def beta_at(self, round_index: int, rounds: int) -> float:
+        """β for acquisition round ``round_index`` of ``rounds`` (see :func:`activeseg.selection.scheduled_beta`)."""
+        from activeseg.selection import scheduled_beta
+
+        return scheduled_beta(self.beta_schedule, self.beta, self.beta_end, round_index, rounds)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ from activeseg.loop import (
 from activeseg.model import build_model
 from activeseg.plots import plot_curves, plot_montage
 from activeseg.reporting import Reporter, SilentReporter
-from activeseg.scorers import bald
 from activeseg.strategies import get_strategy
 from activeseg.train import predict
 from activeseg.uncertainty import mc_dropout_probs
@@ -137,7 +136,7 @@ def selection_montage(run_dir: Path, out_png: Path, reporter: Reporter | None = 
     data = open_data(config, reporter)
     model = build_model(config.model, data.num_classes)
     model.load_state_dict(torch.load(round_dir / "model.pt", map_location="cpu", weights_only=True))
-    scorer = strategy.scorer or bald  # a score-free strategy's picks are shown with BALD
+    shown = strategy if strategy.needs_scores else get_strategy("bald")  # score-free picks are shown with BALD
     rows = []
     mc_seed = round_seeds(config.seed, r)["mc_dropout"]
     for case_id in chosen:
@@ -149,8 +148,8 @@ def selection_montage(run_dir: Path, out_png: Path, reporter: Reporter | None = 
             config.strategy.mc_batch_size,
             derive_seed(mc_seed, case_id),
         )
-        uncertainty = scorer(probs)
+        uncertainty = shown.score_maps(probs)[0]
         prediction = predict(model, torch.from_numpy(image[None]))[0].argmax(0)
         rows.append((case_id, image[0], prediction.numpy(), uncertainty.numpy(), data.ground_truth(case_id)))
     title = f"{config.strategy.name}: cases selected after round {r} (mid slice)"
-    return plot_montage(rows, out_png, title, uncertainty_name=f"{scorer.__name__} (MC dropout)")
+    return plot_montage(rows, out_png, title, uncertainty_name=f"{shown.name} score (MC dropout)")

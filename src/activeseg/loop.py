@@ -40,7 +40,7 @@ from activeseg.oracle import Oracle, SimulatedOracle
 from activeseg.plots import plot_curves
 from activeseg.reporting import Reporter, SilentReporter
 from activeseg.scorers import make_reduction
-from activeseg.strategies import Choice, SelectionParams, get_strategy
+from activeseg.strategies import Choice, ScoreVector, get_strategy
 from activeseg.train import Evaluation, Example, evaluate, seed_everything, train
 from activeseg.uncertainty import score_pool
 
@@ -271,8 +271,10 @@ class ActiveLearningLoop:
             timings["score_s"] = time.perf_counter() - tick
             tick = time.perf_counter()
             rng = np.random.default_rng(seeds["select"])
-            params = SelectionParams(beta=self.config.strategy.beta)
-            choices = self.strategy.select(candidates, scores, self.config.loop.per_round, rng, params)
+            beta = self.config.strategy.beta_at(r, self.config.loop.rounds)
+            choices = self.strategy.select(
+                candidates, scores, self.config.loop.per_round, rng, beta=beta, round_index=r
+            )
             timings["select_s"] = time.perf_counter() - tick
             write_json_atomic(out / "selection.json", [c.__dict__ for c in choices])
             self.acquire(r + 1, choices)
@@ -305,33 +307,30 @@ class ActiveLearningLoop:
         write_json_atomic(path, metrics)
         return metrics
 
-    def pool_scores(self, r: int, model: nn.Module, candidates: list[str], seed: int) -> dict[str, float]:
-        """Acquisition scores of the unlabelled pool, streamed one volume at a time (reloaded if already computed)."""
+    def pool_scores(self, r: int, model: nn.Module, candidates: list[str], seed: int) -> dict[str, ScoreVector]:
+        """Acquisition score vectors of the unlabelled pool, streamed one volume at a time (reloaded if saved)."""
         path = self.round_dir(r) / "scores.csv"
         if path.exists():
-            with path.open() as handle:
-                saved = {row["case_id"]: float(row["score"]) for row in csv.DictReader(handle)}
+            saved = read_scores(path)
             if sorted(saved) == candidates:
                 return saved
-        assert self.strategy.scorer is not None
         strategy = self.config.strategy
-        scores: dict[str, float] = {}
+        scores: dict[str, ScoreVector] = {}
         with self.reporter.progress(f"round {r}: scoring pool", len(candidates)) as advance:
             volumes = ((c, self.data.image(c)) for c in candidates)
             for item in score_pool(
                 model,
                 volumes,
-                self.strategy.scorer,
+                self.strategy.score_maps,
                 make_reduction(strategy.reduction, strategy.top_q),
                 strategy.mc_samples,
                 strategy.mc_batch_size,
                 seed_for=lambda case_id: derive_seed(seed, case_id),
                 amp=self.amp,
             ):
-                scores[item.case_id] = item.score
+                scores[item.case_id] = item.scores
                 advance(1)
-        lines = ["case_id,score"] + [f"{c},{scores[c]!r}" for c in candidates]
-        write_text_atomic(path, "\n".join(lines) + "\n")
+        write_scores(path, scores)
         return scores
 
     def acquire(self, next_round: int, choices: list[Choice]) -> None:
@@ -369,6 +368,21 @@ def metrics_record(result: Evaluation, n_labelled: int, round_index: int | None)
     dice = {f"class_{c}": v for c, v in result.dice_per_class.items()}
     dice["mean_foreground"] = result.mean_foreground_dice
     return {"round": round_index, "n_labelled": n_labelled, "dice": dice, "per_case": result.per_case}
+
+
+def write_scores(path: Path, scores: dict[str, ScoreVector]) -> None:
+    """``scores.csv``: a row per candidate: the unit score, then any extra (e.g. per-class) scores, full precision."""
+    width = max((len(v) for v in scores.values()), default=1)
+    header = ["case_id", "score", *(f"score_{i}" for i in range(1, width))]
+    lines = [",".join(header)] + [",".join([c, *map(repr, scores[c])]) for c in sorted(scores)]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def read_scores(path: Path) -> dict[str, ScoreVector]:
+    """Read back ``scores.csv``."""
+    with Path(path).open() as handle:
+        rows = list(csv.reader(handle))
+    return {row[0]: tuple(float(v) for v in row[1:]) for row in rows[1:]}
 
 
 def write_curve(run_dir: Path, ledger: Ledger) -> None:

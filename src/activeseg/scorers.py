@@ -67,6 +67,11 @@ def class_predictive_entropy(probs_K_C_D_H_W: Tensor) -> Tensor:
     return _entropy(mean_C_D_H_W, dim=0).unsqueeze(0) * mean_C_D_H_W
 
 
+def as_map_stack(score: Tensor, probs_K_C_D_H_W: Tensor) -> Tensor:
+    """A scorer's output as a stack of voxel maps: score_D_H_W becomes score_1_D_H_W; score_M_D_H_W stays."""
+    return score.unsqueeze(0) if score.dim() == probs_K_C_D_H_W.dim() - 2 else score
+
+
 def reduce_mean(score_D_H_W: Tensor, mean_probs_C_D_H_W: Tensor) -> float:
     """Mean over all voxels of the unit (MONAI Label's "epistemic" reduction)."""
     del mean_probs_C_D_H_W

@@ -13,6 +13,7 @@ weights and keep the k largest. This is exact sequential sampling without replac
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -55,3 +56,24 @@ def stochastic_batch(scores_N: np.ndarray, k: int, beta: float, kind: Kind, rng:
         raise ValueError(f"k must be in [1, {len(scores_N)}], got {k}")
     perturbed = log_weights(scores_N, beta, kind) + rng.gumbel(size=len(scores_N))
     return np.argsort(-perturbed, kind="stable")[:k]
+
+
+def scheduled_beta(schedule: str, start: float, end: float | None, round_index: int, rounds: int) -> float:
+    """β of acquisition round ``round_index`` (0-based) out of ``rounds``, moving from ``start`` to ``end``.
+
+    ``exponential`` interpolates geometrically; ``sigmoid`` follows a logistic curve (slope 12, centred at the middle
+    round) rescaled to hit both ends exactly. A growing β means decaying noise, as in ClaSP PE (Lüth et al., 2026).
+    """
+    if schedule == "constant" or end is None:
+        return start
+    t = min(max(round_index / max(rounds - 1, 1), 0.0), 1.0)
+    if schedule == "exponential":
+        return float(start * (end / start) ** t)
+    if schedule == "sigmoid":
+
+        def logistic(x: float) -> float:
+            return 1.0 / (1.0 + math.exp(-12.0 * (x - 0.5)))
+
+        fraction = (logistic(t) - logistic(0.0)) / (logistic(1.0) - logistic(0.0))
+        return start + (end - start) * fraction
+    raise ValueError(f"unknown beta schedule {schedule!r}; valid: constant, exponential, sigmoid")

@@ -1,8 +1,12 @@
 """The acquisition-strategy registry.
 
-A strategy is one registered object: an optional voxel scorer (``None`` means it needs no model predictions) and a
-selector that turns per-unit scores into a batch. The loop never special-cases a strategy: it asks
-``strategy.needs_scores``, scores the pool if so, and calls ``strategy.select``.
+A strategy is one registered object: an optional voxel scorer (``None`` means it needs no model predictions), a
+selector that turns per-unit scores into a batch, and its documentation. The loop never special-cases a strategy:
+it asks ``strategy.needs_scores``, scores the pool if so, and calls ``strategy.select``.
+
+A scorer returns one voxel map (``score_D_H_W``) or a stack of them (``score_M_D_H_W``, e.g. plain PE followed by
+one class-specific map per foreground class). Each map is reduced to one number, so every unit carries a score
+vector; its first entry is the unit's score.
 
 Selection is deterministic given its inputs: ``select`` receives a numpy ``Generator`` that the loop seeded (and
 recorded) before the call, and ties in score are broken by case id.
@@ -14,9 +18,22 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch import Tensor
 
-from activeseg.scorers import VoxelScorer, bald, margin, predictive_entropy, variance
+from activeseg.scorers import (
+    VoxelScorer,
+    as_map_stack,
+    bald,
+    class_predictive_entropy,
+    margin,
+    predictive_entropy,
+    variance,
+)
 from activeseg.selection import Kind, stochastic_batch
+
+ScoreVector = tuple[float, ...]
+"""(unit score, *extra scores), e.g. (PE, PE·p̄_1, PE·p̄_2) for ClaSP PE"""
 
 
 @dataclass(frozen=True)
@@ -29,17 +46,16 @@ class Choice:
 
 
 @dataclass(frozen=True)
-class SelectionParams:
-    """Tunable selection parameters (from the run config's ``strategy`` section)."""
+class SelectionContext:
+    """What a selector may use besides the scores: the seeded generator, β for this round, the round index."""
 
+    rng: np.random.Generator
     beta: float = 1.0
-    """Sharpness of stochastic batch acquisition: 0 is uniform, large is top-k."""
+    round_index: int = 0
 
 
-Selector = Callable[
-    [Sequence[str], Mapping[str, float] | None, int, np.random.Generator, SelectionParams], list[Choice]
-]
-"""(sorted candidate ids, scores or None, batch size, rng, params) -> choices in rank order"""
+Selector = Callable[[Sequence[str], Mapping[str, ScoreVector] | None, int, SelectionContext], list[Choice]]
+"""(sorted candidate ids, score vectors or None, batch size, context) -> choices in rank order"""
 
 
 @dataclass(frozen=True)
@@ -57,71 +73,108 @@ class Strategy:
         """Whether the pool must be scored with the model before selecting."""
         return self.scorer is not None
 
+    def score_maps(self, probs_K_C_D_H_W: Tensor) -> Tensor:
+        """The strategy's voxel maps for one unit: score_M_D_H_W (M = 1 for single-map scorers)."""
+        if self.scorer is None:
+            raise ValueError(f"strategy {self.name!r} uses no scores")
+        return as_map_stack(self.scorer(probs_K_C_D_H_W), probs_K_C_D_H_W)
+
     def select(
         self,
         candidates: Sequence[str],
-        scores: Mapping[str, float] | None,
+        scores: Mapping[str, float | Sequence[float]] | None,
         batch_size: int,
         rng: np.random.Generator,
-        params: SelectionParams | None = None,
+        *,
+        beta: float = 1.0,
+        round_index: int = 0,
     ) -> list[Choice]:
         """Choose ``min(batch_size, len(candidates))`` distinct candidates."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if len(set(candidates)) != len(candidates):
             raise ValueError("candidate ids must be unique")
+        vectors = None
         if self.needs_scores:
             missing = [c for c in candidates if scores is None or c not in scores]
             if missing:
                 raise ValueError(f"strategy {self.name!r} needs a score for every candidate; missing {missing[:5]}")
-        params = params or SelectionParams()
-        return self.selector(sorted(candidates), scores, min(batch_size, len(candidates)), rng, params)
+            assert scores is not None
+            vectors = {c: tuple(float(v) for v in np.atleast_1d(scores[c])) for c in candidates}
+        context = SelectionContext(rng, beta, round_index)
+        return self.selector(sorted(candidates), vectors, min(batch_size, len(candidates)), context)
 
 
 def select_random(
-    candidates: Sequence[str],
-    scores: Mapping[str, float] | None,
-    k: int,
-    rng: np.random.Generator,
-    params: SelectionParams,
+    candidates: Sequence[str], scores: Mapping[str, ScoreVector] | None, k: int, context: SelectionContext
 ) -> list[Choice]:
     """Uniform sample without replacement."""
-    del scores, params
-    picked = rng.choice(len(candidates), size=k, replace=False)
+    del scores
+    picked = context.rng.choice(len(candidates), size=k, replace=False)
     return [Choice(candidates[int(i)], None, rank) for rank, i in enumerate(picked)]
 
 
 def select_top_k(
-    candidates: Sequence[str],
-    scores: Mapping[str, float] | None,
-    k: int,
-    rng: np.random.Generator,
-    params: SelectionParams,
+    candidates: Sequence[str], scores: Mapping[str, ScoreVector] | None, k: int, context: SelectionContext
 ) -> list[Choice]:
     """The k highest scores; equal scores go to the smaller case id."""
-    del rng, params
+    del context
     assert scores is not None
-    ranked = sorted(candidates, key=lambda c: (-scores[c], c))
-    return [Choice(c, scores[c], rank) for rank, c in enumerate(ranked[:k])]
+    ranked = sorted(candidates, key=lambda c: (-scores[c][0], c))
+    return [Choice(c, scores[c][0], rank) for rank, c in enumerate(ranked[:k])]
 
 
 def stochastic_selector(kind: Kind) -> Selector:
     """A selector that samples the batch ∝ power / softmax / softrank weights of the scores (see ``selection``)."""
 
     def select(
-        candidates: Sequence[str],
-        scores: Mapping[str, float] | None,
-        k: int,
-        rng: np.random.Generator,
-        params: SelectionParams,
+        candidates: Sequence[str], scores: Mapping[str, ScoreVector] | None, k: int, context: SelectionContext
     ) -> list[Choice]:
         assert scores is not None
-        values = np.array([scores[c] for c in candidates])
-        picked = stochastic_batch(values, k, params.beta, kind, rng)
-        return [Choice(candidates[int(i)], scores[candidates[int(i)]], rank) for rank, i in enumerate(picked)]
+        values = np.array([scores[c][0] for c in candidates])
+        picked = stochastic_batch(values, k, context.beta, kind, context.rng)
+        return [Choice(candidates[int(i)], scores[candidates[int(i)]][0], rank) for rank, i in enumerate(picked)]
 
     select.__doc__ = f"Stochastic batch acquisition with {kind} weights (Kirsch et al., TMLR 2023)."
     return select
+
+
+CLASP_FOREGROUND_SHARE = 0.66
+
+
+def clasp_quotas(k: int, n_foreground: int, share: float = CLASP_FOREGROUND_SHARE) -> list[int]:
+    """Units per foreground class (split evenly, remainder to the lower classes), then the plain-PE remainder."""
+    foreground = round(share * k)
+    per_class = [foreground // n_foreground + (1 if j < foreground % n_foreground else 0) for j in range(n_foreground)]
+    return [*per_class, k - foreground]
+
+
+def clasp_maps(probs_K_C_D_H_W: Tensor) -> Tensor:
+    """Plain PE followed by PE · p̄_c for each foreground class c: score_M_D_H_W with M = C."""
+    class_maps_C_D_H_W = class_predictive_entropy(probs_K_C_D_H_W)
+    return torch.cat([predictive_entropy(probs_K_C_D_H_W).unsqueeze(0), class_maps_C_D_H_W[1:]])
+
+
+def select_clasp(
+    candidates: Sequence[str], scores: Mapping[str, ScoreVector] | None, k: int, context: SelectionContext
+) -> list[Choice]:
+    """ClaSP PE: class-stratified shares by class-specific PE, the rest by PE, each with power noising (β)."""
+    assert scores is not None
+    n_foreground = len(scores[candidates[0]]) - 1
+    if n_foreground < 1:
+        raise ValueError("ClaSP PE needs class-specific scores (a scorer giving PE and one map per foreground class)")
+    remaining = list(candidates)
+    picked: list[tuple[str, float]] = []
+    entries = [*range(1, n_foreground + 1), 0]  # each foreground class's column, then plain PE
+    for column, quota in zip(entries, clasp_quotas(k, n_foreground), strict=True):
+        if quota == 0 or not remaining:
+            continue
+        values = np.array([scores[c][column] for c in remaining])
+        order = stochastic_batch(values, min(quota, len(remaining)), context.beta, "power", context.rng)
+        chosen = [remaining[int(i)] for i in order]
+        picked += [(c, scores[c][column]) for c in chosen]
+        remaining = [c for c in remaining if c not in set(chosen)]
+    return [Choice(c, score, rank) for rank, (c, score) in enumerate(picked)]
 
 
 STRATEGIES: dict[str, Strategy] = {}
@@ -224,6 +277,16 @@ register(
         source="Kirsch et al., 'Stochastic Batch Acquisition', TMLR 2023 (softmax acquisition).",
         scorer=bald,
         selector=stochastic_selector("softmax"),
+    )
+)
+register(
+    Strategy(
+        name="clasp-pe",
+        description="ClaSP PE: 66% of the batch split over foreground classes by PE·p̄_c, 34% by PE; power noising.",
+        source="Lüth et al., 'ClaSP PE', TMLR 2026 (arXiv 2601.13677). Volumes as units here (the paper queries "
+        "patches); β follows strategy.beta / beta_end / beta_schedule.",
+        scorer=clasp_maps,
+        selector=select_clasp,
     )
 )
 register(

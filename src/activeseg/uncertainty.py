@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from activeseg.model import enable_mc_dropout
-from activeseg.scorers import Reduction, VoxelScorer
+from activeseg.scorers import Reduction, as_map_stack
 
 
 @torch.no_grad()
@@ -39,26 +39,30 @@ def mc_dropout_probs(
 
 @dataclass(frozen=True)
 class VolumeScore:
-    """One pool volume's acquisition score."""
+    """One pool volume's acquisition scores: one per voxel map of the strategy (the first is the unit's score)."""
 
     case_id: str
-    score: float
+    scores: tuple[float, ...]
 
 
 def score_pool(
     model: nn.Module,
     volumes: Iterable[tuple[str, np.ndarray]],
-    scorer: VoxelScorer,
+    scorer: Callable[[Tensor], Tensor],
     reduction: Reduction,
     samples: int,
     batch_size: int,
     seed_for: Callable[[str], int],
     amp: bool = False,
 ) -> Iterator[VolumeScore]:
-    """Score volumes one at a time; only the scalar score outlives each volume, so memory is flat in pool size."""
+    """Score volumes one at a time; only the scalars outlive each volume, so memory is flat in pool size.
+
+    ``scorer`` maps probs_K_C_D_H_W to score_M_D_H_W; each of the M maps is reduced to one number.
+    """
     for case_id, image_C_D_H_W in volumes:
         probs_K_C_D_H_W = mc_dropout_probs(
             model, torch.from_numpy(image_C_D_H_W), samples, batch_size, seed_for(case_id), amp
         )
-        score_D_H_W = scorer(probs_K_C_D_H_W)
-        yield VolumeScore(case_id, reduction(score_D_H_W, probs_K_C_D_H_W.mean(dim=0)))
+        mean_probs_C_D_H_W = probs_K_C_D_H_W.mean(dim=0)
+        score_M_D_H_W = as_map_stack(scorer(probs_K_C_D_H_W), probs_K_C_D_H_W)
+        yield VolumeScore(case_id, tuple(reduction(score_D_H_W, mean_probs_C_D_H_W) for score_D_H_W in score_M_D_H_W))
