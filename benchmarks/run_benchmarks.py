@@ -38,9 +38,9 @@ from activeseg.loop import open_data
 from activeseg.model import build_model
 from activeseg.reporting import SilentReporter
 from activeseg.scorers import bald, reduce_mean
-from activeseg.strategies import get_strategy
+from activeseg.strategies import STRATEGIES
 from activeseg.train import train
-from activeseg.uncertainty import score_pool
+from activeseg.uncertainty import SOURCES, make_sampler, score_pool
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -91,21 +91,27 @@ def bench_speed(data_root: Path) -> dict[str, Any]:
         train(model, examples, one, torch.device("cpu"), seed=0, progress=lap)
         steps += times[2:]
     strategy = config.strategy
-    score_times = []
-    for case_id in pool[:20]:
-        tick0 = time.perf_counter()
-        volumes = [(case_id, data.image(case_id))]
-        list(score_pool(model, volumes, bald, reduce_mean, strategy.mc_samples, strategy.mc_batch_size, lambda c: 0))
-        score_times.append(time.perf_counter() - tick0)
-    rng = np.random.default_rng(0)
-    scores = {c: float(s) for c, s in zip(pool, rng.random(len(pool)), strict=True)}
-    selection = {}
-    for name in ("random", "entropy", "bald"):
-        strategy_obj = get_strategy(name)
-        reps = []
-        for i in range(200):
+    score_times: dict[str, list[float]] = {}
+    for source in SOURCES:
+        sampler = make_sampler(source, model, strategy.mc_samples, strategy.mc_batch_size, (0,), amp=False)
+        score_times[source] = []
+        for case_id in pool[:20]:
             tick0 = time.perf_counter()
-            strategy_obj.select(pool, scores if strategy_obj.needs_scores else None, 5, np.random.default_rng(i))
+            list(score_pool([(case_id, data.image(case_id))], sampler, bald, reduce_mean, lambda c: 0))
+            score_times[source].append(time.perf_counter() - tick0)
+    per_volume = {source: statistics.median(times) for source, times in score_times.items()}
+    selection = {}
+    probe = [(c, data.image(c)) for c in pool]
+    sampler = make_sampler("mc_dropout", model, 2, 2, (0,), amp=False)
+    for name, strategy_obj in STRATEGIES.items():  # score vectors of the right width from the real model
+        vectors = None
+        if strategy_obj.needs_scores:
+            items = score_pool(probe, sampler, strategy_obj.score_maps, reduce_mean, lambda c: 0)
+            vectors = {item.case_id: item.scores for item in items}
+        reps = []
+        for i in range(50):
+            tick0 = time.perf_counter()
+            strategy_obj.select(pool, vectors, 5, np.random.default_rng(i))
             reps.append(time.perf_counter() - tick0)
         selection[name] = statistics.median(reps) * 1e3
     return {
@@ -115,8 +121,9 @@ def bench_speed(data_root: Path) -> dict[str, Any]:
         "train_step_s_median": statistics.median(steps),
         "train_steps_per_s": 1 / statistics.median(steps),
         "mc_samples": strategy.mc_samples,
-        "score_s_per_volume_median": statistics.median(score_times),
-        "scored_volumes_per_s": 1 / statistics.median(score_times),
+        "score_s_per_volume_median": per_volume["mc_dropout"],
+        "scored_volumes_per_s": 1 / per_volume["mc_dropout"],
+        "score_s_per_volume_by_source": per_volume,
         "selection_ms_median_160_pool": selection,
         "pool_size": len(pool),
     }
@@ -221,6 +228,20 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                 ),
                 "",
             ]
+            by_source = result.get("score_s_per_volume_by_source", {})
+            if by_source:
+                base = by_source["mc_dropout"]
+                lines += [
+                    "Scoring cost per uncertainty source (same model, K = "
+                    f"{result['mc_samples']} predictions per volume, BALD):",
+                    "",
+                    "| source | s per volume | relative to MC dropout |",
+                    "|---|---|---|",
+                    *(f"| {k} | {v:.3f} | {v / base:.2f}x |" for k, v in by_source.items()),
+                    "",
+                    "Selection times exclude scoring; they are the cost of `Strategy.select` alone.",
+                    "",
+                ]
         elif part == "memory":
             small, large = result["20"], result["160"]
             lines += [

@@ -21,7 +21,7 @@ from activeseg.loop import open_data
 from activeseg.model import build_model
 from activeseg.reporting import SilentReporter
 from activeseg.scorers import bald, reduce_mean
-from activeseg.uncertainty import score_pool
+from activeseg.uncertainty import make_sampler, score_pool
 
 
 def rss_mb(field: str) -> float:
@@ -53,12 +53,13 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(config.model, data.num_classes)
     # Warm up (allocator, thread pool) on one volume so both pool sizes start from the same state.
-    list(score_pool(model, [(ids[0], data.image(ids[0]))], bald, reduce_mean, args.samples, 8, lambda c: 0))
+    sampler = make_sampler("mc_dropout", model, args.samples, 8, (0,), amp=False)
+    list(score_pool([(ids[0], data.image(ids[0]))], sampler, bald, reduce_mean, lambda c: 0))
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS high-water mark
     baseline = rss_mb("VmRSS")
     tick = time.perf_counter()
     volumes = ((c, data.image(c)) for c in ids)
-    scores = [s.scores[0] for s in score_pool(model, volumes, bald, reduce_mean, args.samples, 8, lambda c: 0)]
+    scores = [s.scores[0] for s in score_pool(volumes, sampler, bald, reduce_mean, lambda c: 0)]
     seconds = time.perf_counter() - tick
     assert len(scores) == args.pool
     result = {"pool": args.pool, "peak_rss_mb": rss_mb("VmHWM"), "baseline_rss_mb": baseline, "seconds": seconds}

@@ -30,7 +30,10 @@ def test_defaults_are_valid_and_round_trip(tmp_path: Path) -> None:
         ({"model": {"channels": [8, 16], "strides": [2, 2]}}, r"model.strides: needs len\(channels\) - 1"),
         ({"data": {"shape": [40, 56]}}, r"data.shape: expected 3 values"),
         ({"data": {"shape": [36, 56, 40]}}, r"data.shape: \[36, 56, 40\] is not divisible by 8"),
-        ({"strategy": {"name": "magic"}}, r"strategy.name: unknown strategy 'magic'; registered: bald, clasp-pe, entropy"),
+        (
+            {"strategy": {"name": "magic"}},
+            r"strategy.name: unknown strategy 'magic'; registered: bald, clasp-pe, entropy",
+        ),
         ({"strategy": {"mc_samples": 1}}, r"strategy.mc_samples: must be at least 2"),
         ({"loop": {"initial": 0}}, r"loop.initial: must be at least 1"),
         ({"data": {"max_cases": 20, "test_size": 20}}, r"data.max_cases: 20 leaves no pool"),

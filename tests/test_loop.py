@@ -161,3 +161,13 @@ def test_every_registered_strategy_runs_two_real_rounds(name: str, cache: Path, 
         new = [r for r in ledger.labels() if r.round > 0]
         assert {r.strategy for r in new} == {name}
         assert all((r.score is None) == (not STRATEGIES[name].needs_scores) for r in new)
+
+
+def test_test_time_augmentation_source_in_a_real_run(cache: Path, tmp_path: Path) -> None:
+    config = tiny_config(
+        cache, data={"max_cases": 16, "test_size": 4}, train={"iterations": 4}, strategy={"uncertainty": "tta"}
+    )
+    run_dir = start_run(config, tmp_path / "tta")
+    with (run_dir / "rounds" / "round_000" / "scores.csv").open() as handle:
+        scores = [float(row["score"]) for row in csv.DictReader(handle)]
+    assert len(scores) == 12 - 4 and all(s >= 0 for s in scores) and len(set(scores)) > 1

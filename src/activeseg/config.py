@@ -104,10 +104,13 @@ class StrategyConfig:
     reduction: Literal["mean", "top_q", "foreground", "sum"] = "mean"
     top_q: float = 0.05
     """Fraction of the highest-scoring voxels averaged by the ``top_q`` reduction."""
+    uncertainty: Literal["mc_dropout", "tta"] = "mc_dropout"
+    """Where the K stochastic predictions come from: MC dropout, or test-time augmentation (flips on
+    ``train.flip_axes`` plus small intensity changes, mapped back)."""
     mc_samples: int = 8
-    """Stochastic forward passes (MC dropout) per volume."""
+    """Stochastic predictions (K) per volume."""
     mc_batch_size: int = 8
-    """Passes computed together in one batch."""
+    """Predictions computed together in one batch."""
     beta: float = 1.0
     """Sharpness of the stochastic strategies (power-*, softmax-*, softrank-*, clasp-pe): 0 is uniform."""
     beta_end: float | None = None

@@ -29,7 +29,7 @@ from activeseg.plots import plot_curves, plot_montage
 from activeseg.reporting import Reporter, SilentReporter
 from activeseg.strategies import get_strategy
 from activeseg.train import predict
-from activeseg.uncertainty import mc_dropout_probs
+from activeseg.uncertainty import make_sampler
 
 DATA_ENV = "ACTIVESEG_HIPPOCAMPUS"
 DEMO_STRATEGIES = ("random", "entropy", "bald")
@@ -139,17 +139,13 @@ def selection_montage(run_dir: Path, out_png: Path, reporter: Reporter | None = 
     shown = strategy if strategy.needs_scores else get_strategy("bald")  # score-free picks are shown with BALD
     rows = []
     mc_seed = round_seeds(config.seed, r)["mc_dropout"]
+    s = config.strategy
+    sampler = make_sampler(s.uncertainty, model, s.mc_samples, s.mc_batch_size, config.train.flip_axes, amp=False)
     for case_id in chosen:
         image = data.image(case_id)
-        probs = mc_dropout_probs(
-            model,
-            torch.from_numpy(image),
-            config.strategy.mc_samples,
-            config.strategy.mc_batch_size,
-            derive_seed(mc_seed, case_id),
-        )
+        probs = sampler(torch.from_numpy(image), derive_seed(mc_seed, case_id))
         uncertainty = shown.score_maps(probs)[0]
         prediction = predict(model, torch.from_numpy(image[None]))[0].argmax(0)
         rows.append((case_id, image[0], prediction.numpy(), uncertainty.numpy(), data.ground_truth(case_id)))
     title = f"{config.strategy.name}: cases selected after round {r} (mid slice)"
-    return plot_montage(rows, out_png, title, uncertainty_name=f"{shown.name} score (MC dropout)")
+    return plot_montage(rows, out_png, title, uncertainty_name=f"{shown.name} score ({s.uncertainty})")

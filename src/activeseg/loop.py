@@ -42,7 +42,7 @@ from activeseg.reporting import Reporter, SilentReporter
 from activeseg.scorers import make_reduction
 from activeseg.strategies import Choice, ScoreVector, get_strategy
 from activeseg.train import Evaluation, Example, evaluate, seed_everything, train
-from activeseg.uncertainty import score_pool
+from activeseg.uncertainty import make_sampler, score_pool
 
 CONFIG_FILE = "config.yaml"
 LEDGER_FILE = "ledger.sqlite"
@@ -318,15 +318,20 @@ class ActiveLearningLoop:
         scores: dict[str, ScoreVector] = {}
         with self.reporter.progress(f"round {r}: scoring pool", len(candidates)) as advance:
             volumes = ((c, self.data.image(c)) for c in candidates)
-            for item in score_pool(
+            sampler = make_sampler(
+                strategy.uncertainty,
                 model,
-                volumes,
-                self.strategy.score_maps,
-                make_reduction(strategy.reduction, strategy.top_q),
                 strategy.mc_samples,
                 strategy.mc_batch_size,
+                self.config.train.flip_axes,
+                self.amp,
+            )
+            for item in score_pool(
+                volumes,
+                sampler,
+                self.strategy.score_maps,
+                make_reduction(strategy.reduction, strategy.top_q),
                 seed_for=lambda case_id: derive_seed(seed, case_id),
-                amp=self.amp,
             ):
                 scores[item.case_id] = item.scores
                 advance(1)

@@ -1,9 +1,20 @@
-"""MC-dropout predictions, streamed one volume at a time."""
+"""Uncertainty sources (K stochastic predictions per volume), and pool scoring streamed one volume at a time.
+
+A *sampler* maps (image_C_D_H_W, seed) to probs_K_C_D_H_W. Two are built here:
+
+- MC dropout (Gal & Ghahramani, ICML 2016): dropout on, normalisation in eval mode, K passes in batches.
+- Test-time augmentation (Wang et al., Neurocomputing 2019): K augmented copies (random flips on the allowed axes,
+  small intensity scale and shift; the first copy is the plain image), dropout off, each prediction flipped back
+  before they are combined.
+
+Any sampler combines with any scorer.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -11,6 +22,23 @@ from torch import Tensor, nn
 
 from activeseg.model import enable_mc_dropout
 from activeseg.scorers import Reduction, as_map_stack
+
+Sampler = Callable[[Tensor, int], Tensor]
+"""(image_C_D_H_W, seed) -> probs_K_C_D_H_W (float32, CPU)"""
+
+Source = Literal["mc_dropout", "tta"]
+SOURCES: tuple[Source, ...] = ("mc_dropout", "tta")
+
+
+def _batched_softmax(model: nn.Module, images_B_C_D_H_W: Tensor, batch_size: int, amp: bool) -> Tensor:
+    device = next(model.parameters()).device
+    chunks = []
+    for start in range(0, images_B_C_D_H_W.shape[0], batch_size):
+        batch = images_B_C_D_H_W[start : start + batch_size].to(device)
+        with torch.autocast(device.type, enabled=amp):
+            logits = model(batch)
+        chunks.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(chunks)
 
 
 @torch.no_grad()
@@ -20,21 +48,73 @@ def mc_dropout_probs(
     """K = ``samples`` stochastic softmax predictions for one volume: probs_K_C_D_H_W (float32, on CPU).
 
     Dropout stays on, normalisation layers are in eval mode, and the passes run ``batch_size`` at a time (batched
-    passes are 2-3x faster than single ones on CPU). ``seed`` fixes the dropout masks, so a volume's score does not
-    depend on which volumes were scored before it.
+    passes are 2-3x faster than single ones on CPU). ``seed`` fixes the dropout masks, so a volume's score does
+    not depend on which volumes were scored before it.
     """
     enable_mc_dropout(model)
-    device = next(model.parameters()).device
     torch.manual_seed(seed)
-    image = image_C_D_H_W.to(device).unsqueeze(0)
-    chunks = []
-    for start in range(0, samples, batch_size):
-        n = min(batch_size, samples - start)
-        with torch.autocast(device.type, enabled=amp):
-            logits = model(image.expand(n, *image.shape[1:]))
-        chunks.append(torch.softmax(logits.float(), dim=1).cpu())
+    try:
+        return _batched_softmax(
+            model, image_C_D_H_W.unsqueeze(0).expand(samples, *image_C_D_H_W.shape), batch_size, amp
+        )
+    finally:
+        model.eval()
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """One test-time augmentation: spatial axes to flip, then intensity * scale + shift."""
+
+    flips: tuple[int, ...]
+    scale: float
+    shift: float
+
+
+def draw_augmentations(samples: int, flip_axes: Sequence[int], seed: int) -> list[Augmentation]:
+    """K seeded augmentations; the first is the identity so the plain prediction is always among the samples."""
+    rng = np.random.default_rng(seed)
+    drawn = [Augmentation((), 1.0, 0.0)]
+    for _ in range(samples - 1):
+        flips = tuple(axis for axis in flip_axes if rng.random() < 0.5)
+        drawn.append(Augmentation(flips, float(1.0 + rng.uniform(-0.1, 0.1)), float(rng.uniform(-0.1, 0.1))))
+    return drawn
+
+
+@torch.no_grad()
+def tta_probs(
+    model: nn.Module,
+    image_C_D_H_W: Tensor,
+    samples: int,
+    batch_size: int,
+    seed: int,
+    flip_axes: Sequence[int],
+    amp: bool = False,
+) -> Tensor:
+    """K predictions of augmented copies of one volume, each mapped back to the original frame: probs_K_C_D_H_W."""
     model.eval()
-    return torch.cat(chunks)
+    augmentations = draw_augmentations(samples, flip_axes, seed)
+    spatial = 1  # axis 0 of image_C_D_H_W is the channel
+    copies = [
+        torch.flip(image_C_D_H_W * a.scale + a.shift, [spatial + axis for axis in a.flips]) for a in augmentations
+    ]
+    probs_K_C_D_H_W = _batched_softmax(model, torch.stack(copies), batch_size, amp)
+    return torch.stack(
+        [
+            torch.flip(p, [spatial + axis for axis in a.flips])
+            for p, a in zip(probs_K_C_D_H_W, augmentations, strict=True)
+        ]
+    )
+
+
+def make_sampler(
+    source: Source, model: nn.Module, samples: int, batch_size: int, flip_axes: Sequence[int], amp: bool
+) -> Sampler:
+    """The uncertainty source called ``source`` bound to a trained model."""
+    if source == "mc_dropout":
+        return lambda image, seed: mc_dropout_probs(model, image, samples, batch_size, seed, amp)
+    if source == "tta":
+        return lambda image, seed: tta_probs(model, image, samples, batch_size, seed, flip_axes, amp)
+    raise ValueError(f"unknown uncertainty source {source!r}; valid: {', '.join(SOURCES)}")
 
 
 @dataclass(frozen=True)
@@ -46,23 +126,18 @@ class VolumeScore:
 
 
 def score_pool(
-    model: nn.Module,
     volumes: Iterable[tuple[str, np.ndarray]],
+    sampler: Sampler,
     scorer: Callable[[Tensor], Tensor],
     reduction: Reduction,
-    samples: int,
-    batch_size: int,
     seed_for: Callable[[str], int],
-    amp: bool = False,
 ) -> Iterator[VolumeScore]:
     """Score volumes one at a time; only the scalars outlive each volume, so memory is flat in pool size.
 
-    ``scorer`` maps probs_K_C_D_H_W to score_M_D_H_W; each of the M maps is reduced to one number.
+    ``scorer`` maps probs_K_C_D_H_W to score_D_H_W or score_M_D_H_W; each of the M maps is reduced to one number.
     """
     for case_id, image_C_D_H_W in volumes:
-        probs_K_C_D_H_W = mc_dropout_probs(
-            model, torch.from_numpy(image_C_D_H_W), samples, batch_size, seed_for(case_id), amp
-        )
+        probs_K_C_D_H_W = sampler(torch.from_numpy(image_C_D_H_W), seed_for(case_id))
         mean_probs_C_D_H_W = probs_K_C_D_H_W.mean(dim=0)
         score_M_D_H_W = as_map_stack(scorer(probs_K_C_D_H_W), probs_K_C_D_H_W)
         yield VolumeScore(case_id, tuple(reduction(score_D_H_W, mean_probs_C_D_H_W) for score_D_H_W in score_M_D_H_W))
