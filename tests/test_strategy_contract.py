@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -32,8 +34,21 @@ def pool(n: int, strategy: Strategy | None = None, seed: int = 0, equal: bool = 
     return ids, dict(zip(ids, vectors, strict=True))
 
 
-def select(strategy: Strategy, ids: list[str], scores: Scores, k: int, seed: int = 0) -> list[str]:
-    chosen = strategy.select(ids, scores if strategy.needs_scores else None, k, np.random.default_rng(seed))
+def features(strategy: Strategy, ids: list[str], equal: bool = False) -> dict[str, Any]:
+    """Embeddings of the candidates and of 3 labelled cases, for strategies that select on features."""
+    if strategy.embedding is None:
+        return {}
+
+    def vector(case_id: str) -> np.ndarray:  # a function of the id alone, whatever the candidates' order
+        return np.ones(4) if equal else np.random.default_rng(int(case_id.split("_")[1])).normal(size=4)
+
+    labelled = np.random.default_rng(99).normal(size=(3, 4))
+    return {"embeddings": {c: vector(c) for c in ids}, "labelled_embeddings_M_F": labelled}
+
+
+def select(strategy: Strategy, ids: list[str], scores: Scores, k: int, seed: int = 0, equal: bool = False) -> list[str]:
+    given = scores if strategy.needs_scores else None
+    chosen = strategy.select(ids, given, k, np.random.default_rng(seed), **features(strategy, ids, equal))
     return [c.case_id for c in chosen]
 
 
@@ -49,12 +64,17 @@ def test_documented(strategy: Strategy) -> None:
 def test_rejects_bad_parameters(strategy: Strategy) -> None:
     ids, scores = pool(10, strategy)
     with pytest.raises(ValueError, match="batch_size"):
-        strategy.select(ids, scores, 0, np.random.default_rng(0))
+        strategy.select(ids, scores, 0, np.random.default_rng(0), **features(strategy, ids))
     with pytest.raises(ValueError, match="unique"):
-        strategy.select([*ids, ids[0]], scores, 2, np.random.default_rng(0))
+        strategy.select([*ids, ids[0]], scores, 2, np.random.default_rng(0), **features(strategy, ids))
     if strategy.needs_scores:
         with pytest.raises(ValueError, match="needs a score"):
-            strategy.select(ids, {c: scores[c] for c in ids[:5]}, 2, np.random.default_rng(0))
+            strategy.select(
+                ids, {c: scores[c] for c in ids[:5]}, 2, np.random.default_rng(0), **features(strategy, ids)
+            )
+    if strategy.embedding is not None:
+        with pytest.raises(ValueError, match="embeddings"):
+            strategy.select(ids, scores if strategy.needs_scores else None, 2, np.random.default_rng(0))
 
 
 def test_same_seed_same_selection_and_order_free(strategy: Strategy) -> None:
@@ -84,14 +104,15 @@ def test_pool_smaller_than_budget(strategy: Strategy) -> None:
 def test_all_scores_equal(strategy: Strategy) -> None:
     ids, flat = pool(12, strategy, equal=True)
     assert len(set(flat.values())) == 1
-    chosen = select(strategy, ids, flat, 4)
+    chosen = select(strategy, ids, flat, 4, equal=True)
     assert len(set(chosen)) == 4
-    assert chosen == select(strategy, ids, flat, 4)
+    assert chosen == select(strategy, ids, flat, 4, equal=True)
 
 
 def test_rank_and_score_recorded(strategy: Strategy) -> None:
     ids, scores = pool(20, strategy)
-    chosen = strategy.select(ids, scores if strategy.needs_scores else None, 5, np.random.default_rng(0))
+    given = scores if strategy.needs_scores else None
+    chosen = strategy.select(ids, given, 5, np.random.default_rng(0), **features(strategy, ids))
     assert [c.rank for c in chosen] == list(range(5))
     for c in chosen:
         assert (c.score in scores[c.case_id]) if strategy.needs_scores else (c.score is None)

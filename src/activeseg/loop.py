@@ -34,6 +34,7 @@ from activeseg.config import RunConfig, load_config, save_config
 from activeseg.curves import read_curve
 from activeseg.data.dataset import Case, Dataset, DatasetError, load_dataset
 from activeseg.data.preprocess import PreprocessedCache, default_cache_dir
+from activeseg.embeddings import embed_volumes
 from activeseg.ledger import Ledger
 from activeseg.model import build_model, select_device, use_amp
 from activeseg.oracle import Oracle, SimulatedOracle
@@ -271,9 +272,16 @@ class ActiveLearningLoop:
             timings["score_s"] = time.perf_counter() - tick
             tick = time.perf_counter()
             rng = np.random.default_rng(seeds["select"])
-            beta = self.config.strategy.beta_at(r, self.config.loop.rounds)
+            embeddings = self.embeddings(r, model, candidates + labelled) if self.strategy.embedding else None
             choices = self.strategy.select(
-                candidates, scores, self.config.loop.per_round, rng, beta=beta, round_index=r
+                candidates,
+                scores,
+                self.config.loop.per_round,
+                rng,
+                beta=self.config.strategy.beta_at(r, self.config.loop.rounds),
+                round_index=r,
+                embeddings=embeddings,
+                labelled_embeddings_M_F=np.stack([embeddings[c] for c in labelled]) if embeddings else None,
             )
             timings["select_s"] = time.perf_counter() - tick
             write_json_atomic(out / "selection.json", [c.__dict__ for c in choices])
@@ -337,6 +345,26 @@ class ActiveLearningLoop:
                 advance(1)
         write_scores(path, scores)
         return scores
+
+    def embeddings(self, r: int, model: nn.Module, case_ids: list[str]) -> dict[str, np.ndarray]:
+        """The strategy's feature vectors of these cases (pool and labelled), reloaded if already computed."""
+        path = self.round_dir(r) / "embeddings.npz"
+        wanted = sorted(case_ids)
+        if path.exists():
+            with np.load(path) as saved:
+                if saved["case_ids"].tolist() == wanted:
+                    return dict(zip(wanted, saved["vectors_N_F"], strict=True))
+        assert self.strategy.embedding is not None
+        vectors: dict[str, np.ndarray] = {}
+        with self.reporter.progress(f"round {r}: {self.strategy.embedding} embeddings", len(wanted)) as advance:
+            for case_id, vector in embed_volumes(
+                model, ((c, self.data.image(c)) for c in wanted), self.strategy.embedding
+            ):
+                vectors[case_id] = vector
+                advance(1)
+        stacked = np.stack([vectors[c] for c in wanted])
+        write_atomic(path, lambda handle: np.savez(handle, case_ids=np.array(wanted), vectors_N_F=stacked))
+        return vectors
 
     def acquire(self, next_round: int, choices: list[Choice]) -> None:
         """Ask the oracle for the chosen labels and commit them to the ledger in one transaction."""

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from activeseg.diversity import k_center_greedy, kmeans_pp_seeding, kmeans_top_per_cluster
+from activeseg.embeddings import Embedding
 from activeseg.scorers import (
     VoxelScorer,
     as_map_stack,
@@ -47,11 +49,14 @@ class Choice:
 
 @dataclass(frozen=True)
 class SelectionContext:
-    """What a selector may use besides the scores: the seeded generator, β for this round, the round index."""
+    """What a selector may use besides the scores: the seeded generator, β for this round, the round index, and
+    (for diversity strategies) feature vectors of the candidates and of the labelled set."""
 
     rng: np.random.Generator
     beta: float = 1.0
     round_index: int = 0
+    embeddings: Mapping[str, np.ndarray] | None = None
+    labelled_embeddings_M_F: np.ndarray | None = None
 
 
 Selector = Callable[[Sequence[str], Mapping[str, ScoreVector] | None, int, SelectionContext], list[Choice]]
@@ -67,6 +72,8 @@ class Strategy:
     source: str
     scorer: VoxelScorer | None
     selector: Selector
+    embedding: Embedding | None = None
+    """Feature vectors the selector needs (``bottleneck`` or ``gradient``), or None."""
 
     @property
     def needs_scores(self) -> bool:
@@ -88,6 +95,8 @@ class Strategy:
         *,
         beta: float = 1.0,
         round_index: int = 0,
+        embeddings: Mapping[str, np.ndarray] | None = None,
+        labelled_embeddings_M_F: np.ndarray | None = None,
     ) -> list[Choice]:
         """Choose ``min(batch_size, len(candidates))`` distinct candidates."""
         if batch_size < 1:
@@ -101,7 +110,14 @@ class Strategy:
                 raise ValueError(f"strategy {self.name!r} needs a score for every candidate; missing {missing[:5]}")
             assert scores is not None
             vectors = {c: tuple(float(v) for v in np.atleast_1d(scores[c])) for c in candidates}
-        context = SelectionContext(rng, beta, round_index)
+        if self.embedding is not None:
+            missing = [c for c in candidates if embeddings is None or c not in embeddings]
+            if missing or labelled_embeddings_M_F is None:
+                raise ValueError(
+                    f"strategy {self.name!r} needs {self.embedding} embeddings of every candidate and of the "
+                    f"labelled set; missing {missing[:5] or 'the labelled set'}"
+                )
+        context = SelectionContext(rng, beta, round_index, embeddings, labelled_embeddings_M_F)
         return self.selector(sorted(candidates), vectors, min(batch_size, len(candidates)), context)
 
 
@@ -137,6 +153,40 @@ def stochastic_selector(kind: Kind) -> Selector:
 
     select.__doc__ = f"Stochastic batch acquisition with {kind} weights (Kirsch et al., TMLR 2023)."
     return select
+
+
+def _embedding_matrix(candidates: Sequence[str], context: SelectionContext) -> np.ndarray:
+    assert context.embeddings is not None
+    return np.stack([context.embeddings[c] for c in candidates])
+
+
+def select_coreset(
+    candidates: Sequence[str], scores: Mapping[str, ScoreVector] | None, k: int, context: SelectionContext
+) -> list[Choice]:
+    """Greedy k-center on bottleneck embeddings, covering the labelled set first (Sener & Savarese, ICLR 2018)."""
+    del scores
+    assert context.labelled_embeddings_M_F is not None
+    picked = k_center_greedy(_embedding_matrix(candidates, context), context.labelled_embeddings_M_F, k)
+    return [Choice(candidates[int(i)], None, rank) for rank, i in enumerate(picked)]
+
+
+def select_kmeans_top(
+    candidates: Sequence[str], scores: Mapping[str, ScoreVector] | None, k: int, context: SelectionContext
+) -> list[Choice]:
+    """Cluster the candidates' embeddings into k groups; take the highest-scoring candidate of each."""
+    assert scores is not None
+    values = np.array([scores[c][0] for c in candidates])
+    picked = kmeans_top_per_cluster(_embedding_matrix(candidates, context), values, k, context.rng)
+    return [Choice(candidates[int(i)], float(values[i]), rank) for rank, i in enumerate(picked)]
+
+
+def select_badge(
+    candidates: Sequence[str], scores: Mapping[str, ScoreVector] | None, k: int, context: SelectionContext
+) -> list[Choice]:
+    """k-means++ seeding on gradient embeddings (Ash et al., ICLR 2020)."""
+    del scores
+    picked = kmeans_pp_seeding(_embedding_matrix(candidates, context), k, context.rng)
+    return [Choice(candidates[int(i)], None, rank) for rank, i in enumerate(picked)]
 
 
 CLASP_FOREGROUND_SHARE = 0.66
@@ -296,5 +346,38 @@ register(
         source="Kirsch et al., 'Stochastic Batch Acquisition', TMLR 2023 (soft-rank acquisition).",
         scorer=bald,
         selector=stochastic_selector("softrank"),
+    )
+)
+register(
+    Strategy(
+        name="coreset",
+        description="Core-set: greedy k-center on the U-Net's bottleneck features, covering the labelled set.",
+        source="Sener & Savarese, ICLR 2018. Features are the spatially averaged bottleneck activations "
+        "(the paper uses the penultimate layer of a classifier).",
+        scorer=None,
+        selector=select_coreset,
+        embedding="bottleneck",
+    )
+)
+register(
+    Strategy(
+        name="kmeans-bald",
+        description="k-means BALD: cluster bottleneck features into k groups, take the top-BALD volume of each.",
+        source="Cluster-then-top diversity (Zhdanov 2019, arXiv:1901.05954) with BALD (Gal et al., ICML 2017) "
+        "as the score.",
+        scorer=bald,
+        selector=select_kmeans_top,
+        embedding="bottleneck",
+    )
+)
+register(
+    Strategy(
+        name="badge",
+        description="BADGE: k-means++ seeding on last-layer gradient embeddings (pseudo-labels = the argmax).",
+        source="Ash et al., ICLR 2020. For segmentation the per-voxel gradients of the last convolution are averaged "
+        "over the volume; the last layer is a 3x3x3 convolution here, not a linear layer.",
+        scorer=None,
+        selector=select_badge,
+        embedding="gradient",
     )
 )
