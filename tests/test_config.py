@@ -32,7 +32,7 @@ def test_defaults_are_valid_and_round_trip(tmp_path: Path) -> None:
         ({"data": {"shape": [36, 56, 40]}}, r"data.shape: \[36, 56, 40\] is not divisible by 8"),
         (
             {"strategy": {"name": "magic"}},
-            r"strategy.name: unknown strategy 'magic'; registered: bald, clasp-pe, entropy",
+            r"strategy.name: unknown strategy 'magic'; registered: [a-z, -]*random",
         ),
         ({"strategy": {"mc_samples": 1}}, r"strategy.mc_samples: must be at least 2"),
         ({"loop": {"initial": 0}}, r"loop.initial: must be at least 1"),
