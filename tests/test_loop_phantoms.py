@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from activeseg.config import RunConfig, config_from_dict
+from activeseg.config import ConfigError, RunConfig, config_from_dict
 from activeseg.data.phantom import make_phantom_dataset
 from activeseg.ledger import Ledger
 from activeseg.loop import start_run
@@ -64,3 +64,18 @@ def test_simulated_oracle_reveals_only_requested_labels() -> None:
         oracle.label("b")
     assert oracle.request(1, ["b"]) == ["b"]
     assert oracle.label("b").sum() == 8
+
+
+def test_low_uncertainty_stops_the_run_and_is_recorded(phantoms: Path, tmp_path: Path) -> None:
+    run_dir = start_run(config(phantoms, tmp_path / "cache", **{"loop.stop_below_uncertainty": 1e9}), tmp_path / "r")
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        reason = ledger.stop_reason()
+        assert reason is not None and reason.startswith("low uncertainty: mean pool score")
+        assert [r.round for r in ledger.rounds()] == [0]
+        assert ledger.current_round() == 0
+    assert not (run_dir / "rounds" / "round_000" / "selection.json").exists()
+
+
+def test_uncertainty_stop_needs_a_scoring_strategy(phantoms: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"loop\.stop_below_uncertainty: needs a strategy that scores the pool"):
+        config(phantoms, tmp_path, **{"strategy.name": "random", "loop.stop_below_uncertainty": 0.1})

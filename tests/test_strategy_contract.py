@@ -35,7 +35,9 @@ def pool(n: int, strategy: Strategy | None = None, seed: int = 0, equal: bool = 
 
 
 def features(strategy: Strategy, ids: list[str], equal: bool = False) -> dict[str, Any]:
-    """Embeddings of the candidates and of 3 labelled cases, for strategies that select on features."""
+    """Embeddings (candidates and 3 labelled cases) or true foreground fractions, for strategies that need them."""
+    if strategy.simulation_only:
+        return {"true_foreground": {c: 0.5 if equal else (int(c.split("_")[1]) % 7) / 10 + 0.05 for c in ids}}
     if strategy.embedding is None:
         return {}
 
@@ -72,6 +74,9 @@ def test_rejects_bad_parameters(strategy: Strategy) -> None:
             strategy.select(
                 ids, {c: scores[c] for c in ids[:5]}, 2, np.random.default_rng(0), **features(strategy, ids)
             )
+    if strategy.simulation_only:
+        with pytest.raises(ValueError, match="simulation-only"):
+            strategy.select(ids, None, 2, np.random.default_rng(0))
     if strategy.embedding is not None:
         with pytest.raises(ValueError, match="embeddings"):
             strategy.select(ids, scores if strategy.needs_scores else None, 2, np.random.default_rng(0))
@@ -130,3 +135,14 @@ def test_registry_rejects_duplicates_and_unknown_names() -> None:
         register(STRATEGIES["random"])
     with pytest.raises(KeyError, match="registered: "):
         get_strategy("nope")
+
+
+def test_foreground_random_prefers_volumes_with_more_true_foreground() -> None:
+    ids = [f"case_{i:03d}" for i in range(2)]
+    strategy = get_strategy("foreground-random")
+    picks = [
+        strategy.select(ids, None, 1, np.random.default_rng(i), true_foreground={ids[0]: 0.01, ids[1]: 0.03})[0]
+        for i in range(4000)
+    ]
+    share = sum(p.case_id == ids[1] for p in picks) / len(picks)
+    assert abs(share - 0.75) < 5 * np.sqrt(0.75 * 0.25 / 4000)  # ∝ foreground: 0.03 / (0.01 + 0.03)

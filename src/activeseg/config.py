@@ -152,6 +152,8 @@ class LoopConfig:
     """Volumes queried per round."""
     rounds: int = 3
     """Acquisition rounds after round 0; the model is trained ``rounds + 1`` times."""
+    stop_below_uncertainty: float | None = None
+    """Stop early once the mean score of the unlabelled pool falls below this (scoring strategies only)."""
 
     def __post_init__(self) -> None:
         _require(self.initial >= 1, "loop.initial", "must be at least 1 (training needs labels)")
@@ -178,6 +180,14 @@ class RunConfig:
             "data.shape",
             f"{list(self.data.shape)} is not divisible by {self.model.divisor} (2**number of stride-2 levels)",
         )
+        if self.loop.stop_below_uncertainty is not None:
+            from activeseg.strategies import STRATEGIES
+
+            _require(
+                STRATEGIES[self.strategy.name].needs_scores,
+                "loop.stop_below_uncertainty",
+                f"needs a strategy that scores the pool; {self.strategy.name!r} does not",
+            )
         if self.data.max_cases is not None and self.data.test_root is None:
             _require(
                 self.data.max_cases > self.data.test_size,

@@ -262,31 +262,61 @@ class ActiveLearningLoop:
         )
 
         candidates = self.ledger.unlabelled_ids()
-        if r >= self.config.loop.rounds:
-            self.ledger.stop(r, f"budget reached: {self.config.loop.rounds} acquisition rounds")
-        elif not candidates:
-            self.ledger.stop(r, "pool exhausted: every pool case is labelled")
+        scores = None
+        reason = self.budget_stop(r, candidates)
+        if reason is None and self.strategy.needs_scores:
+            tick = time.perf_counter()
+            scores = self.pool_scores(r, model, candidates, seeds["mc_dropout"])
+            timings["score_s"] = time.perf_counter() - tick
+            reason = self.uncertainty_stop(scores)
+        if reason is not None:
+            self.ledger.stop(r, reason)
         else:
             tick = time.perf_counter()
-            scores = self.pool_scores(r, model, candidates, seeds["mc_dropout"]) if self.strategy.needs_scores else None
-            timings["score_s"] = time.perf_counter() - tick
-            tick = time.perf_counter()
-            rng = np.random.default_rng(seeds["select"])
-            embeddings = self.embeddings(r, model, candidates + labelled) if self.strategy.embedding else None
-            choices = self.strategy.select(
-                candidates,
-                scores,
-                self.config.loop.per_round,
-                rng,
-                beta=self.config.strategy.beta_at(r, self.config.loop.rounds),
-                round_index=r,
-                embeddings=embeddings,
-                labelled_embeddings_M_F=np.stack([embeddings[c] for c in labelled]) if embeddings else None,
-            )
+            choices = self.choose(r, model, candidates, labelled, scores, seeds["select"])
             timings["select_s"] = time.perf_counter() - tick
             write_json_atomic(out / "selection.json", [c.__dict__ for c in choices])
             self.acquire(r + 1, choices)
         write_json_atomic(out / "timings.json", timings)
+
+    def budget_stop(self, r: int, candidates: list[str]) -> str | None:
+        """Why the run stops after round r's evaluation, if the budget or the pool says so."""
+        if r >= self.config.loop.rounds:
+            return f"budget reached: {self.config.loop.rounds} acquisition rounds"
+        if not candidates:
+            return "pool exhausted: every pool case is labelled"
+        return None
+
+    def uncertainty_stop(self, scores: dict[str, ScoreVector]) -> str | None:
+        """Why the run stops early, if the pool's mean score is below ``loop.stop_below_uncertainty``."""
+        threshold = self.config.loop.stop_below_uncertainty
+        mean_score = float(np.mean([vector[0] for vector in scores.values()]))
+        if threshold is not None and mean_score < threshold:
+            return f"low uncertainty: mean pool score {mean_score:.6g} < {threshold:g}"
+        return None
+
+    def choose(
+        self,
+        r: int,
+        model: nn.Module,
+        candidates: list[str],
+        labelled: list[str],
+        scores: dict[str, ScoreVector] | None,
+        seed: int,
+    ) -> list[Choice]:
+        """Round r's batch: gather what the strategy needs besides scores, then let it select."""
+        embeddings = self.embeddings(r, model, candidates + labelled) if self.strategy.embedding else None
+        return self.strategy.select(
+            candidates,
+            scores,
+            self.config.loop.per_round,
+            np.random.default_rng(seed),
+            beta=self.config.strategy.beta_at(r, self.config.loop.rounds),
+            round_index=r,
+            embeddings=embeddings,
+            labelled_embeddings_M_F=np.stack([embeddings[c] for c in labelled]) if embeddings else None,
+            true_foreground=self.true_foreground(candidates) if self.strategy.simulation_only else None,
+        )
 
     def trained_model(self, r: int, labelled: list[str], seed: int) -> nn.Module:
         """Round r's model: loaded from its checkpoint if an earlier attempt finished training, else trained."""
@@ -365,6 +395,12 @@ class ActiveLearningLoop:
         stacked = np.stack([vectors[c] for c in wanted])
         write_atomic(path, lambda handle: np.savez(handle, case_ids=np.array(wanted), vectors_N_F=stacked))
         return vectors
+
+    def true_foreground(self, candidates: list[str]) -> dict[str, float]:
+        """Simulation-only baselines peek at unlabelled ground truth; refused unless the oracle is simulated."""
+        if not isinstance(self.oracle, SimulatedOracle):
+            raise RunError(f"strategy {self.strategy.name!r} is simulation-only and cannot run with a human oracle")
+        return {c: self.oracle.foreground_fraction(c) for c in candidates}
 
     def acquire(self, next_round: int, choices: list[Choice]) -> None:
         """Ask the oracle for the chosen labels and commit them to the ledger in one transaction."""

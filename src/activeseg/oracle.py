@@ -46,3 +46,7 @@ class SimulatedOracle:
         if case_id not in self._revealed:
             raise OracleError(f"label of {case_id!r} was never requested from the oracle")
         return self._ground_truth(case_id)
+
+    def foreground_fraction(self, case_id: str) -> float:
+        """The true foreground fraction of any pool case, for simulation-only baselines (never used in training)."""
+        return float((self._ground_truth(case_id) > 0).mean())

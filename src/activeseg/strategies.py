@@ -57,6 +57,8 @@ class SelectionContext:
     round_index: int = 0
     embeddings: Mapping[str, np.ndarray] | None = None
     labelled_embeddings_M_F: np.ndarray | None = None
+    true_foreground: Mapping[str, float] | None = None
+    """Simulation only: each candidate's true foreground fraction (foreground-aware baselines)."""
 
 
 Selector = Callable[[Sequence[str], Mapping[str, ScoreVector] | None, int, SelectionContext], list[Choice]]
@@ -74,6 +76,8 @@ class Strategy:
     selector: Selector
     embedding: Embedding | None = None
     """Feature vectors the selector needs (``bottleneck`` or ``gradient``), or None."""
+    simulation_only: bool = False
+    """Needs ground truth of unlabelled cases: a benchmark baseline, never usable with a human annotator."""
 
     @property
     def needs_scores(self) -> bool:
@@ -97,6 +101,7 @@ class Strategy:
         round_index: int = 0,
         embeddings: Mapping[str, np.ndarray] | None = None,
         labelled_embeddings_M_F: np.ndarray | None = None,
+        true_foreground: Mapping[str, float] | None = None,
     ) -> list[Choice]:
         """Choose ``min(batch_size, len(candidates))`` distinct candidates."""
         if batch_size < 1:
@@ -117,7 +122,11 @@ class Strategy:
                     f"strategy {self.name!r} needs {self.embedding} embeddings of every candidate and of the "
                     f"labelled set; missing {missing[:5] or 'the labelled set'}"
                 )
-        context = SelectionContext(rng, beta, round_index, embeddings, labelled_embeddings_M_F)
+        if self.simulation_only and (true_foreground is None or any(c not in true_foreground for c in candidates)):
+            raise ValueError(
+                f"strategy {self.name!r} is simulation-only: it needs the true foreground of every candidate"
+            )
+        context = SelectionContext(rng, beta, round_index, embeddings, labelled_embeddings_M_F, true_foreground)
         return self.selector(sorted(candidates), vectors, min(batch_size, len(candidates)), context)
 
 
@@ -186,6 +195,17 @@ def select_badge(
     """k-means++ seeding on gradient embeddings (Ash et al., ICLR 2020)."""
     del scores
     picked = kmeans_pp_seeding(_embedding_matrix(candidates, context), k, context.rng)
+    return [Choice(candidates[int(i)], None, rank) for rank, i in enumerate(picked)]
+
+
+def select_foreground_aware_random(
+    candidates: Sequence[str], scores: Mapping[str, ScoreVector] | None, k: int, context: SelectionContext
+) -> list[Choice]:
+    """Random volumes drawn without replacement with probability ∝ their true foreground fraction."""
+    del scores
+    assert context.true_foreground is not None
+    fractions = np.array([context.true_foreground[c] for c in candidates])
+    picked = stochastic_batch(fractions, k, 1.0, "power", context.rng)
     return [Choice(candidates[int(i)], None, rank) for rank, i in enumerate(picked)]
 
 
@@ -379,5 +399,17 @@ register(
         scorer=None,
         selector=select_badge,
         embedding="gradient",
+    )
+)
+register(
+    Strategy(
+        name="foreground-random",
+        description="SIMULATION ONLY: random volumes, drawn with probability ∝ their TRUE foreground fraction.",
+        source="Foreground-aware random baseline of nnActive (Lüth et al., TMLR 2025), which draws patch centres "
+        "from the true foreground/border; for whole volumes the preference becomes foreground-proportional "
+        "sampling. It reads unlabelled ground truth, so it only exists in simulated benchmarks.",
+        scorer=None,
+        selector=select_foreground_aware_random,
+        simulation_only=True,
     )
 )
