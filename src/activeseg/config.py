@@ -147,7 +147,9 @@ class LoopConfig:
     """The labelling budget."""
 
     initial: int = 5
-    """Volumes labelled at round 0 (seeded random choice)."""
+    """Volumes labelled at round 0."""
+    initial_strategy: Literal["random", "representative"] = "random"
+    """Round 0's choice: seeded random, or k-center on label-free intensity features (see ``cold_start``)."""
     per_round: int = 5
     """Volumes queried per round."""
     rounds: int = 3

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from activeseg.artifacts import copy_atomic, read_json, write_atomic, write_json_atomic, write_text_atomic
+from activeseg.cold_start import initial_selection
 from activeseg.config import RunConfig, load_config, save_config
 from activeseg.curves import read_curve
 from activeseg.data.dataset import Case, Dataset, DatasetError, load_dataset
@@ -47,7 +48,6 @@ from activeseg.uncertainty import make_sampler, score_pool
 
 CONFIG_FILE = "config.yaml"
 LEDGER_FILE = "ledger.sqlite"
-INITIAL_STRATEGY = "initial-random"
 
 
 class RunError(RuntimeError):
@@ -154,7 +154,7 @@ def create_run(
     pool, test = list(data.pool.ids), list(data.test.ids)
     config.check_budget(len(pool))
     rng = np.random.default_rng(derive_seed(config.seed, "initial"))
-    initial = sorted(rng.choice(pool, size=config.loop.initial, replace=False).tolist())
+    initial = initial_selection(config.loop.initial_strategy, pool, config.loop.initial, rng, data.image)
 
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.creating-"))
@@ -162,7 +162,9 @@ def create_run(
         save_config(config, staging / CONFIG_FILE)
         with Ledger(staging / LEDGER_FILE) as ledger:
             ledger.initialise(pool, test, {"seed": config.seed, "strategy": config.strategy.name})
-            ledger.add_labels(0, INITIAL_STRATEGY, [(c, None, i) for i, c in enumerate(initial)])
+            ledger.add_labels(
+                0, f"initial-{config.loop.initial_strategy}", [(c, None, i) for i, c in enumerate(initial)]
+            )
         if run_dir.exists():
             run_dir.rmdir()
         staging.replace(run_dir)
