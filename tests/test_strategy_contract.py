@@ -38,6 +38,13 @@ def features(strategy: Strategy, ids: list[str], equal: bool = False) -> dict[st
     """Embeddings (candidates and 3 labelled cases) or true foreground fractions, for strategies that need them."""
     if strategy.simulation_only:
         return {"true_foreground": {c: 0.5 if equal else (int(c.split("_")[1]) % 7) / 10 + 0.05 for c in ids}}
+    if strategy.sketch is not None:
+
+        def probs(case_id: str) -> torch.Tensor:
+            seed = 0 if equal else int(case_id.split("_")[1])
+            return torch.softmax(torch.randn(3, 3, 2, 3, 2, generator=torch.Generator().manual_seed(seed)) * 2, dim=1)
+
+        return {"sketches": {c: strategy.sketch(probs(c)) for c in ids}}
     if strategy.embedding is None:
         return {}
 
@@ -77,6 +84,9 @@ def test_rejects_bad_parameters(strategy: Strategy) -> None:
     if strategy.simulation_only:
         with pytest.raises(ValueError, match="simulation-only"):
             strategy.select(ids, None, 2, np.random.default_rng(0))
+    if strategy.sketch is not None:
+        with pytest.raises(ValueError, match="sketch"):
+            strategy.select(ids, scores, 2, np.random.default_rng(0))
     if strategy.embedding is not None:
         with pytest.raises(ValueError, match="embeddings"):
             strategy.select(ids, scores if strategy.needs_scores else None, 2, np.random.default_rng(0))

@@ -318,6 +318,7 @@ class ActiveLearningLoop:
             embeddings=embeddings,
             labelled_embeddings_M_F=np.stack([embeddings[c] for c in labelled]) if embeddings else None,
             true_foreground=self.true_foreground(candidates) if self.strategy.simulation_only else None,
+            sketches=self.sketches(r) if self.strategy.sketch else None,
         )
 
     def trained_model(self, r: int, labelled: list[str], seed: int) -> nn.Module:
@@ -348,14 +349,19 @@ class ActiveLearningLoop:
         return metrics
 
     def pool_scores(self, r: int, model: nn.Module, candidates: list[str], seed: int) -> dict[str, ScoreVector]:
-        """Acquisition score vectors of the unlabelled pool, streamed one volume at a time (reloaded if saved)."""
+        """Acquisition score vectors of the unlabelled pool, streamed one volume at a time (reloaded if saved).
+
+        Strategies with a sketch also get ``sketches.npz`` from the same pass (see :meth:`sketches`).
+        """
         path = self.round_dir(r) / "scores.csv"
-        if path.exists():
+        sketch_path = self.round_dir(r) / "sketches.npz"
+        if path.exists() and (self.strategy.sketch is None or sketch_path.exists()):
             saved = read_scores(path)
             if sorted(saved) == candidates:
                 return saved
         strategy = self.config.strategy
         scores: dict[str, ScoreVector] = {}
+        sketches: dict[str, np.ndarray] = {}
         with self.reporter.progress(f"round {r}: scoring pool", len(candidates)) as advance:
             volumes = ((c, self.data.image(c)) for c in candidates)
             sampler = make_sampler(
@@ -372,11 +378,23 @@ class ActiveLearningLoop:
                 self.strategy.score_maps,
                 make_reduction(strategy.reduction, strategy.top_q),
                 seed_for=lambda case_id: derive_seed(seed, case_id),
+                sketch=self.strategy.sketch,
             ):
                 scores[item.case_id] = item.scores
+                if item.sketch is not None:
+                    sketches[item.case_id] = item.sketch
                 advance(1)
+        if self.strategy.sketch is not None:
+            ids = sorted(sketches)
+            stacked = np.stack([sketches[c] for c in ids])
+            write_atomic(sketch_path, lambda handle: np.savez(handle, case_ids=np.array(ids), sketches=stacked))
         write_scores(path, scores)
         return scores
+
+    def sketches(self, r: int) -> dict[str, np.ndarray]:
+        """Round r's per-candidate sketches, written by :meth:`pool_scores`."""
+        with np.load(self.round_dir(r) / "sketches.npz") as saved:
+            return dict(zip(saved["case_ids"].tolist(), saved["sketches"], strict=True))
 
     def embeddings(self, r: int, model: nn.Module, case_ids: list[str]) -> dict[str, np.ndarray]:
         """The strategy's feature vectors of these cases (pool and labelled), reloaded if already computed."""

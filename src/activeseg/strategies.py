@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from activeseg.batchbald import greedy_batchbald, site_sketch
 from activeseg.diversity import k_center_greedy, kmeans_pp_seeding, kmeans_top_per_cluster
 from activeseg.embeddings import Embedding
 from activeseg.scorers import (
@@ -59,6 +60,8 @@ class SelectionContext:
     labelled_embeddings_M_F: np.ndarray | None = None
     true_foreground: Mapping[str, float] | None = None
     """Simulation only: each candidate's true foreground fraction (foreground-aware baselines)."""
+    sketches: Mapping[str, np.ndarray] | None = None
+    """Per-candidate summaries of the K samples (``Strategy.sketch``), for joint selection."""
 
 
 Selector = Callable[[Sequence[str], Mapping[str, ScoreVector] | None, int, SelectionContext], list[Choice]]
@@ -78,6 +81,8 @@ class Strategy:
     """Feature vectors the selector needs (``bottleneck`` or ``gradient``), or None."""
     simulation_only: bool = False
     """Needs ground truth of unlabelled cases: a benchmark baseline, never usable with a human annotator."""
+    sketch: Callable[[Tensor], np.ndarray] | None = None
+    """Summarises a unit's probs_K_C_D_H_W for the selector (computed in the same scoring pass), or None."""
 
     @property
     def needs_scores(self) -> bool:
@@ -102,6 +107,7 @@ class Strategy:
         embeddings: Mapping[str, np.ndarray] | None = None,
         labelled_embeddings_M_F: np.ndarray | None = None,
         true_foreground: Mapping[str, float] | None = None,
+        sketches: Mapping[str, np.ndarray] | None = None,
     ) -> list[Choice]:
         """Choose ``min(batch_size, len(candidates))`` distinct candidates."""
         if batch_size < 1:
@@ -126,7 +132,11 @@ class Strategy:
             raise ValueError(
                 f"strategy {self.name!r} is simulation-only: it needs the true foreground of every candidate"
             )
-        context = SelectionContext(rng, beta, round_index, embeddings, labelled_embeddings_M_F, true_foreground)
+        if self.sketch is not None and (sketches is None or any(c not in sketches for c in candidates)):
+            raise ValueError(f"strategy {self.name!r} needs a sketch of every candidate")
+        context = SelectionContext(
+            rng, beta, round_index, embeddings, labelled_embeddings_M_F, true_foreground, sketches
+        )
         return self.selector(sorted(candidates), vectors, min(batch_size, len(candidates)), context)
 
 
@@ -207,6 +217,22 @@ def select_foreground_aware_random(
     fractions = np.array([context.true_foreground[c] for c in candidates])
     picked = stochastic_batch(fractions, k, 1.0, "power", context.rng)
     return [Choice(candidates[int(i)], None, rank) for rank, i in enumerate(picked)]
+
+
+BATCHBALD_SITES = 16
+BATCHBALD_CONFIGURATIONS = 1000
+
+
+def select_batchbald(
+    candidates: Sequence[str], scores: Mapping[str, ScoreVector] | None, k: int, context: SelectionContext
+) -> list[Choice]:
+    """Greedy joint-MI selection over each candidate's most uncertain voxel sites (see ``batchbald``)."""
+    assert scores is not None and context.sketches is not None
+    picked, gains = greedy_batchbald(
+        [context.sketches[c] for c in candidates], k, context.rng, configurations=BATCHBALD_CONFIGURATIONS
+    )
+    del gains
+    return [Choice(candidates[i], scores[candidates[i]][0], rank) for rank, i in enumerate(picked)]
 
 
 CLASP_FOREGROUND_SHARE = 0.66
@@ -411,5 +437,16 @@ register(
         scorer=None,
         selector=select_foreground_aware_random,
         simulation_only=True,
+    )
+)
+register(
+    Strategy(
+        name="batchbald",
+        description="BatchBALD for volumes: greedy joint MI over each volume's 16 highest-BALD voxel sites.",
+        source="Kirsch, van Amersfoort & Gal, NeurIPS 2019. Approximation (activeseg): a unit's outcome is its 16 "
+        "most uncertain voxels, independent given the model; joint entropy by 1000 sampled configurations.",
+        scorer=bald,
+        selector=select_batchbald,
+        sketch=lambda probs: site_sketch(probs, BATCHBALD_SITES),
     )
 )

@@ -123,6 +123,8 @@ class VolumeScore:
 
     case_id: str
     scores: tuple[float, ...]
+    sketch: np.ndarray | None = None
+    """A small per-unit summary of the K samples for joint selection (BatchBALD), when asked for."""
 
 
 def score_pool(
@@ -131,6 +133,7 @@ def score_pool(
     scorer: Callable[[Tensor], Tensor],
     reduction: Reduction,
     seed_for: Callable[[str], int],
+    sketch: Callable[[Tensor], np.ndarray] | None = None,
 ) -> Iterator[VolumeScore]:
     """Score volumes one at a time; only the scalars outlive each volume, so memory is flat in pool size.
 
@@ -140,4 +143,5 @@ def score_pool(
         probs_K_C_D_H_W = sampler(torch.from_numpy(image_C_D_H_W), seed_for(case_id))
         mean_probs_C_D_H_W = probs_K_C_D_H_W.mean(dim=0)
         score_M_D_H_W = as_map_stack(scorer(probs_K_C_D_H_W), probs_K_C_D_H_W)
-        yield VolumeScore(case_id, tuple(reduction(score_D_H_W, mean_probs_C_D_H_W) for score_D_H_W in score_M_D_H_W))
+        scores = tuple(reduction(score_D_H_W, mean_probs_C_D_H_W) for score_D_H_W in score_M_D_H_W)
+        yield VolumeScore(case_id, scores, sketch(probs_K_C_D_H_W) if sketch else None)
