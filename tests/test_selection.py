@@ -11,7 +11,8 @@ import torch
 from activeseg.config import ConfigError, config_from_dict
 from activeseg.scorers import predictive_entropy
 from activeseg.selection import KINDS, sampling_probabilities, scheduled_beta, stochastic_batch
-from activeseg.strategies import clasp_quotas, get_strategy
+from activeseg.selectors import clasp_quotas
+from activeseg.strategies import get_strategy
 
 
 def test_probabilities_match_hand_computed_weights() -> None:

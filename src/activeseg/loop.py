@@ -42,7 +42,8 @@ from activeseg.oracle import Oracle, SimulatedOracle
 from activeseg.plots import plot_curves
 from activeseg.reporting import Reporter, SilentReporter
 from activeseg.scorers import make_reduction
-from activeseg.strategies import Choice, ScoreVector, get_strategy
+from activeseg.selectors import Choice, ScoreVector
+from activeseg.strategies import get_strategy
 from activeseg.train import Evaluation, Example, evaluate, seed_everything, train
 from activeseg.uncertainty import make_sampler, score_pool
 
