@@ -23,13 +23,8 @@ def intensity_features(image_C_D_H_W: np.ndarray) -> np.ndarray:
     """A label-free appearance descriptor: a 16-bin histogram of normalised intensity plus the mean of each octant."""
     volume_D_H_W = image_C_D_H_W[0]
     histogram, _ = np.histogram(np.clip(volume_D_H_W, -3.0, 3.0), bins=HISTOGRAM_BINS)
-    d, h, w = (s // 2 for s in volume_D_H_W.shape)
-    octants = [
-        volume_D_H_W[i * d : (i + 1) * d or None, j * h : (j + 1) * h or None, k * w : (k + 1) * w or None].mean()
-        for i in (0, 1)
-        for j in (0, 1)
-        for k in (0, 1)
-    ]
+    halves = [(slice(0, s // 2), slice(s // 2, None)) for s in volume_D_H_W.shape]
+    octants = [volume_D_H_W[a, b, c].mean() for a in halves[0] for b in halves[1] for c in halves[2]]
     return np.concatenate([histogram / volume_D_H_W.size, np.asarray(octants, dtype=np.float64)])
 
 
