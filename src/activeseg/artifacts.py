@@ -24,15 +24,15 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        Path(tmp).chmod(0o644)  # mkstemp creates 0600
         Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Atomically write UTF-8 text."""
-    data = text.encode()
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Atomically write bytes."""
 
     def write(handle: IO[bytes]) -> None:
         handle.write(data)
@@ -40,14 +40,14 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_atomic(path, write)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Atomically write UTF-8 text."""
+    write_bytes_atomic(path, text.encode())
+
+
 def copy_atomic(source: Path, destination: Path) -> None:
     """Atomically copy a file."""
-    data = Path(source).read_bytes()
-
-    def write(handle: IO[bytes]) -> None:
-        handle.write(data)
-
-    write_atomic(destination, write)
+    write_bytes_atomic(destination, Path(source).read_bytes())
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -8,16 +8,16 @@ import json
 import logging
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from activeseg.artifacts import write_atomic
 from activeseg.data.dataset import Case, Dataset
 from activeseg.data.io import read_volume
 
@@ -232,25 +232,17 @@ class PreprocessedCache:
         return Prepared(image, label, lost, original)
 
     def _write_entry(self, path: Path, key: str, prepared: Prepared) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(
-                    f,
-                    key=np.array(key),
-                    image=prepared.image_C_D_H_W,
-                    label=prepared.label_D_H_W,
-                    foreground_lost=np.array(prepared.foreground_lost, dtype=np.int64),
-                    original_shape=np.array(prepared.original_shape, dtype=np.int64),
-                )
-                f.flush()
-                os.fsync(f.fileno())
-            Path(tmp).chmod(0o644)  # mkstemp creates 0600
-            Path(tmp).replace(path)  # atomic on POSIX and Windows (same directory)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                Path(tmp).unlink()
-            raise
+        def write(handle: IO[bytes]) -> None:
+            np.savez(
+                handle,
+                key=np.array(key),
+                image=prepared.image_C_D_H_W,
+                label=prepared.label_D_H_W,
+                foreground_lost=np.array(prepared.foreground_lost, dtype=np.int64),
+                original_shape=np.array(prepared.original_shape, dtype=np.int64),
+            )
+
+        write_atomic(path, write)
 
 
 def default_cache_dir() -> Path:
