@@ -20,7 +20,7 @@ from activeseg.ledger import Ledger
 from activeseg.loop import RunError, adopt_round_zero, create_run, derive_seed, resume_run, round_seeds, start_run
 from activeseg.strategies import STRATEGIES
 
-from _support import requires_hippocampus, tiny_config
+from _support import hippocampus_root, requires_hippocampus, tiny_config
 
 pytestmark = [requires_hippocampus, pytest.mark.slow]
 
@@ -171,3 +171,16 @@ def test_test_time_augmentation_source_in_a_real_run(cache: Path, tmp_path: Path
     with (run_dir / "rounds" / "round_000" / "scores.csv").open() as handle:
         scores = [float(row["score"]) for row in csv.DictReader(handle)]
     assert len(scores) == 12 - 4 and all(s >= 0 for s in scores) and len(set(scores)) > 1
+
+
+def test_demo_end_to_end_on_a_tiny_config(cache: Path, tmp_path: Path) -> None:
+    from activeseg.demo import run_demo
+
+    config = tiny_config(cache, data={"max_cases": 16, "test_size": 4}, train={"iterations": 4})
+    result = run_demo(tmp_path / "demo", hippocampus_root(), config=config, full_data_iterations=4)
+    assert [c.label for c in result.curves] == ["random", "entropy", "bald"]
+    assert all(c.n_labelled == [4, 7, 10] for c in result.curves)
+    assert len({c.mean_dice[0] for c in result.curves}) == 1  # round 0 is shared, so identical
+    assert 0.0 <= result.full_data_dice <= 1.0 and result.full_data_volumes == 12
+    for png in (result.curve_png, result.montage_png):
+        assert png.read_bytes()[:4] == b"\x89PNG"

@@ -16,6 +16,7 @@ from activeseg.curves import Curve, read_curve
 from activeseg.loop import (
     CONFIG_FILE,
     LEDGER_FILE,
+    RunData,
     adopt_round_zero,
     create_run,
     derive_seed,
@@ -85,7 +86,11 @@ class DemoResult:
 
 
 def run_demo(
-    out_dir: Path, data: Path | None = None, config: RunConfig | None = None, reporter: Reporter | None = None
+    out_dir: Path,
+    data: Path | None = None,
+    config: RunConfig | None = None,
+    reporter: Reporter | None = None,
+    full_data_iterations: int = FULL_DATA_ITERATIONS,
 ) -> DemoResult:
     """Run (or resume) the three strategies and the full-data bound; write the curve and the montage."""
     reporter = reporter or SilentReporter()
@@ -93,20 +98,21 @@ def run_demo(
     base = config or default_config()
     base = base.override({"data.root": root})
     out_dir = Path(out_dir)
+    run_data = open_data(base, reporter)  # validated once; every run below shares this data section
     run_dirs = [out_dir / name for name in DEMO_STRATEGIES]
     for name, run_dir in zip(DEMO_STRATEGIES, run_dirs, strict=True):
         if not (run_dir / LEDGER_FILE).exists():
-            create_run(base.override({"name": name, "strategy.name": name}), run_dir, reporter)
+            create_run(base.override({"name": name, "strategy.name": name}), run_dir, reporter, data=run_data)
     for run_dir in run_dirs:
         if run_dir != run_dirs[0] and adopt_round_zero(run_dirs[0], run_dir):
             reporter.info(
                 f"{run_dir.name}: round 0 is identical to {run_dirs[0].name}'s (same seed and labels); reused"
             )
-        resume_run(run_dir, reporter)
+        resume_run(run_dir, reporter, data=run_data)
     full_dir = out_dir / "full-data"
     if not (full_dir / "full_data.json").exists():
-        full_config = base.override({"name": "full-data", "train.iterations": FULL_DATA_ITERATIONS})
-        full_data_run(full_config, full_dir, reporter)
+        full_config = base.override({"name": "full-data", "train.iterations": full_data_iterations})
+        full_data_run(full_config, full_dir, reporter, data=run_data)
     full_record = read_json(full_dir / "full_data.json")
     full = float(full_record["dice"]["mean_foreground"])
     curves = [read_curve(d) for d in run_dirs]
@@ -114,14 +120,16 @@ def run_demo(
         curves,
         out_dir / "curve.png",
         full_data=full,
-        full_data_label=f"full data ({full_record['n_labelled']} volumes, {FULL_DATA_ITERATIONS} iterations)",
+        full_data_label=f"full data ({full_record['n_labelled']} volumes, {full_data_iterations} iterations)",
         title=f"Hippocampus (MSD Task04), {base.train.iterations} iterations per round, seed {base.seed}",
     )
-    montage_png = selection_montage(out_dir / "bald", out_dir / "montage.png", reporter)
+    montage_png = selection_montage(out_dir / "bald", out_dir / "montage.png", reporter, data=run_data)
     return DemoResult(curves, full, int(full_record["n_labelled"]), curve_png, montage_png)
 
 
-def selection_montage(run_dir: Path, out_png: Path, reporter: Reporter | None = None) -> Path:
+def selection_montage(
+    run_dir: Path, out_png: Path, reporter: Reporter | None = None, data: RunData | None = None
+) -> Path:
     """Mid slices of the last round's selected cases: image, prediction, uncertainty and ground truth."""
     reporter = reporter or SilentReporter()
     run_dir = Path(run_dir)
@@ -133,7 +141,7 @@ def selection_montage(run_dir: Path, out_png: Path, reporter: Reporter | None = 
     round_dir = selections[-1].parent
     r = int(round_dir.name.split("_")[1])
     chosen = [c["case_id"] for c in read_json(selections[-1])]
-    data = open_data(config, reporter)
+    data = data or open_data(config, reporter)
     model = build_model(config.model, data.num_classes)
     model.load_state_dict(torch.load(round_dir / "model.pt", map_location="cpu", weights_only=True))
     shown = strategy if strategy.needs_scores else get_strategy("bald")  # score-free picks are shown with BALD

@@ -141,9 +141,16 @@ def start_run(
 
 
 def create_run(
-    config: RunConfig, run_dir: Path, reporter: Reporter | None = None, data_root: Path | None = None
+    config: RunConfig,
+    run_dir: Path,
+    reporter: Reporter | None = None,
+    data_root: Path | None = None,
+    data: RunData | None = None,
 ) -> tuple[Path, RunData]:
-    """Validate everything, then create ``run_dir`` atomically (config, ledger, round-0 labels); trains nothing."""
+    """Validate everything, then create ``run_dir`` atomically (config, ledger, round-0 labels); trains nothing.
+
+    ``data``, when given, is the already validated data of ``config`` (several runs on one dataset open it once).
+    """
     reporter = reporter or SilentReporter()
     run_dir = Path(run_dir)
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -151,7 +158,7 @@ def create_run(
     if data_root is not None:
         config = config.override({"data.root": data_root})
     get_strategy(config.strategy.name)
-    data = open_data(config, reporter)
+    data = data or open_data(config, reporter)
     pool, test = list(data.pool.ids), list(data.test.ids)
     config.check_budget(len(pool))
     rng = np.random.default_rng(derive_seed(config.seed, "initial"))
@@ -293,8 +300,10 @@ class ActiveLearningLoop:
     def uncertainty_stop(self, scores: dict[str, ScoreVector]) -> str | None:
         """Why the run stops early, if the pool's mean score is below ``loop.stop_below_uncertainty``."""
         threshold = self.config.loop.stop_below_uncertainty
+        if threshold is None:
+            return None
         mean_score = float(np.mean([vector[0] for vector in scores.values()]))
-        if threshold is not None and mean_score < threshold:
+        if mean_score < threshold:
             return f"low uncertainty: mean pool score {mean_score:.6g} < {threshold:g}"
         return None
 
@@ -490,13 +499,17 @@ def write_curve(run_dir: Path, ledger: Ledger) -> None:
 
 
 def full_data_run(
-    config: RunConfig, out_dir: Path, reporter: Reporter | None = None, data_root: Path | None = None
+    config: RunConfig,
+    out_dir: Path,
+    reporter: Reporter | None = None,
+    data_root: Path | None = None,
+    data: RunData | None = None,
 ) -> dict[str, Any]:
     """Train once on every pool case (all labels) and evaluate on the same test split: the upper bound."""
     reporter = reporter or SilentReporter()
     if data_root is not None:
         config = config.override({"data.root": data_root})
-    data = open_data(config, reporter)
+    data = data or open_data(config, reporter)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, out_dir / CONFIG_FILE)
