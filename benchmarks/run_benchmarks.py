@@ -7,8 +7,12 @@ only, so every number in it can be traced and regenerated. Parts:
 - ``memory``:   peak RSS while scoring a 20- and a 160-volume pool (``score_memory.py``)
 - ``full``:     full-data mean foreground Dice on the 40-volume test split (``benchmarks/full_data.yaml``)
 - ``demo``:     ``activeseg demo`` wall time, peak RSS, each strategy's Dice per round, final Dice and AUBC
+- ``units``:    volumes vs slices vs patches at equal voxel budgets (``units_benchmark.py``)
+- ``hippocampus``: ``activeseg benchmark benchmarks/hippocampus.yaml`` (6 strategies x 3 seeds, full-data bound) into
+  ``--bench-dir`` (resumable; default ``runs/benchmark-hippocampus``), then its summary: CIs, paired tests, ranking
 
-    python benchmarks/run_benchmarks.py                 # every part (about 40 min on 2 CPU cores)
+    python benchmarks/run_benchmarks.py                 # every part (about 40 min + the hippocampus benchmark)
+    python benchmarks/run_benchmarks.py --parts hippocampus --bench-dir /somewhere/big
     python benchmarks/run_benchmarks.py --parts speed memory
     python benchmarks/run_benchmarks.py --render-only   # rewrite BENCHMARKS.md from stored results
 """
@@ -39,6 +43,7 @@ from activeseg.loop import open_data
 from activeseg.model import build_model
 from activeseg.reporting import SilentReporter
 from activeseg.scorers import bald, reduce_mean
+from activeseg.selectors import BATCHBALD_SITES
 from activeseg.strategies import STRATEGIES
 from activeseg.train import train
 from activeseg.uncertainty import SOURCES, make_sampler, score_pool
@@ -46,7 +51,9 @@ from activeseg.uncertainty import SOURCES, make_sampler, score_pool
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 OUTPUT = HERE.parent / "BENCHMARKS.md"
-PARTS = ("speed", "memory", "full", "demo")
+PARTS = ("speed", "memory", "full", "demo", "hippocampus", "units")
+BENCH_DIR = [HERE.parent / "runs" / "benchmark-hippocampus"]
+"""Where the hippocampus benchmark keeps its run directories (checkpoints included: never committed)."""
 
 
 def machine() -> dict[str, Any]:
@@ -93,14 +100,16 @@ def bench_speed(data_root: Path) -> dict[str, Any]:
         steps += times[2:]
     strategy = config.strategy
     score_times: dict[str, list[float]] = {}
-    for source in SOURCES:
-        sampler = make_sampler(source, model, strategy.mc_samples, strategy.mc_batch_size, (0,), amp=False)
+    members = [build_model(config.model, data.num_classes) for _ in range(strategy.mc_samples - 1)]
+    for source in SOURCES:  # the same K for every source: an ensemble of K members
+        sampler = make_sampler(source, model, strategy.mc_samples, strategy.mc_batch_size, (0,), False, members)
         score_times[source] = []
         for case_id in pool[:20]:
             tick0 = time.perf_counter()
             list(score_pool([(case_id, data.image(case_id))], sampler, bald, reduce_mean, lambda c: 0))
             score_times[source].append(time.perf_counter() - tick0)
     per_volume = {source: statistics.median(times) for source, times in score_times.items()}
+    sampler = make_sampler("mc_dropout", model, strategy.mc_samples, strategy.mc_batch_size, (0,), amp=False)
     selection = {}
     probe = [(c, data.image(c)) for c in pool]
     labelled = list(data.pool.ids)[:5]
@@ -109,12 +118,20 @@ def bench_speed(data_root: Path) -> dict[str, Any]:
         inputs: dict[str, Any] = {}
         vectors = None
         if strategy_obj.needs_scores:
+            sketch = strategy_obj.sketch
             items = list(
-                score_pool(probe, sampler, strategy_obj.score_maps, reduce_mean, lambda c: 0, strategy_obj.sketch)
+                score_pool(
+                    probe,
+                    sampler,
+                    strategy_obj.score_maps,
+                    reduce_mean,
+                    lambda c: 0,
+                    None if sketch is None else lambda probs, sketch=sketch: sketch(probs, BATCHBALD_SITES),
+                )
             )
-            vectors = {item.case_id: item.scores for item in items}
+            vectors = {item.key: item.scores for item in items}
             if strategy_obj.sketch is not None:
-                inputs["sketches"] = {item.case_id: item.sketch for item in items}
+                inputs["sketches"] = {item.key: item.sketch for item in items}
         if strategy_obj.embedding is not None:
             embedded = dict(embed_volumes(model, probe, strategy_obj.embedding))
             inputs["embeddings"] = embedded
@@ -137,6 +154,10 @@ def bench_speed(data_root: Path) -> dict[str, Any]:
         "score_s_per_volume_median": per_volume["mc_dropout"],
         "scored_volumes_per_s": 1 / per_volume["mc_dropout"],
         "score_s_per_volume_by_source": per_volume,
+        "ensemble_members_train_s_per_round": (strategy.mc_samples - 1)
+        * config.train.iterations
+        * statistics.median(steps),
+        "train_iterations": config.train.iterations,
         "selection_ms_median_160_pool": selection,
         "pool_size": len(candidates),
     }
@@ -203,6 +224,96 @@ def bench_demo(data_root: Path) -> dict[str, Any]:
     return {"wall_s": wall, "peak_rss_mb": rss, "curves": curves, "full_data_dice": full["dice"]["mean_foreground"]}
 
 
+def bench_units(data_root: Path) -> dict[str, Any]:
+    """``units_benchmark.py`` (resumable, into /tmp/activeseg-units), read back from its stored summary."""
+    subprocess.run([sys.executable, str(HERE / "units_benchmark.py"), "--data", str(data_root)], check=True)
+    return dict(json.loads((RESULTS / "units.json").read_text()))
+
+
+def bench_hippocampus(data_root: Path) -> dict[str, Any]:
+    """The hippocampus benchmark (resumes whatever ``BENCH_DIR`` holds), summarised from its stored results."""
+    from activeseg.report import summarise
+
+    results_dir = BENCH_DIR[0]
+    config = HERE / "hippocampus.yaml"
+    run_cli(["benchmark", str(config), "--data", str(data_root), "--results-dir", str(results_dir), "--no-report"])
+    return summarise(results_dir)
+
+
+def render_hippocampus(result: dict[str, Any], where: str) -> list[str]:
+    """The benchmark section: the report's own tables and figure, from the stored summary only."""
+    from activeseg.report import blocks, render_markdown, write_images
+
+    content = blocks(result, level=2, figure_prefix="hippocampus-")
+    write_images(content, RESULTS)
+    run = result["run"]
+    intro = [
+        f"Machine: {where}. Produced by `python benchmarks/run_benchmarks.py --parts hippocampus` "
+        "(`activeseg benchmark benchmarks/hippocampus.yaml`, then the summary the report is made from, stored as "
+        "`benchmarks/results/hippocampus.json`).",
+        "",
+        f"Sized for 2 CPU cores: every round trains a small U-Net (channels {run['channels']}) for "
+        f"{run['iterations']} iterations with {run['mc_samples']} MC-dropout samples, smaller than the demo "
+        "(250 and 8), and the full-data bound trains "
+        f"{result['full_data']['iterations']} iterations. Other jobs shared the two cores while it ran, so its "
+        "wall time is an upper bound.",
+        "",
+    ]
+    finished = [r for r in result["runs"] if r["finished"] and len(r["mean_dice"]) > 1]
+    drops = [r for r in finished if r["mean_dice"][-1] < r["mean_dice"][-2]]
+    if finished:
+        intro += [
+            f"Each round retrains from scratch for a fixed number of iterations, so single rounds are noisy: in "
+            f"{len(drops)} of {len(finished)} runs the last round's Dice is below the previous round's (the "
+            "largest drop is "
+            f"{max((r['mean_dice'][-2] - r['mean_dice'][-1] for r in drops), default=0.0):.3f}). AUBC averages "
+            "over rounds and is the primary measure here.",
+            "",
+        ]
+    for setting, bands in result["bands"].items():
+        first = statistics.mean(b["mean"][0] for b in bands.values())
+        last = statistics.mean(b["mean"][-1] for b in bands.values())
+        if last < first:
+            intro += [
+                f"**Caveat ({setting}):** averaged over all strategies, the mean Dice falls from {first:.3f} at "
+                f"{next(iter(bands.values()))['n_labelled'][0]} labelled volumes to {last:.3f} at the last budget. "
+                "With a fixed, small number of training iterations per round the models are under-trained as the "
+                "labelled set grows, so this run shows the benchmark machinery and statistics working on real data "
+                "more than it ranks the strategies; rerun it with more iterations per round (the demo's 250 or "
+                "more) on a machine with more time before drawing conclusions about them.",
+                "",
+            ]
+    markdown = render_markdown(content, image_dir="benchmarks/results").splitlines()
+    return [*markdown[:2], *intro, *markdown[2:], ""]
+
+
+def render_units(result: dict[str, Any], where: str) -> list[str]:
+    """Volumes vs slices vs patches at equal voxel budgets (``units_benchmark.py``)."""
+    per_round = result["per_round_volumes"] * result["volume_voxels"]
+    lines = [
+        "## Annotation units at equal voxel budgets",
+        "",
+        f"Machine: {where}. Produced by `python benchmarks/units_benchmark.py` (stored as "
+        "`benchmarks/results/units.json`); one seed, so single numbers, not a comparison with statistics.",
+        "",
+        f"Every round labels {per_round:,} voxels ({result['per_round_volumes']} volumes' worth): whole volumes, "
+        "patches of 20×28×20 (1/8 volume) or slices of 56×40 along axis 0; round 0 is random units of the same "
+        f"budget. U-Net channels {result['model']['channels']}, {result['model']['iterations']} iterations per "
+        f"round from scratch, {result['mc_samples']} MC-dropout samples, {result['rounds']} acquisition rounds, the "
+        "demo's 160/40 split. AUBC is on the labelled-voxel axis, normalised to [0, 1].",
+        "",
+        "| unit | strategy | Dice per round | final Dice | AUBC (voxels) |",
+        "|---|---|---|---|---|",
+    ]
+    for run in result["runs"]:
+        dice = run["mean_dice"]
+        area = aubc(run["costs"]["voxels"], dice)
+        per = " / ".join(f"{d:.3f}" for d in dice)
+        lines.append(f"| {run['unit']} | {run['strategy']} | {per} | {dice[-1]:.3f} | {area:.3f} |")
+    lines += ["", "![Dice against labelled voxels](benchmarks/results/units_curves.png)", ""]
+    return lines
+
+
 def render(results: dict[str, dict[str, Any]]) -> str:
     """BENCHMARKS.md from stored results."""
     lines = [
@@ -252,6 +363,17 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                     "|---|---|---|",
                     *(f"| {k} | {v:.3f} | {v / base:.2f}x |" for k, v in by_source.items()),
                     "",
+                ]
+            if "ensemble_members_train_s_per_round" in result:
+                lines += [
+                    f"A deep ensemble of K = {result['mc_samples']} also trains {result['mc_samples'] - 1} extra "
+                    f"models per round: about {result['ensemble_members_train_s_per_round']:.0f} s at "
+                    f"{result['train_iterations']} iterations each (the median step above), on top of the round "
+                    "model's own training. Members predict one volume at a time (batch 1).",
+                    "",
+                ]
+            if by_source:
+                lines += [
                     "Selection times exclude scoring and embedding; they are the cost of `Strategy.select` alone "
                     f"(BatchBALD with K = {result['mc_samples']} samples, 16 sites per volume, 1000 configurations).",
                     "",
@@ -290,6 +412,10 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                 "For reference, nnActive reports 0.895 for full-data nnU-Net on its Hippocampus split.",
                 "",
             ]
+        elif part == "units":
+            lines += render_units(result, where)
+        elif part == "hippocampus":
+            lines += render_hippocampus(result, where)
         elif part == "demo":
             curves = result["curves"]
             names = [k for k in DEMO_STRATEGIES if k in curves]
@@ -317,7 +443,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
                 f"Highest AUBC: **{best_aubc}**; highest final Dice: **{best_final}**.",
                 "",
                 "One seed and one split: the differences between strategies are not tested for significance here "
-                "(the benchmark issue adds seeds, CIs and paired tests).",
+                "(the hippocampus benchmark below has seeds, CIs and paired tests).",
                 "",
                 "![demo curve](benchmarks/results/demo-curve.png)",
                 "",
@@ -353,11 +479,20 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--bench-dir", type=Path, default=BENCH_DIR[0], help="hippocampus benchmark results")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.render_only:
         data_root = find_hippocampus(args.data)
-        runners = {"speed": bench_speed, "memory": bench_memory, "full": bench_full, "demo": bench_demo}
+        BENCH_DIR[0] = args.bench_dir.resolve()
+        runners = {
+            "speed": bench_speed,
+            "memory": bench_memory,
+            "full": bench_full,
+            "demo": bench_demo,
+            "hippocampus": bench_hippocampus,
+            "units": bench_units,
+        }
         for part in args.parts:
             print(f"benchmark: {part} …", flush=True)
             result = runners[part](data_root) | {"machine": machine()}

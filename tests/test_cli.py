@@ -91,7 +91,7 @@ def test_run_status_plot_full_data_with_external_test_set(phantoms: Path, tmp_pa
     assert result.exit_code == 0, result.output
     status = runner.invoke(app, ["status", str(run_dir)])
     assert status.exit_code == 0
-    assert "pool 9 · labelled 6 · unlabelled 3 · test 3" in status.output
+    assert "pool 9 · labelled units 6 in 6 cases · untouched cases 3 · test 3" in status.output
     assert "budget reached" in status.output
 
     full = runner.invoke(app, ["full-data", str(config), "--out-dir", str(tmp_path / "full"), "--test-data",

@@ -1,4 +1,4 @@
-"""The SQLite ledger: labels keyed by case id with their round, transactions that are all-or-nothing."""
+"""The SQLite ledger: labelled units keyed by stable ids with their round and cost; all-or-nothing transactions."""
 
 from __future__ import annotations
 
@@ -42,6 +42,26 @@ def test_a_failing_batch_writes_nothing(ledger: Ledger) -> None:
     assert ledger.labelled_ids() == ["a"]
 
 
+def test_partial_units_are_recorded_with_their_case_and_cost(ledger: Ledger) -> None:
+    ledger.add_labels(0, "initial-random", [("b@slice:0:3", None, 0)], [{"slices": 1.0, "voxels": 20.0}])
+    ledger.add_labels(1, "entropy", [("b@slice:0:5", 0.4, 0), ("c", 0.2, 1)], [{"slices": 1.0}, {"slices": 8.0}])
+    assert ledger.labelled_ids() == ["b", "c"]
+    assert ledger.labelled_units() == ["b@slice:0:3", "b@slice:0:5", "c"]
+    assert ledger.labelled_units(up_to_round=0) == ["b@slice:0:3"]
+    assert ledger.unlabelled_ids() == ["a", "d"]
+    first = ledger.labels()[0]
+    assert (first.unit, first.case_id, first.cost) == ("b@slice:0:3", "b", {"slices": 1.0, "voxels": 20.0})
+    with pytest.raises(LedgerError, match="'b@slice:0:5' is already labelled"):
+        ledger.add_labels(2, "entropy", [("b@slice:0:5", 0.1, 0)])
+    with pytest.raises(LedgerError, match="overlaps labels of 'b'"):
+        ledger.add_labels(2, "entropy", [("b", 0.1, 0)])  # the whole volume over its labelled slices
+    with pytest.raises(LedgerError, match="overlaps labels of 'c'"):
+        ledger.add_labels(2, "entropy", [("c@slice:0:1", 0.1, 0)])  # a slice of a fully labelled volume
+    with pytest.raises(LedgerError, match="2 units but 1 costs"):
+        ledger.add_labels(2, "entropy", [("a", 0.1, 0), ("d", 0.1, 1)], [{}])
+    assert ledger.current_round() == 1
+
+
 def test_refuses_second_initialisation(ledger: Ledger) -> None:
     with pytest.raises(LedgerError, match="already initialised"):
         ledger.initialise(["x"], ["y"], {})
@@ -61,7 +81,7 @@ def test_rounds_and_stop_reason_persist(tmp_path: Path, ledger: Ledger) -> None:
 
 def test_transaction_rolls_back_on_error(ledger: Ledger, tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), ledger.transaction() as db:
-        db.execute("INSERT INTO labels VALUES ('b', 0, 'x', NULL, 0, 'now')")
+        db.execute("INSERT INTO labels VALUES ('b', 'b', 0, 'x', NULL, 0, '{}', 'now')")
         raise RuntimeError("killed mid-transaction")
     assert ledger.labelled_ids() == []
     # another connection sees the same committed state

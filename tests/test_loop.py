@@ -153,7 +153,7 @@ def test_every_registered_strategy_runs_two_real_rounds(name: str, cache: Path, 
         cache,
         data={"max_cases": 16, "test_size": 4},
         train={"iterations": 4},
-        strategy={"name": name, "mc_samples": 3, "mc_batch_size": 3, "beta": 2.0},
+        strategy={"name": name, "mc_samples": 3, "mc_batch_size": 3, "beta": 2.0, "sketch_sites": 5},
     )
     run_dir = start_run(config, tmp_path / name)
     with Ledger(run_dir / "ledger.sqlite") as ledger:
@@ -161,6 +161,9 @@ def test_every_registered_strategy_runs_two_real_rounds(name: str, cache: Path, 
         new = [r for r in ledger.labels() if r.round > 0]
         assert {r.strategy for r in new} == {name}
         assert all((r.score is None) == (not STRATEGIES[name].needs_scores) for r in new)
+    if STRATEGIES[name].sketch is not None:  # strategy.sketch_sites reaches the sketch: K=3, 5 sites, C=3
+        with np.load(run_dir / "rounds" / "round_000" / "sketches.npz") as saved:
+            assert saved["sketches"].shape == (8, 3, 5, 3)
 
 
 def test_test_time_augmentation_source_in_a_real_run(cache: Path, tmp_path: Path) -> None:
@@ -171,6 +174,52 @@ def test_test_time_augmentation_source_in_a_real_run(cache: Path, tmp_path: Path
     with (run_dir / "rounds" / "round_000" / "scores.csv").open() as handle:
         scores = [float(row["score"]) for row in csv.DictReader(handle)]
     assert len(scores) == 12 - 4 and all(s >= 0 for s in scores) and len(set(scores)) > 1
+
+
+def test_deep_ensemble_trains_seeded_members_and_accounts_for_them(
+    reference_run: Path, cache: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    config = tiny_config(cache, strategy={"uncertainty": "ensemble", "ensemble_size": 3}, loop={"rounds": 1})
+    run_dir = start_run(config, tmp_path / "ensemble")
+    zero, last = run_dir / "rounds" / "round_000", run_dir / "rounds" / "round_001"
+    assert sorted(p.name for p in zero.glob("*.pt")) == ["member_1.pt", "member_2.pt", "model.pt"]
+    assert sorted(p.name for p in last.glob("*.pt")) == ["model.pt"]  # no scoring after the last round
+    # member 0 is the round model every other source would train: same metrics as the MC-dropout reference
+    assert (zero / "metrics.json").read_text() == (reference_run / "rounds/round_000/metrics.json").read_text()
+    weights = [torch.load(zero / n, weights_only=True) for n in ("model.pt", "member_1.pt", "member_2.pt")]
+    first = next(iter(weights[0]))
+    assert not torch.equal(weights[0][first], weights[1][first])
+    assert not torch.equal(weights[1][first], weights[2][first])
+    timings = json.loads((zero / "timings.json").read_text())
+    assert timings["ensemble_train_s"] > 0 and "ensemble_train_s" not in json.loads((last / "timings.json").read_text())
+    with (zero / "scores.csv").open() as handle:
+        scores = [float(row["score"]) for row in csv.DictReader(handle)]
+    assert len(scores) == 14 and all(s >= 0 for s in scores) and len(set(scores)) > 1
+
+
+def test_validation_plateau_stops_the_run_and_is_recorded(cache: Path, tmp_path: Path) -> None:
+    config = tiny_config(
+        cache,
+        data={"max_cases": 20, "test_size": 4, "validation_size": 4},
+        train={"iterations": 4},
+        loop={"rounds": 3, "plateau_patience": 1, "plateau_min_delta": 1.0},  # no round can gain 1.0 Dice
+    )
+    run_dir = start_run(config, tmp_path / "plateau")
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        reason = ledger.stop_reason()
+        rounds = ledger.rounds()
+        pool, test, validation = (set(ledger.split(s)) for s in ("pool", "test", "validation"))
+        labelled = set(ledger.labelled_ids())
+    assert reason is not None and reason.startswith("validation plateau: best validation Dice of the last 1 round")
+    assert len(rounds) == 2  # stopped after round 1, before spending the remaining budget
+    assert (len(pool), len(test), len(validation)) == (12, 4, 4)
+    assert not (validation & pool) and not (validation & test) and labelled <= pool
+    for record in rounds:
+        metrics = json.loads((run_dir / "rounds" / f"round_{record.round:03d}" / "metrics.json").read_text())
+        assert record.dice["validation_mean_foreground"] == metrics["validation_dice"]
+        assert set(metrics["per_case"]) == test  # the test metrics stay on the test split
 
 
 def test_demo_end_to_end_on_a_tiny_config(cache: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from activeseg.scorers import reduce_mean
+from activeseg.selectors import BATCHBALD_SITES
 from activeseg.strategies import STRATEGIES, Strategy, get_strategy, register
 
 ALL = sorted(STRATEGIES)
@@ -37,14 +38,15 @@ def pool(n: int, strategy: Strategy | None = None, seed: int = 0, equal: bool = 
 def features(strategy: Strategy, ids: list[str], equal: bool = False) -> dict[str, Any]:
     """Embeddings (candidates and 3 labelled cases) or true foreground fractions, for strategies that need them."""
     if strategy.simulation_only:
-        return {"true_foreground": {c: 0.5 if equal else (int(c.split("_")[1]) % 7) / 10 + 0.05 for c in ids}}
+        fraction = {c: 0.5 if equal else (int(c.split("_")[1]) % 7) / 10 + 0.05 for c in ids}
+        return {"true_foreground": fraction, "true_border": {c: v / 3 for c, v in fraction.items()}}
     if strategy.sketch is not None:
 
         def probs(case_id: str) -> torch.Tensor:
             seed = 0 if equal else int(case_id.split("_")[1])
             return torch.softmax(torch.randn(3, 3, 2, 3, 2, generator=torch.Generator().manual_seed(seed)) * 2, dim=1)
 
-        return {"sketches": {c: strategy.sketch(probs(c)) for c in ids}}
+        return {"sketches": {c: strategy.sketch(probs(c), BATCHBALD_SITES) for c in ids}}
     if strategy.embedding is None:
         return {}
 
@@ -147,12 +149,23 @@ def test_registry_rejects_duplicates_and_unknown_names() -> None:
         get_strategy("nope")
 
 
-def test_foreground_random_prefers_volumes_with_more_true_foreground() -> None:
+def test_foreground_random_mixes_anywhere_foreground_and_border_as_nnactive() -> None:
     ids = [f"case_{i:03d}" for i in range(2)]
     strategy = get_strategy("foreground-random")
+    foreground, border = {ids[0]: 0.01, ids[1]: 0.03}, {ids[0]: 0.02, ids[1]: 0.0}
     picks = [
-        strategy.select(ids, None, 1, np.random.default_rng(i), true_foreground={ids[0]: 0.01, ids[1]: 0.03})[0]
-        for i in range(4000)
+        strategy.select(ids, None, 1, np.random.default_rng(i), true_foreground=foreground, true_border=border)[0]
+        for i in range(6000)
     ]
     share = sum(p.case_id == ids[1] for p in picks) / len(picks)
-    assert abs(share - 0.75) < 5 * np.sqrt(0.75 * 0.25 / 4000)  # ∝ foreground: 0.03 / (0.01 + 0.03)
+    expected = 4 / 6 * 0.5 + 1 / 6 * 0.75 + 1 / 6 * 0.0  # anywhere, ∝ foreground, ∝ border
+    assert abs(share - expected) < 5 * np.sqrt(expected * (1 - expected) / 6000)
+
+
+def test_strided_takes_evenly_spaced_slices_of_random_volumes() -> None:
+    ids = sorted(f"{case}@slice:0:{i}" for case in ("a", "b", "c") for i in range(40))
+    chosen = [c.case_id for c in get_strategy("strided").select(ids, None, 6, np.random.default_rng(0))]
+    first, second = chosen[:4], chosen[4:]
+    assert len({c.split("@")[0] for c in first}) == 1 and len({c.split("@")[0] for c in second}) == 1
+    assert [int(c.rsplit(":", 1)[1]) for c in first] == [5, 15, 25, 35]  # 4 evenly spaced of 40
+    assert [int(c.rsplit(":", 1)[1]) for c in second] == [10, 30]  # the budget's last 2, evenly spaced

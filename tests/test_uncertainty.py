@@ -9,7 +9,7 @@ from torch import nn
 from activeseg.config import ModelConfig
 from activeseg.model import build_model
 from activeseg.scorers import bald
-from activeseg.uncertainty import draw_augmentations, make_sampler, mc_dropout_probs, tta_probs
+from activeseg.uncertainty import draw_augmentations, ensemble_probs, make_sampler, mc_dropout_probs, tta_probs
 
 
 def pointwise_model() -> nn.Module:
@@ -58,6 +58,26 @@ def test_mc_dropout_varies_across_passes_and_is_seeded() -> None:
     assert not model.training  # left in eval mode
 
 
-def test_unknown_source_is_rejected() -> None:
-    with pytest.raises(ValueError, match="valid: mc_dropout, tta"):
-        make_sampler("ensemble", pointwise_model(), 2, 2, (0,), amp=False)  # type: ignore[arg-type]
+def test_ensemble_gives_one_plain_prediction_per_member_in_order() -> None:
+    members = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        members.append(build_model(ModelConfig(channels=(4, 8), strides=(2,), dropout=0.5), 3))
+    image = torch.randn(1, 8, 8, 8, generator=torch.Generator().manual_seed(4))
+    probs = make_sampler("ensemble", members[0], 99, 99, (0,), amp=False, members=members[1:])(image, 0)
+    assert probs.shape == (3, 3, 8, 8, 8)
+    for member, p in zip(members, probs, strict=True):
+        member.eval()  # dropout off: each member's prediction is deterministic
+        with torch.no_grad():
+            torch.testing.assert_close(p, torch.softmax(member(image[None]), dim=1)[0])
+    assert float(bald(probs).mean()) > 0  # independently seeded members disagree
+    torch.testing.assert_close(ensemble_probs(members, image), probs)
+    same = ensemble_probs([members[0]] * 3, image)
+    assert float(bald(same).max()) < 1e-6  # identical members: no epistemic uncertainty
+
+
+def test_unknown_source_and_memberless_ensemble_are_rejected() -> None:
+    with pytest.raises(ValueError, match="valid: mc_dropout, tta, ensemble"):
+        make_sampler("bootstrap", pointwise_model(), 2, 2, (0,), amp=False)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least one member"):
+        make_sampler("ensemble", pointwise_model(), 2, 2, (0,), amp=False)

@@ -13,6 +13,7 @@ from rich.table import Table
 from activeseg.config import ConfigError, RunConfig, load_config
 from activeseg.curves import read_curve
 from activeseg.data.dataset import DatasetError
+from activeseg.human import LabelConflict, LabelFileError, NotQueued, waiting_message
 from activeseg.ledger import Ledger, LedgerError
 from activeseg.loop import LEDGER_FILE, RunError, full_data_run, resume_run, start_run
 from activeseg.plots import full_data_dice, plot_curves
@@ -21,7 +22,8 @@ from activeseg.strategies import STRATEGIES
 
 app = typer.Typer(help="Active learning for 3D medical image segmentation.", no_args_is_help=True)
 console = Console()
-USER_ERRORS = (ConfigError, DatasetError, RunError, LedgerError, FileNotFoundError)
+HUMAN_ERRORS = (LabelFileError, LabelConflict, NotQueued)
+USER_ERRORS = (ConfigError, DatasetError, RunError, LedgerError, FileNotFoundError, *HUMAN_ERRORS)
 
 
 def _fail(err: Exception) -> typer.Exit:
@@ -55,31 +57,42 @@ def run(
     """Start an active-learning run from a YAML config."""
     try:
         config = _load(config_path, data, test_data)
-        start_run(config, run_dir or Path("runs") / config.name, RichReporter())
+        run_dir = start_run(config, run_dir or Path("runs") / config.name, RichReporter())
     except USER_ERRORS as err:
         raise _fail(err) from None
+    if waiting := waiting_message(run_dir):
+        console.print(f"{waiting}: `activeseg export` / `ingest`, or `activeseg serve {run_dir}`")
 
 
 @app.command()
-def resume(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
+def resume(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")],
+    accept_partial: Annotated[
+        bool, typer.Option("--accept-partial", help="Human oracle: start the next round with the labels in so far.")
+    ] = False,
+) -> None:
     """Continue a stopped or killed run exactly where its ledger says it is."""
     try:
+        if accept_partial:
+            from activeseg.human import LabelStore
+
+            LabelStore(run_dir).accept_partial()
         reason = resume_run(run_dir, RichReporter())
     except USER_ERRORS as err:
         raise _fail(err) from None
-    console.print(f"stopped: {reason}")
+    console.print(reason if waiting_message(run_dir) else f"stopped: {reason}")
 
 
 @app.command()
 def status(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
-    """A table of rounds (labelled volumes, Dice) and ledger counts."""
+    """A table of rounds (labelled units, Dice) and ledger counts."""
     if not (run_dir / LEDGER_FILE).exists():
         raise _fail(RunError(f"{run_dir} is not an activeseg run directory (no {LEDGER_FILE})"))
     with Ledger(run_dir / LEDGER_FILE) as ledger:
         rounds, labels = ledger.rounds(), ledger.labels()
         pool, test, reason = ledger.split("pool"), ledger.split("test"), ledger.stop_reason()
     table = Table(title=f"{run_dir}")
-    for column in ("round", "labelled", "new labels", "strategy", "mean Dice"):
+    for column in ("round", "labelled units", "new units", "strategy", "mean Dice"):
         table.add_column(column, justify="right")
     by_round: dict[int, list[str]] = {}
     for record in labels:
@@ -90,10 +103,14 @@ def status(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
         new = by_round.get(r, [])
         table.add_row(str(r), str(labelled), str(len(new)), new[0] if new else "—", dice)
     console.print(table)
+    touched = {record.case_id for record in labels}
     console.print(
-        f"pool {len(pool)} · labelled {len(labels)} · unlabelled {len(pool) - len(labels)} · test {len(test)}"
+        f"pool {len(pool)} · labelled units {len(labels)} in {len(touched)} cases · "
+        f"untouched cases {len(pool) - len(touched)} · test {len(test)}"
     )
-    console.print(f"state: {'stopped — ' + reason if reason else 'unfinished (activeseg resume to continue)'}")
+    waiting = waiting_message(run_dir)
+    unfinished = waiting or "unfinished (activeseg resume to continue)"
+    console.print(f"state: {'stopped — ' + reason if reason else unfinished}")
 
 
 @app.command()
@@ -103,14 +120,19 @@ def plot(
     full_data: Annotated[
         Path | None, typer.Option("--full-data", help="A full-data output folder, drawn as the upper bound.")
     ] = None,
+    cost: Annotated[
+        str | None,
+        typer.Option(help="x-axis: a recorded cost (volumes, slices, voxels, foreground_voxels); default units."),
+    ] = None,
 ) -> None:
-    """Draw the learning curves of one or more runs on one plot."""
+    """Draw the learning curves of one or more runs on one plot, against labelled units or any recorded cost."""
     try:
         curves = [read_curve(d) for d in run_dirs]
         bound = full_data_dice(full_data) if full_data else None
-    except USER_ERRORS as err:
+        written = plot_curves(curves, out, bound, cost=cost)
+    except (*USER_ERRORS, KeyError) as err:
         raise _fail(err) from None
-    console.print(f"wrote {plot_curves(curves, out, bound)}")
+    console.print(f"wrote {written}")
 
 
 @app.command("full-data")
@@ -164,6 +186,111 @@ def strategies() -> None:
     for strategy in STRATEGIES.values():
         table.add_row(strategy.name, strategy.description, strategy.source)
     console.print(table)
+
+
+@app.command()
+def benchmark(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG.yaml", help="A benchmark config (see docs).")],
+    results_dir: Annotated[
+        Path | None, typer.Option("--results-dir", help="Default: runs/benchmark-<name>. Rerunning resumes.")
+    ] = None,
+    data: DataOption = None,
+    ray: Annotated[bool, typer.Option("--ray", help="Each (strategy, seed) run is a task on a local Ray.")] = False,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="Attach to an existing Ray cluster (implies --ray).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Runs at once in a local process pool (without Ray).")] = None,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report afterwards.")] = True,
+) -> None:
+    """Run (or resume) a grid of strategies × seeds × settings, the full-data bound, and write the report."""
+    from activeseg.benchmark import BenchmarkError, load_benchmark, run_benchmark, with_overrides
+    from activeseg.report import write_report
+
+    try:
+        config = load_benchmark(config_path)
+        changes: dict[str, object] = {}
+        if data is not None:
+            changes["run.data.root"] = data
+        if workers is not None:
+            changes["workers"] = workers
+        if ray or ray_address:
+            changes["ray.enabled"] = True
+        if ray_address:
+            changes["ray.address"] = ray_address
+        config = with_overrides(config, changes) if changes else config
+        out = results_dir or Path("runs") / f"benchmark-{config.name}"
+        results = run_benchmark(config, out, RichReporter(console))
+        console.print(f"{sum(r.status != 'skipped' for r in results)} task(s) run, {len(results)} in the grid: {out}")
+        if report:
+            written = write_report(out)
+            console.print(f"report: {written.markdown}\nhtml: {written.html}")
+    except (BenchmarkError, *USER_ERRORS) as err:
+        raise _fail(err) from None
+
+
+@app.command("report")
+def report_command(
+    results_dir: Annotated[Path, typer.Argument(metavar="RESULTS_DIR")],
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: RESULTS_DIR).")] = None,
+) -> None:
+    """Markdown + self-contained HTML report (CI bands, AUBC, paired tests, ranking) from stored results."""
+    from activeseg.report import write_report
+
+    try:
+        written = write_report(results_dir, out)
+    except USER_ERRORS as err:
+        raise _fail(err) from None
+    console.print(f"summary: {written.summary}\nreport: {written.markdown}\nhtml: {written.html}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR")],
+) -> None:
+    """Write the waiting round's cases for 3D Slicer / ITK-SNAP: image, prediction, uncertainty, manifest."""
+    from activeseg.annotate import export_queue
+
+    try:
+        folders = export_queue(run_dir, out_dir, RichReporter())
+    except USER_ERRORS as err:
+        raise _fail(err) from None
+    console.print(f"wrote {len(folders)} cases to {out_dir}; save each label as <case>/label.nii.gz (see README.txt)")
+
+
+@app.command()
+def ingest(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")],
+    in_dir: Annotated[Path, typer.Argument(metavar="IN_DIR", help="Holds <case>/label.nii.gz or <case>.nii.gz.")],
+) -> None:
+    """Import label files: each is validated first, and a bad file changes nothing."""
+    from activeseg.annotate import IngestError, describe, ingest_folder
+
+    try:
+        report = ingest_folder(run_dir, in_dir, RichReporter())
+    except (IngestError, *USER_ERRORS) as err:
+        raise _fail(err) from None
+    console.print(escape(describe(report)))
+
+
+@app.command()
+def serve(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")],
+    host: Annotated[str, typer.Option(help="Address to listen on (default: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    token: Annotated[
+        str | None, typer.Option(help="Bearer token for writes (default: oracle.token, else a new one).")
+    ] = None,
+) -> None:
+    """The annotation server and browser viewer of a run with a human oracle (prints the write token once)."""
+    try:
+        from activeseg.server import serve as run_server
+    except ImportError as err:
+        raise _fail(RunError(f"the server needs the 'serve' extra: pip install 'activeseg[serve]' ({err})")) from None
+    try:
+        run_server(run_dir, host=host, port=port, token=token, echo=typer.echo)  # plain lines: never wrapped
+    except USER_ERRORS as err:
+        raise _fail(err) from None
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ class DataConfig:
     """Optional separate test dataset (same layout). When set, every case under ``root`` is in the pool."""
     test_size: int = 40
     """Cases held out from ``root`` as the fixed test split when ``test_root`` is not set."""
+    validation_size: int = 0
+    """Cases held out from the pool as a labelled validation split (labelled up front, outside the budget). It
+    serves only the validation-Dice plateau stop (``loop.plateau_patience``); 0 means none."""
     split_seed: int = 0
     """Seeds the test split (and ``max_cases`` subset) alone, so runs with different seeds share one split."""
     max_cases: int | None = None
@@ -42,6 +45,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(self.test_size >= 1, "data.test_size", "must be at least 1")
+        _require(self.validation_size >= 0, "data.validation_size", "must be >= 0")
         _require(self.max_cases is None or self.max_cases >= 2, "data.max_cases", "must be at least 2")
         _require(all(s >= 8 for s in self.shape), "data.shape", "each axis must be at least 8 voxels")
 
@@ -104,11 +108,14 @@ class StrategyConfig:
     reduction: Literal["mean", "top_q", "foreground", "sum"] = "mean"
     top_q: float = 0.05
     """Fraction of the highest-scoring voxels averaged by the ``top_q`` reduction."""
-    uncertainty: Literal["mc_dropout", "tta"] = "mc_dropout"
-    """Where the K stochastic predictions come from: MC dropout, or test-time augmentation (flips on
-    ``train.flip_axes`` plus small intensity changes, mapped back)."""
+    uncertainty: Literal["mc_dropout", "tta", "ensemble"] = "mc_dropout"
+    """Where the K stochastic predictions come from: MC dropout, test-time augmentation (flips on
+    ``train.flip_axes`` plus small intensity changes, mapped back), or a deep ensemble of ``ensemble_size``
+    independently seeded models (K = ``ensemble_size``)."""
     mc_samples: int = 8
-    """Stochastic predictions (K) per volume."""
+    """Stochastic predictions (K) per volume for MC dropout and TTA."""
+    ensemble_size: int = 4
+    """Models in a deep ensemble, the evaluated round model included; the others are trained only for scoring."""
     mc_batch_size: int = 8
     """Predictions computed together in one batch."""
     beta: float = 1.0
@@ -116,6 +123,10 @@ class StrategyConfig:
     beta_end: float | None = None
     """β in the last acquisition round when ``beta_schedule`` is not constant (noise decays as β grows)."""
     beta_schedule: Literal["constant", "exponential", "sigmoid"] = "constant"
+    sketch_sites: int = 16  # selectors.BATCHBALD_SITES
+    """BatchBALD: voxel sites per unit (its highest-BALD voxels) whose joint labels stand for the unit's outcome."""
+    joint_configurations: int = 1000  # selectors.BATCHBALD_CONFIGURATIONS
+    """BatchBALD: sampled label configurations that estimate the batch's joint entropy."""
 
     def __post_init__(self) -> None:
         from activeseg.strategies import STRATEGIES  # the registry defines the valid names
@@ -128,6 +139,9 @@ class StrategyConfig:
         _require(0.0 < self.top_q <= 1.0, "strategy.top_q", "must be in (0, 1]")
         _require(self.mc_samples >= 2, "strategy.mc_samples", "must be at least 2 for a spread of predictions")
         _require(self.mc_batch_size >= 1, "strategy.mc_batch_size", "must be at least 1")
+        _require(self.ensemble_size >= 2, "strategy.ensemble_size", "must be at least 2 for a spread of predictions")
+        _require(self.sketch_sites >= 1, "strategy.sketch_sites", "must be at least 1")
+        _require(self.joint_configurations >= 10, "strategy.joint_configurations", "must be at least 10")
         _require(self.beta >= 0, "strategy.beta", "must be >= 0")
         if self.beta_schedule != "constant":
             _require(self.beta_end is not None, "strategy.beta_end", f"is needed by beta_schedule={self.beta_schedule}")
@@ -143,6 +157,39 @@ class StrategyConfig:
 
 
 @dataclass(frozen=True)
+class UnitConfig:
+    """What an annotator labels per query: whole volumes, 2D slices or 3D patches (see ``units``)."""
+
+    kind: Literal["volume", "slice", "patch"] = "volume"
+    axis: int = 0
+    """Slicing axis of slice units."""
+    patch_size: tuple[int, int, int] = (20, 28, 20)
+    """Patch units' size in voxels of the preprocessed grid."""
+    stride: tuple[int, int, int] | None = None
+    """Patch placement: None is a non-overlapping grid; a smaller stride places patches freely on that lattice
+    (chosen patches never overlap labelled voxels or each other)."""
+    keep: int = 16
+    """Best candidate units kept per volume while scoring (memory stays flat in pool size)."""
+    cost: str = "volumes"
+    """Cost model of ``loop.round_budget``: a name in ``units.COSTS`` (volumes, slices, voxels, foreground_voxels,
+    or one registered there). Every labelled unit records all of them. ``foreground_voxels`` weighs a foreground
+    voxel as ``units.FOREGROUND_WEIGHT`` background voxels."""
+
+    def __post_init__(self) -> None:
+        _require(self.axis in (0, 1, 2), "unit.axis", "must be 0, 1 or 2")
+        _require(all(p >= 1 for p in self.patch_size), "unit.patch_size", "must be positive")
+        _require(
+            self.stride is None or all(1 <= s <= p for s, p in zip(self.stride, self.patch_size, strict=True)),
+            "unit.stride",
+            "each stride must be between 1 and the patch size on that axis",
+        )
+        _require(self.keep >= 1, "unit.keep", "must be at least 1")
+        from activeseg.units import COSTS
+
+        _require(self.cost in COSTS, "unit.cost", f"unknown cost {self.cost!r}; registered: {', '.join(COSTS)}")
+
+
+@dataclass(frozen=True)
 class LoopConfig:
     """The labelling budget."""
 
@@ -151,16 +198,44 @@ class LoopConfig:
     initial_strategy: Literal["random", "representative"] = "random"
     """Round 0's choice: seeded random, or k-center on label-free intensity features (see ``cold_start``)."""
     per_round: int = 5
-    """Volumes queried per round."""
+    """Units queried per round (at most, when ``round_budget`` is set)."""
+    round_budget: float | None = None
+    """Annotation cost a round may spend, in ``unit.cost`` units: the strategy's ranked units are taken in order
+    while they fit. Needs a cost known before labelling (volumes, slices or voxels)."""
     rounds: int = 3
     """Acquisition rounds after round 0; the model is trained ``rounds + 1`` times."""
     stop_below_uncertainty: float | None = None
     """Stop early once the mean score of the unlabelled pool falls below this (scoring strategies only)."""
+    plateau_patience: int | None = None
+    """Stop once the validation Dice has not beaten its earlier best by ``plateau_min_delta`` for this many
+    rounds. Needs ``data.validation_size > 0``."""
+    plateau_min_delta: float = 0.005
 
     def __post_init__(self) -> None:
         _require(self.initial >= 1, "loop.initial", "must be at least 1 (training needs labels)")
         _require(self.per_round >= 1, "loop.per_round", "must be at least 1")
+        _require(self.round_budget is None or self.round_budget > 0, "loop.round_budget", "must be positive")
         _require(self.rounds >= 0, "loop.rounds", "must be >= 0")
+        _require(self.plateau_patience is None or self.plateau_patience >= 1, "loop.plateau_patience", "must be >= 1")
+        _require(self.plateau_min_delta >= 0, "loop.plateau_min_delta", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class OracleConfig:
+    """Who labels the queried volumes: ground truth revealed at once (benchmarks), or a person (see ``human.py``)."""
+
+    kind: Literal["simulated", "human"] = "simulated"
+    advance: Literal["all", "manual"] = "all"
+    """Human oracle: the next round starts once every queried label has arrived (``all``; the user may still
+    accept a partial set explicitly), or when the user says so, with the labels that have arrived (``manual``)."""
+    token: str | None = None
+    """Bearer token for writes to ``activeseg serve``; default: a fresh random token, printed once at start."""
+    max_upload_mb: float = 64.0
+    """Largest label upload the server accepts."""
+
+    def __post_init__(self) -> None:
+        _require(self.token is None or len(self.token) >= 16, "oracle.token", "must be at least 16 characters")
+        _require(self.max_upload_mb > 0, "oracle.max_upload_mb", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -173,7 +248,9 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    unit: UnitConfig = field(default_factory=UnitConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
 
     def __post_init__(self) -> None:
         bad = [s for s in self.data.shape if s % self.model.divisor]
@@ -190,11 +267,51 @@ class RunConfig:
                 "loop.stop_below_uncertainty",
                 f"needs a strategy that scores the pool; {self.strategy.name!r} does not",
             )
-        if self.data.max_cases is not None and self.data.test_root is None:
+        if self.oracle.kind == "human":
+            from activeseg.strategies import STRATEGIES
+
             _require(
-                self.data.max_cases > self.data.test_size,
+                not STRATEGIES[self.strategy.name].simulation_only,
+                "strategy.name",
+                f"{self.strategy.name!r} is simulation-only and cannot run with oracle.kind: human",
+            )
+            _require(
+                self.unit.kind == "volume",
+                "unit.kind",
+                f"{self.unit.kind!r} units are not served to a human annotator yet; use volume units",
+            )
+        if self.unit.kind != "volume":
+            _require(
+                self.strategy.reduction != "top_q",
+                "strategy.reduction",
+                f"top_q applies to whole volumes; {self.unit.kind} units take mean, sum or foreground",
+            )
+            _require(
+                self.loop.initial_strategy == "random",
+                "loop.initial_strategy",
+                f"representative cold start chooses whole volumes; use random with {self.unit.kind} units",
+            )
+        if self.loop.round_budget is not None:
+            from activeseg.units import LABEL_FREE_COSTS
+
+            _require(
+                self.unit.cost in LABEL_FREE_COSTS,
+                "unit.cost",
+                f"{self.unit.cost!r} depends on the labels drawn, so it cannot cap a round (loop.round_budget); "
+                f"use one of {', '.join(LABEL_FREE_COSTS)} (every cost is still recorded)",
+            )
+        if self.loop.plateau_patience is not None:
+            _require(
+                self.data.validation_size > 0,
+                "loop.plateau_patience",
+                "needs a validation split: set data.validation_size (the test split never steers a run)",
+            )
+        if self.data.max_cases is not None:
+            held_out = self.data.validation_size + (0 if self.data.test_root else self.data.test_size)
+            _require(
+                self.data.max_cases > held_out,
                 "data.max_cases",
-                f"{self.data.max_cases} leaves no pool after holding out test_size={self.data.test_size}",
+                f"{self.data.max_cases} leaves no pool after holding out {held_out} test and validation cases",
             )
 
     def check_budget(self, pool_size: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from activeseg.config import load_config
@@ -16,7 +16,19 @@ class Curve:
 
     label: str
     n_labelled: list[int]
+    """Labelled units (volumes, slices or patches) at each evaluated round."""
     mean_dice: list[float]
+    unit: str = "volume"
+    costs: dict[str, list[float]] = field(default_factory=dict)
+    """Cumulative annotation cost at each round under every recorded cost model (``units.COSTS``)."""
+
+    def budget(self, cost: str | None = None) -> list[float]:
+        """The x-axis: labelled units, or the cumulative cost under ``cost``."""
+        if cost is None:
+            return [float(n) for n in self.n_labelled]
+        if cost not in self.costs:
+            raise KeyError(f"curve {self.label!r} records no {cost!r} cost; recorded: {', '.join(self.costs)}")
+        return self.costs[cost]
 
 
 def read_curve(run_dir: Path) -> Curve:
@@ -31,7 +43,13 @@ def read_curve(run_dir: Path) -> Curve:
     label = config.strategy.name
     if config.name not in (config.strategy.name, "run"):
         label += f" ({config.name})"
-    return Curve(label, [int(r["n_labelled"]) for r in rows], [float(r["mean_dice"]) for r in rows])
+    costs = {
+        name.removeprefix("cost_"): [float(r[name]) for r in rows]
+        for name in (rows[0] if rows else {})
+        if name.startswith("cost_")
+    }
+    n_labelled, mean_dice = [int(r["n_labelled"]) for r in rows], [float(r["mean_dice"]) for r in rows]
+    return Curve(label, n_labelled, mean_dice, config.unit.kind, costs)
 
 
 def aubc(n_labelled: Sequence[float], dice: Sequence[float]) -> float:

@@ -20,14 +20,16 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cases (
     case_id TEXT PRIMARY KEY,
-    split TEXT NOT NULL CHECK (split IN ('pool', 'test'))
+    split TEXT NOT NULL CHECK (split IN ('pool', 'test', 'validation'))
 );
 CREATE TABLE IF NOT EXISTS labels (
-    case_id TEXT PRIMARY KEY REFERENCES cases(case_id),
+    unit TEXT PRIMARY KEY,
+    case_id TEXT NOT NULL REFERENCES cases(case_id),
     round INTEGER NOT NULL CHECK (round >= 0),
     strategy TEXT NOT NULL,
     score REAL,
     rank INTEGER NOT NULL,
+    cost TEXT NOT NULL,
     labelled_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rounds (
@@ -52,13 +54,16 @@ class LedgerError(RuntimeError):
 
 @dataclass(frozen=True)
 class LabelRecord:
-    """One labelled case."""
+    """One labelled unit: a whole case (``unit == case_id``), or a slice or patch of it (see ``units``)."""
 
+    unit: str
     case_id: str
     round: int
     strategy: str
     score: float | None
     rank: int
+    cost: dict[str, float]
+    """The unit's annotation cost under every cost model (``units.COSTS``)."""
     labelled_at: str
 
 
@@ -114,13 +119,16 @@ class Ledger:
 
     # --- set-up -------------------------------------------------------------------------------------------------
 
-    def initialise(self, pool: Sequence[str], test: Sequence[str], meta: dict[str, Any]) -> None:
+    def initialise(
+        self, pool: Sequence[str], test: Sequence[str], meta: dict[str, Any], validation: Sequence[str] = ()
+    ) -> None:
         """Record the split and run metadata, once. Refuses to overwrite a ledger that already holds a split."""
         with self.transaction() as db:
             if db.execute("SELECT COUNT(*) FROM cases").fetchone()[0]:
                 raise LedgerError(f"{self.path}: ledger already initialised")
             db.executemany("INSERT INTO cases VALUES (?, 'pool')", [(c,) for c in pool])
             db.executemany("INSERT INTO cases VALUES (?, 'test')", [(c,) for c in test])
+            db.executemany("INSERT INTO cases VALUES (?, 'validation')", [(c,) for c in validation])
             db.executemany(
                 "INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v, sort_keys=True)) for k, v in meta.items()]
             )
@@ -130,42 +138,65 @@ class Ledger:
         return {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta ORDER BY key")}
 
     def split(self, name: str) -> list[str]:
-        """Case ids of ``pool`` or ``test``, sorted."""
+        """Case ids of ``pool``, ``test`` or ``validation``, sorted."""
         rows = self._db.execute("SELECT case_id FROM cases WHERE split = ? ORDER BY case_id", (name,))
         return [r[0] for r in rows]
 
     # --- labels -------------------------------------------------------------------------------------------------
 
-    def add_labels(self, round_index: int, strategy: str, choices: Sequence[tuple[str, float | None, int]]) -> None:
-        """Record (case id, score, rank) choices as labelled in ``round_index``: all of them or none."""
+    def add_labels(
+        self,
+        round_index: int,
+        strategy: str,
+        choices: Sequence[tuple[str, float | None, int]],
+        costs: Sequence[dict[str, float]] | None = None,
+    ) -> None:
+        """Record (unit key, score, rank) choices, with each unit's costs, as labelled in ``round_index``: all of
+        them or none. A unit key is a case id for a whole volume (see ``units.Unit.key``)."""
         when = _now()
+        costs = costs if costs is not None else [{} for _ in choices]
+        if len(costs) != len(choices):
+            raise LedgerError(f"{len(choices)} units but {len(costs)} costs")
         with self.transaction() as db:
-            for case_id, _, _ in choices:
+            rows = []
+            for (unit, score, rank), cost in zip(choices, costs, strict=True):
+                case_id = unit.split("@", 1)[0]
                 row = db.execute("SELECT split FROM cases WHERE case_id = ?", (case_id,)).fetchone()
                 if row is None or row[0] != "pool":
                     raise LedgerError(f"{case_id!r} is not a pool case of this run")
-                if db.execute("SELECT 1 FROM labels WHERE case_id = ?", (case_id,)).fetchone():
-                    raise LedgerError(f"{case_id!r} is already labelled")
-            db.executemany(
-                "INSERT INTO labels VALUES (?, ?, ?, ?, ?, ?)",
-                [(c, round_index, strategy, s, r, when) for c, s, r in choices],
-            )
+                if db.execute("SELECT 1 FROM labels WHERE unit = ?", (unit,)).fetchone():
+                    raise LedgerError(f"{unit!r} is already labelled")
+                whole = db.execute("SELECT 1 FROM labels WHERE unit = ?", (case_id,)).fetchone()
+                if whole or (
+                    unit == case_id and db.execute("SELECT 1 FROM labels WHERE case_id = ?", (case_id,)).fetchone()
+                ):
+                    raise LedgerError(f"{unit!r} overlaps labels of {case_id!r} already recorded")
+                rows.append((unit, case_id, round_index, strategy, score, rank, json.dumps(cost, sort_keys=True), when))
+            db.executemany("INSERT INTO labels VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def labels(self, up_to_round: int | None = None) -> list[LabelRecord]:
-        """Labelled cases (optionally only those labelled by ``up_to_round``), in round then rank order."""
+        """Labelled units (optionally only those labelled by ``up_to_round``), in round then rank order."""
         query = "SELECT * FROM labels"
         args: tuple[int, ...] = ()
         if up_to_round is not None:
             query += " WHERE round <= ?"
             args = (up_to_round,)
-        return [LabelRecord(*row) for row in self._db.execute(query + " ORDER BY round, rank", args)]
+        rows = self._db.execute(query + " ORDER BY round, rank", args)
+        return [
+            LabelRecord(unit, case_id, round_, strategy, score, rank, json.loads(cost), when)
+            for unit, case_id, round_, strategy, score, rank, cost, when in rows
+        ]
 
     def labelled_ids(self, up_to_round: int | None = None) -> list[str]:
-        """Ids of the labelled cases, sorted."""
-        return sorted(r.case_id for r in self.labels(up_to_round))
+        """Ids of the cases with any labelled voxel, sorted."""
+        return sorted({r.case_id for r in self.labels(up_to_round)})
+
+    def labelled_units(self, up_to_round: int | None = None) -> list[str]:
+        """Keys of the labelled units, sorted."""
+        return sorted(r.unit for r in self.labels(up_to_round))
 
     def unlabelled_ids(self) -> list[str]:
-        """Pool cases not yet labelled, sorted."""
+        """Pool cases without any labelled voxel, sorted."""
         labelled = set(self.labelled_ids())
         return [c for c in self.split("pool") if c not in labelled]
 

@@ -21,9 +21,10 @@ import io
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -36,16 +37,28 @@ from activeseg.curves import read_curve
 from activeseg.data.dataset import Case, Dataset, DatasetError, load_dataset
 from activeseg.data.preprocess import PreprocessedCache, default_cache_dir
 from activeseg.embeddings import embed_volumes
+from activeseg.human import make_oracle
 from activeseg.ledger import Ledger
 from activeseg.model import build_model, select_device, use_amp
-from activeseg.oracle import Oracle, SimulatedOracle
+from activeseg.oracle import LabelsPending, Oracle, SimulatedOracle
 from activeseg.plots import plot_curves
 from activeseg.reporting import Reporter, SilentReporter
 from activeseg.scorers import make_reduction
 from activeseg.selectors import Choice, ScoreVector
+from activeseg.stopping import budget_reason, plateau_reason, uncertainty_reason
 from activeseg.strategies import get_strategy
 from activeseg.train import Evaluation, Example, evaluate, seed_everything, train
 from activeseg.uncertainty import make_sampler, score_pool
+from activeseg.units import (
+    COSTS,
+    UnitSpec,
+    best_disjoint,
+    labelled_mask,
+    random_candidates,
+    unit_costs,
+    unit_from_key,
+    unit_scores,
+)
 
 CONFIG_FILE = "config.yaml"
 LEDGER_FILE = "ledger.sqlite"
@@ -76,6 +89,8 @@ class RunData:
     pool: Dataset
     test: Dataset
     cache: PreprocessedCache
+    validation: Dataset | None = None
+    """Labelled up front, outside the budget; used only by the plateau stop (``data.validation_size``)."""
 
     @property
     def num_classes(self) -> int:
@@ -90,10 +105,10 @@ class RunData:
         return self.cache.load(self._case(case_id)).label_D_H_W
 
     def _case(self, case_id: str) -> Case:
-        try:
-            return self.pool.case(case_id)
-        except KeyError:
-            return self.test.case(case_id)
+        for dataset in (self.pool, self.test, self.validation):
+            if dataset is not None and case_id in dataset.ids:
+                return dataset.case(case_id)
+        raise KeyError(f"unknown case id {case_id!r}")
 
 
 def open_data(config: RunConfig, reporter: Reporter) -> RunData:
@@ -121,11 +136,18 @@ def open_data(config: RunConfig, reporter: Reporter) -> RunData:
         order = np.random.default_rng(derive_seed(config.data.split_seed, "split")).permutation(len(full.ids))
         test_ids = sorted(full.ids[i] for i in order[: config.data.test_size])
         pool, test = full.subset(sorted(set(full.ids) - set(test_ids))), full.subset(test_ids)
+    validation = None
+    if config.data.validation_size:
+        order = np.random.default_rng(derive_seed(config.data.split_seed, "validation")).permutation(len(pool.ids))
+        validation_ids = sorted(pool.ids[i] for i in order[: config.data.validation_size])
+        pool, validation = pool.subset(sorted(set(pool.ids) - set(validation_ids))), pool.subset(validation_ids)
     cache = PreprocessedCache(config.data.cache_dir or default_cache_dir(), config.data.shape)
-    for name, dataset in (("pool", pool), ("test", test)):
+    for name, dataset in (("pool", pool), ("test", test), ("validation", validation)):
+        if dataset is None:
+            continue
         with reporter.progress(f"preprocessing {name}", total=len(dataset.ids)) as advance:
             cache.prepare(dataset, progress=lambda done, total: advance(1))
-    return RunData(pool, test, cache)
+    return RunData(pool, test, cache, validation)
 
 
 # --- starting and resuming --------------------------------------------------------------------------------------
@@ -162,16 +184,32 @@ def create_run(
     pool, test = list(data.pool.ids), list(data.test.ids)
     config.check_budget(len(pool))
     rng = np.random.default_rng(derive_seed(config.seed, "initial"))
-    initial = initial_selection(config.loop.initial_strategy, pool, config.loop.initial, rng, data.image)
+    spec = unit_spec(config)
+    if spec.kind == "volume":
+        initial = initial_selection(config.loop.initial_strategy, pool, config.loop.initial, rng, data.image)
+    else:  # seeded random units over the whole pool
+        shape, nothing = config.data.shape, np.zeros(config.data.shape, dtype=bool)
+        lattice = random_candidates(spec, pool, shape, lambda c: nothing, lambda c: derive_seed(config.seed, c))
+        if config.loop.initial > len(lattice):
+            raise RunError(f"loop.initial={config.loop.initial} but the pool holds only {len(lattice)} units")
+        picked = rng.choice(len(lattice), size=config.loop.initial, replace=False)
+        initial = sorted(lattice[int(i)].key for i in picked)
+    truth = data.ground_truth  # the seed set's labels come with the dataset (simulated or human runs alike)
+    costs = [unit_costs(unit_from_key(k, config.data.shape), truth(case_of(k)), spec.axis) for k in initial]
 
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.creating-"))
     try:
         save_config(config, staging / CONFIG_FILE)
         with Ledger(staging / LEDGER_FILE) as ledger:
-            ledger.initialise(pool, test, {"seed": config.seed, "strategy": config.strategy.name})
+            ledger.initialise(
+                pool,
+                test,
+                {"seed": config.seed, "strategy": config.strategy.name},
+                validation=list(data.validation.ids) if data.validation else [],
+            )
             ledger.add_labels(
-                0, f"initial-{config.loop.initial_strategy}", [(c, None, i) for i, c in enumerate(initial)]
+                0, f"initial-{config.loop.initial_strategy}", [(c, None, i) for i, c in enumerate(initial)], costs
             )
         if run_dir.exists():
             run_dir.rmdir()
@@ -193,7 +231,7 @@ def adopt_round_zero(source: Path, target: Path) -> bool:
     configs = [load_config(Path(d) / CONFIG_FILE) for d in (source, target)]
     same_inputs = len({(c.seed, c.data, c.model, c.train) for c in configs}) == 1
     with Ledger(Path(source) / LEDGER_FILE) as a, Ledger(Path(target) / LEDGER_FILE) as b:
-        same_labels = a.labelled_ids(0) == b.labelled_ids(0) and a.split("test") == b.split("test")
+        same_labels = a.labelled_units(0) == b.labelled_units(0) and a.split("test") == b.split("test")
         untrained = b.current_round() == 0 and not b.rounds()
     artifacts = [Path(source) / "rounds" / "round_000" / name for name in ("model.pt", "metrics.json")]
     target_fresh = untrained and not (Path(target) / "rounds" / "round_000" / "model.pt").exists()
@@ -214,9 +252,11 @@ def resume_run(run_dir: Path, reporter: Reporter | None = None, data: RunData | 
     config = load_config(run_dir / CONFIG_FILE)
     data = data or open_data(config, reporter)
     with Ledger(run_dir / LEDGER_FILE) as ledger:
-        if ledger.split("pool") != list(data.pool.ids) or ledger.split("test") != list(data.test.ids):
+        recorded = [ledger.split(name) for name in ("pool", "test", "validation")]
+        validation = list(data.validation.ids) if data.validation else []
+        if recorded != [list(data.pool.ids), list(data.test.ids), validation]:
             raise RunError(f"{run_dir}: the dataset no longer matches the split recorded in the ledger")
-        oracle = SimulatedOracle(data.ground_truth, revealed=ledger.labelled_ids())
+        oracle = make_oracle(config, run_dir, data, ledger.labelled_units())
         return ActiveLearningLoop(config, run_dir, data, ledger, oracle, reporter).run()
 
 
@@ -236,6 +276,7 @@ class ActiveLearningLoop:
         self.oracle = oracle
         self.reporter = reporter
         self.strategy = get_strategy(config.strategy.name)
+        self.units = unit_spec(config)
         self.device = select_device(config.train)
         self.amp = use_amp(config.train, self.device)
 
@@ -243,9 +284,13 @@ class ActiveLearningLoop:
         return self.run_dir / "rounds" / f"round_{round_index:03d}"
 
     def run(self) -> str:
-        """Run rounds until a stop reason is recorded; returns it."""
+        """Run rounds until a stop reason is recorded and return it, or return the waiting status of a human oracle
+        (``"waiting for labels: …"``; nothing is recorded, and resume continues once the labels are in)."""
         while (reason := self.ledger.stop_reason()) is None:
-            self.run_round(self.ledger.current_round())
+            try:
+                self.run_round(self.ledger.current_round())
+            except LabelsPending as waiting:
+                return str(waiting)
         return reason
 
     def run_round(self, r: int) -> None:
@@ -253,7 +298,8 @@ class ActiveLearningLoop:
         out = self.round_dir(r)
         seeds = round_seeds(self.config.seed, r)
         write_json_atomic(out / "seeds.json", seeds)
-        labelled = self.ledger.labelled_ids()
+        labelled = self.ledger.labelled_ids()  # cases with any labelled voxel: the training set
+        n_units = len(self.ledger.labelled_units())
         timings: dict[str, float] = {}
 
         tick = time.perf_counter()
@@ -261,51 +307,55 @@ class ActiveLearningLoop:
         timings["train_s"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
-        metrics = self.evaluation(r, model, labelled)
+        metrics = self.evaluation(r, model, n_units)
         timings["evaluate_s"] = time.perf_counter() - tick
-        self.ledger.record_round(r, len(labelled), seeds, metrics["dice"])
+        validation = {"validation_mean_foreground": metrics["validation_dice"]} if "validation_dice" in metrics else {}
+        self.ledger.record_round(r, n_units, seeds, {**metrics["dice"], **validation})
         write_curve(self.run_dir, self.ledger)
         plot_curves([read_curve(self.run_dir)], self.run_dir / "curve.png", title=f"{self.config.name}")
         self.reporter.info(
-            f"{self.config.strategy.name} · round {r}: {len(labelled)} labelled, "
+            f"{self.config.strategy.name} · round {r}: {n_units} {self.units.kind} units labelled, "
             f"mean foreground Dice {metrics['dice']['mean_foreground']:.4f}"
         )
 
-        candidates = self.ledger.unlabelled_ids()
-        scores = None
-        reason = self.budget_stop(r, candidates)
-        if reason is None and self.strategy.needs_scores:
-            tick = time.perf_counter()
-            scores = self.pool_scores(r, model, candidates, seeds["mc_dropout"])
-            timings["score_s"] = time.perf_counter() - tick
-            reason = self.uncertainty_stop(scores)
+        candidates, scores, reason = self.candidates(r, model, labelled, seeds, timings)
         if reason is not None:
             self.ledger.stop(r, reason)
         else:
             tick = time.perf_counter()
-            choices = self.choose(r, model, candidates, labelled, scores, seeds["select"])
+            choices = self.within_budget(self.choose(r, model, candidates, labelled, scores, seeds["select"]))
             timings["select_s"] = time.perf_counter() - tick
             write_json_atomic(out / "selection.json", [c.__dict__ for c in choices])
             self.acquire(r + 1, choices)
         write_json_atomic(out / "timings.json", timings)
 
-    def budget_stop(self, r: int, candidates: list[str]) -> str | None:
-        """Why the run stops after round r's evaluation, if the budget or the pool says so."""
-        if r >= self.config.loop.rounds:
-            return f"budget reached: {self.config.loop.rounds} acquisition rounds"
-        if not candidates:
-            return "pool exhausted: every pool case is labelled"
-        return None
-
-    def uncertainty_stop(self, scores: dict[str, ScoreVector]) -> str | None:
-        """Why the run stops early, if the pool's mean score is below ``loop.stop_below_uncertainty``."""
-        threshold = self.config.loop.stop_below_uncertainty
-        if threshold is None:
-            return None
-        mean_score = float(np.mean([vector[0] for vector in scores.values()]))
-        if mean_score < threshold:
-            return f"low uncertainty: mean pool score {mean_score:.6g} < {threshold:g}"
-        return None
+    def candidates(
+        self, r: int, model: nn.Module, labelled: list[str], seeds: dict[str, int], timings: dict[str, float]
+    ) -> tuple[list[str], dict[str, ScoreVector] | None, str | None]:
+        """Round r's candidate unit keys and their scores (None for score-free strategies), or why the run stops."""
+        loop = self.config.loop
+        to_scan = self.cases_with_candidates()
+        validation_dice = [x.dice.get("validation_mean_foreground", 0.0) for x in self.ledger.rounds()]
+        reason = budget_reason(r, loop.rounds, len(to_scan)) or plateau_reason(
+            validation_dice, loop.plateau_patience, loop.plateau_min_delta
+        )
+        if reason is not None:
+            return [], None, reason
+        if not self.strategy.needs_scores:
+            candidates = self.unscored_candidates(to_scan, seeds["select"])
+            return candidates, None, budget_reason(r, loop.rounds, len(candidates))
+        tick = time.perf_counter()
+        members = self.ensemble_members(r, labelled, seeds["train"])
+        if members:
+            timings["ensemble_train_s"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        scores = self.pool_scores(r, model, members, to_scan, seeds["mc_dropout"])
+        timings["score_s"] = time.perf_counter() - tick
+        unit_scores = [vector[0] for vector in scores.values()]
+        reason = uncertainty_reason(unit_scores, loop.stop_below_uncertainty) or budget_reason(
+            r, loop.rounds, len(scores)
+        )
+        return sorted(scores), scores, reason
 
     def choose(
         self,
@@ -316,8 +366,15 @@ class ActiveLearningLoop:
         scores: dict[str, ScoreVector] | None,
         seed: int,
     ) -> list[Choice]:
-        """Round r's batch: gather what the strategy needs besides scores, then let it select."""
-        embeddings = self.embeddings(r, model, candidates + labelled) if self.strategy.embedding else None
+        """Round r's batch: gather what the strategy needs besides scores, then let it select.
+
+        Slices and patches share their volume's embedding (the features are per volume).
+        """
+        embeddings = None
+        if self.strategy.embedding:
+            by_case = self.embeddings(r, model, sorted({case_of(k) for k in candidates} | set(labelled)))
+            embeddings = {key: by_case[case_of(key)] for key in candidates}
+        simulated = self.simulated_oracle() if self.strategy.simulation_only else None
         return self.strategy.select(
             candidates,
             scores,
@@ -326,40 +383,119 @@ class ActiveLearningLoop:
             beta=self.config.strategy.beta_at(r, self.config.loop.rounds),
             round_index=r,
             embeddings=embeddings,
-            labelled_embeddings_M_F=np.stack([embeddings[c] for c in labelled]) if embeddings else None,
-            true_foreground=self.true_foreground(candidates) if self.strategy.simulation_only else None,
+            labelled_embeddings_M_F=np.stack([by_case[c] for c in labelled]) if self.strategy.embedding else None,
+            true_foreground={k: simulated.foreground_fraction(k) for k in candidates} if simulated else None,
+            true_border={k: simulated.border_fraction(k) for k in candidates} if simulated else None,
             sketches=self.sketches(r) if self.strategy.sketch else None,
+            configurations=self.config.strategy.joint_configurations,
         )
+
+    def cases_with_candidates(self) -> list[str]:
+        """Pool cases that may still hold a candidate unit: unlabelled ones for volumes, else any case not
+        labelled as a whole volume."""
+        if self.units.kind == "volume":
+            return self.ledger.unlabelled_ids()
+        whole = {record.unit for record in self.ledger.labels() if record.unit == record.case_id}
+        return [c for c in self.ledger.split("pool") if c not in whole]
+
+    def labelled_voxels(self, case_id: str) -> np.ndarray:
+        """Boolean mask of a pool case's labelled voxels now."""
+        return labelled_voxels(self.ledger, case_id, self.config.data.shape)
+
+    def unscored_candidates(self, cases: list[str], seed: int) -> list[str]:
+        """Candidate unit keys for strategies that need no scores (a seeded random disjoint set per case)."""
+        if self.units.kind == "volume":
+            return cases
+        units = random_candidates(
+            self.units, cases, self.config.data.shape, self.labelled_voxels, lambda c: derive_seed(seed, c)
+        )
+        return sorted(unit.key for unit in units)
+
+    def unit_candidates(
+        self, case_id: str, score_M_D_H_W: torch.Tensor, mean_probs_C_D_H_W: torch.Tensor
+    ) -> list[tuple[str, tuple[float, ...], tuple[slice, ...]]]:
+        """A volume's best ``unit.keep`` disjoint candidate units that overlap no labelled voxel, with scores."""
+        reduction = self.config.strategy.reduction
+        assert reduction != "top_q"  # rejected by the config for sub-volume units
+        score_U_M = unit_scores(score_M_D_H_W, mean_probs_C_D_H_W, self.units, reduction).numpy()
+        lattice = self.units.lattice(case_id, score_M_D_H_W.shape[1:])
+        kept = best_disjoint(lattice, score_U_M[:, 0], self.labelled_voxels(case_id), self.config.unit.keep)
+        shape = score_M_D_H_W.shape[1:]
+        return [(lattice[i].key, tuple(float(v) for v in score_U_M[i]), lattice[i].region(shape)) for i in kept]
+
+    def within_budget(self, choices: list[Choice]) -> list[Choice]:
+        """The ranked choices that fit ``loop.round_budget`` (in ``unit.cost`` units), always at least one."""
+        budget = self.config.loop.round_budget
+        if budget is None:
+            return choices
+        shape, cost = self.config.data.shape, COSTS[self.config.unit.cost]
+        empty = np.zeros(shape, dtype=np.uint8)  # the budget's cost models do not depend on the label
+        kept: list[Choice] = []
+        spent = 0.0
+        for choice in choices:
+            spent += cost(unit_from_key(choice.case_id, shape), empty, self.units.axis)
+            if kept and spent > budget:
+                break
+            kept.append(choice)
+        return kept
 
     def trained_model(self, r: int, labelled: list[str], seed: int) -> nn.Module:
         """Round r's model: loaded from its checkpoint if an earlier attempt finished training, else trained."""
-        path = self.round_dir(r) / "model.pt"
+        return self.train_member(r, 0, labelled, seed)
+
+    def train_member(self, r: int, member: int, labelled: list[str], seed: int) -> nn.Module:
+        """Ensemble member ``member`` of round r (member 0 is the round's model), from its checkpoint if saved.
+
+        Members differ only in their seed (``derive_seed(seed, "member", m)`` for m > 0); with ``warm_start`` each
+        starts from the same member of the previous round.
+        """
+        path = self.member_path(r, member)
+        seed = seed if member == 0 else derive_seed(seed, "member", member)
         seed_everything(seed)
         model = build_model(self.config.model, self.data.num_classes).to(self.device)
         if path.exists():
             model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
             return model
         if self.config.train.warm_start and r > 0:
-            previous = self.round_dir(r - 1) / "model.pt"
+            previous = self.member_path(r - 1, member)
             model.load_state_dict(torch.load(previous, map_location=self.device, weights_only=True))
         examples: list[Example] = [(self.data.image(c), self.oracle.label(c)) for c in labelled]
-        with self.reporter.progress(f"round {r}: training", self.config.train.iterations) as advance:
+        task = f"round {r}: training" + (f" ensemble member {member}" if member else "")
+        with self.reporter.progress(task, self.config.train.iterations) as advance:
             train(model, examples, self.config.train, self.device, seed, self.amp, advance)
         save_model(model, path)
         return model
 
-    def evaluation(self, r: int, model: nn.Module, labelled: list[str]) -> dict[str, Any]:
+    def member_path(self, r: int, member: int) -> Path:
+        """Checkpoint of round r's ensemble member (member 0 is ``model.pt``)."""
+        return self.round_dir(r) / ("model.pt" if member == 0 else f"member_{member}.pt")
+
+    def evaluation(self, r: int, model: nn.Module, n_labelled: int) -> dict[str, Any]:
         """Round r's test metrics (reloaded if already computed)."""
         path = self.round_dir(r) / "metrics.json"
         if path.exists():
             return dict(read_json(path))
         result = evaluate_on(model, self.data, self.config.train.eval_batch_size, self.amp, self.reporter, r)
-        metrics = metrics_record(result, n_labelled=len(labelled), round_index=r)
+        metrics = metrics_record(result, n_labelled=n_labelled, round_index=r)
+        if self.data.validation is not None:
+            validation = evaluate_on(
+                model, self.data, self.config.train.eval_batch_size, self.amp, self.reporter, r, "validation"
+            )
+            metrics["validation_dice"] = validation.mean_foreground_dice
         write_json_atomic(path, metrics)
         return metrics
 
-    def pool_scores(self, r: int, model: nn.Module, candidates: list[str], seed: int) -> dict[str, ScoreVector]:
-        """Acquisition score vectors of the unlabelled pool, streamed one volume at a time (reloaded if saved).
+    def ensemble_members(self, r: int, labelled: list[str], seed: int) -> list[nn.Module]:
+        """Round r's extra deep-ensemble members (none unless ``strategy.uncertainty`` is ``ensemble``)."""
+        if self.config.strategy.uncertainty != "ensemble":
+            return []
+        return [self.train_member(r, m, labelled, seed) for m in range(1, self.config.strategy.ensemble_size)]
+
+    def pool_scores(
+        self, r: int, model: nn.Module, members: list[nn.Module], cases: list[str], seed: int
+    ) -> dict[str, ScoreVector]:
+        """Acquisition score vectors of the candidate units of ``cases``, streamed one volume at a time (reloaded
+        if saved): one per volume, or each volume's best disjoint slices or patches (:meth:`unit_candidates`).
 
         Strategies with a sketch also get ``sketches.npz`` from the same pass (see :meth:`sketches`).
         """
@@ -367,33 +503,40 @@ class ActiveLearningLoop:
         sketch_path = self.round_dir(r) / "sketches.npz"
         if path.exists() and (self.strategy.sketch is None or sketch_path.exists()):
             saved = read_scores(path)
-            if sorted(saved) == candidates:
+            if {case_of(k) for k in saved} <= set(cases):
                 return saved
         strategy = self.config.strategy
+        sampler = make_sampler(
+            strategy.uncertainty,
+            model,
+            strategy.mc_samples,
+            strategy.mc_batch_size,
+            self.config.train.flip_axes,
+            self.amp,
+            members,
+        )
+        sketch = self.strategy.sketch
         scores: dict[str, ScoreVector] = {}
         sketches: dict[str, np.ndarray] = {}
-        with self.reporter.progress(f"round {r}: scoring pool", len(candidates)) as advance:
-            volumes = ((c, self.data.image(c)) for c in candidates)
-            sampler = make_sampler(
-                strategy.uncertainty,
-                model,
-                strategy.mc_samples,
-                strategy.mc_batch_size,
-                self.config.train.flip_axes,
-                self.amp,
-            )
+        with self.reporter.progress(f"round {r}: scoring pool", len(cases)) as advance:
+
+            def volumes() -> Iterator[tuple[str, np.ndarray]]:
+                for case_id in cases:
+                    yield case_id, self.data.image(case_id)
+                    advance(1)  # the consumer asks for the next volume once this one's units are out
+
             for item in score_pool(
-                volumes,
+                volumes(),
                 sampler,
                 self.strategy.score_maps,
                 make_reduction(strategy.reduction, strategy.top_q),
                 seed_for=lambda case_id: derive_seed(seed, case_id),
-                sketch=self.strategy.sketch,
+                sketch=None if sketch is None else lambda probs: sketch(probs, strategy.sketch_sites),
+                units=None if self.units.kind == "volume" else self.unit_candidates,
             ):
-                scores[item.case_id] = item.scores
+                scores[item.key] = item.scores
                 if item.sketch is not None:
-                    sketches[item.case_id] = item.sketch
-                advance(1)
+                    sketches[item.key] = item.sketch
         if self.strategy.sketch is not None:
             ids = sorted(sketches)
             stacked = np.stack([sketches[c] for c in ids])
@@ -426,20 +569,44 @@ class ActiveLearningLoop:
         write_atomic(path, lambda handle: np.savez(handle, case_ids=np.array(wanted), vectors_N_F=stacked))
         return vectors
 
-    def true_foreground(self, candidates: list[str]) -> dict[str, float]:
+    def simulated_oracle(self) -> SimulatedOracle:
         """Simulation-only baselines peek at unlabelled ground truth; refused unless the oracle is simulated."""
         if not isinstance(self.oracle, SimulatedOracle):
             raise RunError(f"strategy {self.strategy.name!r} is simulation-only and cannot run with a human oracle")
-        return {c: self.oracle.foreground_fraction(c) for c in candidates}
+        return self.oracle
 
     def acquire(self, next_round: int, choices: list[Choice]) -> None:
-        """Ask the oracle for the chosen labels and commit them to the ledger in one transaction."""
+        """Ask the oracle for the chosen labels and commit the ones it gives to the ledger in one transaction.
+
+        A human oracle raises :class:`LabelsPending` while the round waits, or gives part of the batch when the user
+        started the round with the labels that had arrived (the rest stay in the pool).
+        """
         ids = [c.case_id for c in choices]
         answered = set(self.oracle.request(next_round, ids))
-        missing = [i for i in ids if i not in answered]
-        if missing:
-            raise RunError(f"the oracle has not delivered labels for {missing}; resume once they arrive")
-        self.ledger.add_labels(next_round, self.strategy.name, [(c.case_id, c.score, c.rank) for c in choices])
+        given = [c for c in choices if c.case_id in answered]
+        if not given:
+            raise RunError(f"the oracle gave no label of {ids}; resume once they arrive")
+        shape, axis = self.config.data.shape, self.units.axis
+        labels = {case_of(c.case_id): self.oracle.label(case_of(c.case_id)) for c in given}
+        costs = [unit_costs(unit_from_key(c.case_id, shape), labels[case_of(c.case_id)], axis) for c in given]
+        self.ledger.add_labels(next_round, self.strategy.name, [(c.case_id, c.score, c.rank) for c in given], costs)
+
+
+def labelled_voxels(ledger: Ledger, case_id: str, shape: Sequence[int], up_to_round: int | None = None) -> np.ndarray:
+    """Boolean mask of the voxels of ``case_id`` labelled by ``up_to_round`` (default: now), from the ledger alone."""
+    keys = [record.unit for record in ledger.labels(up_to_round) if record.case_id == case_id]
+    return labelled_mask([unit_from_key(k, shape) for k in keys], shape)
+
+
+def unit_spec(config: RunConfig) -> UnitSpec:
+    """The run's query units."""
+    unit = config.unit
+    return UnitSpec(unit.kind, unit.axis, unit.patch_size, unit.stride)
+
+
+def case_of(key: str) -> str:
+    """The case id of a unit key."""
+    return key.split("@", 1)[0]
 
 
 def save_model(model: nn.Module, path: Path) -> None:
@@ -454,11 +621,19 @@ def save_model(model: nn.Module, path: Path) -> None:
 
 
 def evaluate_on(
-    model: nn.Module, data: RunData, batch_size: int, amp: bool, reporter: Reporter, r: int | str
+    model: nn.Module,
+    data: RunData,
+    batch_size: int,
+    amp: bool,
+    reporter: Reporter,
+    r: int | str,
+    split: Literal["test", "validation"] = "test",
 ) -> Evaluation:
-    """Dice on every test case (ground truth, never through the oracle)."""
-    cases = [(c, (data.image(c), data.ground_truth(c))) for c in data.test.ids]
-    with reporter.progress(f"round {r}: evaluating", len(cases)) as advance:
+    """Dice on every case of the test (or validation) split: ground truth, never through the oracle."""
+    dataset = data.test if split == "test" else data.validation
+    assert dataset is not None, f"no {split} split"
+    cases = [(c, (data.image(c), data.ground_truth(c))) for c in dataset.ids]
+    with reporter.progress(f"round {r}: evaluating on {split}", len(cases)) as advance:
         return evaluate(model, cases, data.num_classes, batch_size, amp, advance)
 
 
@@ -485,12 +660,14 @@ def read_scores(path: Path) -> dict[str, ScoreVector]:
 
 
 def write_curve(run_dir: Path, ledger: Ledger) -> None:
-    """``curve.csv``: one row per evaluated round."""
+    """``curve.csv``: one row per evaluated round, with the cumulative cost of its labels under every cost model."""
     rounds = ledger.rounds()
+    labels = ledger.labels()
     classes = sorted(k for k in rounds[0].dice if k.startswith("class_")) if rounds else []
-    lines = [",".join(["round", "n_labelled", "mean_dice", *classes])]
+    lines = [",".join(["round", "n_labelled", "mean_dice", *classes, *(f"cost_{c}" for c in COSTS)])]
     for record in rounds:
-        values = [record.round, record.n_labelled, record.mean_dice, *(record.dice[k] for k in classes)]
+        spent = [sum(x.cost.get(c, float("nan")) for x in labels if x.round <= record.round) for c in COSTS]
+        values = [record.round, record.n_labelled, record.mean_dice, *(record.dice[k] for k in classes), *spent]
         lines.append(",".join(map(str, values)))
     write_text_atomic(run_dir / "curve.csv", "\n".join(lines) + "\n")
 

@@ -10,13 +10,20 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 import numpy as np
+from scipy.ndimage import binary_erosion
+
+from activeseg.units import partial_label, unit_from_key
 
 
 class Oracle(Protocol):
     """Something that can label pool cases."""
 
     def request(self, round_index: int, case_ids: Sequence[str]) -> list[str]:
-        """Ask for the labels of ``case_ids``; return the ids whose labels are available now."""
+        """Ask for the labels of ``case_ids``; return the ids whose labels train round ``round_index``.
+
+        An oracle that must wait for labels raises :class:`LabelsPending`; one that starts the round with part of
+        the labels (a human's choice) returns that part.
+        """
         ...
 
     def label(self, case_id: str) -> np.ndarray:
@@ -28,25 +35,60 @@ class OracleError(RuntimeError):
     """A label was asked of an oracle that has not delivered it."""
 
 
+WAITING = "waiting for labels"
+
+
+class LabelsPending(Exception):
+    """The round cannot start yet: its labels have not all arrived. Nothing was committed; resume continues."""
+
+    def __init__(self, round_index: int, received: int, requested: int) -> None:
+        super().__init__(round_index, received, requested)
+        self.round_index, self.received, self.requested = round_index, received, requested
+
+    def __str__(self) -> str:
+        return f"{WAITING}: round {self.round_index} has {self.received} of {self.requested}"
+
+
 class SimulatedOracle:
-    """Reveals ground truth, but only for cases that were requested: nothing else can leak into training."""
+    """Reveals ground truth, but only the requested units: nothing else can leak into training.
+
+    Requests and reveals are by unit key (a case id for a whole volume; see ``units``). The label of a partly
+    revealed case is :data:`~activeseg.units.IGNORE` everywhere outside its revealed units.
+    """
 
     def __init__(self, ground_truth: Callable[[str], np.ndarray], revealed: Iterable[str] = ()) -> None:
         self._ground_truth = ground_truth
-        self._revealed = set(revealed)
+        self._revealed: dict[str, set[str]] = {}
+        self._reveal(revealed)
+
+    def _reveal(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._revealed.setdefault(key.split("@", 1)[0], set()).add(key)
 
     def request(self, round_index: int, case_ids: Sequence[str]) -> list[str]:
-        """Every requested label is available at once."""
+        """Every requested unit's label is available at once."""
         del round_index
-        self._revealed.update(case_ids)
+        self._reveal(case_ids)
         return list(case_ids)
 
     def label(self, case_id: str) -> np.ndarray:
-        """Ground truth of a requested case."""
-        if case_id not in self._revealed:
+        """Ground truth of a case, restricted to its requested units (IGNORE elsewhere)."""
+        keys = self._revealed.get(case_id)
+        if not keys:
             raise OracleError(f"label of {case_id!r} was never requested from the oracle")
-        return self._ground_truth(case_id)
+        truth = self._ground_truth(case_id)
+        if case_id in keys:  # the whole volume
+            return truth
+        return partial_label(truth, [unit_from_key(k, truth.shape) for k in sorted(keys)])
 
-    def foreground_fraction(self, case_id: str) -> float:
-        """The true foreground fraction of any pool case, for simulation-only baselines (never used in training)."""
-        return float((self._ground_truth(case_id) > 0).mean())
+    def foreground_fraction(self, key: str) -> float:
+        """The true foreground fraction of any pool unit, for simulation-only baselines (never used in training)."""
+        truth = self._ground_truth(key.split("@", 1)[0])
+        return float((truth[unit_from_key(key, truth.shape).region(truth.shape)] > 0).mean())
+
+    def border_fraction(self, key: str) -> float:
+        """The fraction of a unit's voxels on the true foreground border (foreground with a background 6-neighbour)."""
+        truth = self._ground_truth(key.split("@", 1)[0])
+        foreground = truth > 0
+        border = foreground & ~binary_erosion(foreground, border_value=0)
+        return float(border[unit_from_key(key, truth.shape).region(truth.shape)].mean())

@@ -21,14 +21,16 @@ def plot_curves(
     full_data: float | None = None,
     title: str = "Learning curve",
     full_data_label: str = "full data",
+    cost: str | None = None,
 ) -> Path:
-    """Mean foreground Dice against labelled volumes; the full-data upper bound as a dashed line."""
+    """Mean foreground Dice against labelled units (or a recorded ``cost``); the full-data bound dashed."""
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for curve in curves:
-        ax.plot(curve.n_labelled, curve.mean_dice, marker="o", label=curve.label)
+        ax.plot(curve.budget(cost), curve.mean_dice, marker="o", label=curve.label)
     if full_data is not None:
         ax.axhline(full_data, color="black", linestyle="--", label=f"{full_data_label}: {full_data:.3f}")
-    ax.set_xlabel("labelled volumes")
+    kinds = sorted({f"{curve.unit}s" for curve in curves}) or ["volumes"]
+    ax.set_xlabel(f"labelled {cost.replace('_', ' ')} (cost)" if cost else f"labelled {' / '.join(kinds)}")
     ax.set_ylabel("mean foreground Dice (test split)")
     ax.set_title(title)
     ax.grid(alpha=0.3)

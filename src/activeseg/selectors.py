@@ -7,6 +7,7 @@ from ``context.rng``, which the loop seeded and recorded; ties go to the smaller
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,10 @@ from activeseg.batchbald import greedy_batchbald
 from activeseg.diversity import k_center_greedy, kmeans_pp_seeding, kmeans_top_per_cluster
 from activeseg.scorers import class_predictive_entropy, predictive_entropy
 from activeseg.selection import Kind, stochastic_batch
+
+BATCHBALD_SITES = 16
+BATCHBALD_CONFIGURATIONS = 1000
+"""Defaults of ``strategy.sketch_sites`` and ``strategy.joint_configurations``."""
 
 ScoreVector = tuple[float, ...]
 """(unit score, *extra scores), e.g. (PE, PE·p̄_1, PE·p̄_2) for ClaSP PE"""
@@ -44,8 +49,12 @@ class SelectionContext:
     labelled_embeddings_M_F: np.ndarray | None = None
     true_foreground: Mapping[str, float] | None = None
     """Simulation only: each candidate's true foreground fraction (foreground-aware baselines)."""
+    true_border: Mapping[str, float] | None = None
+    """Simulation only: each candidate's fraction of true foreground-border voxels."""
     sketches: Mapping[str, np.ndarray] | None = None
     """Per-candidate summaries of the K samples (``Strategy.sketch``), for joint selection."""
+    configurations: int = BATCHBALD_CONFIGURATIONS
+    """Joint selection (BatchBALD): sampled label configurations for the joint-entropy estimate."""
 
 
 Selector = Callable[[Sequence[str], Mapping[str, ScoreVector] | None, int, SelectionContext], list[Choice]]
@@ -120,19 +129,57 @@ def select_badge(
     return [Choice(candidates[int(i)], None, rank) for rank, i in enumerate(picked)]
 
 
+FOREGROUND_MIXTURE = (4 / 6, 1 / 6, 1 / 6)
+"""nnActive's foreground-aware random: a pick is from anywhere, from the true foreground or from its border."""
+
+
 def select_foreground_aware_random(
     candidates: Sequence[str], scores: Mapping[str, ScoreVector] | None, k: int, context: SelectionContext
 ) -> list[Choice]:
-    """Random volumes drawn without replacement with probability ∝ their true foreground fraction."""
+    """Each pick is uniform (4/6), ∝ the unit's true foreground (1/6) or ∝ its true border voxels (1/6), without
+    replacement; picking a unit ∝ its foreground voxels is picking a random foreground voxel's unit."""
     del scores
     assert context.true_foreground is not None
-    fractions = np.array([context.true_foreground[c] for c in candidates])
-    picked = stochastic_batch(fractions, k, 1.0, "power", context.rng)
-    return [Choice(candidates[int(i)], None, rank) for rank, i in enumerate(picked)]
+    foreground = np.array([context.true_foreground[c] for c in candidates], dtype=np.float64)
+    border = foreground if context.true_border is None else np.array([context.true_border[c] for c in candidates])
+    remaining = np.ones(len(candidates), dtype=np.float64)
+    picked = []
+    for _ in range(k):
+        source = int(context.rng.choice(3, p=FOREGROUND_MIXTURE))
+        weights = (remaining, foreground, border)[source] * remaining
+        if weights.sum() <= 0:  # no foreground (or border) left among the candidates: fall back to anywhere
+            weights = remaining
+        i = int(context.rng.choice(len(candidates), p=weights / weights.sum()))
+        remaining[i] = 0.0
+        picked.append(i)
+    return [Choice(candidates[i], None, rank) for rank, i in enumerate(picked)]
 
 
-BATCHBALD_SITES = 16
-BATCHBALD_CONFIGURATIONS = 1000
+STRIDED_PER_VOLUME = 4
+_SLICE_KEY = re.compile(r"^(?P<case>.+)@slice:\d+:(?P<index>\d+)$")
+
+
+def select_strided(
+    candidates: Sequence[str], scores: Mapping[str, ScoreVector] | None, k: int, context: SelectionContext
+) -> list[Choice]:
+    """Volumes in random order; from each, ``STRIDED_PER_VOLUME`` evenly spaced slices among its candidates.
+
+    Candidates that are not slices form one group each, so for whole volumes this is random sampling.
+    """
+    del scores
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for key in candidates:
+        match = _SLICE_KEY.match(key)
+        case, index = (match["case"], int(match["index"])) if match else (key, 0)
+        groups.setdefault(case, []).append((index, key))
+    picked: list[str] = []
+    for g in context.rng.permutation(len(groups)):
+        members = sorted(groups[sorted(groups)[int(g)]])
+        n = min(STRIDED_PER_VOLUME, k - len(picked), len(members))
+        picked += [members[int((j + 0.5) * len(members) / n)][1] for j in range(n)]
+        if len(picked) == k:
+            break
+    return [Choice(key, None, rank) for rank, key in enumerate(picked)]
 
 
 def select_batchbald(
@@ -141,7 +188,7 @@ def select_batchbald(
     """Greedy joint-MI selection over each candidate's most uncertain voxel sites (see ``batchbald``)."""
     assert scores is not None and context.sketches is not None
     picked, gains = greedy_batchbald(
-        [context.sketches[c] for c in candidates], k, context.rng, configurations=BATCHBALD_CONFIGURATIONS
+        [context.sketches[c] for c in candidates], k, context.rng, configurations=context.configurations
     )
     del gains
     return [Choice(candidates[i], scores[candidates[i]][0], rank) for rank, i in enumerate(picked)]

@@ -25,7 +25,7 @@ from activeseg.batchbald import site_sketch
 from activeseg.embeddings import Embedding
 from activeseg.scorers import VoxelScorer, as_map_stack, bald, margin, predictive_entropy, variance
 from activeseg.selectors import (
-    BATCHBALD_SITES,
+    BATCHBALD_CONFIGURATIONS,
     Choice,
     SelectionContext,
     Selector,
@@ -37,6 +37,7 @@ from activeseg.selectors import (
     select_foreground_aware_random,
     select_kmeans_top,
     select_random,
+    select_strided,
     select_top_k,
     stochastic_selector,
 )
@@ -55,8 +56,9 @@ class Strategy:
     """Feature vectors the selector needs (``bottleneck`` or ``gradient``), or None."""
     simulation_only: bool = False
     """Needs ground truth of unlabelled cases: a benchmark baseline, never usable with a human annotator."""
-    sketch: Callable[[Tensor], np.ndarray] | None = None
-    """Summarises a unit's probs_K_C_D_H_W for the selector (computed in the same scoring pass), or None."""
+    sketch: Callable[[Tensor, int], np.ndarray] | None = None
+    """(probs_K_C_D_H_W, sites) -> a small summary of a unit for the selector (computed in the same scoring pass;
+    ``sites`` is ``strategy.sketch_sites``), or None."""
 
     @property
     def needs_scores(self) -> bool:
@@ -81,11 +83,15 @@ class Strategy:
         embeddings: Mapping[str, np.ndarray] | None = None,
         labelled_embeddings_M_F: np.ndarray | None = None,
         true_foreground: Mapping[str, float] | None = None,
+        true_border: Mapping[str, float] | None = None,
         sketches: Mapping[str, np.ndarray] | None = None,
+        configurations: int = BATCHBALD_CONFIGURATIONS,
     ) -> list[Choice]:
         """Choose ``min(batch_size, len(candidates))`` distinct candidates."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if configurations < 1:
+            raise ValueError(f"configurations must be at least 1, got {configurations}")
         if len(set(candidates)) != len(candidates):
             raise ValueError("candidate ids must be unique")
         vectors = None
@@ -109,7 +115,15 @@ class Strategy:
         if self.sketch is not None and (sketches is None or any(c not in sketches for c in candidates)):
             raise ValueError(f"strategy {self.name!r} needs a sketch of every candidate")
         context = SelectionContext(
-            rng, beta, round_index, embeddings, labelled_embeddings_M_F, true_foreground, sketches
+            rng,
+            beta,
+            round_index,
+            embeddings,
+            labelled_embeddings_M_F,
+            true_foreground,
+            true_border,
+            sketches,
+            configurations,
         )
         return self.selector(sorted(candidates), vectors, min(batch_size, len(candidates)), context)
 
@@ -271,10 +285,12 @@ register(
 register(
     Strategy(
         name="foreground-random",
-        description="SIMULATION ONLY: random volumes, drawn with probability ∝ their TRUE foreground fraction.",
+        description="SIMULATION ONLY: random units, each pick from anywhere (4/6), TRUE foreground (1/6) or its "
+        "border (1/6).",
         source="Foreground-aware random baseline of nnActive (Lüth et al., TMLR 2025), which draws patch centres "
-        "from the true foreground/border; for whole volumes the preference becomes foreground-proportional "
-        "sampling. It reads unlabelled ground truth, so it only exists in simulated benchmarks.",
+        "from anywhere, the true foreground or the true border with probabilities 4/6, 1/6, 1/6. Here a unit is "
+        "drawn ∝ its foreground (border) voxels, i.e. the unit of a random foreground (border) voxel, on the unit "
+        "lattice rather than at a free centre. It reads unlabelled ground truth: simulated benchmarks only.",
         scorer=None,
         selector=select_foreground_aware_random,
         simulation_only=True,
@@ -282,12 +298,23 @@ register(
 )
 register(
     Strategy(
+        name="strided",
+        description="Evenly spaced slices (4 per volume) of randomly ordered volumes; random for other units.",
+        source="Strided slice sampling, Burmeister et al., 'Less is more', 2022 (HealthML/active-segmentation). "
+        "They label every n-th slice; here n adapts so each visited volume gives 4 evenly spaced slices.",
+        scorer=None,
+        selector=select_strided,
+    )
+)
+register(
+    Strategy(
         name="batchbald",
-        description="BatchBALD for volumes: greedy joint MI over each volume's 16 highest-BALD voxel sites.",
-        source="Kirsch, van Amersfoort & Gal, NeurIPS 2019. Approximation (activeseg): a unit's outcome is its 16 "
-        "most uncertain voxels, independent given the model; joint entropy by 1000 sampled configurations.",
+        description="BatchBALD for volumes: greedy joint MI over each volume's highest-BALD voxel sites.",
+        source="Kirsch, van Amersfoort & Gal, NeurIPS 2019. Approximation (activeseg): a unit's outcome is its "
+        "strategy.sketch_sites (16) most uncertain voxels, independent given the model; joint entropy estimated "
+        "from strategy.joint_configurations (1000) sampled label configurations.",
         scorer=bald,
         selector=select_batchbald,
-        sketch=lambda probs: site_sketch(probs, BATCHBALD_SITES),
+        sketch=site_sketch,
     )
 )

@@ -8,16 +8,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
+import torch.nn.functional as F
+from monai.losses import MaskedDiceLoss
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 from monai.transforms import Compose, RandFlipd, RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd
 from torch import nn
 
 from activeseg.config import TrainConfig
+from activeseg.units import IGNORE
 
 Example = tuple[np.ndarray, np.ndarray]
-"""(image_C_D_H_W float32, label_D_H_W uint8) in the preprocessed shape"""
+"""(image_C_D_H_W float32, label_D_H_W uint8) in the preprocessed shape; voxels nobody labelled hold ``IGNORE``"""
 
 Progress = Callable[[int], None]
 """Called with the number of steps just completed."""
@@ -44,6 +46,27 @@ def augmentation(seed: int, flip_axes: Sequence[int]) -> Compose:
     return transform
 
 
+class PartialDiceCELoss(nn.Module):
+    """Dice + cross-entropy over labelled voxels only: ``IGNORE`` voxels add nothing to either term.
+
+    The target is one-hot encoded *before* masking, so an unlabelled voxel is zero in every class (masking class
+    indices would turn it into background). On a box-shaped labelled region this equals MONAI's ``DiceCELoss`` on
+    that box alone, and on fully labelled batches it equals ``DiceCELoss(to_onehot_y=True, softmax=True)`` exactly.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dice = MaskedDiceLoss(softmax=True)
+
+    def forward(self, logits_B_C_D_H_W: torch.Tensor, labels_B_1_D_H_W: torch.Tensor) -> torch.Tensor:
+        mask_B_1_D_H_W = labels_B_1_D_H_W != IGNORE
+        target_B_1_D_H_W = torch.where(mask_B_1_D_H_W, labels_B_1_D_H_W, 0)
+        target_B_C_D_H_W = one_hot(target_B_1_D_H_W, logits_B_C_D_H_W.shape[1])
+        dice: torch.Tensor = self.dice(logits_B_C_D_H_W, target_B_C_D_H_W, mask_B_1_D_H_W)
+        cross_entropy = F.cross_entropy(logits_B_C_D_H_W, labels_B_1_D_H_W[:, 0], ignore_index=IGNORE)
+        return dice + cross_entropy
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What one training run reports."""
@@ -61,13 +84,16 @@ def train(
     amp: bool = False,
     progress: Progress | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place for ``config.iterations`` steps on batches drawn (seeded) from ``examples``."""
+    """Train ``model`` in place for ``config.iterations`` steps on batches drawn (seeded) from ``examples``.
+
+    Labels may be partial (``IGNORE`` outside the labelled units): the loss sees labelled voxels only.
+    """
     if not examples:
         raise ValueError("cannot train on an empty labelled set")
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     augment = augmentation(seed, config.flip_axes) if config.augment else None
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_fn = PartialDiceCELoss()
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.PolynomialLR(optimiser, total_iters=config.iterations, power=0.9)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)

@@ -1,11 +1,13 @@
 """Uncertainty sources (K stochastic predictions per volume), and pool scoring streamed one volume at a time.
 
-A *sampler* maps (image_C_D_H_W, seed) to probs_K_C_D_H_W. Two are built here:
+A *sampler* maps (image_C_D_H_W, seed) to probs_K_C_D_H_W. Three are built here:
 
 - MC dropout (Gal & Ghahramani, ICML 2016): dropout on, normalisation in eval mode, K passes in batches.
 - Test-time augmentation (Wang et al., Neurocomputing 2019): K augmented copies (random flips on the allowed axes,
   small intensity scale and shift; the first copy is the plain image), dropout off, each prediction flipped back
   before they are combined.
+- Deep ensembles (Lakshminarayanan et al., NeurIPS 2017): one deterministic prediction (dropout off) from each of
+  K independently seeded models. The loop trains the extra members and accounts for their training time.
 
 Any sampler combines with any scorer.
 """
@@ -26,8 +28,8 @@ from activeseg.scorers import Reduction, as_map_stack
 Sampler = Callable[[Tensor, int], Tensor]
 """(image_C_D_H_W, seed) -> probs_K_C_D_H_W (float32, CPU)"""
 
-Source = Literal["mc_dropout", "tta"]
-SOURCES: tuple[Source, ...] = ("mc_dropout", "tta")
+Source = Literal["mc_dropout", "tta", "ensemble"]
+SOURCES: tuple[Source, ...] = ("mc_dropout", "tta", "ensemble")
 
 
 def _batched_softmax(model: nn.Module, images_B_C_D_H_W: Tensor, batch_size: int, amp: bool) -> Tensor:
@@ -106,25 +108,51 @@ def tta_probs(
     )
 
 
+@torch.no_grad()
+def ensemble_probs(models: Sequence[nn.Module], image_C_D_H_W: Tensor, amp: bool = False) -> Tensor:
+    """One plain prediction per ensemble member (dropout off): probs_K_C_D_H_W with K = len(models)."""
+    predictions = []
+    for member in models:
+        member.eval()
+        predictions.append(_batched_softmax(member, image_C_D_H_W.unsqueeze(0), 1, amp)[0])
+    return torch.stack(predictions)
+
+
 def make_sampler(
-    source: Source, model: nn.Module, samples: int, batch_size: int, flip_axes: Sequence[int], amp: bool
+    source: Source,
+    model: nn.Module,
+    samples: int,
+    batch_size: int,
+    flip_axes: Sequence[int],
+    amp: bool,
+    members: Sequence[nn.Module] = (),
 ) -> Sampler:
-    """The uncertainty source called ``source`` bound to a trained model."""
+    """The uncertainty source called ``source`` bound to a trained model (and, for ``ensemble``, its other
+    ``members``; K is then ``1 + len(members)``)."""
     if source == "mc_dropout":
         return lambda image, seed: mc_dropout_probs(model, image, samples, batch_size, seed, amp)
     if source == "tta":
         return lambda image, seed: tta_probs(model, image, samples, batch_size, seed, flip_axes, amp)
+    if source == "ensemble":
+        if not members:
+            raise ValueError("an ensemble sampler needs at least one member besides the round model")
+        return lambda image, seed: ensemble_probs([model, *members], image, amp)
     raise ValueError(f"unknown uncertainty source {source!r}; valid: {', '.join(SOURCES)}")
 
 
 @dataclass(frozen=True)
-class VolumeScore:
-    """One pool volume's acquisition scores: one per voxel map of the strategy (the first is the unit's score)."""
+class UnitScore:
+    """One candidate unit's acquisition scores: one per voxel map of the strategy (the first is the unit's score)."""
 
-    case_id: str
+    key: str
+    """The unit key (the case id for a whole volume)."""
     scores: tuple[float, ...]
     sketch: np.ndarray | None = None
-    """A small per-unit summary of the K samples for joint selection (BatchBALD), when asked for."""
+    """A small summary of the unit's K samples for joint selection (BatchBALD), when asked for."""
+
+
+UnitSummary = Callable[[str, Tensor, Tensor], list[tuple[str, tuple[float, ...], tuple[slice, ...]]]]
+"""(case id, score_M_D_H_W, mean_probs_C_D_H_W) -> [(unit key, unit scores, unit region)] for a volume's candidates"""
 
 
 def score_pool(
@@ -134,14 +162,24 @@ def score_pool(
     reduction: Reduction,
     seed_for: Callable[[str], int],
     sketch: Callable[[Tensor], np.ndarray] | None = None,
-) -> Iterator[VolumeScore]:
+    units: UnitSummary | None = None,
+) -> Iterator[UnitScore]:
     """Score volumes one at a time; only the scalars outlive each volume, so memory is flat in pool size.
 
-    ``scorer`` maps probs_K_C_D_H_W to score_D_H_W or score_M_D_H_W; each of the M maps is reduced to one number.
+    ``scorer`` maps probs_K_C_D_H_W to score_D_H_W or score_M_D_H_W. By default each volume is one unit and each
+    of its M maps is reduced to one number by ``reduction``; ``units`` instead turns a volume's maps into its
+    candidate slices or patches (see ``units.unit_scores``), and ``sketch`` then summarises each unit's region.
     """
+    everything: tuple[slice, ...] = (slice(None),) * 3
     for case_id, image_C_D_H_W in volumes:
         probs_K_C_D_H_W = sampler(torch.from_numpy(image_C_D_H_W), seed_for(case_id))
         mean_probs_C_D_H_W = probs_K_C_D_H_W.mean(dim=0)
         score_M_D_H_W = as_map_stack(scorer(probs_K_C_D_H_W), probs_K_C_D_H_W)
-        scores = tuple(reduction(score_D_H_W, mean_probs_C_D_H_W) for score_D_H_W in score_M_D_H_W)
-        yield VolumeScore(case_id, scores, sketch(probs_K_C_D_H_W) if sketch else None)
+        if units is None:
+            scores = tuple(reduction(score_D_H_W, mean_probs_C_D_H_W) for score_D_H_W in score_M_D_H_W)
+            candidates = [(case_id, scores, everything)]
+        else:
+            candidates = units(case_id, score_M_D_H_W, mean_probs_C_D_H_W)
+        for key, unit_scores, region in candidates:
+            summary = sketch(probs_K_C_D_H_W[(slice(None), slice(None), *region)]) if sketch else None
+            yield UnitScore(key, unit_scores, summary)

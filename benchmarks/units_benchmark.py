@@ -1,0 +1,132 @@
+"""Annotation units at equal voxel budgets on the hippocampus split: whole volumes vs 2D slices vs 3D patches.
+
+Every run uses the demo's model (``activeseg/configs/demo.yaml``) with the hippocampus benchmark's lighter
+training (150 iterations per round, 6 MC-dropout samples; ``benchmarks/hippocampus.yaml``), one torch thread,
+seed 0 and the demo's 160/40 split.
+Each round labels 4 volumes' worth of voxels (358,400): 4 volumes, 32 patches of 20×28×20 (1/8 volume) or 160
+slices of 56×40 (axis 0); round 0 is random units of the same budget, shared by the runs of one unit kind. Runs
+whose directory already holds a finished run are skipped, so the script resumes.
+
+    python benchmarks/units_benchmark.py [--out /tmp/activeseg-units] [--data DIR]
+
+It writes ``benchmarks/results/units.json`` (every run's curve with its cumulative costs) and
+``benchmarks/results/units_curves.png`` (Dice against labelled voxels); ``run_benchmarks.py --render-only`` puts
+them in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from run_benchmarks import machine  # this script's folder is on sys.path when it runs
+
+from activeseg.config import RunConfig
+from activeseg.curves import read_curve
+from activeseg.demo import default_config, find_hippocampus
+from activeseg.ledger import Ledger
+from activeseg.loop import adopt_round_zero, create_run, open_data, resume_run
+from activeseg.plots import plot_curves
+from activeseg.reporting import RichReporter
+
+RESULTS = Path(__file__).resolve().parent / "results"
+VOLUME_VOXELS = 40 * 56 * 40
+PER_ROUND_VOLUMES = 4
+ROUNDS = 3
+SETTINGS: dict[str, dict[str, Any]] = {
+    "patch": {"unit.kind": "patch", "unit.patch_size": [20, 28, 20], "loop.initial": 32, "loop.per_round": 32},
+    "slice": {"unit.kind": "slice", "unit.axis": 0, "loop.initial": 160, "loop.per_round": 160},
+    "volume": {"unit.kind": "volume", "loop.initial": 4, "loop.per_round": 4},
+}
+STRATEGIES = {  # most important first: the script resumes, so a cut-short run still reports what finished
+    "patch": ["random", "foreground-random", "entropy", "bald", "clasp-pe"],
+    "slice": ["strided", "random"],
+    "volume": ["random"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/activeseg-units"))
+    parser.add_argument("--data", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    reporter = RichReporter()
+    base = default_config().override(
+        {
+            "data.root": find_hippocampus(args.data),
+            "loop.rounds": ROUNDS,
+            "unit.cost": "voxels",
+            "train.iterations": 150,
+            "strategy.mc_samples": 6,
+            "strategy.mc_batch_size": 6,
+        }
+    )
+    data = open_data(base, reporter)
+    runs: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for kind, overrides in SETTINGS.items():
+        first: Path | None = None
+        for name in STRATEGIES[kind]:
+            config = base.override({**overrides, "strategy.name": name, "name": f"{kind}-{name}"})
+            if name == "clasp-pe":
+                config = config.override(
+                    {"strategy.beta": 1.0, "strategy.beta_end": 10.0, "strategy.beta_schedule": "exponential"}
+                )
+            run_dir = args.out / f"{kind}-{name}"
+            if not (run_dir / "ledger.sqlite").exists():
+                create_run(config, run_dir, reporter, data=data)
+                if first is not None:
+                    adopt_round_zero(first, run_dir)
+            tick = time.perf_counter()
+            resume_run(run_dir, reporter, data=data)
+            first = first or run_dir
+            curve = read_curve(run_dir)
+            with Ledger(run_dir / "ledger.sqlite") as ledger:
+                stop = ledger.stop_reason()
+            runs.append(
+                {
+                    "unit": kind,
+                    "strategy": name,
+                    "n_labelled": curve.n_labelled,
+                    "mean_dice": curve.mean_dice,
+                    "costs": curve.costs,
+                    "stop": stop,
+                    "seconds_this_call": time.perf_counter() - tick,
+                }
+            )
+            print(f"{kind}/{name}: Dice {[round(d, 4) for d in curve.mean_dice]}", flush=True)
+            write_results(base, args.out, runs, time.perf_counter() - started)
+    reporter.info(f"wrote {RESULTS / 'units.json'} and {RESULTS / 'units_curves.png'}")
+
+
+def write_results(base: RunConfig, out: Path, runs: list[dict[str, Any]], wall_s: float) -> None:
+    """Store what has finished so far (the script may be cut short and resumed)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    curves = [read_curve(out / f"{r['unit']}-{r['strategy']}") for r in runs]
+    plot_curves(
+        curves,
+        RESULTS / "units_curves.png",
+        title="Hippocampus: patches, slices and volumes at equal voxel budgets (seed 0)",
+        cost="voxels",
+    )
+    summary = {
+        "seed": base.seed,
+        "volume_voxels": VOLUME_VOXELS,
+        "per_round_volumes": PER_ROUND_VOLUMES,
+        "rounds": ROUNDS,
+        "model": {"channels": list(base.model.channels), "iterations": base.train.iterations},
+        "mc_samples": base.strategy.mc_samples,
+        "runs": runs,
+        "wall_s": wall_s,
+        "machine": machine(),
+    }
+    (RESULTS / "units.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()

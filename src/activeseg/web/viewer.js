@@ -1,0 +1,213 @@
+// The activeseg annotation viewer: the queue, one case in NiiVue (image, uncertainty overlay, the prediction as an
+// editable drawing), accept or correct, save (PUT of the drawing as a NIfTI with the image's header), round
+// progress and the learning curve. Everything comes from this server; the token never leaves the page except in
+// the Authorization header of writes.
+"use strict";
+
+const state = { token: null, ready: false, caseId: null, sha: null, loaded: null, saved: null, error: null, rounds: -1 };
+window.viewerState = state; // read by the browser test
+
+const $ = (id) => document.getElementById(id);
+const api = (path) => `/api/${path}`;
+const caseUrl = (caseId, volume) => api(`cases/${encodeURIComponent(caseId)}/${volume}.nii.gz`);
+let nv = null;
+let labelValues = {};
+let drawing = false;
+
+function say(text, isError = false) {
+  $("message").textContent = text;
+  $("message").className = isError ? "error" : "";
+  if (isError) state.error = text;
+}
+
+function readToken() {
+  const match = location.hash.match(/token=([^&]+)/);
+  if (match) {
+    sessionStorage.setItem("activeseg-token", decodeURIComponent(match[1]));
+    history.replaceState(null, "", location.pathname); // keep the token out of the address bar and history
+  }
+  state.token = sessionStorage.getItem("activeseg-token");
+  $("token").value = state.token || "";
+  $("token").addEventListener("change", () => {
+    state.token = $("token").value.trim();
+    sessionStorage.setItem("activeseg-token", state.token);
+  });
+}
+
+async function getJson(path) {
+  const response = await fetch(api(path), { cache: "no-store" });
+  if (!response.ok) throw new Error(`${path}: ${response.status} ${await response.text()}`);
+  return response.json();
+}
+
+async function write(method, path, body, headers = {}) {
+  if (!state.token) throw new Error("enter the token printed by `activeseg serve` first");
+  const response = await fetch(api(path), {
+    method,
+    body,
+    headers: { Authorization: `Bearer ${state.token}`, ...headers },
+  });
+  const text = await response.text();
+  let data = {};
+  try { data = JSON.parse(text); } catch { data = { detail: text }; }
+  if (!response.ok) throw new Error(`${response.status}: ${data.detail || text}`);
+  return data;
+}
+
+// --- queue, status and curve ---------------------------------------------------------------------------------------
+
+async function refreshQueue() {
+  const queue = await getJson("queue");
+  labelValues = queue.label_values;
+  $("queue-round").textContent = queue.round === null ? "(no round waiting)" : `· round ${queue.round}`;
+  const list = $("queue");
+  list.replaceChildren();
+  for (const item of queue.cases) {
+    const li = document.createElement("li");
+    li.dataset.case = item.case_id;
+    li.dataset.sha = item.sha256 || "";
+    li.className = (item.sha256 ? "labelled " : "") + (item.case_id === state.caseId ? "open" : "");
+    const score = item.score === null ? "" : ` score ${Number(item.score).toPrecision(4)}`;
+    li.innerHTML = `<span class="id"></span> <span class="score">${score}</span>`;
+    li.querySelector(".id").textContent = item.case_id;
+    li.addEventListener("click", () => openCase(item.case_id).catch((e) => say(e.message, true)));
+    list.append(li);
+    if (item.case_id === state.caseId) state.sha = item.sha256;
+  }
+  const pen = $("pen");
+  if (!pen.options.length) {
+    for (const [value, name] of Object.entries(labelValues)) {
+      pen.append(new Option(value === "0" ? `${value} erase` : `${value} ${name}`, value));
+    }
+    pen.value = Object.keys(labelValues).find((v) => v !== "0") || "1";
+  }
+  return queue;
+}
+
+async function refreshStatus() {
+  const status = await getJson("status");
+  const waiting = status.waiting_round === null ? "" : ` · round ${status.waiting_round}: ${status.received} of ${status.requested} labels in`;
+  const dice = status.last_dice === null ? "" : ` · last Dice ${status.last_dice.toFixed(4)}`;
+  const stop = status.stop_reason ? ` · stopped: ${status.stop_reason}` : "";
+  $("run-status").textContent = `${status.run} (${status.strategy}, advance: ${status.advance}) · ${status.state}${waiting}${dice}${stop}`;
+  const job = status.job;
+  if (job) {
+    const p = job.progress;
+    $("job-progress").max = p.total || 1;
+    $("job-progress").value = p.done;
+    $("job-text").textContent = `job ${job.job} ${job.state}: ${p.stage || ""} ${p.total ? `${p.done}/${p.total}` : ""} ${job.result || job.error || ""}`;
+  }
+  $("next-round").disabled = status.state !== "waiting";
+  if (status.evaluated_rounds !== state.rounds) {
+    state.rounds = status.evaluated_rounds;
+    await refreshCurve();
+    await refreshQueue();
+  }
+  return status;
+}
+
+async function refreshCurve() {
+  const rows = await getJson("curve");
+  const body = $("curve-table").querySelector("tbody");
+  body.replaceChildren();
+  for (const row of rows) {
+    const tr = document.createElement("tr");
+    tr.innerHTML = `<td>${row.round}</td><td>${row.n_labelled}</td><td>${Number(row.mean_dice).toFixed(4)}</td>`;
+    body.append(tr);
+  }
+  if (rows.length) $("curve").src = `${api("curve.png")}?r=${rows.length}`;
+}
+
+// --- one case ---------------------------------------------------------------------------------------------------------
+
+async function openCase(caseId) {
+  say(`opening ${caseId}…`);
+  state.loaded = null;
+  state.caseId = caseId;
+  await nv.loadVolumes([
+    { url: caseUrl(caseId, "image") },
+    { url: caseUrl(caseId, "uncertainty"), colormap: "warm", opacity: Number($("opacity").value) },
+  ]);
+  nv.setOpacity(1, $("show-uncertainty").checked ? Number($("opacity").value) : 0);
+  await loadPrediction();
+  const item = document.querySelector(`#queue li[data-case="${CSS.escape(caseId)}"]`);
+  state.sha = item && item.dataset.sha ? item.dataset.sha : null;
+  document.querySelectorAll("#queue li").forEach((li) => li.classList.toggle("open", li.dataset.case === caseId));
+  $("case-title").textContent = caseId + (state.sha ? " (labelled)" : "");
+  for (const id of ["accept", "pen", "draw", "undo", "save"]) $(id).disabled = false;
+  state.loaded = caseId;
+  say(`${caseId}: the prediction is the drawing layer. Accept it, or pick a label and Draw to correct it, then Save.`);
+}
+
+async function loadPrediction() {
+  await nv.loadDrawingFromUrl(caseUrl(state.caseId, "prediction"));
+  nv.setDrawOpacity(Number($("opacity").value));
+}
+
+async function saveLabel() {
+  const bytes = await nv.saveImage({ filename: "", isSaveDrawing: true, volumeByIndex: 0 });
+  if (!(bytes instanceof Uint8Array)) throw new Error("NiiVue returned no drawing to save");
+  const headers = { "Content-Type": "application/octet-stream" };
+  if (state.sha) headers["If-Match"] = state.sha;
+  const result = await write("PUT", `cases/${encodeURIComponent(state.caseId)}/label`, bytes, headers);
+  state.saved = result;
+  state.sha = result.sha256;
+  say(`${result.case_id}: label ${result.outcome} (${result.received} of ${result.requested} in)` +
+      (result.next_round ? " · all labels in: the next round has started" : ""));
+  await refreshQueue();
+  await refreshStatus();
+}
+
+function setDrawing(on) {
+  drawing = on;
+  nv.setDrawingEnabled(on);
+  if (on) nv.setPenValue(Number($("pen").value), false);
+  $("draw").classList.toggle("active", on);
+}
+
+// --- wiring ---------------------------------------------------------------------------------------------------------
+
+function guard(action) {
+  return () => action().catch((e) => say(e.message, true));
+}
+
+async function main() {
+  readToken();
+  nv = new niivue.Niivue({
+    backColor: [0.1, 0.11, 0.13, 1],
+    crosshairColor: [0.35, 0.75, 1, 0.8],
+    crosshairWidth: 1,
+    dragAndDropEnabled: false,
+  });
+  await nv.attachTo("gl");
+  nv.setSliceType(nv.sliceTypeMultiplanar);
+  nv.setInterpolation(true);
+  $("opacity").addEventListener("input", () => {
+    const value = Number($("opacity").value);
+    nv.setDrawOpacity(value);
+    if (nv.volumes.length > 1) nv.setOpacity(1, $("show-uncertainty").checked ? value : 0);
+  });
+  $("show-uncertainty").addEventListener("change", () => {
+    if (nv.volumes.length > 1) nv.setOpacity(1, $("show-uncertainty").checked ? Number($("opacity").value) : 0);
+  });
+  $("accept").addEventListener("click", guard(async () => {
+    setDrawing(false);
+    await loadPrediction();
+    await saveLabel();
+  }));
+  $("draw").addEventListener("click", () => setDrawing(!drawing));
+  $("pen").addEventListener("change", () => drawing && nv.setPenValue(Number($("pen").value), false));
+  $("undo").addEventListener("click", () => nv.drawUndo());
+  $("save").addEventListener("click", guard(saveLabel));
+  $("next-round").addEventListener("click", guard(async () => {
+    const partial = $("accept-partial").checked ? "?accept_partial=true" : "";
+    const job = await write("POST", `next-round${partial}`);
+    say(`round started in the background (job ${job.job})`);
+  }));
+  await refreshQueue();
+  await refreshStatus();
+  setInterval(() => refreshStatus().catch((e) => say(e.message, true)), 2000);
+  state.ready = true;
+}
+
+main().catch((e) => say(`viewer failed to start: ${e.message}`, true));

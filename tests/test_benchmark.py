@@ -1,0 +1,262 @@
+"""``activeseg benchmark`` and ``activeseg report``: the config, a real tiny grid, resume, and Ray = sequential.
+
+The grid tests train real (tiny) models on the hippocampus subset: 2 strategies × 2 seeds × 1 acquisition round, a
+round 0 per seed and a full-data bound per seed. One grid runs sequentially, the same grid on a local 2-CPU Ray
+instance must give byte-identical artifacts, and an interrupted run resumes (over a process pool) to the same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from activeseg.benchmark import (
+    BenchmarkError,
+    benchmark_from_dict,
+    load_benchmark,
+    plan,
+    ray_session,
+    run_dir,
+)
+from activeseg.cli import app
+from activeseg.config import ConfigError
+from activeseg.stats import aubc
+
+from _support import requires_hippocampus, tiny_config
+
+runner = CliRunner()
+STRATEGIES = ["foreground-random", "bald"]
+SEEDS = [0, 1]
+DETERMINISTIC = ("metrics.json", "scores.csv", "selection.json", "seeds.json", "curve.csv", "config.yaml")
+
+
+def tiny_benchmark(cache: Path, **changes: Any) -> dict[str, Any]:
+    run = tiny_config(
+        cache, data={"max_cases": 14, "test_size": 4}, train={"iterations": 4}, strategy={"mc_samples": 3}
+    ).to_dict()
+    raw: dict[str, Any] = {
+        "name": "tiny",
+        "strategies": STRATEGIES,
+        "seeds": SEEDS,
+        "settings": {"4+3x1": {"loop.initial": 4, "loop.per_round": 3, "loop.rounds": 1}},
+        "full_data": {"iterations": 4},
+        "stats": {"bootstrap": 1000},
+        "workers": 2,
+        "ray": {"num_cpus": 2},
+        "run": run,
+    }
+    return raw | changes
+
+
+# --- the config (no data needed) ------------------------------------------------------------------------------------
+
+
+def test_config_round_trips_and_plans_a_paired_grid(tmp_path: Path) -> None:
+    config = benchmark_from_dict(tiny_benchmark(tmp_path))
+    assert benchmark_from_dict(config.to_dict()) == config
+    round_zero, runs = plan(config, tmp_path / "results")
+    assert [(t.kind, t.seed) for t in round_zero] == [("round0", 0), ("round0", 1)]
+    assert [(t.kind, t.seed, t.strategy) for t in runs] == [
+        ("full-data", 0, None),
+        ("full-data", 1, None),
+        ("run", 0, "foreground-random"),
+        ("run", 0, "bald"),
+        ("run", 1, "foreground-random"),
+        ("run", 1, "bald"),
+    ]
+    for task in runs[2:]:
+        assert task.config.seed == task.seed and task.config.strategy.name == task.strategy
+        assert task.config.loop.rounds == 1 and task.config.data == config.run.data  # one split for every run
+        assert task.round_zero == run_dir(tmp_path / "results", "4+3x1", task.seed, "_round0").resolve()
+    assert round_zero[0].config.loop.rounds == 0 and round_zero[0].config.train == runs[2].config.train
+    assert runs[0].config.train.iterations == 4 and runs[0].out_dir.name == "seed-0"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"strategy": ["bald"]}, "unknown key 'strategy' in top level; valid keys: name, run, strategies, seeds"),
+        ({"strategies": ["bald", "nope"]}, "strategies: unknown ['nope']; registered:"),
+        ({"seeds": [1, 1]}, "seeds: lists a seed twice"),
+        ({"settings": {"x": {"seed": 3}}}, "settings.x.seed: is fixed for the whole grid"),
+        ({"settings": {"x": {"data.split_seed": 3}}}, "settings.x.data.split_seed: is fixed"),
+        ({"settings": {"x": {"loop.per_rounds": 3}}}, "unknown key 'per_rounds' in loop"),
+        ({"settings": {"x": {"loop.rounds": -1}}}, "loop.rounds: must be >= 0"),
+        ({"settings": ["a"]}, "settings: expected a mapping"),
+        ({"ray": {"adress": "auto"}}, "unknown key 'adress' in ray; valid keys: enabled, address"),
+        ({"workers": 0}, "workers: must be at least 1"),
+        ({"stats": {"confidence": 1.5}}, "stats.confidence: must be in"),
+    ],
+)
+def test_invalid_benchmark_configs_name_the_key(tmp_path: Path, change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        benchmark_from_dict(tiny_benchmark(tmp_path, **change))
+    assert message in str(err.value)
+
+
+def test_run_config_may_be_a_path_relative_to_the_benchmark_file(tmp_path: Path) -> None:
+    raw = tiny_benchmark(tmp_path)
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw.pop("run")))
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(raw | {"run": "run.yaml"}))
+    assert load_benchmark(tmp_path / "bench.yaml").run.model.channels == (8, 16, 32, 64)
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(raw | {"run": "missing.yaml"}))
+    with pytest.raises(ConfigError, match=r"bench.yaml: run: run config .*missing.yaml not found"):
+        load_benchmark(tmp_path / "bench.yaml")
+
+
+def test_report_of_a_folder_that_is_no_benchmark_fails_cleanly(tmp_path: Path) -> None:
+    outcome = runner.invoke(app, ["report", str(tmp_path)])
+    assert outcome.exit_code == 2 and "is not a benchmark results directory" in " ".join(outcome.output.split())
+
+
+def test_without_ray_installed_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # what a core install without the extra sees
+    with pytest.raises(BenchmarkError, match=r"pip install 'activeseg\[distributed\]'"), ray_session():
+        pass
+
+
+# --- a real tiny grid -----------------------------------------------------------------------------------------------
+
+
+def ledger_rows(path: Path) -> list[tuple[object, ...]]:
+    """Labels, rounds, split and stop reason without wall-clock timestamps."""
+    db = sqlite3.connect(path / "ledger.sqlite")
+    rows = db.execute("SELECT case_id, round, strategy, score, rank FROM labels ORDER BY case_id").fetchall()
+    rows += db.execute("SELECT round, n_labelled, seeds, mean_dice, dice FROM rounds ORDER BY round").fetchall()
+    rows += db.execute("SELECT case_id, split FROM cases ORDER BY case_id").fetchall()
+    rows += db.execute("SELECT round, reason FROM stops").fetchall()
+    db.close()
+    return rows
+
+
+def artifacts(results: Path) -> dict[str, bytes]:
+    """Every deterministic file of every run, and the full-data Dice (its JSON also holds a wall time)."""
+    files = {
+        str(p.relative_to(results)): p.read_bytes()
+        for p in sorted((results / "runs").rglob("*"))
+        if p.name in DETERMINISTIC
+    }
+    for path in sorted((results / "full-data").glob("seed-*/full_data.json")):
+        record = json.loads(path.read_text())
+        record.pop("train_seconds")
+        files[str(path.relative_to(results))] = json.dumps(record, sort_keys=True).encode()
+    return files
+
+
+def all_ledgers(results: Path) -> dict[str, list[tuple[object, ...]]]:
+    return {
+        str(p.parent.relative_to(results)): ledger_rows(p.parent) for p in (results / "runs").rglob("ledger.sqlite")
+    }
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny grid run once through the CLI, one run after another; returns (config file, results)."""
+    root = tmp_path_factory.mktemp("bench")
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_benchmark(root / "cache")))
+    results = root / "sequential"
+    outcome = runner.invoke(app, ["benchmark", str(config), "--results-dir", str(results), "--workers", "1"])
+    assert outcome.exit_code == 0, outcome.output
+    return config, results
+
+
+@requires_hippocampus
+@pytest.mark.slow
+def test_grid_runs_paired_and_reports_from_stored_results(grid: tuple[Path, Path]) -> None:
+    _, results = grid
+    (execution,) = [json.loads(line) for line in (results / "executions.jsonl").read_text().splitlines()]
+    assert execution["backend"] == "sequential" and execution["workers"] == 1
+    assert sorted((t["kind"], t["status"]) for t in execution["tasks"]) == sorted(
+        [("round0", "ran")] * 2 + [("full-data", "ran")] * 2 + [("run", "ran")] * 4
+    )
+    ledgers = all_ledgers(results)
+    splits = {tuple(r for r in rows if len(r) == 2 and r[1] in ("pool", "test")) for rows in ledgers.values()}
+    assert len(splits) == 1  # one split for every strategy and seed
+    for seed in SEEDS:  # round 0 trained once per seed and adopted by every strategy: identical bytes
+        zero = (run_dir(results, "4+3x1", seed, "_round0") / "rounds/round_000/metrics.json").read_bytes()
+        for strategy in STRATEGIES:
+            assert (run_dir(results, "4+3x1", seed, strategy) / "rounds/round_000/metrics.json").read_bytes() == zero
+
+    summary = json.loads((results / "summary.json").read_text())
+    for row in summary["runs"]:  # every number is recomputed from the stored curve.csv
+        with (run_dir(results, row["setting"], row["seed"], row["strategy"]) / "curve.csv").open() as handle:
+            curve = list(csv.DictReader(handle))
+        n, dice = [int(r["n_labelled"]) for r in curve], [float(r["mean_dice"]) for r in curve]
+        assert n == [4, 7] and row["finished"]
+        assert row["aubc"] == pytest.approx((dice[0] + dice[1]) / 2) == aubc(n, dice)
+        assert row["final_dice"] == dice[1]
+    (bald,) = [p for p in summary["paired"] if p["strategy"] == "bald" and p["metric"] == "aubc"]
+    assert bald["baseline"] == "foreground-random" and bald["n"] == 2 and bald["seeds"] == SEEDS
+    by = {(r["strategy"], r["seed"]): r["aubc"] for r in summary["runs"]}
+    assert bald["mean_difference"] == pytest.approx(sum(by["bald", s] - by["foreground-random", s] for s in SEEDS) / 2)
+    ranks = summary["ranking"]["aubc"]["mean_rank"]
+    assert sorted(ranks) == sorted(STRATEGIES) and sum(ranks.values()) == pytest.approx(3.0)
+
+    report = (results / "report.md").read_text()
+    for needle in ("AUBC [95% CI]", "Wilcoxon p", "paired t p", "## Ranking", "foreground-random", "Full-data upper"):
+        assert needle in report
+    assert "![learning curves 4+3x1](./curves-4+3x1.png)" in report
+    assert (results / "curves-4+3x1.png").read_bytes()[:4] == b"\x89PNG"
+    page = (results / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == page.count("<img") == 1  # self-contained
+    assert "<table>" in page and "Wilcoxon" in page
+
+
+@requires_hippocampus
+@pytest.mark.slow
+def test_local_ray_gives_results_identical_to_the_sequential_run(grid: tuple[Path, Path]) -> None:
+    import ray  # the distributed extra is part of the test install: a missing Ray fails here, never skips
+
+    config, results = grid
+    on_ray = results.parent / "ray"
+    outcome = runner.invoke(app, ["benchmark", str(config), "--results-dir", str(on_ray), "--ray", "--no-report"])
+    assert outcome.exit_code == 0, outcome.output  # a Ray that cannot start fails the command, and so this test
+    assert not ray.is_initialized()  # the local instance was shut down
+    (execution,) = [json.loads(line) for line in (on_ray / "executions.jsonl").read_text().splitlines()]
+    assert execution["backend"] == "ray" and {t["status"] for t in execution["tasks"]} == {"ran"}
+    assert artifacts(on_ray) == artifacts(results) and len(artifacts(results)) == 40
+    assert all_ledgers(on_ray) == all_ledgers(results)
+
+
+@requires_hippocampus
+@pytest.mark.slow
+def test_rerun_skips_finished_runs_and_resumes_an_interrupted_one(grid: tuple[Path, Path], tmp_path: Path) -> None:
+    config, results = grid
+    copy = tmp_path / "copy"
+    shutil.copytree(results, copy)
+    interrupted = run_dir(copy, "4+3x1", 1, "bald")
+    # as if killed while training round 1: no stop, no round-1 evaluation, no round-1 artifacts
+    db = sqlite3.connect(interrupted / "ledger.sqlite")
+    db.execute("DELETE FROM stops")
+    db.execute("DELETE FROM rounds WHERE round = 1")
+    db.commit()
+    db.close()
+    shutil.rmtree(interrupted / "rounds" / "round_001")
+    outcome = runner.invoke(app, ["benchmark", str(config), "--results-dir", str(copy), "--workers", "2"])
+    assert outcome.exit_code == 0, outcome.output
+    last = json.loads((copy / "executions.jsonl").read_text().splitlines()[-1])
+    statuses = {(t["kind"], t["seed"], t["strategy"]): t["status"] for t in last["tasks"]}
+    assert last["backend"] == "pool"
+    assert statuses.pop(("run", 1, "bald")) == "resumed" and set(statuses.values()) == {"skipped"}
+    assert artifacts(copy) == artifacts(results) and all_ledgers(copy) == all_ledgers(results)
+    assert "over 2 invocation(s)" in (copy / "report.md").read_text()
+
+
+@requires_hippocampus
+@pytest.mark.slow
+def test_a_results_dir_refuses_a_different_grid(grid: tuple[Path, Path], tmp_path: Path) -> None:
+    config, results = grid
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(yaml.safe_load(config.read_text()) | {"seeds": [0, 1, 2]}))
+    outcome = runner.invoke(app, ["benchmark", str(other), "--results-dir", str(results)])
+    assert outcome.exit_code == 2 and "holds a different benchmark" in " ".join(outcome.output.split())

@@ -1,0 +1,160 @@
+"""Real hippocampus runs with slice and patch queries: partial labels, disjoint units, costs, and no leakage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from activeseg.config import ConfigError
+from activeseg.curves import read_curve
+from activeseg.ledger import Ledger
+from activeseg.loop import RunData, create_run, labelled_voxels, open_data, resume_run, start_run
+from activeseg.plots import plot_curves
+from activeseg.reporting import SilentReporter
+from activeseg.units import disjoint, unit_from_key
+
+from _support import requires_hippocampus, tiny_config
+
+pytestmark = [requires_hippocampus, pytest.mark.slow]
+
+SHAPE = (40, 56, 40)
+PATCH = {"kind": "patch", "patch_size": [20, 28, 20]}  # 1/8 of a volume: a 2x2x2 grid
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def patch_config(cache: Path, **sections: Any) -> Any:
+    base = {
+        "data": {"max_cases": 16, "test_size": 4},
+        "train": {"iterations": 6},
+        "strategy": {"name": "entropy", "mc_samples": 3, "mc_batch_size": 3},
+        "unit": PATCH,
+        "loop": {"initial": 6, "per_round": 6, "rounds": 2},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return tiny_config(cache, **base)
+
+
+@pytest.fixture(scope="module")
+def patch_run(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
+    return start_run(patch_config(cache), tmp_path_factory.mktemp("runs") / "patches")
+
+
+def units_by_case(run_dir: Path) -> dict[str, list[str]]:
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        keys = ledger.labelled_units()
+    grouped: dict[str, list[str]] = {}
+    for key in keys:
+        grouped.setdefault(key.split("@")[0], []).append(key)
+    return grouped
+
+
+def test_patch_queries_label_disjoint_patches_and_record_their_cost(patch_run: Path) -> None:
+    with Ledger(patch_run / "ledger.sqlite") as ledger:
+        labels = ledger.labels()
+        assert ledger.stop_reason() == "budget reached: 2 acquisition rounds"
+    assert [sum(1 for x in labels if x.round == r) for r in range(3)] == [6, 6, 6]
+    assert all("@patch:" in x.unit for x in labels)
+    for keys in units_by_case(patch_run).values():
+        units = [unit_from_key(k, SHAPE) for k in keys]
+        assert all(disjoint(a, b, SHAPE) for i, a in enumerate(units) for b in units[i + 1 :])
+    assert all(x.cost["voxels"] == 20 * 28 * 20 and x.cost["volumes"] == 1 / 8 for x in labels)
+    assert all(x.cost["foreground_voxels"] >= x.cost["voxels"] for x in labels)
+    with Ledger(patch_run / "ledger.sqlite") as ledger:  # the labelled voxels of any round, from the ledger alone
+        for r in range(3):
+            count = sum(int(labelled_voxels(ledger, c, SHAPE, r).sum()) for c in ledger.labelled_ids(r))
+            assert count == 6 * (r + 1) * 11200
+    curve = read_curve(patch_run)
+    assert curve.unit == "patch" and curve.n_labelled == [6, 12, 18]
+    assert curve.budget("voxels") == [6 * 11200.0, 12 * 11200.0, 18 * 11200.0]
+    # each round's scores name only candidate patches that overlap nothing labelled before that round
+    for r in (0, 1):
+        scores = (patch_run / "rounds" / f"round_{r:03d}" / "scores.csv").read_text().splitlines()[1:]
+        earlier = [unit_from_key(x.unit, SHAPE) for x in labels if x.round <= r]
+        for row in scores:
+            unit = unit_from_key(row.split(",")[0], SHAPE)
+            assert all(disjoint(unit, e, SHAPE) for e in earlier if e.case_id == unit.case_id)
+
+
+class CorruptedOutsideQueries(RunData):
+    """The same data, but every pool label is scrambled outside the units a reference run queried."""
+
+    def __init__(self, data: RunData, queried: dict[str, list[str]]) -> None:
+        super().__init__(data.pool, data.test, data.cache, data.validation)
+        object.__setattr__(self, "queried", queried)
+
+    def ground_truth(self, case_id: str) -> np.ndarray:
+        truth = super().ground_truth(case_id)
+        if case_id not in self.pool.ids:
+            return truth  # the test split stays clean: evaluation must be comparable
+        keep = np.zeros(truth.shape, dtype=bool)
+        for key in self.queried.get(case_id, []):  # type: ignore[attr-defined]
+            keep[unit_from_key(key, truth.shape).region(truth.shape)] = True
+        noise = np.random.default_rng(abs(hash(case_id)) % 2**32).integers(0, 3, truth.shape).astype(truth.dtype)
+        return np.where(keep, truth, noise)
+
+
+def test_no_label_outside_the_queried_units_reaches_training(patch_run: Path, cache: Path, tmp_path: Path) -> None:
+    config = patch_config(cache)
+    corrupted = CorruptedOutsideQueries(open_data(config, SilentReporter()), units_by_case(patch_run))
+    assert not np.array_equal(
+        corrupted.ground_truth(corrupted.pool.ids[0]), RunData.ground_truth(corrupted, corrupted.pool.ids[0])
+    )
+    run_dir, _ = create_run(config, tmp_path / "corrupted", data=corrupted)
+    resume_run(run_dir, data=corrupted)
+    for r in range(3):
+        name = f"rounds/round_{r:03d}"
+        for artifact in ("metrics.json", "scores.csv", "selection.json"):
+            if (patch_run / name / artifact).exists():
+                assert (run_dir / name / artifact).read_bytes() == (patch_run / name / artifact).read_bytes()
+        clean = torch.load(patch_run / name / "model.pt", weights_only=True)
+        dirty = torch.load(run_dir / name / "model.pt", weights_only=True)
+        assert all(torch.equal(clean[k], dirty[k]) for k in clean)
+
+
+def test_slice_queries_with_a_multi_map_strategy_and_a_voxel_budget(cache: Path, tmp_path: Path) -> None:
+    config = patch_config(
+        cache,
+        strategy={"name": "clasp-pe", "beta": 2.0},
+        unit={"kind": "slice", "axis": 0, "cost": "voxels", "keep": 4},
+        loop={"initial": 8, "per_round": 50, "rounds": 1, "round_budget": 5 * 56 * 40},  # 5 slices' voxels
+    )
+    run_dir = start_run(config, tmp_path / "slices")
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        labels = ledger.labels()
+    assert [sum(1 for x in labels if x.round == r) for r in range(2)] == [8, 5]  # the budget, not per_round
+    assert all("@slice:0:" in x.unit and x.cost["voxels"] == 56 * 40 for x in labels)
+    selection = json.loads((run_dir / "rounds" / "round_000" / "selection.json").read_text())
+    assert [c["rank"] for c in selection] == [0, 1, 2, 3, 4]
+    scores = (run_dir / "rounds" / "round_000" / "scores.csv").read_text().splitlines()
+    assert scores[0] == "case_id,score,score_1,score_2"  # PE, then PE·p̄ per foreground class
+    per_case: dict[str, int] = {}
+    for row in scores[1:]:
+        per_case[row.split("@")[0]] = per_case.get(row.split("@")[0], 0) + 1
+    assert max(per_case.values()) <= 4  # unit.keep candidates per volume
+    png = plot_curves([read_curve(run_dir)], tmp_path / "curve.png", cost="voxels")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"strategy": {"reduction": "top_q"}}, "top_q applies to whole volumes"),
+        ({"loop": {"initial_strategy": "representative"}}, "representative cold start chooses whole volumes"),
+        ({"unit": {"cost": "foreground_voxels"}, "loop": {"round_budget": 100.0}}, "cannot cap a round"),
+        ({"unit": {"stride": [30, 5, 5]}}, "unit.stride"),
+        ({"unit": {"cost": "hours"}}, "unknown cost 'hours'; registered: volumes, slices, voxels"),
+    ],
+)
+def test_unit_configs_are_validated(cache: Path, sections: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        patch_config(cache, **sections)

@@ -1,0 +1,114 @@
+"""Benchmark statistics against references computed another way: by hand, by enumeration, by closed forms."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from activeseg.stats import aubc, bootstrap_ci, budget_to_reach, curve_band, mean_ranks, paired_test
+
+
+def test_aubc_by_hand() -> None:
+    # trapezoids: (10 - 5) * (0.5 + 0.7) / 2 = 3.0 and (20 - 10) * (0.7 + 0.8) / 2 = 7.5; span 15 → 10.5 / 15
+    assert aubc([5, 10, 20], [0.5, 0.7, 0.8]) == pytest.approx(0.7, abs=1e-15)
+    assert aubc([5, 10, 15], [0.6, 0.6, 0.6]) == pytest.approx(0.6)  # a flat curve: its Dice
+    assert aubc([5], [0.42]) == 0.42
+    with pytest.raises(ValueError, match="increase"):
+        aubc([5, 5], [0.1, 0.2])
+
+
+def exact_bootstrap_quantile(values: list[float], q: float) -> float:
+    """Inverse CDF of the exact bootstrap distribution of the mean (every n**n resample, equally likely)."""
+    means = sorted(float(np.mean(pick)) for pick in itertools.product(values, repeat=len(values)))
+    return means[math.ceil(q * len(means)) - 1]
+
+
+def test_bootstrap_ci_matches_exhaustive_enumeration() -> None:
+    values = [0.61, 0.70, 0.74, 0.79, 0.93]
+    estimate = bootstrap_ci(values, resamples=200_000, confidence=0.95, seed=3)
+    assert estimate.mean == pytest.approx(np.mean(values)) and estimate.n == 5
+    # the Monte Carlo quantile lies between the exact quantiles a little either side of 2.5% and 97.5%
+    assert exact_bootstrap_quantile(values, 0.02) <= estimate.low <= exact_bootstrap_quantile(values, 0.03)
+    assert exact_bootstrap_quantile(values, 0.97) <= estimate.high <= exact_bootstrap_quantile(values, 0.98)
+    assert bootstrap_ci(values, seed=3) == bootstrap_ci(values, seed=3)  # seeded: reproducible
+    assert bootstrap_ci([0.5]) == bootstrap_ci([0.5], seed=9) and bootstrap_ci([0.5]).low == 0.5
+    with pytest.raises(ValueError):
+        bootstrap_ci([])
+
+
+def exact_wilcoxon_p(d: np.ndarray) -> float:
+    """Two-sided exact Wilcoxon signed-rank p-value by enumerating all 2**n sign flips (no ties, no zeros)."""
+    ranks = np.argsort(np.argsort(np.abs(d))) + 1.0
+    observed = ranks[d > 0].sum()
+    statistics = [
+        sum(r for r, s in zip(ranks, signs, strict=True) if s) for signs in itertools.product([0, 1], repeat=len(d))
+    ]
+    lower = np.mean([w <= observed for w in statistics])
+    upper = np.mean([w >= observed for w in statistics])
+    return float(min(1.0, 2 * min(lower, upper)))
+
+
+@pytest.mark.parametrize(
+    "d",
+    [[0.03, -0.01, 0.05, 0.02, 0.07, -0.04], [0.011, 0.02, 0.035], [-0.2, -0.1, 0.05, -0.3, -0.25, -0.06, 0.15]],
+)
+def test_wilcoxon_p_matches_sign_flip_enumeration(d: list[float]) -> None:
+    b = np.linspace(0.5, 0.6, len(d))
+    result = paired_test(b + np.array(d), b)
+    assert result.n == len(d)
+    assert result.mean_difference == pytest.approx(np.mean(d))
+    assert result.wins == sum(x > 0 for x in d)
+    assert result.wilcoxon_p == pytest.approx(exact_wilcoxon_p(np.array(d)), abs=1e-12)
+
+
+def test_paired_t_p_matches_the_closed_form_for_three_pairs() -> None:
+    a, b = np.array([0.80, 0.78, 0.83]), np.array([0.76, 0.77, 0.79])
+    d = a - b
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(3))
+    closed_form = 1 - abs(t) / math.sqrt(2 + t * t)  # two-sided p of Student's t with 2 degrees of freedom
+    result = paired_test(a, b)
+    assert result.t_p == pytest.approx(closed_form, rel=1e-9)
+    assert result.wilcoxon_p == pytest.approx(0.25)  # all three positive: the smallest p three pairs can give
+    assert result.low <= result.mean_difference <= result.high
+
+
+def test_paired_test_degenerate_cases() -> None:
+    same = paired_test([0.5, 0.6, 0.7], [0.5, 0.6, 0.7])
+    assert (same.mean_difference, same.wilcoxon_p, same.t_p, same.wins) == (0.0, 1.0, 1.0, 0)
+    single = paired_test([0.7], [0.6])
+    assert single.t_p is None and single.n == 1
+    constant = paired_test([0.75, 0.5], [0.5, 0.25])
+    assert constant.t_p == 0.0
+    with pytest.raises(ValueError):
+        paired_test([0.1, 0.2], [0.1])
+
+
+def test_mean_ranks_by_hand_with_ties() -> None:
+    table = {
+        "a": {"s0": 0.8, "s1": 0.5, "s2": 0.9},
+        "b": {"s0": 0.8, "s1": 0.6},
+        "c": {"s0": 0.7, "s1": 0.7, "s2": 0.1},
+    }
+    # s2 is missing for b and is left out; s0: a and b tie for 1st (1.5 each), c 3rd; s1: c 1st, b 2nd, a 3rd
+    ranks, blocks = mean_ranks(table)
+    assert blocks == 2
+    assert ranks == {"a": pytest.approx(2.25), "b": pytest.approx(1.75), "c": pytest.approx(2.0)}
+    assert sum(ranks.values()) == pytest.approx(6.0)  # ranks 1 + 2 + 3 per block
+    assert mean_ranks({}) == ({}, 0)
+
+
+def test_budget_to_reach() -> None:
+    assert budget_to_reach([5, 10, 15, 20], [0.5, 0.79, 0.81, 0.80], 0.8) == 15
+    assert budget_to_reach([5, 10], [0.5, 0.6], 0.8) is None
+    assert budget_to_reach([5], [0.9], 0.8) == 5
+
+
+def test_curve_band_uses_common_budgets() -> None:
+    band = curve_band([([5, 10, 15], [0.5, 0.6, 0.7]), ([5, 10], [0.7, 0.8])], resamples=1000)
+    assert band.n_labelled == [5, 10] and band.n == 2
+    assert band.mean == pytest.approx([0.6, 0.7])
+    assert all(lo <= m <= hi for lo, m, hi in zip(band.low, band.mean, band.high, strict=True))
+    assert band.low[0] == pytest.approx(0.5) and band.high[0] == pytest.approx(0.7)  # two values: [min, max]

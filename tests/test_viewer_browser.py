@@ -1,0 +1,89 @@
+"""The viewer in a real browser: Debian's Chromium, headless, driven over the DevTools protocol, against a real
+uvicorn server. It opens a queued hippocampus case, accepts the prediction, then corrects it with NiiVue's pen and
+saves again; the ledger must hold both, the second as a correction. A screenshot is kept (``scripts/viewer_screenshot``
+copies it to docs/viewer.png)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from _human_support import TOKEN, Browser, copy_run, one_torch_thread, prepared, require_chromium, serve_in_thread
+from activeseg.data.io import read_volume
+from activeseg.human import LabelStore
+
+from _support import requires_hippocampus
+
+pytestmark = [requires_hippocampus, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_torch_thread():
+        yield
+
+
+def test_viewer_accepts_then_corrects_a_label_and_the_ledger_holds_it(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    require_chromium()
+    from activeseg.server import create_app
+
+    shared = prepared(tmp_path_factory)
+    run = copy_run(shared.template, tmp_path / "run")
+    screenshot = tmp_path_factory.mktemp("screenshots") / "viewer.png"
+    with serve_in_thread(create_app(run, TOKEN, data=shared.data)) as base:
+        browser = Browser(tmp_path / "profile")
+        try:
+            browser.call("Page.navigate", url=f"{base}/#token={TOKEN}")
+            browser.wait_for("window.viewerState && window.viewerState.ready", timeout=120)
+            assert browser.evaluate("location.hash") == ""  # the token left the address bar
+            first = "document.querySelector('#queue li')"
+            case_id = browser.wait_for(f"{first} && {first}.dataset.case")
+            browser.evaluate(f"{first}.click()")
+            browser.wait_for(f"window.viewerState.loaded === {json.dumps(case_id)}", timeout=120)
+
+            # accept the prediction as it is
+            browser.evaluate("document.getElementById('accept').click()")
+            saved = browser.wait_for("window.viewerState.saved", timeout=120)
+            assert (saved["case_id"], saved["outcome"], saved["received"]) == (case_id, "created", 1)
+            (accepted,) = LabelStore(run).submissions()
+            assert (accepted["case_id"], accepted["source"], accepted["round"]) == (case_id, "upload", 1)
+            prediction = nib.load(run / "annotation" / "round_001" / case_id / "prediction.nii.gz")
+            accepted_label = read_volume(run / accepted["file"]).array
+            assert np.array_equal(accepted_label, np.asarray(prediction.dataobj))
+
+            # correct it: NiiVue's pen with label 2, a stroke through the middle of the first view
+            browser.evaluate("window.viewerState.saved = null")
+            browser.evaluate("document.getElementById('pen').value = '2'; document.getElementById('draw').click()")
+            left, top, width, height = browser.evaluate(
+                "(() => { const r = document.getElementById('gl').getBoundingClientRect();"
+                " return [r.left, r.top, r.width, r.height]; })()"
+            )
+            x0, y0 = left + width * 0.12, top + height * 0.22
+            browser.drag([(x0 + dx, y0 + dy) for dx, dy in zip(range(0, 60, 3), range(0, 80, 4), strict=True)])
+            browser.evaluate("document.getElementById('save').click()")
+            saved = browser.wait_for("window.viewerState.saved", timeout=120)
+            assert saved["outcome"] == "corrected", saved
+            browser.screenshot(screenshot)
+
+            first_row, second_row = LabelStore(run).submissions()
+            assert second_row["supersedes"] == first_row["id"] and second_row["case_id"] == case_id
+            corrected = read_volume(run / second_row["file"]).array
+            changed = corrected != accepted_label
+            assert changed.any() and (corrected[changed] == 2).all()  # the pen stroke, in label 2, and nothing else
+
+            # the page loaded nothing from anywhere but this server, and threw nothing
+            outside = [u for u in browser.requested_urls() if not u.startswith((base, "data:", "blob:"))]
+            assert outside == []
+            errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
+            assert errors == []
+            assert browser.evaluate("window.viewerState.error") is None
+        finally:
+            browser.close()
+    assert screenshot.stat().st_size > 10_000
