@@ -24,7 +24,8 @@ def plot_curves(
     cost: str | None = None,
 ) -> Path:
     """Mean foreground Dice against labelled units (or a recorded ``cost``); the full-data bound dashed."""
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    crowded = len(curves) > 4  # many curves: the legend goes beside the plot, not over it
+    fig, ax = plt.subplots(figsize=(10 if crowded else 7, 4.5), dpi=120)
     for curve in curves:
         ax.plot(curve.budget(cost), curve.mean_dice, marker="o", label=curve.label)
     if full_data is not None:
@@ -34,7 +35,10 @@ def plot_curves(
     ax.set_ylabel("mean foreground Dice (test split)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    if crowded:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    else:
+        ax.legend(loc="lower right")
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
