@@ -145,12 +145,37 @@ def test_slice_queries_with_a_multi_map_strategy_and_a_voxel_budget(cache: Path,
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_foreground_weighted_budget_caps_a_simulated_round(cache: Path, tmp_path: Path) -> None:
+    budget = 3.5 * 11200  # three and a half patches of pure background; foreground voxels cost 3x
+    config = patch_config(
+        cache,
+        train={"iterations": 2},
+        unit={"cost": "foreground_voxels"},
+        loop={"initial": 4, "per_round": 8, "rounds": 1, "round_budget": budget},
+    )
+    run_dir = start_run(config, tmp_path / "weighted")
+    with Ledger(run_dir / "ledger.sqlite") as ledger:
+        new = [x for x in ledger.labels() if x.round == 1]
+    spent = sum(x.cost["foreground_voxels"] for x in new)
+    assert 1 <= len(new) <= 3 and spent <= budget
+    scores = (run_dir / "rounds" / "round_000" / "scores.csv").read_text().splitlines()[1:]
+    ranked = sorted((-float(row.split(",")[1]), row.split(",")[0]) for row in scores)
+    assert [key for _, key in ranked[: len(new)]] == [x.unit for x in sorted(new, key=lambda x: x.rank)]
+
+
 @pytest.mark.parametrize(
     ("sections", "message"),
     [
         ({"strategy": {"reduction": "top_q"}}, "top_q applies to whole volumes"),
         ({"loop": {"initial_strategy": "representative"}}, "representative cold start chooses whole volumes"),
-        ({"unit": {"cost": "foreground_voxels"}, "loop": {"round_budget": 100.0}}, "cannot cap a round"),
+        (
+            {
+                "unit": {"kind": "volume", "cost": "foreground_voxels"},
+                "loop": {"round_budget": 1e5},
+                "oracle": {"kind": "human"},
+            },
+            "cannot cap a human round",
+        ),
         ({"unit": {"stride": [30, 5, 5]}}, "unit.stride"),
         ({"unit": {"cost": "hours"}}, "unknown cost 'hours'; registered: volumes, slices, voxels"),
     ],

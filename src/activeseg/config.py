@@ -201,7 +201,7 @@ class LoopConfig:
     """Units queried per round (at most, when ``round_budget`` is set)."""
     round_budget: float | None = None
     """Annotation cost a round may spend, in ``unit.cost`` units: the strategy's ranked units are taken in order
-    while they fit. Needs a cost known before labelling (volumes, slices or voxels)."""
+    while they fit. A label-dependent cost (foreground_voxels) is known in advance only to the simulated oracle."""
     rounds: int = 3
     """Acquisition rounds after round 0; the model is trained ``rounds + 1`` times."""
     stop_below_uncertainty: float | None = None
@@ -295,10 +295,10 @@ class RunConfig:
             from activeseg.units import LABEL_FREE_COSTS
 
             _require(
-                self.unit.cost in LABEL_FREE_COSTS,
+                self.unit.cost in LABEL_FREE_COSTS or self.oracle.kind == "simulated",
                 "unit.cost",
-                f"{self.unit.cost!r} depends on the labels drawn, so it cannot cap a round (loop.round_budget); "
-                f"use one of {', '.join(LABEL_FREE_COSTS)} (every cost is still recorded)",
+                f"{self.unit.cost!r} depends on the labels a person will draw, so it cannot cap a human round "
+                f"(loop.round_budget); use one of {', '.join(LABEL_FREE_COSTS)} (every cost is still recorded)",
             )
         if self.loop.plateau_patience is not None:
             _require(

@@ -51,6 +51,7 @@ from activeseg.train import Evaluation, Example, evaluate, seed_everything, trai
 from activeseg.uncertainty import make_sampler, score_pool
 from activeseg.units import (
     COSTS,
+    LABEL_FREE_COSTS,
     UnitSpec,
     best_disjoint,
     labelled_mask,
@@ -424,16 +425,23 @@ class ActiveLearningLoop:
         return [(lattice[i].key, tuple(float(v) for v in score_U_M[i]), lattice[i].region(shape)) for i in kept]
 
     def within_budget(self, choices: list[Choice]) -> list[Choice]:
-        """The ranked choices that fit ``loop.round_budget`` (in ``unit.cost`` units), always at least one."""
+        """The ranked choices that fit ``loop.round_budget`` (in ``unit.cost`` units), always at least one.
+
+        A label-dependent cost (foreground-weighted voxels) is what the simulated annotator will spend on each unit.
+        """
         budget = self.config.loop.round_budget
         if budget is None:
             return choices
-        shape, cost = self.config.data.shape, COSTS[self.config.unit.cost]
-        empty = np.zeros(shape, dtype=np.uint8)  # the budget's cost models do not depend on the label
+        shape, name, axis = self.config.data.shape, self.config.unit.cost, self.units.axis
+        cost = COSTS[name]
+        empty = np.zeros(shape, dtype=np.uint8)
         kept: list[Choice] = []
         spent = 0.0
         for choice in choices:
-            spent += cost(unit_from_key(choice.case_id, shape), empty, self.units.axis)
+            if name in LABEL_FREE_COSTS:
+                spent += cost(unit_from_key(choice.case_id, shape), empty, axis)
+            else:  # a label-dependent cost: the config allows it with the simulated oracle only
+                spent += self.simulated_oracle().unit_cost(choice.case_id, cost, axis)
             if kept and spent > budget:
                 break
             kept.append(choice)

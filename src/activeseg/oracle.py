@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 from scipy.ndimage import binary_erosion
 
-from activeseg.units import partial_label, unit_from_key
+from activeseg.units import CostModel, partial_label, unit_from_key
 
 
 class Oracle(Protocol):
@@ -85,6 +85,12 @@ class SimulatedOracle:
         """The true foreground fraction of any pool unit, for simulation-only baselines (never used in training)."""
         truth = self._ground_truth(key.split("@", 1)[0])
         return float((truth[unit_from_key(key, truth.shape).region(truth.shape)] > 0).mean())
+
+    def unit_cost(self, key: str, cost: CostModel, axis: int) -> float:
+        """What labelling a unit will cost under ``cost``, before it is labelled (simulation only: a person's
+        label-dependent cost is known only afterwards). Reveals nothing to training."""
+        truth = self._ground_truth(key.split("@", 1)[0])
+        return cost(unit_from_key(key, truth.shape), truth, axis)
 
     def border_fraction(self, key: str) -> float:
         """The fraction of a unit's voxels on the true foreground border (foreground with a background 6-neighbour)."""
