@@ -138,15 +138,16 @@ def test_simulated_oracle_reveals_exactly_the_requested_units() -> None:
     np.testing.assert_array_equal(partial_label(truth, [patch, slice_unit("c", 0, 6, SHAPE)]), revealed)
     oracle.request(2, ["c"])  # the whole volume
     np.testing.assert_array_equal(oracle.label("c"), truth)
-    assert oracle.foreground_fraction(patch.key) == pytest.approx((truth[0:4, 0:6, 0:4] > 0).mean())
+    assert oracle.true_fractions([patch.key])[0][patch.key] == pytest.approx((truth[0:4, 0:6, 0:4] > 0).mean())
 
 
 def test_border_fraction_counts_foreground_voxels_with_a_background_neighbour() -> None:
     truth = np.zeros(SHAPE, dtype=np.uint8)
     truth[2:5, 3:6, 2:5] = 1  # a 3x3x3 cube: 26 border voxels around 1 interior voxel
     oracle = SimulatedOracle(lambda case_id: truth)
-    assert oracle.border_fraction("c") == pytest.approx(26 / truth.size)
-    assert oracle.foreground_fraction("c") == pytest.approx(27 / truth.size)
+    foreground, border = oracle.true_fractions(["c"])
+    assert border["c"] == pytest.approx(26 / truth.size)
+    assert foreground["c"] == pytest.approx(27 / truth.size)
 
 
 def test_partial_loss_equals_dice_ce_on_full_labels_and_ignores_unlabelled_voxels() -> None:

@@ -375,7 +375,9 @@ class ActiveLearningLoop:
         if self.strategy.embedding:
             by_case = self.embeddings(r, model, sorted({case_of(k) for k in candidates} | set(labelled)))
             embeddings = {key: by_case[case_of(key)] for key in candidates}
-        simulated = self.simulated_oracle() if self.strategy.simulation_only else None
+        foreground, border = (
+            self.simulated_oracle().true_fractions(candidates) if self.strategy.simulation_only else (None, None)
+        )
         return self.strategy.select(
             candidates,
             scores,
@@ -385,8 +387,8 @@ class ActiveLearningLoop:
             round_index=r,
             embeddings=embeddings,
             labelled_embeddings_M_F=np.stack([by_case[c] for c in labelled]) if self.strategy.embedding else None,
-            true_foreground={k: simulated.foreground_fraction(k) for k in candidates} if simulated else None,
-            true_border={k: simulated.border_fraction(k) for k in candidates} if simulated else None,
+            true_foreground=foreground,
+            true_border=border,
             sketches=self.sketches(r) if self.strategy.sketch else None,
             configurations=self.config.strategy.joint_configurations,
         )

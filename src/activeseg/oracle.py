@@ -81,20 +81,26 @@ class SimulatedOracle:
             return truth
         return partial_label(truth, [unit_from_key(k, truth.shape) for k in sorted(keys)])
 
-    def foreground_fraction(self, key: str) -> float:
-        """The true foreground fraction of any pool unit, for simulation-only baselines (never used in training)."""
-        truth = self._ground_truth(key.split("@", 1)[0])
-        return float((truth[unit_from_key(key, truth.shape).region(truth.shape)] > 0).mean())
+    def true_fractions(self, keys: Sequence[str]) -> tuple[dict[str, float], dict[str, float]]:
+        """Each pool unit's true foreground fraction and true border fraction (foreground voxels with a background
+        6-neighbour), for simulation-only baselines (never used in training). Each case is read once."""
+        by_case: dict[str, list[str]] = {}
+        for key in keys:
+            by_case.setdefault(key.split("@", 1)[0], []).append(key)
+        foreground_of: dict[str, float] = {}
+        border_of: dict[str, float] = {}
+        for case_id, case_keys in by_case.items():
+            truth = self._ground_truth(case_id)
+            foreground = truth > 0
+            border = foreground & ~binary_erosion(foreground, border_value=0)
+            for key in case_keys:
+                region = unit_from_key(key, truth.shape).region(truth.shape)
+                foreground_of[key] = float(foreground[region].mean())
+                border_of[key] = float(border[region].mean())
+        return foreground_of, border_of
 
     def unit_cost(self, key: str, cost: CostModel, axis: int) -> float:
         """What labelling a unit will cost under ``cost``, before it is labelled (simulation only: a person's
         label-dependent cost is known only afterwards). Reveals nothing to training."""
         truth = self._ground_truth(key.split("@", 1)[0])
         return cost(unit_from_key(key, truth.shape), truth, axis)
-
-    def border_fraction(self, key: str) -> float:
-        """The fraction of a unit's voxels on the true foreground border (foreground with a background 6-neighbour)."""
-        truth = self._ground_truth(key.split("@", 1)[0])
-        foreground = truth > 0
-        border = foreground & ~binary_erosion(foreground, border_value=0)
-        return float(border[unit_from_key(key, truth.shape).region(truth.shape)].mean())
