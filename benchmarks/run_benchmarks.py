@@ -15,6 +15,12 @@ only, so every number in it can be traced and regenerated. Parts:
     python benchmarks/run_benchmarks.py --parts hippocampus --bench-dir /somewhere/big
     python benchmarks/run_benchmarks.py --parts speed memory
     python benchmarks/run_benchmarks.py --render-only   # rewrite BENCHMARKS.md from stored results
+
+A lent GPU machine runs ``benchmarks/gpu_check.sh`` (the hippocampus grid of ``hippocampus_gpu.yaml`` and the units
+benchmark at 400 iterations) and returns ``results.tar.gz``; unpacked into DIR here, its summaries are stored as
+``benchmarks/results/hippocampus-gpu.json`` and ``benchmarks/results/gpu-units/`` by
+
+    python benchmarks/run_benchmarks.py --render-only --gpu-results DIR
 """
 
 from __future__ import annotations
@@ -241,30 +247,34 @@ def bench_hippocampus(data_root: Path) -> dict[str, Any]:
     return summarise(results_dir)
 
 
-def render_hippocampus(result: dict[str, Any], where: str) -> list[str]:
+def render_hippocampus(result: dict[str, Any], where: str, gpu: bool = False) -> list[str]:
     """The benchmark section: the report's own tables and figure, from the stored summary only."""
     from activeseg.report import blocks, render_markdown, write_images
 
-    content = blocks(result, level=2, figure_prefix="hippocampus-")
+    content = blocks(result, level=2, figure_prefix="hippocampus-gpu-" if gpu else "hippocampus-")
     write_images(content, RESULTS)
     run = result["run"]
-    intro = [
-        f"Machine: {where}. Produced by `python benchmarks/run_benchmarks.py --parts hippocampus` "
-        "(`activeseg benchmark benchmarks/hippocampus.yaml`, then the summary the report is made from, stored as "
-        "`benchmarks/results/hippocampus.json`).",
-        "",
-        f"Sized for 2 CPU cores: every round trains a small U-Net (channels {run['channels']}) for "
-        f"{run['iterations']} iterations with {run['mc_samples']} MC-dropout samples, smaller than the demo "
-        "(250 and 8), and the full-data bound trains "
-        f"{result['full_data']['iterations']} iterations. Other jobs shared the two cores while it ran, so its "
-        "wall time is an upper bound.",
-        "",
-        "It ran from a snapshot of commit 912b8f0 plus the benchmark module, while other engineers changed the "
-        "loop. Its `foreground-random` is that commit's version: whole volumes drawn ∝ their true foreground "
-        "fraction. The current version mixes nnActive's three sources (anywhere 4/6, foreground 1/6, border 1/6; "
-        "see the units section below).",
-        "",
-    ]
+    intro = (
+        gpu_intro(result, where)
+        if gpu
+        else [
+            f"Machine: {where}. Produced by `python benchmarks/run_benchmarks.py --parts hippocampus` "
+            "(`activeseg benchmark benchmarks/hippocampus.yaml`, then the summary the report is made from, stored as "
+            "`benchmarks/results/hippocampus.json`).",
+            "",
+            f"Sized for 2 CPU cores: every round trains a small U-Net (channels {run['channels']}) for "
+            f"{run['iterations']} iterations with {run['mc_samples']} MC-dropout samples, smaller than the demo "
+            "(250 and 8), and the full-data bound trains "
+            f"{result['full_data']['iterations']} iterations. Other jobs shared the two cores while it ran, so its "
+            "wall time is an upper bound.",
+            "",
+            "It ran from a snapshot of commit 912b8f0 plus the benchmark module, while other engineers changed the "
+            "loop. Its `foreground-random` is that commit's version: whole volumes drawn ∝ their true foreground "
+            "fraction. The current version mixes nnActive's three sources (anywhere 4/6, foreground 1/6, border 1/6; "
+            "see the units section below).",
+            "",
+        ]
+    )
     finished = [r for r in result["runs"] if r["finished"] and len(r["mean_dice"]) > 1]
     drops = [r for r in finished if r["mean_dice"][-1] < r["mean_dice"][-2]]
     if finished:
@@ -286,21 +296,49 @@ def render_hippocampus(result: dict[str, Any], where: str) -> list[str]:
                 "With a fixed, small number of training iterations per round the models are under-trained as the "
                 "labelled set grows, so this run shows the benchmark machinery and statistics working on real data "
                 "more than it ranks the strategies; rerun it with more iterations per round (the demo's 250 or "
-                "more) on a machine with more time before drawing conclusions about them.",
+                "more) on a machine with more time before drawing conclusions about them. The GPU benchmark above "
+                "is that rerun.",
                 "",
             ]
     markdown = render_markdown(content, image_dir="benchmarks/results").splitlines()
+    if gpu:
+        markdown[0] += " on a GPU, 5 seeds"
     return [*markdown[:2], *intro, *markdown[2:], ""]
 
 
-def render_units(result: dict[str, Any], where: str) -> list[str]:
+def gpu_intro(result: dict[str, Any], where: str) -> list[str]:
+    """What differs in the GPU run of the hippocampus grid (``hippocampus_gpu.yaml``)."""
+    run = result["run"]
+    return [
+        f"Machine: {where} (a lent device machine, 16 CPU cores, 10 runs at once on one GPU). Produced by "
+        "`benchmarks/gpu_check.sh` (`activeseg benchmark benchmarks/hippocampus_gpu.yaml`), summarised by "
+        "`python benchmarks/run_benchmarks.py --render-only --gpu-results DIR` into "
+        "`benchmarks/results/hippocampus-gpu.json`.",
+        "",
+        f"The same grid as the CPU benchmark below with the training it lacked: {run['iterations']} iterations per "
+        f"round with augmentation, {run['mc_samples']} MC-dropout samples, 5 seeds, and a full-data bound of "
+        f"{result['full_data']['iterations']} iterations. The current `foreground-random` (nnActive's mixture) ran. "
+        "CUDA runs are not bit-identical to CPU runs (AMP, non-deterministic kernels); every selection is still "
+        "recorded in each run's ledger.",
+        "",
+    ]
+
+
+def render_units(result: dict[str, Any], where: str, gpu: bool = False) -> list[str]:
     """Volumes vs slices vs patches at equal voxel budgets (``units_benchmark.py``)."""
     per_round = result["per_round_volumes"] * result["volume_voxels"]
+    stored = "benchmarks/results/gpu-units" if gpu else "benchmarks/results"
+    how = (
+        "`benchmarks/gpu_check.sh` (`units_benchmark.py --device cuda --iterations 400 --mc-samples 8`, patches in "
+        "one process, slices and volumes in another), summarised by `run_benchmarks.py --gpu-results DIR`"
+        if gpu
+        else "`python benchmarks/units_benchmark.py`"
+    )
     lines = [
-        "## Annotation units at equal voxel budgets",
+        "## Annotation units at equal voxel budgets" + (" on a GPU" if gpu else ""),
         "",
-        f"Machine: {where}. Produced by `python benchmarks/units_benchmark.py` (stored as "
-        "`benchmarks/results/units.json`); one seed, so single numbers, not a comparison with statistics.",
+        f"Machine: {where}. Produced by {how} (stored as `{stored}/units.json`); one seed, so single numbers, not "
+        "a comparison with statistics.",
         "",
         f"Every round labels {per_round:,} voxels ({result['per_round_volumes']} volumes' worth): whole volumes, "
         "patches of 20×28×20 (1/8 volume) or slices of 56×40 along axis 0; round 0 is random units of the same "
@@ -333,6 +371,13 @@ def render_units(result: dict[str, Any], where: str) -> list[str]:
         verdict = "Partial labels match or beat whole volumes at equal voxel budgets, as Zhang et al. (MIDL 2025) did."
     partial = [r["mean_dice"] for r in result["runs"] if r["unit"] != "volume"]
     swing = max((abs(b - a) for dice in partial for a, b in itertools.pairwise(dice)), default=0.0)
+    if gpu:
+        return [
+            *lines,
+            *gpu_units_reading(result, best, swing),
+            f"![Dice against labelled voxels]({stored}/units_curves.png)",
+            "",
+        ]
     lines += [
         "",
         "Best AUBC per unit: " + ", ".join(f"{unit} {value:.3f}" for unit, value in best.items()) + ".",
@@ -354,6 +399,26 @@ def render_units(result: dict[str, Any], where: str) -> list[str]:
     return lines
 
 
+def gpu_units_reading(result: dict[str, Any], best: dict[str, float], swing: float) -> list[str]:
+    """The reading of the longer-trained units run, stated from its own numbers."""
+    by_key = {(r["unit"], r["strategy"]): aubc(r["costs"]["voxels"], r["mean_dice"]) for r in result["runs"]}
+    ranked = sorted(best, key=best.__getitem__, reverse=True)
+    patch_random = max(by_key.get(("patch", s), float("nan")) for s in ("random", "foreground-random"))
+    patch_uncertain = max(by_key.get(("patch", s), float("nan")) for s in ("entropy", "bald", "clasp-pe"))
+    return [
+        "",
+        "Best AUBC per unit: " + ", ".join(f"{unit} {best[unit]:.3f}" for unit in ranked) + ".",
+        "",
+        f"**Reading.** With {result['model']['iterations']} iterations per round most partial-label curves rise "
+        f"with the labels, though single rounds still move by up to {swing:.2f} Dice, and the order of the CPU run "
+        f"changes: the best unit is **{ranked[0]}**, and among patches the best uncertainty strategy reaches an "
+        f"AUBC of {patch_uncertain:.3f} against {patch_random:.3f} for the better random baseline. One seed: these "
+        "are single runs, and round 0 of the patch runs (random patches) starts far lower than round 0 of the "
+        "volume and slice runs, which weighs on the patch AUBC. Several seeds with paired tests are the next step.",
+        "",
+    ]
+
+
 def render(results: dict[str, dict[str, Any]]) -> str:
     """BENCHMARKS.md from stored results."""
     lines = [
@@ -368,8 +433,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             lines += [f"## {part}", "", "_not measured yet_", ""]
             continue
         result = results[part]
-        m = result["machine"]
-        where = f"{m['cpu']}, {m['threads']} torch thread(s), GPU: {m['gpu']}, torch {m['torch']}, {m['date']}"
+        where = describe(result["machine"])
         if part == "speed":
             sel = result["selection_ms_median_160_pool"]
             lines += [
@@ -454,7 +518,12 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             ]
         elif part == "units":
             lines += render_units(result, where)
+            if "units-gpu" in results:
+                lines += render_units(results["units-gpu"], describe(results["units-gpu"]["machine"]), gpu=True)
         elif part == "hippocampus":
+            if "hippocampus-gpu" in results:
+                gpu_result = results["hippocampus-gpu"]
+                lines += render_hippocampus(gpu_result, describe(gpu_result["machine"]), gpu=True)
             lines += render_hippocampus(result, where)
         elif part == "demo":
             curves = result["curves"]
@@ -497,7 +566,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             "## The same engine on a GPU",
             "",
             f"Machine: {gpu['gpu']}, torch {gpu['torch']} (a lent device machine, 16 CPU cores), produced by "
-            "`benchmarks/gpu_check.sh` → `benchmarks/gpu_benchmark.py` and stored as `benchmarks/results/gpu.json`. "
+            "`benchmarks/gpu_benchmark.py` (an earlier device run) and stored as `benchmarks/results/gpu.json`. "
             "Mixed precision (AMP) is on; GPU numbers are not bit-identical to CPU runs.",
             "",
             "| run | result | wall time |",
@@ -514,14 +583,48 @@ def render(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def describe(m: dict[str, Any]) -> str:
+    """One line naming the machine of a result."""
+    return f"{m['cpu']}, {m['threads']} torch thread(s), GPU: {m['gpu']}, torch {m['torch']}, {m['date']}"
+
+
+def store_gpu_results(directory: Path) -> None:
+    """Summaries of an unpacked ``gpu_check.sh`` results.tar.gz (run directories, no checkpoints)."""
+    from activeseg.report import summarise
+
+    machine_of_run = json.loads((directory / "machine.json").read_text())
+    summary = summarise(directory / "hippocampus-gpu") | {"machine": machine_of_run}
+    (RESULTS / "hippocampus-gpu.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    units = directory / "units"
+    if units.exists():
+        script = HERE / "units_benchmark.py"
+        flags = ["--iterations", "400", "--mc-samples", "8", "--device", "cuda"]
+        subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                "--out",
+                str(units),
+                "--render-only",
+                "--results-dir",
+                str(RESULTS / "gpu-units"),
+                *flags,
+            ],
+            check=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument("--bench-dir", type=Path, default=BENCH_DIR[0], help="hippocampus benchmark results")
+    parser.add_argument("--gpu-results", type=Path, default=None, help="an unpacked gpu_check.sh results.tar.gz")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.gpu_results is not None:
+        store_gpu_results(args.gpu_results)
     if not args.render_only:
         data_root = find_hippocampus(args.data)
         BENCH_DIR[0] = args.bench_dir.resolve()
@@ -537,8 +640,9 @@ def main() -> None:
             print(f"benchmark: {part} …", flush=True)
             result = runners[part](data_root) | {"machine": machine()}
             (RESULTS / f"{part}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    names = (*PARTS, "gpu")
-    stored = {p: json.loads((RESULTS / f"{p}.json").read_text()) for p in names if (RESULTS / f"{p}.json").exists()}
+    files = {p: RESULTS / f"{p}.json" for p in (*PARTS, "gpu", "hippocampus-gpu")}
+    files["units-gpu"] = RESULTS / "gpu-units" / "units.json"
+    stored = {p: json.loads(f.read_text()) for p, f in files.items() if f.exists()}
     OUTPUT.write_text(render(stored))
     print(f"wrote {OUTPUT}")
 

@@ -11,7 +11,11 @@ whose directory already holds a finished run are skipped, so the script resumes.
 
 It writes ``benchmarks/results/units.json`` (every run's curve with its cumulative costs) and
 ``benchmarks/results/units_curves.png`` (Dice against labelled voxels); ``run_benchmarks.py --render-only`` puts
-them in BENCHMARKS.md.
+them in BENCHMARKS.md. On a GPU machine (``benchmarks/gpu_check.sh``) the same runs train longer, with the unit
+kinds split over processes, and ``--render-only --results-dir benchmarks/results/gpu-units`` summarises the
+fetched run directories here:
+
+    python benchmarks/units_benchmark.py --device cuda --iterations 400 --mc-samples 8 --kinds patch
 """
 
 from __future__ import annotations
@@ -51,25 +55,42 @@ STRATEGIES = {  # most important first: the script resumes, so a cut-short run s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("/tmp/activeseg-units"))
+    parser.add_argument("--out", type=Path, default=Path("/tmp/activeseg-units"), help="run directories")
     parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where units.json and the figure go")
+    parser.add_argument("--kinds", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--iterations", type=int, default=150, help="training iterations per round")
+    parser.add_argument("--mc-samples", type=int, default=6)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--render-only", action="store_true", help="summarise the run directories in --out")
     args = parser.parse_args()
     torch.set_num_threads(1)
     reporter = RichReporter()
     base = default_config().override(
         {
-            "data.root": find_hippocampus(args.data),
+            "data.root": find_hippocampus(args.data) if not args.render_only else Path(),
             "loop.rounds": ROUNDS,
             "unit.cost": "voxels",
-            "train.iterations": 150,
-            "strategy.mc_samples": 6,
-            "strategy.mc_batch_size": 6,
+            "train.iterations": args.iterations,
+            "train.device": args.device,
+            "strategy.mc_samples": args.mc_samples,
+            "strategy.mc_batch_size": args.mc_samples,
         }
     )
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not (args.out / "machine.json").exists():  # what trained the runs, kept beside them
+        (args.out / "machine.json").write_text(json.dumps(machine(), indent=2) + "\n")
+    if not args.render_only:
+        run_kinds(base, args.kinds, args.out, args.results_dir, reporter)
+    write_results(base, args.out, args.results_dir)
+    reporter.info(f"wrote {args.results_dir / 'units.json'} and {args.results_dir / 'units_curves.png'}")
+
+
+def run_kinds(base: RunConfig, kinds: list[str], out: Path, results_dir: Path, reporter: RichReporter) -> None:
+    """Run (or resume) every strategy of each unit kind; the first run of a kind trains the shared round 0."""
     data = open_data(base, reporter)
-    runs: list[dict[str, Any]] = []
-    started = time.perf_counter()
-    for kind, overrides in SETTINGS.items():
+    for kind in kinds:
+        overrides = SETTINGS[kind]
         first: Path | None = None
         for name in STRATEGIES[kind]:
             config = base.override({**overrides, "strategy.name": name, "name": f"{kind}-{name}"})
@@ -77,7 +98,7 @@ def main() -> None:
                 config = config.override(
                     {"strategy.beta": 1.0, "strategy.beta_end": 10.0, "strategy.beta_schedule": "exponential"}
                 )
-            run_dir = args.out / f"{kind}-{name}"
+            run_dir = out / f"{kind}-{name}"
             if not (run_dir / "ledger.sqlite").exists():
                 create_run(config, run_dir, reporter, data=data)
                 if first is not None:
@@ -85,9 +106,27 @@ def main() -> None:
             tick = time.perf_counter()
             resume_run(run_dir, reporter, data=data)
             first = first or run_dir
-            curve = read_curve(run_dir)
+            seconds = time.perf_counter() - tick
+            (run_dir / "bench_seconds.json").write_text(json.dumps({"seconds_this_call": seconds}) + "\n")
+            print(f"{kind}/{name}: Dice {[round(d, 4) for d in read_curve(run_dir).mean_dice]}", flush=True)
+            write_results(base, out, results_dir)
+
+
+def finished_runs(out: Path) -> list[dict[str, Any]]:
+    """Every finished run under ``out``, in the order of ``SETTINGS`` and ``STRATEGIES``."""
+    runs = []
+    for kind in SETTINGS:
+        for name in STRATEGIES[kind]:
+            run_dir = out / f"{kind}-{name}"
+            if not (run_dir / "ledger.sqlite").exists():
+                continue
             with Ledger(run_dir / "ledger.sqlite") as ledger:
                 stop = ledger.stop_reason()
+            if stop is None:
+                continue
+            curve = read_curve(run_dir)
+            timing = run_dir / "bench_seconds.json"
+            seconds = json.loads(timing.read_text())["seconds_this_call"] if timing.exists() else None
             runs.append(
                 {
                     "unit": kind,
@@ -96,22 +135,24 @@ def main() -> None:
                     "mean_dice": curve.mean_dice,
                     "costs": curve.costs,
                     "stop": stop,
-                    "seconds_this_call": time.perf_counter() - tick,
+                    "seconds_this_call": seconds,
                 }
             )
-            print(f"{kind}/{name}: Dice {[round(d, 4) for d in curve.mean_dice]}", flush=True)
-            write_results(base, args.out, runs, time.perf_counter() - started)
-    reporter.info(f"wrote {RESULTS / 'units.json'} and {RESULTS / 'units_curves.png'}")
+    return runs
 
 
-def write_results(base: RunConfig, out: Path, runs: list[dict[str, Any]], wall_s: float) -> None:
+def write_results(base: RunConfig, out: Path, results_dir: Path) -> None:
     """Store what has finished so far (the script may be cut short and resumed)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    runs = finished_runs(out)
+    if not runs:
+        return
     curves = [read_curve(out / f"{r['unit']}-{r['strategy']}") for r in runs]
     plot_curves(
         curves,
-        RESULTS / "units_curves.png",
-        title="Hippocampus: patches, slices and volumes at equal voxel budgets (seed 0)",
+        results_dir / "units_curves.png",
+        title=f"Hippocampus: patches, slices and volumes at equal voxel budgets (seed 0, "
+        f"{base.train.iterations} iterations/round)",
         cost="voxels",
     )
     summary = {
@@ -122,10 +163,10 @@ def write_results(base: RunConfig, out: Path, runs: list[dict[str, Any]], wall_s
         "model": {"channels": list(base.model.channels), "iterations": base.train.iterations},
         "mc_samples": base.strategy.mc_samples,
         "runs": runs,
-        "wall_s": wall_s,
-        "machine": machine(),
+        "wall_s": sum(r["seconds_this_call"] or 0.0 for r in runs),
+        "machine": json.loads((out / "machine.json").read_text()),
     }
-    (RESULTS / "units.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    (results_dir / "units.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":
