@@ -2,7 +2,7 @@
 
 Every run uses the demo's model (``activeseg/configs/demo.yaml``) with the hippocampus benchmark's lighter
 training (150 iterations per round, 6 MC-dropout samples; ``benchmarks/hippocampus.yaml``), one torch thread,
-seed 0 and the demo's 160/40 split.
+seed 0 (``--seed``) and the demo's 160/40 split.
 Each round labels 4 volumes' worth of voxels (358,400): 4 volumes, 32 patches of 20×28×20 (1/8 volume) or 160
 slices of 56×40 (axis 0); round 0 is random units of the same budget, shared by the runs of one unit kind. Runs
 whose directory already holds a finished run are skipped, so the script resumes.
@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=150, help="training iterations per round")
     parser.add_argument("--mc-samples", type=int, default=6)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0, help="the run seed (round 0's units, training, scoring)")
     parser.add_argument("--render-only", action="store_true", help="summarise the run directories in --out")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -69,6 +70,7 @@ def main() -> None:
     base = default_config().override(
         {
             "data.root": find_hippocampus(args.data) if not args.render_only else Path(),
+            "seed": args.seed,
             "loop.rounds": ROUNDS,
             "unit.cost": "voxels",
             "train.iterations": args.iterations,
@@ -151,7 +153,7 @@ def write_results(base: RunConfig, out: Path, results_dir: Path) -> None:
     plot_curves(
         curves,
         results_dir / "units_curves.png",
-        title=f"Hippocampus: patches, slices and volumes at equal voxel budgets (seed 0, "
+        title=f"Hippocampus: patches, slices and volumes at equal voxel budgets (seed {base.seed}, "
         f"{base.train.iterations} iterations/round)",
         cost="voxels",
     )

@@ -60,9 +60,18 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def human_config(cache: Path, **oracle: Any) -> RunConfig:
-    """The tiny hippocampus config with a human oracle (2 acquisition rounds of 3 volumes), trained even less: these
-    tests check how labels travel, not how good the model is."""
+UNITS: dict[str, dict[str, Any]] = {
+    "volume": {},
+    "patch": {"kind": "patch", "patch_size": [16, 24, 16]},  # 8 patches per 32x48x32 volume
+    "slice": {"kind": "slice", "axis": 1},
+}
+"""The query units of the prepared runs (3 units a round after 4 initial ones, whatever the kind)."""
+
+
+def human_config(cache: Path, unit: str = "volume", **oracle: Any) -> RunConfig:
+    """The tiny hippocampus config with a human oracle (2 acquisition rounds of 3 units), trained even less: these
+    tests check how labels travel, not how good the model is. The 32x48x32 grid crops the hippocampus volumes
+    (about 35x50x36), so labels also travel between two grids."""
     iterations = os.environ.get("ACTIVESEG_HUMAN_TEST_ITERATIONS")  # scripts/viewer_screenshot: a model worth a look
     smaller = {} if iterations else {"shape": [32, 48, 32]}
     return tiny_config(
@@ -72,20 +81,23 @@ def human_config(cache: Path, **oracle: Any) -> RunConfig:
         oracle={"kind": "human", **oracle},
         train={"iterations": int(iterations or 4)},
         strategy={"mc_samples": 2, "mc_batch_size": 2},
+        unit=UNITS[unit],
     )
 
 
-def prepared(factory: pytest.TempPathFactory) -> Prepared:
-    """Validate the data once per session and train round 0 of a human-oracle run once; later calls reuse them."""
-    if "run" not in _PREPARED:
-        root = factory.mktemp("human")
-        config = human_config(root / "cache")
-        data = open_data(config, SilentReporter())
+def prepared(factory: pytest.TempPathFactory, unit: str = "volume") -> Prepared:
+    """Validate the data once per session and train round 0 of a human-oracle run once per unit kind; later calls
+    reuse them."""
+    if unit not in _PREPARED:
+        root = factory.mktemp(f"human-{unit}")
+        config = human_config(root / "cache", unit)
+        data = _PREPARED["volume"].data if "volume" in _PREPARED else open_data(config, SilentReporter())
         template, _ = create_run(config, root / "template", data=data)
         result = resume_run(template, data=data)
-        assert result == "waiting for labels: round 1 has 0 of 3", result
-        _PREPARED["run"] = Prepared(config, data, template)
-    return _PREPARED["run"]
+        assert result == "waiting for labels: round 1 has 0 of 3" or unit != "volume", result
+        assert result.startswith("waiting for labels: round 1 has 0 of "), result
+        _PREPARED[unit] = Prepared(config, data, template)
+    return _PREPARED[unit]
 
 
 def copy_run(source: Path, target: Path) -> Path:

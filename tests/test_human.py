@@ -12,11 +12,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from _human_support import copy_run, ground_truth_nifti, one_torch_thread, prepared
 from activeseg.annotate import IngestError, export_queue, ingest_folder
 from activeseg.config import ConfigError
 from activeseg.data.io import read_volume
+from activeseg.data.preprocess import CropInfo
 from activeseg.human import (
     LabelFileError,
     LabelStore,
@@ -24,13 +26,23 @@ from activeseg.human import (
     check_label,
     nifti_gz,
     reference_for,
-    take_region,
     waiting_message,
 )
 from activeseg.ledger import Ledger
-from activeseg.loop import ActiveLearningLoop, RunError, adopt_round_zero, create_run, resume_run
+from activeseg.loop import (
+    ActiveLearningLoop,
+    RunError,
+    adopt_round_zero,
+    create_run,
+    derive_seed,
+    resume_run,
+    round_seeds,
+)
+from activeseg.model import build_model
 from activeseg.oracle import SimulatedOracle
 from activeseg.reporting import SilentReporter
+from activeseg.strategies import get_strategy
+from activeseg.uncertainty import ensemble_probs, mc_dropout_probs, tta_probs
 
 from _support import requires_hippocampus, tiny_config
 
@@ -145,6 +157,42 @@ def test_full_human_cycle_selects_what_the_simulated_oracle_selects(
         assert a.labelled_ids() == b.labelled_ids(1)
         # the human run now waits for exactly what the simulated oracle was asked for in round 2
         assert queue_ids(human) == [r.case_id for r in b.labels() if r.round == 2]
+
+
+@requires_hippocampus
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["tta", "ensemble"])
+def test_exported_uncertainty_comes_from_the_runs_own_source(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, source: str
+) -> None:
+    shared = prepared(tmp_path_factory)
+    config = shared.config.override({"strategy.uncertainty": source, "strategy.ensemble_size": 2})
+    run, _ = create_run(config, tmp_path / "run", data=shared.data)
+    assert resume_run(run, data=shared.data).startswith("waiting for labels: round 1")
+    (folder, *_) = export_queue(run, tmp_path / "out", data=shared.data)
+    case_id = json.loads((folder / "manifest.json").read_text())["case_id"]
+    exported = np.asarray(nib.load(folder / "uncertainty.nii.gz").dataobj)
+
+    # the same predictions computed directly: round 0's model(s) and round 0's scoring seed for this case
+    models = []
+    for name in ["model.pt", "member_1.pt"] if source == "ensemble" else ["model.pt"]:
+        model = build_model(config.model, shared.data.num_classes)
+        model.load_state_dict(torch.load(run / "rounds/round_000" / name, weights_only=True))
+        models.append(model.eval())
+    image = torch.from_numpy(shared.data.image(case_id))
+    seed = derive_seed(round_seeds(config.seed, 0)["mc_dropout"], case_id)
+    settings = config.strategy
+    if source == "tta":
+        probs = tta_probs(models[0], image, settings.mc_samples, settings.mc_batch_size, seed, config.train.flip_axes)
+    else:
+        probs = ensemble_probs(models, image)
+    dropout = mc_dropout_probs(models[0], image, settings.mc_samples, settings.mc_batch_size, seed)
+    native = read_volume(shared.data.pool.case(case_id).image).array.shape
+    crop = CropInfo.for_shapes(native, config.data.shape)
+    bald_map = get_strategy("bald").score_maps
+    expected = crop.invert(bald_map(probs)[0].numpy().astype(np.float32))
+    assert np.allclose(exported, expected, atol=1e-6)
+    assert not np.allclose(exported, crop.invert(bald_map(dropout)[0].numpy().astype(np.float32)), atol=1e-4)
 
 
 # --- ingest validation ----------------------------------------------------------------------------------------------
@@ -271,15 +319,6 @@ def test_a_round_closes_by_policy_all_waits_manual_starts_with_what_arrived(
 # --- small pieces ---------------------------------------------------------------------------------------------------
 
 
-def test_region_hook_takes_the_queried_box_and_reports_the_rest() -> None:
-    label = np.ones((4, 4, 4), dtype=np.uint8)
-    whole, outside = take_region(label, None)
-    assert whole is label and outside == 0
-    box = (slice(0, 4), slice(0, 4), slice(1, 2))  # one slice
-    taken, outside = take_region(label, box, ignore=255)
-    assert outside == 48 and (taken[:, :, 1] == 1).all() and (taken[:, :, [0, 2, 3]] == 255).all()
-
-
 def test_check_label_refuses_a_decompression_bomb_and_names_the_upload() -> None:
     reference = Reference((4, 4, 4), np.eye(4), 3)
     bomb = gzip.compress(b"\0" * (reference.max_nifti_bytes + 10))
@@ -298,8 +337,8 @@ def test_config_oracle_section_is_validated(tmp_path: Path) -> None:
         tiny_config(tmp_path, oracle={"token": "short"})
     with pytest.raises(ConfigError, match="simulation-only"):
         tiny_config(tmp_path, oracle={"kind": "human"}, strategy={"name": "foreground-random"})
-    with pytest.raises(ConfigError, match="not served to a human annotator yet"):
-        tiny_config(tmp_path, oracle={"kind": "human"}, unit={"kind": "slice"})
+    sliced = tiny_config(tmp_path, oracle={"kind": "human"}, unit={"kind": "slice"})  # served with their region
+    assert (sliced.oracle.kind, sliced.unit.kind) == ("human", "slice")
 
 
 # --- the command line -----------------------------------------------------------------------------------------------
@@ -331,3 +370,10 @@ def test_command_line_export_ingest_status_and_resume(tmp_path_factory: pytest.T
     good = runner.invoke(app, ["ingest", str(run), str(out)])
     assert good.exit_code == 0 and f"{case_id} created" in good.output and "still missing" in good.output
     assert "round 1 has 1 of 3" in runner.invoke(app, ["status", str(run)]).output
+
+    # the last labels in, and the next round started from the same command
+    for case_id in queue_ids(run)[1:]:
+        (out / case_id / "label.nii.gz").write_bytes(ground_truth_nifti(shared.data, case_id))
+    both = runner.invoke(app, ["ingest", str(run), str(out), "--next-round"])
+    assert both.exit_code == 0, both.output
+    assert "all labels are in" in both.output and "waiting for labels: round 2 has 0 of 3" in both.output

@@ -87,3 +87,40 @@ def test_viewer_accepts_then_corrects_a_label_and_the_ledger_holds_it(
         finally:
             browser.close()
     assert screenshot.stat().st_size > 10_000
+
+
+def test_viewer_shows_the_region_of_a_slice_query_and_the_server_keeps_only_it(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    require_chromium()
+    from activeseg.server import create_app
+
+    shared = prepared(tmp_path_factory, "slice")
+    run = copy_run(shared.template, tmp_path / "run")
+    with serve_in_thread(create_app(run, TOKEN, data=shared.data)) as base:
+        browser = Browser(tmp_path / "profile")
+        try:
+            browser.call("Page.navigate", url=f"{base}/#token={TOKEN}")
+            browser.wait_for("window.viewerState && window.viewerState.ready", timeout=120)
+            first = "document.querySelector('#queue li')"
+            case_id = browser.wait_for(f"{first} && {first}.dataset.case")
+            assert "slice" in browser.evaluate(f"{first}.textContent")  # the queue says what is asked
+            browser.evaluate(f"{first}.click()")
+            browser.wait_for(f"window.viewerState.loaded === {json.dumps(case_id)}", timeout=120)
+            assert browser.evaluate("window.viewerState.region") is True
+            assert browser.evaluate("[nv.volumes.length, nv.volumes[2].colormap]") == [3, "green"]
+            assert "green region" in browser.evaluate("document.getElementById('message').textContent")
+
+            browser.evaluate("document.getElementById('accept').click()")
+            saved = browser.wait_for("window.viewerState.saved", timeout=120)
+            folder = run / "annotation" / "round_001" / case_id
+            region = np.asarray(nib.load(folder / "region.nii.gz").dataobj) > 0
+            prediction = np.asarray(nib.load(folder / "prediction.nii.gz").dataobj)
+            assert saved.get("ignored_outside_region", 0) == int(np.count_nonzero(prediction[~region]))
+            (row,) = LabelStore(run).submissions()
+            kept = read_volume(run / row["file"]).array
+            assert np.array_equal(kept[region], prediction[region]) and (kept[~region] == 255).all()
+            errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
+            assert errors == [] and browser.evaluate("window.viewerState.error") is None
+        finally:
+            browser.close()

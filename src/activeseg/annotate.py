@@ -4,8 +4,11 @@ For each queried case of the waiting round, a *package* holds, on the image's na
 
 - ``image.nii.gz``: the image;
 - ``prediction.nii.gz``: the label map of the model that chose the case (a pre-annotation to correct);
-- ``uncertainty.nii.gz``: a float voxel map: the strategy's voxel score from MC dropout (predictive entropy for
-  strategies that use no scores), the same seeded passes as the round's scoring.
+- ``uncertainty.nii.gz``: a float voxel map: the strategy's voxel score from the run's uncertainty source (MC
+  dropout, test-time augmentation or the deep ensemble; predictive entropy for strategies that use no scores), the
+  same seeded predictions as the round's scoring;
+- ``region.nii.gz`` (slice and patch units only): 1 on the voxels to label, the union of the case's queried units
+  mapped to the native grid; labels outside it are ignored, and ingest reports them.
 
 Packages are computed once per round into ``run_dir/annotation/round_NNN/`` and shared by ``activeseg export`` and
 the server. ``export`` copies them with a manifest, a README and an ITK-SNAP label description; 3D Slicer and
@@ -32,8 +35,10 @@ from activeseg.human import (
     LabelStore,
     Outcome,
     Queue,
+    QueueItem,
     Submission,
     check_label,
+    native_region,
     nifti_gz,
     read_submission_file,
     reference_for,
@@ -46,10 +51,13 @@ from activeseg.reporting import Reporter, SilentReporter
 from activeseg.scorers import predictive_entropy
 from activeseg.strategies import get_strategy
 from activeseg.train import predict
-from activeseg.uncertainty import mc_dropout_probs
+from activeseg.uncertainty import Sampler, make_sampler
+from activeseg.units import unit_from_key
 
 PACKAGES_DIR = "annotation"
 PACKAGE_FILES = ("image", "prediction", "uncertainty")
+REGION_FILE = "region"
+"""The extra package file of a slice or patch query: the voxels to label."""
 LABEL_NAMES = ("label.nii.gz", "label.nii")
 
 README = """activeseg: labels wanted for round {round}
@@ -60,7 +68,8 @@ Each folder is one case to label, on the image's own voxel grid:
   image.nii.gz        the image
   prediction.nii.gz   the current model's segmentation: a pre-annotation to correct
   uncertainty.nii.gz  where the model is unsure (higher = less sure)
-  manifest.json       case id, rank, score, label values, the region to label (the whole volume)
+  region.nii.gz       (slices and patches only) 1 where to label; anything drawn outside is ignored
+  manifest.json       case id, rank, score, label values, the queried units and their boxes
 
 Label values: {values}
 
@@ -74,7 +83,8 @@ Save your label as <case folder>/label.nii.gz, on the same grid as image.nii.gz:
              label map as label.nii.gz in the same folder.
 
 Then: activeseg ingest RUN_DIR THIS_FOLDER   (checks every file; a bad file changes nothing)
-      activeseg resume RUN_DIR               (starts the next round once the labels are in)
+      activeseg resume RUN_DIR               (starts the next round once the labels are in;
+                                              `ingest --next-round` does both)
 """
 
 
@@ -115,39 +125,64 @@ def package_dir(run: HumanRun, round_index: int, case_id: str) -> Path:
     return run.run_dir / PACKAGES_DIR / f"round_{round_index:03d}" / safe_name(case_id)
 
 
+def package_files(item: QueueItem) -> tuple[str, ...]:
+    """The volumes of a queued case's package: a slice or patch query adds its region."""
+    partial = any("@" in unit for unit in item.units)
+    return (*PACKAGE_FILES, REGION_FILE) if partial else PACKAGE_FILES
+
+
 def prepare_packages(run: HumanRun, queue: Queue, reporter: Reporter | None = None) -> dict[str, Path]:
     """Compute the missing packages of the queue's cases (one model load); returns case id → package folder."""
     reporter = reporter or SilentReporter()
-    folders = {c: package_dir(run, queue.round, c) for c in queue.ids}
-    todo = [c for c, d in folders.items() if not all((d / f"{n}.nii.gz").exists() for n in PACKAGE_FILES)]
+    folders = {i.case_id: package_dir(run, queue.round, i.case_id) for i in queue.items}
+    todo = [i for i in queue.items if not all((folders[i.case_id] / f"{n}.nii.gz").exists() for n in package_files(i))]
     if not todo:
         return folders
-    chooser = queue.round - 1  # the round whose model selected these cases
-    checkpoint = run.run_dir / "rounds" / f"round_{chooser:03d}" / "model.pt"
-    model = build_model(run.config.model, run.data.num_classes)
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
-    model.eval()
+    chooser = queue.round - 1  # the round whose model (and ensemble members) selected these cases
+    sampler, model = chooser_sampler(run, chooser)
     strategy = get_strategy(run.config.strategy.name)
-    mc_seed = round_seeds(run.config.seed, chooser)["mc_dropout"]
+    seed = round_seeds(run.config.seed, chooser)["mc_dropout"]
     with reporter.progress(f"round {queue.round}: annotation packages", len(todo)) as advance:
-        for case_id in todo:
-            write_package(run, model, strategy, derive_seed(mc_seed, case_id), case_id, folders[case_id])
+        for item in todo:
+            write_package(run, model, sampler, strategy, derive_seed(seed, item.case_id), item, folders[item.case_id])
             advance(1)
     return folders
 
 
-def write_package(run: HumanRun, model: torch.nn.Module, strategy: Any, seed: int, case_id: str, out: Path) -> None:
-    """image, prediction and uncertainty of one case on its native grid (each file written atomically)."""
-    native = read_volume(run.data.pool.case(case_id).image)
-    image_C_D_H_W = torch.from_numpy(run.data.image(case_id))
-    prediction_D_H_W = predict(model, image_C_D_H_W[None])[0].argmax(dim=0).numpy().astype(np.uint8)
+def chooser_sampler(run: HumanRun, chooser: int) -> tuple[Sampler, torch.nn.Module]:
+    """The uncertainty source that scored round ``chooser``'s pool, bound to that round's saved model(s)."""
     settings = run.config.strategy
-    probs_K_C_D_H_W = mc_dropout_probs(model, image_C_D_H_W, settings.mc_samples, settings.mc_batch_size, seed)
+    round_dir = run.run_dir / "rounds" / f"round_{chooser:03d}"
+    names = ["model.pt"]
+    if settings.uncertainty == "ensemble":
+        names += [f"member_{m}.pt" for m in range(1, settings.ensemble_size)]
+    models = []
+    for name in names:
+        model = build_model(run.config.model, run.data.num_classes)
+        model.load_state_dict(torch.load(round_dir / name, map_location="cpu", weights_only=True))
+        models.append(model.eval())
+    train = run.config.train
+    sampler = make_sampler(
+        settings.uncertainty, models[0], settings.mc_samples, settings.mc_batch_size, train.flip_axes, False, models[1:]
+    )
+    return sampler, models[0]
+
+
+def write_package(
+    run: HumanRun, model: torch.nn.Module, sampler: Sampler, strategy: Any, seed: int, item: QueueItem, out: Path
+) -> None:
+    """image, prediction, uncertainty (and the region of a slice or patch query) of one case on its native grid,
+    each file written atomically."""
+    native = read_volume(run.data.pool.case(item.case_id).image)
+    image_C_D_H_W = torch.from_numpy(run.data.image(item.case_id))
+    prediction_D_H_W = predict(model, image_C_D_H_W[None])[0].argmax(dim=0).numpy().astype(np.uint8)
+    probs_K_C_D_H_W = sampler(image_C_D_H_W, seed)
     if strategy.needs_scores:
         uncertainty_D_H_W = strategy.score_maps(probs_K_C_D_H_W)[0]
     else:
         uncertainty_D_H_W = predictive_entropy(probs_K_C_D_H_W)
-    crop = CropInfo.for_shapes(tuple(native.array.shape[:3]), run.config.data.shape)
+    native_shape = (native.array.shape[0], native.array.shape[1], native.array.shape[2])
+    crop = CropInfo.for_shapes(native_shape, run.config.data.shape)
     affine = native.affine
     write_bytes_atomic(out / "image.nii.gz", nifti_gz(native.array, affine))
     write_bytes_atomic(out / "prediction.nii.gz", nifti_gz(crop.invert(prediction_D_H_W), affine))
@@ -155,6 +190,9 @@ def write_package(run: HumanRun, model: torch.nn.Module, strategy: Any, seed: in
     top = float(uncertainty.max())
     display = (float(np.quantile(uncertainty, 0.9)), top) if top > 0 else None  # colour the most uncertain tenth
     write_bytes_atomic(out / "uncertainty.nii.gz", nifti_gz(uncertainty, affine, display))
+    region = native_region(item.units, native_shape, run.config.data.shape)
+    if region is not None:
+        write_bytes_atomic(out / f"{REGION_FILE}.nii.gz", nifti_gz(region.astype(np.uint8), affine, (0.0, 1.0)))
 
 
 # --- export ---------------------------------------------------------------------------------------------------------
@@ -180,17 +218,18 @@ def export_queue(
     written = []
     for item in queue.items:
         target = out_dir / safe_name(item.case_id)
-        for name in PACKAGE_FILES:
+        for name in package_files(item):
             copy_atomic(folders[item.case_id] / f"{name}.nii.gz", target / f"{name}.nii.gz")
-        write_json_atomic(target / "manifest.json", case_manifest(run, queue, item.case_id, item.rank, item.score))
+        write_json_atomic(target / "manifest.json", case_manifest(run, queue, item))
         written.append(target)
     summary = {
         "run": str(Path(run_dir).resolve()),
         "round": queue.round,
         "strategy": run.config.strategy.name,
         "label_values": {str(k): v for k, v in values.items()},
+        "unit": run.config.unit.kind,
         "cases": [
-            {"case_id": i.case_id, "folder": safe_name(i.case_id), "rank": i.rank, "score": i.score}
+            {"case_id": i.case_id, "folder": safe_name(i.case_id), "rank": i.rank, "score": i.score, "units": i.units}
             for i in queue.items
         ],
         "label_file": "<folder>/label.nii.gz",
@@ -202,21 +241,50 @@ def export_queue(
     return written
 
 
-def case_manifest(run: HumanRun, queue: Queue, case_id: str, rank: int, score: float | None) -> dict[str, Any]:
+def case_manifest(run: HumanRun, queue: Queue, item: QueueItem) -> dict[str, Any]:
     """The per-case manifest: what to label and how."""
-    return {
-        "case_id": case_id,
+    files = package_files(item)
+    partial = REGION_FILE in files
+    manifest: dict[str, Any] = {
+        "case_id": item.case_id,
         "round": queue.round,
-        "rank": rank,
-        "score": score,
+        "rank": item.rank,
+        "score": item.score,
         "strategy": run.config.strategy.name,
-        "unit": "volume",
-        "region": None,
-        "region_note": "the whole volume (slice and patch units will give a box here)",
-        "files": {name: f"{name}.nii.gz" for name in PACKAGE_FILES},
+        "unit": run.config.unit.kind,
+        "units": list(item.units),
+        "files": {name: f"{name}.nii.gz" for name in files},
         "label_file": "label.nii.gz",
         "label_values": {str(k): v for k, v in label_values(run).items()},
     }
+    if partial:
+        manifest["region"] = {
+            "file": f"{REGION_FILE}.nii.gz",
+            "boxes": native_boxes(run, item),
+            "note": "label every voxel where region.nii.gz is 1 (background too); labels outside it are ignored",
+        }
+    else:
+        manifest["region"] = None
+        manifest["region_note"] = "the whole volume"
+    return manifest
+
+
+def native_boxes(run: HumanRun, item: QueueItem) -> list[dict[str, Any]]:
+    """Each queried unit's box on the image's native voxel grid ([start, stop) per axis; empty if it lies in the
+    padding that the training grid added around the image)."""
+    native = read_volume(run.data.pool.case(item.case_id).image).array.shape[:3]
+    shape = run.config.data.shape
+    crop = CropInfo.for_shapes(tuple(int(n) for n in native), shape)
+    boxes = []
+    for key in item.units:
+        unit = unit_from_key(key, shape)
+        assert unit.box is not None  # only slice and patch queries have a region
+        ranges = []
+        for (start, stop), pad, cut, size in zip(unit.box, crop.pad_before, crop.crop_start, native, strict=True):
+            lo, hi = max(start - pad + cut, 0), min(stop - pad + cut, int(size))
+            ranges.append([lo, max(hi, lo)])
+        boxes.append({"unit": key, "start": [r[0] for r in ranges], "stop": [r[1] for r in ranges]})
+    return boxes
 
 
 def itksnap_labels(values: dict[int, str]) -> str:
@@ -315,7 +383,9 @@ def ingest_folder(
         except LabelFileError as err:
             problems.append(str(err))
             continue
-        label, outside = take_region(label, None)
+        item = queue.item(case_id)
+        region = native_region(item.units, reference.shape, run.config.data.shape)
+        label, outside = take_region(label, region)
         if outside:
             notes.append(f"{path}: {outside} labelled voxels outside the queried region were ignored")
         submissions.append(Submission(case_id, label, reference.affine, "ingest"))
@@ -337,5 +407,5 @@ def describe(report: IngestReport) -> str:
     if report.missing:
         lines.append(f"still missing: {', '.join(report.missing)}")
     else:
-        lines.append("all labels are in: `activeseg resume RUN_DIR` starts the next round")
+        lines.append("all labels are in: `activeseg resume RUN_DIR` (or `ingest --next-round`) starts the next round")
     return "\n".join(lines)

@@ -262,6 +262,13 @@ def export(
 def ingest(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")],
     in_dir: Annotated[Path, typer.Argument(metavar="IN_DIR", help="Holds <case>/label.nii.gz or <case>.nii.gz.")],
+    next_round: Annotated[
+        bool,
+        typer.Option(
+            "--next-round",
+            help="Then continue the run as `resume` does: the next round starts if the advance policy lets it.",
+        ),
+    ] = False,
 ) -> None:
     """Import label files: each is validated first, and a bad file changes nothing."""
     from activeseg.annotate import IngestError, describe, ingest_folder
@@ -271,6 +278,12 @@ def ingest(
     except (IngestError, *USER_ERRORS) as err:
         raise _fail(err) from None
     console.print(escape(describe(report)))
+    if next_round:
+        try:
+            reason = resume_run(run_dir, RichReporter())
+        except USER_ERRORS as err:
+            raise _fail(err) from None
+        console.print(reason if waiting_message(run_dir) else f"stopped: {reason}")
 
 
 @app.command()

@@ -275,11 +275,6 @@ class RunConfig:
                 "strategy.name",
                 f"{self.strategy.name!r} is simulation-only and cannot run with oracle.kind: human",
             )
-            _require(
-                self.unit.kind == "volume",
-                "unit.kind",
-                f"{self.unit.kind!r} units are not served to a human annotator yet; use volume units",
-            )
         if self.unit.kind != "volume":
             _require(
                 self.strategy.reduction != "top_q",

@@ -5,22 +5,27 @@ the process stops while waiting, because everything lives in the run directory:
 
 - ``ledger.sqlite`` gains four tables (created here, beside the engine's own):
 
-  - ``label_requests`` (round, case_id, rank, score): each acquisition round's queue, written when the loop asks;
+  - ``label_requests`` (round, unit, case_id, rank, score): each acquisition round's queried units, written when
+    the loop asks. A person labels a *case*: all of its units queried in the round at once (a whole volume, or the
+    union of its slices or patches, the case's *region*);
   - ``submissions`` (id, round, case_id, sha256, file, source, submitted_at, supersedes): every label received.
     A different label for a case already labelled in the same round is a new row that names the row it
     *supersedes*: a recorded correction, never a silent overwrite. The same label again changes nothing;
   - ``partial_accepts`` (round): the user chose to start the next round with the labels that have arrived;
-  - ``advances`` (round, policy, requested, received, accepted): how each round's label set was closed.
+  - ``advances`` (round, policy, requested, received, accepted): how each round's label set was closed
+    (``accepted``: the unit keys that train it).
 
 - ``labels/round_NNN/<sha256>.nii.gz``: each received label, on the image's native grid, written atomically and
-  named by the hash of its voxels (no path is ever built from a case id or any other user input).
+  named by the hash of its voxels (no path is ever built from a case id or any other user input). For slice and
+  patch units only the case's region is kept (:func:`take_region`); the rest is the ignore value 255.
 
 Every write is one ``BEGIN IMMEDIATE`` transaction, so concurrent uploads are serialised by SQLite and a second,
 different label for the same case is detected as a conflict. Validation (:func:`check_label`) is shared by
 ``activeseg ingest`` and the server's PUT and happens before anything is written: a bad file changes nothing.
 
-Units are whole volumes today. The one place that knows a unit's extent is :func:`take_region`; slice and patch
-units pass their box there (labels outside it are reported and replaced by an ignore value).
+Units are boxes on the training grid (``units.py``); :func:`native_region` maps a case's queried units to its
+image's native grid, where the annotator works, and the oracle maps received labels back exactly as the dataset's
+labels are mapped, so a person who draws the ground truth gives the training what the simulated oracle gives.
 """
 
 from __future__ import annotations
@@ -44,8 +49,9 @@ import numpy.typing as npt
 
 from activeseg.artifacts import read_json, write_bytes_atomic
 from activeseg.data.io import read_volume
-from activeseg.data.preprocess import center_pad_or_crop
+from activeseg.data.preprocess import CropInfo, center_pad_or_crop
 from activeseg.oracle import LabelsPending, Oracle, OracleError, SimulatedOracle
+from activeseg.units import IGNORE, labelled_mask, unit_from_key
 
 if TYPE_CHECKING:
     from activeseg.config import RunConfig
@@ -59,11 +65,12 @@ AFFINE_ATOL = 1e-4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS label_requests (
     round INTEGER NOT NULL,
+    unit TEXT NOT NULL,
     case_id TEXT NOT NULL REFERENCES cases(case_id),
     rank INTEGER NOT NULL,
     score REAL,
     requested_at TEXT NOT NULL,
-    PRIMARY KEY (round, case_id)
+    PRIMARY KEY (round, unit)
 );
 CREATE TABLE IF NOT EXISTS submissions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -210,20 +217,28 @@ def _nifti_from_bytes(raw: bytes) -> Any:
 
 
 def take_region(
-    label: npt.NDArray[np.uint8], region: tuple[slice, slice, slice] | None, ignore: int = 255
+    label: npt.NDArray[np.uint8], region: npt.NDArray[np.bool_] | None, ignore: int = IGNORE
 ) -> tuple[npt.NDArray[np.uint8], int]:
-    """The part of ``label`` inside the queried region (``ignore`` elsewhere) and how many labelled voxels lay outside.
-
-    ``region`` is None for whole-volume units (every unit today); a slice or patch unit passes its box.
-    """
+    """The part of ``label`` inside the queried region (``ignore`` elsewhere) and how many labelled (non-zero)
+    voxels lay outside it. ``region`` is a boolean mask of the label's shape, or None for a whole volume."""
     if region is None:
         return label, 0
-    inside = np.zeros(label.shape, dtype=bool)
-    inside[region] = True
-    outside = int(np.count_nonzero(label[~inside]))
-    taken = np.full(label.shape, ignore, dtype=np.uint8)
-    taken[region] = label[region]
-    return taken, outside
+    outside = int(np.count_nonzero(label[~region]))
+    return np.where(region, label, np.uint8(ignore)).astype(np.uint8), outside
+
+
+def native_region(
+    units: Sequence[str], native_shape: tuple[int, int, int], shape: tuple[int, int, int]
+) -> npt.NDArray[np.bool_] | None:
+    """The voxels of a case's image (``native_shape``) that its queried units cover, or None for a whole volume.
+
+    Units are boxes on the training grid (``shape``), which is the image centre-padded or -cropped; the region is
+    that mapping inverted, so a box that reaches into padding covers only the image voxels inside it.
+    """
+    if any("@" not in key for key in units):
+        return None
+    mask_D_H_W = labelled_mask([unit_from_key(key, shape) for key in units], shape).astype(np.uint8)
+    return np.asarray(CropInfo.for_shapes(native_shape, shape).invert(mask_D_H_W) > 0)
 
 
 def label_sha256(label: npt.NDArray[np.uint8]) -> str:
@@ -252,9 +267,14 @@ def nifti_gz(
 
 @dataclass(frozen=True)
 class QueueItem:
-    """One queried case of the waiting round and the label received so far (if any)."""
+    """One queried case of the waiting round and the label received so far (if any).
+
+    ``units`` are the case's unit keys queried in the round (the case id itself for a whole volume); ``rank`` and
+    ``score`` are those of its best-ranked unit.
+    """
 
     case_id: str
+    units: tuple[str, ...]
     rank: int
     score: float | None
     sha256: str | None
@@ -281,6 +301,16 @@ class Queue:
     @property
     def complete(self) -> bool:
         return len(self.received) == len(self.items)
+
+    @property
+    def received_units(self) -> list[str]:
+        """The unit keys covered by the labels received so far, in rank order."""
+        return [unit for item in self.items if item.sha256 is not None for unit in item.units]
+
+    def item(self, case_id: str) -> QueueItem:
+        """The queue item of a queued case (:class:`NotQueued` otherwise)."""
+        queued = self.find(case_id)
+        return next(i for i in self.items if i.case_id == queued)
 
     def find(self, case_id: str) -> str:
         """The queue's own id string equal to ``case_id`` (never the caller's), or :class:`NotQueued`."""
@@ -315,6 +345,10 @@ class LabelStore:
         with self._transaction() as db:
             for statement in filter(str.strip, SCHEMA.split(";")):
                 db.execute(statement)
+            columns = [row[1] for row in db.execute("PRAGMA table_info(label_requests)")]
+            if "unit" not in columns:  # a run made before units could be served: its requests are whole volumes
+                db.execute("ALTER TABLE label_requests ADD COLUMN unit TEXT")
+                db.execute("UPDATE label_requests SET unit = case_id")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -350,13 +384,17 @@ class LabelStore:
         r = int(row[0])
         if db.execute("SELECT 1 FROM advances WHERE round = ?", (r,)).fetchone():
             return None
-        items = []
-        for case_id, rank, score in db.execute(
-            "SELECT case_id, rank, score FROM label_requests WHERE round = ? ORDER BY rank, case_id", (r,)
+        by_case: dict[str, list[tuple[str, int, float | None]]] = {}
+        for unit, case_id, rank, score in db.execute(
+            "SELECT unit, case_id, rank, score FROM label_requests WHERE round = ? ORDER BY rank, unit", (r,)
         ).fetchall():
+            by_case.setdefault(case_id, []).append((unit, rank, score))
+        items = []
+        for case_id, units in by_case.items():  # in the rank order of each case's best unit
             current = self._current(db, r, case_id)
             sha, when, source = (current[1], current[3], current[4]) if current else (None, None, None)
-            items.append(QueueItem(case_id, rank, score, sha, when, source))
+            _, rank, score = units[0]
+            items.append(QueueItem(case_id, tuple(u for u, _, _ in units), rank, score, sha, when, source))
         partial = db.execute("SELECT 1 FROM partial_accepts WHERE round = ?", (r,)).fetchone() is not None
         return Queue(r, items, partial)
 
@@ -393,15 +431,22 @@ class LabelStore:
             row["accepted"] = json.loads(row["accepted"])
         return rows
 
-    def accepted_file(self, case_id: str) -> Path | None:
-        """The label file that trains this case: its latest label in a round that has advanced."""
+    def accepted_labels(self, case_id: str) -> list[tuple[int, list[str], Path]]:
+        """What trains this case, round by round: (round, its accepted unit keys of the case, the latest label file
+        received for it in that round), for every round that has advanced."""
         with self._connect() as db:
-            row = db.execute(
-                "SELECT s.file FROM submissions s JOIN advances a ON a.round = s.round "
-                "WHERE s.case_id = ? ORDER BY s.id DESC LIMIT 1",
+            rows = db.execute(
+                "SELECT a.round, a.accepted, s.file FROM advances a JOIN submissions s ON s.round = a.round "
+                "WHERE s.case_id = ? AND s.id = (SELECT MAX(id) FROM submissions WHERE round = a.round "
+                "AND case_id = s.case_id) ORDER BY a.round",
                 (case_id,),
-            ).fetchone()
-        return None if row is None else self.run_dir / row[0]
+            ).fetchall()
+        accepted = []
+        for r, keys, file in rows:
+            units = [k for k in json.loads(keys) if k.split("@", 1)[0] == case_id]
+            if units:
+                accepted.append((int(r), units, self.run_dir / file))
+        return accepted
 
     # --- writing ---------------------------------------------------------------------------------------------
 
@@ -465,9 +510,10 @@ class LabelStore:
     def close_round(
         self, round_index: int, requested: Sequence[tuple[str, int, float | None]], policy: str
     ) -> tuple[list[str], Queue]:
-        """The loop asks for round ``round_index``'s labels: record the queue, and close the round if it may start.
+        """The loop asks for round ``round_index``'s labels: record the queried units (``(key, rank, score)``), and
+        close the round if it may start.
 
-        Returns the case ids whose labels train the round (empty while it must wait) and the queue as it stands.
+        Returns the unit keys whose labels train the round (empty while it must wait) and the queue as it stands.
         A round closes when every label is in, or with what has arrived when the policy is ``manual`` or the user
         accepted a partial set. Once closed, the answer is the recorded one (a resumed round asks again).
         """
@@ -477,8 +523,9 @@ class LabelStore:
                 return list(json.loads(closed[0])), Queue(round_index, [], False)
             when = _now()
             db.executemany(
-                "INSERT OR IGNORE INTO label_requests VALUES (?, ?, ?, ?, ?)",
-                [(round_index, c, rank, score, when) for c, rank, score in requested],
+                "INSERT OR IGNORE INTO label_requests (round, unit, case_id, rank, score, requested_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(round_index, key, key.split("@", 1)[0], rank, score, when) for key, rank, score in requested],
             )
             queue = self._queue(db)
             assert queue is not None and queue.round == round_index
@@ -486,11 +533,12 @@ class LabelStore:
             may_start = queue.complete or (bool(received) and (policy == "manual" or queue.partial_accepted))
             if not may_start:
                 return [], queue
+            accepted = queue.received_units
             db.execute(
                 "INSERT INTO advances VALUES (?, ?, ?, ?, ?, ?)",
-                (round_index, policy, len(queue.items), len(received), json.dumps(received), when),
+                (round_index, policy, len(queue.items), len(received), json.dumps(accepted), when),
             )
-        return received, queue
+        return accepted, queue
 
 
 # --- the oracle ---------------------------------------------------------------------------------------------------
@@ -499,9 +547,10 @@ class LabelStore:
 class HumanOracle:
     """Labels from a person, through a :class:`LabelStore`.
 
-    Round 0's initial cases are the seed set: their labels come from the dataset's label files (a team starts from
+    Round 0's initial units are the seed set: their labels come from the dataset's label files (a team starts from
     cases it has labelled already). Every acquired label comes from the person: the received native-grid file,
-    centre-padded/cropped to the training shape exactly as the dataset's images are.
+    centre-padded/cropped to the training shape exactly as the dataset's labels are, and kept only inside the units
+    accepted in its round. A case labelled over several rounds (different slices or patches) combines them.
     """
 
     def __init__(self, store: LabelStore, data: RunData, shape: tuple[int, int, int], policy: str) -> None:
@@ -510,7 +559,9 @@ class HumanOracle:
         self.shape = shape
         self.policy = policy
         with closing(sqlite3.connect(store.path)) as db:
-            self._seed_set = {r[0] for r in db.execute("SELECT case_id FROM labels WHERE round = 0")}
+            self._seed_units: dict[str, list[str]] = {}
+            for unit, case_id in db.execute("SELECT unit, case_id FROM labels WHERE round = 0"):
+                self._seed_units.setdefault(case_id, []).append(unit)
 
     def request(self, round_index: int, case_ids: Sequence[str]) -> list[str]:
         """The ids whose labels train round ``round_index``; raises :class:`LabelsPending` while it must wait."""
@@ -523,15 +574,27 @@ class HumanOracle:
         return accepted
 
     def label(self, case_id: str) -> np.ndarray:
-        """The training label (preprocessed grid) of a labelled case."""
-        path = self.store.accepted_file(case_id)
-        if path is None:
-            if case_id in self._seed_set:
-                return self.data.ground_truth(case_id)
+        """The training label_D_H_W of a labelled case (:data:`~activeseg.units.IGNORE` outside its units)."""
+        pieces: list[tuple[list[str], np.ndarray]] = []
+        if case_id in self._seed_units:
+            pieces.append((self._seed_units[case_id], self.data.ground_truth(case_id)))
+        pieces += [(units, self._training_grid(path)) for _, units, path in self.store.accepted_labels(case_id)]
+        if not pieces:
             raise OracleError(f"no accepted human label for {case_id!r}")
+        label_D_H_W = np.full(self.shape, IGNORE, dtype=np.uint8)
+        for units, source in pieces:
+            if case_id in units:  # the whole volume
+                label_D_H_W = source.copy()
+                continue
+            inside = labelled_mask([unit_from_key(k, self.shape) for k in units], self.shape)
+            label_D_H_W[inside] = source[inside]
+        return np.ascontiguousarray(label_D_H_W)
+
+    def _training_grid(self, path: Path) -> npt.NDArray[np.uint8]:
+        """A received native-grid label on the training grid (padding is background, as for the dataset)."""
         label = np.asarray(read_volume(path).array, dtype=np.uint8)
         cropped, _ = center_pad_or_crop(label, self.shape, fill=0)
-        return np.ascontiguousarray(cropped)
+        return np.asarray(cropped, dtype=np.uint8)
 
 
 def make_oracle(config: RunConfig, run_dir: Path, data: RunData, labelled: Sequence[str]) -> Oracle:

@@ -18,10 +18,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -63,6 +65,7 @@ from activeseg.units import (
 
 CONFIG_FILE = "config.yaml"
 LEDGER_FILE = "ledger.sqlite"
+LOCK_FILE = "run.lock"
 
 
 class RunError(RuntimeError):
@@ -258,7 +261,42 @@ def resume_run(run_dir: Path, reporter: Reporter | None = None, data: RunData | 
         if recorded != [list(data.pool.ids), list(data.test.ids), validation]:
             raise RunError(f"{run_dir}: the dataset no longer matches the split recorded in the ledger")
         oracle = make_oracle(config, run_dir, data, ledger.labelled_units())
-        return ActiveLearningLoop(config, run_dir, data, ledger, oracle, reporter).run()
+        with run_lock(run_dir):
+            return ActiveLearningLoop(config, run_dir, data, ledger, oracle, reporter).run()
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run's lock while its rounds run, so that a second process (``activeseg resume`` beside the
+    server's background round, say) gets a clear :class:`RunError` instead of racing on the same artifacts.
+
+    An advisory ``flock`` on ``run.lock``: the operating system releases it when the holder exits or is killed, so
+    a crash never leaves a stale lock. Without ``fcntl`` (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield
+        return
+    fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise RunError(
+                f"{run_dir}: {holder} is running this run's rounds now; wait for it to finish (or stop it) and "
+                "try again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 # --- the loop ---------------------------------------------------------------------------------------------------

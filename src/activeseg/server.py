@@ -4,7 +4,8 @@ Endpoints (OpenAPI schema at ``/openapi.json``; the viewer at ``/``):
 
 - ``GET  /api/status``: round, state (waiting / running / stopped), labels in, the background job, the advance policy;
 - ``GET  /api/queue``: the waiting round's cases, their ranks and scores, and the label received for each (sha256);
-- ``GET  /api/cases/{case_id}/{image|prediction|uncertainty|label}.nii.gz``: one case's volumes (native grid);
+- ``GET  /api/cases/{case_id}/{image|prediction|uncertainty|region|label}.nii.gz``: one case's volumes (native
+  grid; ``region`` only for slice and patch queries: the voxels to label);
 - ``PUT  /api/cases/{case_id}/label``: a label NIfTI as the raw request body, validated as ``activeseg ingest`` does;
 - ``POST /api/next-round``: start the next round as a background job (``?accept_partial=true``: with what arrived);
 - ``GET  /api/job``: that job's progress; ``GET /api/curve`` and ``/api/curve.png``: the learning curve so far.
@@ -37,15 +38,18 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from activeseg.annotate import HumanRun, open_human_run, package_dir, prepare_packages
+from activeseg.annotate import HumanRun, open_human_run, package_dir, package_files, prepare_packages
 from activeseg.human import (
     ANY,
     LabelConflict,
     LabelFileError,
     NotQueued,
+    Queue,
+    QueueItem,
     Reference,
     Submission,
     check_label,
+    native_region,
     reference_for,
     take_region,
 )
@@ -55,7 +59,7 @@ from activeseg.loop import LEDGER_FILE, RunData, resume_run
 WEB_DIR = Path(__file__).parent / "web"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 BEARER = HTTPBearer(auto_error=False, description="The token printed by `activeseg serve`.")
-VOLUMES = ("image", "prediction", "uncertainty", "label")
+VOLUMES = ("image", "prediction", "uncertainty", "region", "label")
 CSP = (
     "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data: blob:; connect-src 'self' data: blob:; worker-src 'self' blob:; object-src 'none'; "
@@ -158,13 +162,14 @@ class AnnotationService:
         job = self.job()
         return job is not None and job.state == "running"
 
-    def queued_id(self, case_id: str) -> str:
-        """The queue's own string for ``case_id`` (404 if it is not queued in the waiting round)."""
+    def queued(self, case_id: str) -> tuple[Queue, QueueItem]:
+        """The waiting round and the queue's own item for ``case_id`` (404 if it is not queued there); only the
+        item's strings are used afterwards."""
         queue = self.run.store.queue()
         if queue is None:
             raise HTTPException(404, f"no round is waiting for labels, so {case_id!r} is not queued")
         try:
-            return queue.find(case_id)
+            return queue, queue.item(case_id)
         except NotQueued as err:
             raise HTTPException(404, str(err)) from None
 
@@ -175,27 +180,33 @@ class AnnotationService:
 
     def volume(self, case_id: str, name: str) -> Path:
         """A queued case's package file (computed on first use), or its received label."""
-        case_id = self.queued_id(case_id)
+        queue, item = self.queued(case_id)
+        case_id = item.case_id
         if name == "label":
-            path = self.run.store.current_file(case_id)
+            try:
+                path = self.run.store.current_file(case_id)
+            except NotQueued as err:  # the round moved on meanwhile
+                raise HTTPException(404, str(err)) from None
             if path is None:
                 raise HTTPException(404, f"no label has been received for {case_id!r}")
             return path
-        queue = self.run.store.queue()
-        assert queue is not None
+        if name not in package_files(item):
+            raise HTTPException(404, f"{case_id!r} is queried as a whole volume, so it has no {name}")
         with self._package_lock:
             prepare_packages(self.run, queue)
         return package_dir(self.run, queue.round, case_id) / f"{name}.nii.gz"
 
     def submit(self, case_id: str, payload: bytes, if_match: str | None) -> tuple[int, dict[str, Any]]:
-        """Validate and record one uploaded label; (status code, body)."""
-        case_id = self.queued_id(case_id)
+        """Validate and record one uploaded label, kept only inside the case's region; (status code, body)."""
+        _, item = self.queued(case_id)
+        case_id = item.case_id
         try:
             reference = self.reference(case_id)
             label = check_label(f"label upload for {case_id}", payload, reference)
         except LabelFileError as err:
             raise HTTPException(422, str(err)) from None
-        label, outside = take_region(label, None)
+        region = native_region(item.units, reference.shape, self.run.config.data.shape)
+        label, outside = take_region(label, region)
         replaces = None if if_match is None else (ANY if if_match.strip() == "*" else if_match.strip().strip('"'))
         submission = Submission(case_id, label, reference.affine, "upload")
         try:
@@ -288,6 +299,7 @@ class AnnotationService:
         cases = [
             {
                 "case_id": i.case_id,
+                "units": list(i.units),
                 "rank": i.rank,
                 "score": i.score,
                 "sha256": i.sha256,
@@ -298,6 +310,7 @@ class AnnotationService:
         ]
         return {
             "round": queue.round,
+            "unit": self.run.config.unit.kind,
             "cases": cases,
             "complete": queue.complete,
             "partial_accepted": queue.partial_accepted,
@@ -386,7 +399,7 @@ def create_app(
 
     @app.get(
         "/api/cases/{case_id}/{volume}.nii.gz",
-        summary="A queued case's image, prediction, uncertainty or received label (NIfTI, native grid)",
+        summary="A queued case's image, prediction, uncertainty, region or received label (NIfTI, native grid)",
         response_class=FileResponse,
     )
     def get_volume(case_id: str, volume: str) -> FileResponse:
@@ -421,7 +434,7 @@ def create_app(
         request: Request,
         if_match: Annotated[str | None, Header(description="sha256 of the label this one corrects, or *")] = None,
     ) -> JSONResponse:
-        service.queued_id(case_id)  # 404 before reading any body
+        service.queued(case_id)  # 404 before reading any body
         payload = await read_body(request, service.max_upload_bytes)
         status, body = await run_in_threadpool(service.submit, case_id, payload, if_match)
         return JSONResponse(body, status_code=status)

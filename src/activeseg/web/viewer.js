@@ -1,10 +1,10 @@
-// The activeseg annotation viewer: the queue, one case in NiiVue (image, uncertainty overlay, the prediction as an
-// editable drawing), accept or correct, save (PUT of the drawing as a NIfTI with the image's header), round
-// progress and the learning curve. Everything comes from this server; the token never leaves the page except in
+// The activeseg annotation viewer: the queue, one case in NiiVue (image, uncertainty overlay, the region to label
+// for slice and patch queries, the prediction as an editable drawing), accept or correct, save (PUT of the drawing
+// as a NIfTI with the image's header; the server keeps only the region), round progress and the learning curve. Everything comes from this server; the token never leaves the page except in
 // the Authorization header of writes.
 "use strict";
 
-const state = { token: null, ready: false, caseId: null, sha: null, loaded: null, saved: null, error: null, rounds: -1 };
+const state = { token: null, ready: false, caseId: null, sha: null, loaded: null, saved: null, error: null, rounds: -1, region: false };
 window.viewerState = state; // read by the browser test
 
 const $ = (id) => document.getElementById(id);
@@ -12,7 +12,9 @@ const api = (path) => `/api/${path}`;
 const caseUrl = (caseId, volume) => api(`cases/${encodeURIComponent(caseId)}/${volume}.nii.gz`);
 let nv = null;
 let labelValues = {};
+let queueItems = {};
 let drawing = false;
+const REGION_OPACITY = 0.3;
 
 function say(text, isError = false) {
   $("message").textContent = text;
@@ -59,6 +61,7 @@ async function write(method, path, body, headers = {}) {
 async function refreshQueue() {
   const queue = await getJson("queue");
   labelValues = queue.label_values;
+  queueItems = Object.fromEntries(queue.cases.map((item) => [item.case_id, item]));
   $("queue-round").textContent = queue.round === null ? "(no round waiting)" : `· round ${queue.round}`;
   const list = $("queue");
   list.replaceChildren();
@@ -68,7 +71,9 @@ async function refreshQueue() {
     li.dataset.sha = item.sha256 || "";
     li.className = (item.sha256 ? "labelled " : "") + (item.case_id === state.caseId ? "open" : "");
     const score = item.score === null ? "" : ` score ${Number(item.score).toPrecision(4)}`;
-    li.innerHTML = `<span class="id"></span> <span class="score">${score}</span>`;
+    const kind = item.units.length > 1 ? { slice: "slices", patch: "patches" }[queue.unit] : queue.unit;
+    const units = isPartial(item) ? ` · ${item.units.length} ${kind}` : "";
+    li.innerHTML = `<span class="id"></span> <span class="score">${score}${units}</span>`;
     li.querySelector(".id").textContent = item.case_id;
     li.addEventListener("click", () => openCase(item.case_id).catch((e) => say(e.message, true)));
     list.append(li);
@@ -120,14 +125,22 @@ async function refreshCurve() {
 
 // --- one case ---------------------------------------------------------------------------------------------------------
 
+function isPartial(item) {
+  return Boolean(item) && item.units.some((unit) => unit.includes("@"));
+}
+
 async function openCase(caseId) {
   say(`opening ${caseId}…`);
   state.loaded = null;
   state.caseId = caseId;
-  await nv.loadVolumes([
+  const partial = isPartial(queueItems[caseId]);
+  const volumes = [
     { url: caseUrl(caseId, "image") },
     { url: caseUrl(caseId, "uncertainty"), colormap: "warm", opacity: Number($("opacity").value) },
-  ]);
+  ];
+  if (partial) volumes.push({ url: caseUrl(caseId, "region"), colormap: "green", opacity: REGION_OPACITY });
+  await nv.loadVolumes(volumes);
+  state.region = partial;
   nv.setOpacity(1, $("show-uncertainty").checked ? Number($("opacity").value) : 0);
   await loadPrediction();
   const item = document.querySelector(`#queue li[data-case="${CSS.escape(caseId)}"]`);
@@ -136,7 +149,8 @@ async function openCase(caseId) {
   $("case-title").textContent = caseId + (state.sha ? " (labelled)" : "");
   for (const id of ["accept", "pen", "draw", "undo", "save"]) $(id).disabled = false;
   state.loaded = caseId;
-  say(`${caseId}: the prediction is the drawing layer. Accept it, or pick a label and Draw to correct it, then Save.`);
+  const where = partial ? " Only the green region is kept: label all of it, background too." : "";
+  say(`${caseId}: the prediction is the drawing layer. Accept it, or pick a label and Draw to correct it, then Save.${where}`);
 }
 
 async function loadPrediction() {
@@ -152,7 +166,8 @@ async function saveLabel() {
   const result = await write("PUT", `cases/${encodeURIComponent(state.caseId)}/label`, bytes, headers);
   state.saved = result;
   state.sha = result.sha256;
-  say(`${result.case_id}: label ${result.outcome} (${result.received} of ${result.requested} in)` +
+  const ignored = result.ignored_outside_region ? ` · ${result.ignored_outside_region} labelled voxels outside the region ignored` : "";
+  say(`${result.case_id}: label ${result.outcome} (${result.received} of ${result.requested} in)${ignored}` +
       (result.next_round ? " · all labels in: the next round has started" : ""));
   await refreshQueue();
   await refreshStatus();
