@@ -17,7 +17,7 @@ python3 -c 'import json, sys; sys.path.insert(0, "benchmarks"); from run_benchma
 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py >"$OUT/pytest.log" 2>&1 &
 timeout "$budget" python3 -m activeseg.cli benchmark benchmarks/hippocampus_gpu.yaml --data "$ACTIVESEG_HIPPOCAMPUS" \
   --results-dir /tmp/results/hippocampus-gpu --no-report >"$OUT/hippocampus.log" 2>&1 &
-units="python3 benchmarks/units_benchmark.py --out /tmp/results/units --device cuda --iterations 400 --mc-samples 8"
+units="python3 benchmarks/units_benchmark.py --out /tmp/results/units-seed-0 --device cuda --iterations 400 --mc-samples 8"
 timeout "$budget" $units --kinds patch --results-dir /tmp/units-patch >"$OUT/units-patch.log" 2>&1 &
 timeout "$budget" $units --kinds slice volume --results-dir /tmp/units-other >"$OUT/units-other.log" 2>&1 &
 wait

@@ -17,7 +17,8 @@ only, so every number in it can be traced and regenerated. Parts:
     python benchmarks/run_benchmarks.py --render-only   # rewrite BENCHMARKS.md from stored results
 
 A lent GPU machine runs ``benchmarks/gpu_check.sh`` (the hippocampus grid of ``hippocampus_gpu.yaml`` and the units
-benchmark at 400 iterations) and returns ``results.tar.gz``; unpacked into DIR here, its summaries are stored as
+benchmark at 400 iterations, seed 0) and ``benchmarks/gpu_units.sh`` (the units benchmark for seeds 1-4), each
+returning a ``results.tar.gz``; unpacked together into DIR here, their summaries are stored as
 ``benchmarks/results/hippocampus-gpu.json`` and ``benchmarks/results/gpu-units/`` by
 
     python benchmarks/run_benchmarks.py --render-only --gpu-results DIR
@@ -324,21 +325,14 @@ def gpu_intro(result: dict[str, Any], where: str) -> list[str]:
     ]
 
 
-def render_units(result: dict[str, Any], where: str, gpu: bool = False) -> list[str]:
+def render_units(result: dict[str, Any], where: str) -> list[str]:
     """Volumes vs slices vs patches at equal voxel budgets (``units_benchmark.py``)."""
     per_round = result["per_round_volumes"] * result["volume_voxels"]
-    stored = "benchmarks/results/gpu-units" if gpu else "benchmarks/results"
-    how = (
-        "`benchmarks/gpu_check.sh` (`units_benchmark.py --device cuda --iterations 400 --mc-samples 8`, patches in "
-        "one process, slices and volumes in another), summarised by `run_benchmarks.py --gpu-results DIR`"
-        if gpu
-        else "`python benchmarks/units_benchmark.py`"
-    )
     lines = [
-        "## Annotation units at equal voxel budgets" + (" on a GPU" if gpu else ""),
+        "## Annotation units at equal voxel budgets",
         "",
-        f"Machine: {where}. Produced by {how} (stored as `{stored}/units.json`); one seed, so single numbers, not "
-        "a comparison with statistics.",
+        f"Machine: {where}. Produced by `python benchmarks/units_benchmark.py` (stored as "
+        "`benchmarks/results/units.json`); one seed, so single numbers, not a comparison with statistics.",
         "",
         f"Every round labels {per_round:,} voxels ({result['per_round_volumes']} volumes' worth): whole volumes, "
         "patches of 20×28×20 (1/8 volume) or slices of 56×40 along axis 0; round 0 is random units of the same "
@@ -371,13 +365,6 @@ def render_units(result: dict[str, Any], where: str, gpu: bool = False) -> list[
         verdict = "Partial labels match or beat whole volumes at equal voxel budgets, as Zhang et al. (MIDL 2025) did."
     partial = [r["mean_dice"] for r in result["runs"] if r["unit"] != "volume"]
     swing = max((abs(b - a) for dice in partial for a, b in itertools.pairwise(dice)), default=0.0)
-    if gpu:
-        return [
-            *lines,
-            *gpu_units_reading(result, best, swing),
-            f"![Dice against labelled voxels]({stored}/units_curves.png)",
-            "",
-        ]
     lines += [
         "",
         "Best AUBC per unit: " + ", ".join(f"{unit} {value:.3f}" for unit, value in best.items()) + ".",
@@ -397,26 +384,6 @@ def render_units(result: dict[str, Any], where: str, gpu: bool = False) -> list[
         "",
     ]
     return lines
-
-
-def gpu_units_reading(result: dict[str, Any], best: dict[str, float], swing: float) -> list[str]:
-    """The reading of the longer-trained units run, stated from its own numbers."""
-    by_key = {(r["unit"], r["strategy"]): aubc(r["costs"]["voxels"], r["mean_dice"]) for r in result["runs"]}
-    ranked = sorted(best, key=best.__getitem__, reverse=True)
-    patch_random = max(by_key.get(("patch", s), float("nan")) for s in ("random", "foreground-random"))
-    patch_uncertain = max(by_key.get(("patch", s), float("nan")) for s in ("entropy", "bald", "clasp-pe"))
-    return [
-        "",
-        "Best AUBC per unit: " + ", ".join(f"{unit} {best[unit]:.3f}" for unit in ranked) + ".",
-        "",
-        f"**Reading.** With {result['model']['iterations']} iterations per round most partial-label curves rise "
-        f"with the labels, though single rounds still move by up to {swing:.2f} Dice, and the order of the CPU run "
-        f"changes: the best unit is **{ranked[0]}**, and among patches the best uncertainty strategy reaches an "
-        f"AUBC of {patch_uncertain:.3f} against {patch_random:.3f} for the better random baseline. One seed: these "
-        "are single runs, and round 0 of the patch runs (random patches) starts far lower than round 0 of the "
-        "volume and slice runs, which weighs on the patch AUBC. Several seeds with paired tests are the next step.",
-        "",
-    ]
 
 
 def render(results: dict[str, dict[str, Any]]) -> str:
@@ -519,7 +486,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         elif part == "units":
             lines += render_units(result, where)
             if "units-gpu" in results:
-                lines += render_units(results["units-gpu"], describe(results["units-gpu"]["machine"]), gpu=True)
+                lines += render_unit_seeds(results["units-gpu"])
         elif part == "hippocampus":
             if "hippocampus-gpu" in results:
                 gpu_result = results["hippocampus-gpu"]
@@ -588,30 +555,196 @@ def describe(m: dict[str, Any]) -> str:
     return f"{m['cpu']}, {m['threads']} torch thread(s), GPU: {m['gpu']}, torch {m['torch']}, {m['date']}"
 
 
+GPU_UNITS = RESULTS / "gpu-units"
+"""Per-seed summaries (``seed-N/units.json`` and curves) and ``summary.json`` of the GPU units benchmark."""
+
+
 def store_gpu_results(directory: Path) -> None:
-    """Summaries of an unpacked ``gpu_check.sh`` results.tar.gz (run directories, no checkpoints)."""
+    """Summaries of unpacked device results (run directories, no checkpoints): ``hippocampus-gpu/`` from
+    ``gpu_check.sh``, and ``units-seed-N/`` from ``gpu_check.sh`` (seed 0) and ``gpu_units.sh`` (more seeds)."""
     from activeseg.report import summarise
 
-    machine_of_run = json.loads((directory / "machine.json").read_text())
-    summary = summarise(directory / "hippocampus-gpu") | {"machine": machine_of_run}
-    (RESULTS / "hippocampus-gpu.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    units = directory / "units"
-    if units.exists():
-        script = HERE / "units_benchmark.py"
-        flags = ["--iterations", "400", "--mc-samples", "8", "--device", "cuda"]
-        subprocess.run(
-            [
-                sys.executable,
-                str(script),
-                "--out",
-                str(units),
-                "--render-only",
-                "--results-dir",
-                str(RESULTS / "gpu-units"),
-                *flags,
-            ],
-            check=True,
+    if (directory / "hippocampus-gpu").exists():
+        machine_of_run = json.loads((directory / "machine.json").read_text())
+        summary = summarise(directory / "hippocampus-gpu") | {"machine": machine_of_run}
+        (RESULTS / "hippocampus-gpu.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    flags = ["--iterations", "400", "--mc-samples", "8", "--device", "cuda", "--render-only"]
+    for units in sorted(directory.glob("units-seed-*")):
+        seed = units.name.rsplit("-", 1)[1]
+        out = GPU_UNITS / f"seed-{seed}"
+        script = [sys.executable, str(HERE / "units_benchmark.py"), "--out", str(units), "--seed", seed]
+        subprocess.run([*script, "--results-dir", str(out), *flags], check=True)
+    per_seed = [json.loads(path.read_text()) for path in sorted(GPU_UNITS.glob("seed-*/units.json"))]
+    if per_seed:
+        summary = summarise_unit_seeds(per_seed)
+        (GPU_UNITS / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        (GPU_UNITS / "curves.png").write_bytes(plot_unit_bands(summary))
+
+
+UNIT_COMPARISONS = [
+    *((f"patch/{s}", "patch/random") for s in ("foreground-random", "entropy", "bald", "clasp-pe")),
+    *((f"patch/{s}", "patch/foreground-random") for s in ("entropy", "bald", "clasp-pe")),
+    ("slice/strided", "slice/random"),
+    *((run, "volume/random") for run in ("slice/strided", "slice/random", "patch/entropy", "patch/clasp-pe")),
+]
+"""(a, b) pairs compared on AUBC, paired by seed (one split; a unit kind's strategies share round 0)."""
+
+
+def summarise_unit_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every (unit, strategy) over seeds: AUBC and final Dice with bootstrap CIs, the mean curve with its band on
+    the labelled-voxel axis, and the paired comparisons of ``UNIT_COMPARISONS``."""
+    from dataclasses import asdict
+
+    from activeseg.stats import bootstrap_ci, curve_band, paired_test
+
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    for result in per_seed:
+        for run in result["runs"]:
+            voxels = [int(v) for v in run["costs"]["voxels"]]
+            runs.setdefault(f"{run['unit']}/{run['strategy']}", {})[result["seed"]] = {
+                "voxels": voxels,
+                "mean_dice": run["mean_dice"],
+                "aubc": aubc(voxels, run["mean_dice"]),
+            }
+    estimates = {}
+    for key, by_seed in runs.items():
+        seeds = sorted(by_seed)
+        estimates[key] = {
+            "seeds": seeds,
+            "aubc_per_seed": [by_seed[s]["aubc"] for s in seeds],
+            "mean_dice_per_seed": [by_seed[s]["mean_dice"] for s in seeds],
+            "aubc": asdict(bootstrap_ci([by_seed[s]["aubc"] for s in seeds])),
+            "final_dice": asdict(bootstrap_ci([by_seed[s]["mean_dice"][-1] for s in seeds])),
+            "band": asdict(curve_band([(by_seed[s]["voxels"], by_seed[s]["mean_dice"]) for s in seeds])),
+        }
+    paired = []
+    for a, b in UNIT_COMPARISONS:
+        if a in runs and b in runs:
+            common = sorted(set(runs[a]) & set(runs[b]))
+            test = paired_test([runs[a][s]["aubc"] for s in common], [runs[b][s]["aubc"] for s in common])
+            paired.append({"a": a, "b": b, "seeds": common, **asdict(test)})
+    first = per_seed[0]
+    return {
+        "seeds": sorted(r["seed"] for r in per_seed),
+        "iterations": first["model"]["iterations"],
+        "channels": first["model"]["channels"],
+        "mc_samples": first["mc_samples"],
+        "rounds": first["rounds"],
+        "per_round_voxels": first["per_round_volumes"] * first["volume_voxels"],
+        "machine": first["machine"],
+        "runs": estimates,
+        "paired": paired,
+    }
+
+
+def plot_unit_bands(summary: dict[str, Any]) -> bytes:
+    """Mean Dice against labelled voxels per (unit, strategy) with its bootstrap band, as PNG bytes."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.5, 5), dpi=120)
+    styles = {"volume": "-", "slice": "--", "patch": ":"}
+    for key, estimate in summary["runs"].items():
+        band = estimate["band"]
+        millions = [v / 1e6 for v in band["n_labelled"]]
+        (line,) = ax.plot(
+            millions, band["mean"], linestyle=styles[key.split("/")[0]], marker="o", label=f"{key} (n={band['n']})"
         )
+        ax.fill_between(millions, band["low"], band["high"], color=line.get_color(), alpha=0.12)
+    ax.set_xlabel("labelled voxels (millions)")
+    ax.set_ylabel("mean foreground Dice (test split)")
+    ax.set_title(f"Units at equal voxel budgets: mean over {len(summary['seeds'])} seeds, 95% CI")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def render_unit_seeds(summary: dict[str, Any]) -> list[str]:
+    """The GPU units benchmark over seeds: estimates, paired comparisons and a reading stated from the numbers."""
+    seeds = summary["seeds"]
+    lines = [
+        f"## Annotation units at equal voxel budgets on a GPU, {len(seeds)} seeds",
+        "",
+        f"Machine: {describe(summary['machine'])} (a lent device machine). Produced by `benchmarks/gpu_check.sh` "
+        "(seed 0) and `benchmarks/gpu_units.sh` (seeds 1-4): `units_benchmark.py --device cuda --iterations 400 "
+        "--mc-samples 8 --seed N`, patches in one process and slices and volumes in another per seed; summarised by "
+        "`python benchmarks/run_benchmarks.py --render-only --gpu-results DIR` into "
+        "`benchmarks/results/gpu-units/` (one `seed-N/units.json` per seed and `summary.json`).",
+        "",
+        f"Every round labels {summary['per_round_voxels']:,} voxels (4 volumes' worth): whole volumes, patches of "
+        "20×28×20 (1/8 volume) or slices of 56×40 along axis 0; round 0 is random units of the same budget, shared "
+        f"by the strategies of one unit kind and seed. U-Net channels {summary['channels']}, "
+        f"{summary['iterations']} iterations per round from scratch, {summary['mc_samples']} MC-dropout samples, "
+        f"{summary['rounds']} acquisition rounds, the demo's 160/40 split, seeds {seeds}. AUBC is on the "
+        "labelled-voxel axis, normalised to [0, 1]; intervals are 95% percentile-bootstrap CIs over seeds.",
+        "",
+        "| unit / strategy | seeds | AUBC [95% CI] | final Dice [95% CI] | AUBC per seed |",
+        "|---|---|---|---|---|",
+    ]
+    ranked = sorted(summary["runs"].items(), key=lambda kv: -kv[1]["aubc"]["mean"])
+    for key, e in ranked:
+        a, f = e["aubc"], e["final_dice"]
+        per = ", ".join(f"{v:.3f}" for v in e["aubc_per_seed"])
+        lines.append(
+            f"| `{key}` | {len(e['seeds'])} | {a['mean']:.3f} [{a['low']:.3f}, {a['high']:.3f}] | "
+            f"{f['mean']:.3f} [{f['low']:.3f}, {f['high']:.3f}] | {per} |"
+        )
+    lines += [
+        "",
+        "Paired differences in AUBC (a − b, same seed and split), mean with 95% bootstrap CI; with "
+        f"{len(seeds)} pairs the exact two-sided Wilcoxon test cannot go below p = {2 / 2 ** len(seeds):.4f}, "
+        "and p-values are not corrected for multiple comparisons:",
+        "",
+        "| a | b | n | difference [CI] | wins | Wilcoxon p | paired t p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in summary["paired"]:
+        t_p = "—" if t["t_p"] is None else f"{t['t_p']:.3f}"
+        lines.append(
+            f"| `{t['a']}` | `{t['b']}` | {t['n']} | {t['mean_difference']:+.4f} [{t['low']:+.4f}, {t['high']:+.4f}] "
+            f"| {t['wins']}/{t['n']} | {t['wilcoxon_p']:.3f} | {t_p} |"
+        )
+    significant = [t for t in summary["paired"] if t["t_p"] is not None and t["t_p"] < 0.05]
+    better = [f"`{t['a']}` over `{t['b']}`" for t in significant if t["mean_difference"] > 0]
+    worse = [f"`{t['a']}` under `{t['b']}`" for t in significant if t["mean_difference"] < 0]
+    best_key, best = ranked[0]
+
+    def points(kinds: tuple[str, ...]) -> list[float]:
+        """Every (strategy, seed, round) Dice of the given unit kinds, round 0 excluded (it is shared)."""
+        return [
+            d
+            for key, e in summary["runs"].items()
+            if key.split("/")[0] in kinds
+            for curve in e["mean_dice_per_seed"]
+            for d in curve[1:]
+        ]
+
+    def round_zero(kind: str) -> float:
+        curves = next(e["mean_dice_per_seed"] for key, e in summary["runs"].items() if key.startswith(kind + "/"))
+        return statistics.mean(curve[0] for curve in curves)
+
+    partial, whole = points(("patch", "slice")), points(("volume",))
+    low = 0.5
+    lines += [
+        "",
+        f"**Reading.** The highest mean AUBC is `{best_key}` ({best['aubc']['mean']:.3f}). At p < 0.05 (paired t, "
+        "uncorrected): " + ("; ".join(better + worse) if better or worse else "no difference") + ". "
+        f"Round 0 (random units of the same budget) starts at a mean Dice of {round_zero('volume'):.3f} for "
+        f"volumes, {round_zero('slice'):.3f} for slices and {round_zero('patch'):.3f} for patches, which weighs on "
+        "the patch AUBC. Training on partial labels is still unstable at this budget: "
+        f"{sum(d < low for d in partial)} of {len(partial)} later-round results of slice and patch runs fall "
+        f"below {low} Dice, against {sum(d < low for d in whole)} of {len(whole)} for whole volumes, so the "
+        "uncertainty strategies' lead over random patches is partly a lead over unstable training.",
+        "",
+        "![Dice against labelled voxels over seeds](benchmarks/results/gpu-units/curves.png)",
+        "",
+    ]
+    return lines
 
 
 def main() -> None:
@@ -641,7 +774,7 @@ def main() -> None:
             result = runners[part](data_root) | {"machine": machine()}
             (RESULTS / f"{part}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     files = {p: RESULTS / f"{p}.json" for p in (*PARTS, "gpu", "hippocampus-gpu")}
-    files["units-gpu"] = RESULTS / "gpu-units" / "units.json"
+    files["units-gpu"] = GPU_UNITS / "summary.json"
     stored = {p: json.loads(f.read_text()) for p, f in files.items() if f.exists()}
     OUTPUT.write_text(render(stored))
     print(f"wrote {OUTPUT}")

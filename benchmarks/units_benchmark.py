@@ -84,8 +84,10 @@ def main() -> None:
         (args.out / "machine.json").write_text(json.dumps(machine(), indent=2) + "\n")
     if not args.render_only:
         run_kinds(base, args.kinds, args.out, args.results_dir, reporter)
-    write_results(base, args.out, args.results_dir)
-    reporter.info(f"wrote {args.results_dir / 'units.json'} and {args.results_dir / 'units_curves.png'}")
+    if write_results(base, args.out, args.results_dir):
+        reporter.info(f"wrote {args.results_dir / 'units.json'} and {args.results_dir / 'units_curves.png'}")
+    else:
+        reporter.info(f"no finished run in {args.out}: nothing written")
 
 
 def run_kinds(base: RunConfig, kinds: list[str], out: Path, results_dir: Path, reporter: RichReporter) -> None:
@@ -143,12 +145,12 @@ def finished_runs(out: Path) -> list[dict[str, Any]]:
     return runs
 
 
-def write_results(base: RunConfig, out: Path, results_dir: Path) -> None:
-    """Store what has finished so far (the script may be cut short and resumed)."""
+def write_results(base: RunConfig, out: Path, results_dir: Path) -> bool:
+    """Store what has finished so far (the script may be cut short and resumed); False if nothing has."""
     results_dir.mkdir(parents=True, exist_ok=True)
     runs = finished_runs(out)
     if not runs:
-        return
+        return False
     curves = [read_curve(out / f"{r['unit']}-{r['strategy']}") for r in runs]
     plot_curves(
         curves,
@@ -169,6 +171,7 @@ def write_results(base: RunConfig, out: Path, results_dir: Path) -> None:
         "machine": json.loads((out / "machine.json").read_text()),
     }
     (results_dir / "units.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return True
 
 
 if __name__ == "__main__":
