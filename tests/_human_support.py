@@ -25,7 +25,9 @@ import pytest
 from activeseg.config import RunConfig
 from activeseg.data.io import read_volume
 from activeseg.human import nifti_gz
-from activeseg.loop import RunData, create_run, open_data, resume_run
+from activeseg.ledger import Ledger
+from activeseg.loop import ActiveLearningLoop, RunData, adopt_round_zero, create_run, open_data, resume_run
+from activeseg.oracle import SimulatedOracle
 from activeseg.reporting import SilentReporter
 
 from _support import tiny_config
@@ -104,6 +106,24 @@ def copy_run(source: Path, target: Path) -> Path:
     """A private copy of a run directory."""
     shutil.copytree(source, target)
     return target
+
+
+def simulated_twin(shared: Prepared, human: Path, target: Path) -> Path:
+    """The human run's twin with the simulated oracle (same config and seed, round 0 adopted), run through rounds 0
+    and 1; asserts that both rounds' selections, scores and metrics are byte-identical to the human run's."""
+    config = shared.config.override({"oracle.kind": "simulated"})
+    simulated, _ = create_run(config, target, data=shared.data)
+    assert adopt_round_zero(human, simulated)
+    with Ledger(simulated / "ledger.sqlite") as ledger:
+        oracle = SimulatedOracle(shared.data.ground_truth, revealed=ledger.labelled_units())
+        loop = ActiveLearningLoop(config, simulated, shared.data, ledger, oracle, SilentReporter())
+        loop.run_round(0)
+        loop.run_round(1)
+    for r in (0, 1):
+        for name in ("selection.json", "scores.csv", "metrics.json"):
+            path = f"rounds/round_{r:03d}/{name}"
+            assert (human / path).read_text() == (simulated / path).read_text(), path
+    return simulated
 
 
 def ground_truth_nifti(data: RunData, case_id: str) -> bytes:

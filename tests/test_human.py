@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from _human_support import copy_run, ground_truth_nifti, one_torch_thread, prepared
+from _human_support import copy_run, ground_truth_nifti, one_torch_thread, prepared, simulated_twin
 from activeseg.annotate import IngestError, export_queue, ingest_folder
 from activeseg.config import ConfigError
 from activeseg.data.io import read_volume
@@ -30,17 +30,13 @@ from activeseg.human import (
 )
 from activeseg.ledger import Ledger
 from activeseg.loop import (
-    ActiveLearningLoop,
     RunError,
-    adopt_round_zero,
     create_run,
     derive_seed,
     resume_run,
     round_seeds,
 )
 from activeseg.model import build_model
-from activeseg.oracle import SimulatedOracle
-from activeseg.reporting import SilentReporter
 from activeseg.strategies import get_strategy
 from activeseg.uncertainty import ensemble_probs, mc_dropout_probs, tta_probs
 
@@ -139,18 +135,7 @@ def test_full_human_cycle_selects_what_the_simulated_oracle_selects(
     assert (advance["round"], advance["policy"], advance["requested"], advance["received"]) == (1, "all", 3, 3)
 
     # the same config and seed with the simulated oracle: rounds 0 and 1 (round 0's model adopted, as the demo does)
-    config = shared.config.override({"oracle.kind": "simulated"})
-    simulated, _ = create_run(config, tmp_path / "sim", data=shared.data)
-    assert adopt_round_zero(human, simulated)
-    with Ledger(simulated / "ledger.sqlite") as ledger:
-        oracle = SimulatedOracle(shared.data.ground_truth, revealed=ledger.labelled_ids())
-        loop = ActiveLearningLoop(config, simulated, shared.data, ledger, oracle, SilentReporter())
-        loop.run_round(0)
-        loop.run_round(1)
-    for r in (0, 1):
-        for name in ("selection.json", "scores.csv", "metrics.json"):
-            path = f"rounds/round_{r:03d}/{name}"
-            assert (human / path).read_text() == (simulated / path).read_text(), path
+    simulated = simulated_twin(shared, human, tmp_path / "sim")
     with Ledger(human / "ledger.sqlite") as a, Ledger(simulated / "ledger.sqlite") as b:
         for r in (0, 1):
             assert a.labelled_ids(r) == b.labelled_ids(r)

@@ -20,15 +20,15 @@ from _human_support import (
     one_torch_thread,
     prepared,
     serve_in_thread,
+    simulated_twin,
     wait_for_job,
 )
 from activeseg.annotate import export_queue, ingest_folder
 from activeseg.data.io import read_volume
 from activeseg.human import HumanOracle, LabelStore, native_region, take_region
 from activeseg.ledger import Ledger
-from activeseg.loop import ActiveLearningLoop, RunData, RunError, adopt_round_zero, create_run, resume_run, run_lock
+from activeseg.loop import RunData, RunError, resume_run, run_lock
 from activeseg.oracle import SimulatedOracle
-from activeseg.reporting import SilentReporter
 from activeseg.units import IGNORE
 
 from _support import requires_hippocampus
@@ -140,18 +140,7 @@ def test_human_cycle_with_partial_units_trains_on_what_the_simulated_oracle_reve
     assert waiting.startswith("waiting for labels: round 2 has 0 of "), waiting
 
     # the same seed with the simulated oracle: identical rounds 0 and 1, and identical training labels
-    config = shared.config.override({"oracle.kind": "simulated"})
-    simulated, _ = create_run(config, tmp_path / "sim", data=shared.data)
-    assert adopt_round_zero(human, simulated)
-    with Ledger(simulated / "ledger.sqlite") as ledger:
-        oracle = SimulatedOracle(shared.data.ground_truth, revealed=ledger.labelled_units())
-        loop = ActiveLearningLoop(config, simulated, shared.data, ledger, oracle, SilentReporter())
-        loop.run_round(0)
-        loop.run_round(1)
-    for r in (0, 1):
-        for name in ("selection.json", "scores.csv", "metrics.json"):
-            path = f"rounds/round_{r:03d}/{name}"
-            assert (human / path).read_text() == (simulated / path).read_text(), path
+    simulated = simulated_twin(shared, human, tmp_path / "sim")
     with Ledger(human / "ledger.sqlite") as a, Ledger(simulated / "ledger.sqlite") as b:
         assert a.labelled_units(1) == b.labelled_units(1)
         labelled_cases = sorted({record.case_id for record in a.labels(1)})
