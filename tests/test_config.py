@@ -71,6 +71,8 @@ def test_budget_checked_against_pool_size() -> None:
     config.check_budget(10)
     with pytest.raises(ConfigError, match=r"loop\.initial: asks for 10 initial volumes but the pool holds only 9"):
         config.check_budget(9)
+    slices = config_from_dict({"loop": {"initial": 10}, "unit": {"kind": "slice"}})
+    slices.check_budget(2)  # 10 slices from 2 volumes: counted against the pool's slices when the run starts
 
 
 def test_configs_are_frozen_and_override_revalidates() -> None:

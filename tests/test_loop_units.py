@@ -13,7 +13,7 @@ import torch
 from activeseg.config import ConfigError
 from activeseg.curves import read_curve
 from activeseg.ledger import Ledger
-from activeseg.loop import RunData, create_run, labelled_voxels, open_data, resume_run, start_run
+from activeseg.loop import RunData, RunError, create_run, labelled_voxels, open_data, resume_run, start_run
 from activeseg.plots import plot_curves
 from activeseg.reporting import SilentReporter
 from activeseg.units import disjoint, unit_from_key
@@ -183,3 +183,12 @@ def test_a_foreground_weighted_budget_caps_a_simulated_round(cache: Path, tmp_pa
 def test_unit_configs_are_validated(cache: Path, sections: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         patch_config(cache, **sections)
+
+
+@requires_hippocampus
+def test_initial_units_are_counted_against_the_pools_units_not_its_volumes(cache: Path, tmp_path: Path) -> None:
+    # 12 pool volumes, each a 2x2x2 grid of patches: 96 patches, far more than the 12 volumes
+    create_run(patch_config(cache, loop={"initial": 96}), tmp_path / "all")
+    with pytest.raises(RunError, match=r"loop.initial=97 but the pool holds only 96 units"):
+        create_run(patch_config(cache, loop={"initial": 97}), tmp_path / "too-many")
+    assert not (tmp_path / "too-many").exists()

@@ -1,7 +1,9 @@
 """The viewer in a real browser: Debian's Chromium, headless, driven over the DevTools protocol, against a real
 uvicorn server. It opens a queued hippocampus case, accepts the prediction, then corrects it with NiiVue's pen and
 saves again; the ledger must hold both, the second as a correction. A screenshot is kept (``scripts/viewer_screenshot``
-copies it to docs/viewer.png)."""
+copies it to docs/viewer.png). A second test opens a slice query: the region to label is a violet overlay (the
+label colours are red and green), and only the region of a saved label is kept (its screenshot becomes
+docs/viewer-slices.png)."""
 
 from __future__ import annotations
 
@@ -97,6 +99,7 @@ def test_viewer_shows_the_region_of_a_slice_query_and_the_server_keeps_only_it(
 
     shared = prepared(tmp_path_factory, "slice")
     run = copy_run(shared.template, tmp_path / "run")
+    screenshot = tmp_path_factory.mktemp("slice-screenshots") / "viewer-slices.png"
     with serve_in_thread(create_app(run, TOKEN, data=shared.data)) as base:
         browser = Browser(tmp_path / "profile")
         try:
@@ -108,13 +111,18 @@ def test_viewer_shows_the_region_of_a_slice_query_and_the_server_keeps_only_it(
             browser.evaluate(f"{first}.click()")
             browser.wait_for(f"window.viewerState.loaded === {json.dumps(case_id)}", timeout=120)
             assert browser.evaluate("window.viewerState.region") is True
-            assert browser.evaluate("[nv.volumes.length, nv.volumes[2].colormap]") == [3, "green"]
-            assert "green region" in browser.evaluate("document.getElementById('message').textContent")
+            assert browser.evaluate("[nv.volumes.length, nv.volumes[2].colormap]") == [3, "violet"]
+            assert "violet region" in browser.evaluate("document.getElementById('message').textContent")
+            # the crosshair sits on the region (checked against the region file, indexed here with nibabel)
+            folder = run / "annotation" / "round_001" / case_id
+            region = np.asarray(nib.load(folder / "region.nii.gz").dataobj) > 0
+            x, y, z = browser.evaluate("window.viewerState.regionVoxel")
+            assert region[x, y, z]
+            assert browser.evaluate("Array.from(nv.frac2vox(nv.scene.crosshairPos))") == [x, y, z]
+            browser.screenshot(screenshot)
 
             browser.evaluate("document.getElementById('accept').click()")
             saved = browser.wait_for("window.viewerState.saved", timeout=120)
-            folder = run / "annotation" / "round_001" / case_id
-            region = np.asarray(nib.load(folder / "region.nii.gz").dataobj) > 0
             prediction = np.asarray(nib.load(folder / "prediction.nii.gz").dataobj)
             assert saved.get("ignored_outside_region", 0) == int(np.count_nonzero(prediction[~region]))
             (row,) = LabelStore(run).submissions()
@@ -124,3 +132,4 @@ def test_viewer_shows_the_region_of_a_slice_query_and_the_server_keeps_only_it(
             assert errors == [] and browser.evaluate("window.viewerState.error") is None
         finally:
             browser.close()
+    assert screenshot.stat().st_size > 10_000

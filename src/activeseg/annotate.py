@@ -52,7 +52,7 @@ from activeseg.scorers import predictive_entropy
 from activeseg.strategies import get_strategy
 from activeseg.train import predict
 from activeseg.uncertainty import Sampler, make_sampler
-from activeseg.units import unit_from_key
+from activeseg.units import is_whole_volume, unit_from_key
 
 PACKAGES_DIR = "annotation"
 PACKAGE_FILES = ("image", "prediction", "uncertainty")
@@ -127,8 +127,8 @@ def package_dir(run: HumanRun, round_index: int, case_id: str) -> Path:
 
 def package_files(item: QueueItem) -> tuple[str, ...]:
     """The volumes of a queued case's package: a slice or patch query adds its region."""
-    partial = any("@" in unit for unit in item.units)
-    return (*PACKAGE_FILES, REGION_FILE) if partial else PACKAGE_FILES
+    whole = any(is_whole_volume(unit) for unit in item.units)
+    return PACKAGE_FILES if whole else (*PACKAGE_FILES, REGION_FILE)
 
 
 def prepare_packages(run: HumanRun, queue: Queue, reporter: Reporter | None = None) -> dict[str, Path]:

@@ -310,7 +310,12 @@ class RunConfig:
             )
 
     def check_budget(self, pool_size: int) -> None:
-        """Reject a budget the pool cannot supply. Called once the dataset size is known, before any work."""
+        """Reject a budget the pool cannot supply. Called once the dataset size is known, before any work.
+
+        Slice and patch budgets count units, many per volume; the run checks them against the pool's units.
+        """
+        if self.unit.kind != "volume":
+            return
         _require(
             self.loop.initial <= pool_size,
             "loop.initial",

@@ -51,7 +51,7 @@ from activeseg.artifacts import read_json, write_bytes_atomic
 from activeseg.data.io import read_volume
 from activeseg.data.preprocess import CropInfo, center_pad_or_crop
 from activeseg.oracle import LabelsPending, Oracle, OracleError, SimulatedOracle
-from activeseg.units import IGNORE, labelled_mask, unit_from_key
+from activeseg.units import IGNORE, case_of, is_whole_volume, labelled_mask, unit_from_key
 
 if TYPE_CHECKING:
     from activeseg.config import RunConfig
@@ -235,7 +235,7 @@ def native_region(
     Units are boxes on the training grid (``shape``), which is the image centre-padded or -cropped; the region is
     that mapping inverted, so a box that reaches into padding covers only the image voxels inside it.
     """
-    if any("@" not in key for key in units):
+    if any(is_whole_volume(key) for key in units):
         return None
     mask_D_H_W = labelled_mask([unit_from_key(key, shape) for key in units], shape).astype(np.uint8)
     return np.asarray(CropInfo.for_shapes(native_shape, shape).invert(mask_D_H_W) > 0)
@@ -443,7 +443,7 @@ class LabelStore:
             ).fetchall()
         accepted = []
         for r, keys, file in rows:
-            units = [k for k in json.loads(keys) if k.split("@", 1)[0] == case_id]
+            units = [k for k in json.loads(keys) if case_of(k) == case_id]
             if units:
                 accepted.append((int(r), units, self.run_dir / file))
         return accepted
@@ -525,7 +525,7 @@ class LabelStore:
             db.executemany(
                 "INSERT OR IGNORE INTO label_requests (round, unit, case_id, rank, score, requested_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [(round_index, key, key.split("@", 1)[0], rank, score, when) for key, rank, score in requested],
+                [(round_index, key, case_of(key), rank, score, when) for key, rank, score in requested],
             )
             queue = self._queue(db)
             assert queue is not None and queue.round == round_index

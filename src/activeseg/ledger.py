@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from activeseg.units import case_of
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cases (
@@ -160,7 +162,7 @@ class Ledger:
         with self.transaction() as db:
             rows = []
             for (unit, score, rank), cost in zip(choices, costs, strict=True):
-                case_id = unit.split("@", 1)[0]
+                case_id = case_of(unit)
                 row = db.execute("SELECT split FROM cases WHERE case_id = ?", (case_id,)).fetchone()
                 if row is None or row[0] != "pool":
                     raise LedgerError(f"{case_id!r} is not a pool case of this run")

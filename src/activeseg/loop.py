@@ -56,6 +56,7 @@ from activeseg.units import (
     LABEL_FREE_COSTS,
     UnitSpec,
     best_disjoint,
+    case_of,
     labelled_mask,
     random_candidates,
     unit_costs,
@@ -650,11 +651,6 @@ def unit_spec(config: RunConfig) -> UnitSpec:
     """The run's query units."""
     unit = config.unit
     return UnitSpec(unit.kind, unit.axis, unit.patch_size, unit.stride)
-
-
-def case_of(key: str) -> str:
-    """The case id of a unit key."""
-    return key.split("@", 1)[0]
 
 
 def save_model(model: nn.Module, path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 from scipy.ndimage import binary_erosion
 
-from activeseg.units import CostModel, partial_label, unit_from_key
+from activeseg.units import CostModel, case_of, partial_label, unit_from_key
 
 
 class Oracle(Protocol):
@@ -63,7 +63,7 @@ class SimulatedOracle:
 
     def _reveal(self, keys: Iterable[str]) -> None:
         for key in keys:
-            self._revealed.setdefault(key.split("@", 1)[0], set()).add(key)
+            self._revealed.setdefault(case_of(key), set()).add(key)
 
     def request(self, round_index: int, case_ids: Sequence[str]) -> list[str]:
         """Every requested unit's label is available at once."""
@@ -86,7 +86,7 @@ class SimulatedOracle:
         6-neighbour), for simulation-only baselines (never used in training). Each case is read once."""
         by_case: dict[str, list[str]] = {}
         for key in keys:
-            by_case.setdefault(key.split("@", 1)[0], []).append(key)
+            by_case.setdefault(case_of(key), []).append(key)
         foreground_of: dict[str, float] = {}
         border_of: dict[str, float] = {}
         for case_id, case_keys in by_case.items():
@@ -102,5 +102,5 @@ class SimulatedOracle:
     def unit_cost(self, key: str, cost: CostModel, axis: int) -> float:
         """What labelling a unit will cost under ``cost``, before it is labelled (simulation only: a person's
         label-dependent cost is known only afterwards). Reveals nothing to training."""
-        truth = self._ground_truth(key.split("@", 1)[0])
+        truth = self._ground_truth(case_of(key))
         return cost(unit_from_key(key, truth.shape), truth, axis)

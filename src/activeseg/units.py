@@ -66,6 +66,16 @@ class Unit:
         return int(np.prod([s.stop - s.start for s in self.region(shape)]))
 
 
+def case_of(key: str) -> str:
+    """The case id of a unit key."""
+    return key.split("@", 1)[0]
+
+
+def is_whole_volume(key: str) -> bool:
+    """Whether a unit key names a whole volume (a volume's key is its case id; slices and patches add ``@...``)."""
+    return "@" not in key
+
+
 def unit_from_key(key: str, shape: Sequence[int]) -> Unit:
     """Parse a ledger key back into a unit (``shape`` is the preprocessed grid, for the slice's box)."""
     if "@" not in key:

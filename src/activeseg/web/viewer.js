@@ -138,9 +138,10 @@ async function openCase(caseId) {
     { url: caseUrl(caseId, "image") },
     { url: caseUrl(caseId, "uncertainty"), colormap: "warm", opacity: Number($("opacity").value) },
   ];
-  if (partial) volumes.push({ url: caseUrl(caseId, "region"), colormap: "green", opacity: REGION_OPACITY });
+  if (partial) volumes.push({ url: caseUrl(caseId, "region"), colormap: "violet", opacity: REGION_OPACITY });
   await nv.loadVolumes(volumes);
   state.region = partial;
+  if (partial) showRegion(nv.volumes[2]);
   nv.setOpacity(1, $("show-uncertainty").checked ? Number($("opacity").value) : 0);
   await loadPrediction();
   const item = document.querySelector(`#queue li[data-case="${CSS.escape(caseId)}"]`);
@@ -149,8 +150,24 @@ async function openCase(caseId) {
   $("case-title").textContent = caseId + (state.sha ? " (labelled)" : "");
   for (const id of ["accept", "pen", "draw", "undo", "save"]) $(id).disabled = false;
   state.loaded = caseId;
-  const where = partial ? " Only the green region is kept: label all of it, background too." : "";
+  const where = partial ? " Only the violet region is kept: label all of it, background too." : "";
   say(`${caseId}: the prediction is the drawing layer. Accept it, or pick a label and Draw to correct it, then Save.${where}`);
+}
+
+function showRegion(region) {
+  // put the crosshair on the region voxel nearest the region's centroid, so that every view shows the region
+  const [, nx, ny, nz] = region.hdr.dims;
+  const inside = [];
+  for (let i = 0; i < nx * ny * nz; i++) {
+    if (region.img[i] > 0) inside.push([i % nx, Math.floor(i / nx) % ny, Math.floor(i / (nx * ny))]);
+  }
+  if (!inside.length) return;
+  const centre = [0, 1, 2].map((a) => inside.reduce((sum, v) => sum + v[a], 0) / inside.length);
+  const distance = (v) => v.reduce((sum, x, a) => sum + (x - centre[a]) ** 2, 0);
+  const voxel = inside.reduce((best, v) => (distance(v) < distance(best) ? v : best));
+  nv.scene.crosshairPos = nv.vox2frac(voxel); // the region shares the image's grid
+  nv.drawScene();
+  state.regionVoxel = voxel;
 }
 
 async function loadPrediction() {
