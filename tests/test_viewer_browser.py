@@ -30,6 +30,21 @@ def _one_thread() -> Iterator[None]:
         yield
 
 
+FIRST = "document.querySelector('#queue li')"
+
+
+def open_viewer(browser: Browser, base: str) -> str:
+    """Load the page with the token in its address; returns the first queued case id (not opened yet)."""
+    browser.call("Page.navigate", url=f"{base}/#token={TOKEN}")
+    browser.wait_for("window.viewerState && window.viewerState.ready", timeout=120)
+    return str(browser.wait_for(f"{FIRST} && {FIRST}.dataset.case"))
+
+
+def open_first_case(browser: Browser, case_id: str) -> None:
+    browser.evaluate(f"{FIRST}.click()")
+    browser.wait_for(f"window.viewerState.loaded === {json.dumps(case_id)}", timeout=120)
+
+
 def test_viewer_accepts_then_corrects_a_label_and_the_ledger_holds_it(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
@@ -42,13 +57,9 @@ def test_viewer_accepts_then_corrects_a_label_and_the_ledger_holds_it(
     with serve_in_thread(create_app(run, TOKEN, data=shared.data)) as base:
         browser = Browser(tmp_path / "profile")
         try:
-            browser.call("Page.navigate", url=f"{base}/#token={TOKEN}")
-            browser.wait_for("window.viewerState && window.viewerState.ready", timeout=120)
+            case_id = open_viewer(browser, base)
             assert browser.evaluate("location.hash") == ""  # the token left the address bar
-            first = "document.querySelector('#queue li')"
-            case_id = browser.wait_for(f"{first} && {first}.dataset.case")
-            browser.evaluate(f"{first}.click()")
-            browser.wait_for(f"window.viewerState.loaded === {json.dumps(case_id)}", timeout=120)
+            open_first_case(browser, case_id)
 
             # accept the prediction as it is
             browser.evaluate("document.getElementById('accept').click()")
@@ -103,13 +114,9 @@ def test_viewer_shows_the_region_of_a_slice_query_and_the_server_keeps_only_it(
     with serve_in_thread(create_app(run, TOKEN, data=shared.data)) as base:
         browser = Browser(tmp_path / "profile")
         try:
-            browser.call("Page.navigate", url=f"{base}/#token={TOKEN}")
-            browser.wait_for("window.viewerState && window.viewerState.ready", timeout=120)
-            first = "document.querySelector('#queue li')"
-            case_id = browser.wait_for(f"{first} && {first}.dataset.case")
-            assert "slice" in browser.evaluate(f"{first}.textContent")  # the queue says what is asked
-            browser.evaluate(f"{first}.click()")
-            browser.wait_for(f"window.viewerState.loaded === {json.dumps(case_id)}", timeout=120)
+            case_id = open_viewer(browser, base)
+            assert "slice" in browser.evaluate(f"{FIRST}.textContent")  # the queue says what is asked
+            open_first_case(browser, case_id)
             assert browser.evaluate("window.viewerState.region") is True
             assert browser.evaluate("[nv.volumes.length, nv.volumes[2].colormap]") == [3, "violet"]
             assert "violet region" in browser.evaluate("document.getElementById('message').textContent")
