@@ -671,7 +671,7 @@ def render_unit_seeds(summary: dict[str, Any]) -> list[str]:
         f"## Annotation units at equal voxel budgets on a GPU, {len(seeds)} seeds",
         "",
         f"Machine: {describe(summary['machine'])} (a lent device machine). Produced by `benchmarks/gpu_check.sh` "
-        "(seed 0) and `benchmarks/gpu_units.sh` (seeds 1-4): `units_benchmark.py --device cuda --iterations 400 "
+        "(seed 0) and `benchmarks/gpu_units.sh` (the other seeds): `units_benchmark.py --device cuda --iterations 400 "
         "--mc-samples 8 --seed N`, patches in one process and slices and volumes in another per seed; summarised by "
         "`python benchmarks/run_benchmarks.py --render-only --gpu-results DIR` into "
         "`benchmarks/results/gpu-units/` (one `seed-N/units.json` per seed and `summary.json`).",

@@ -1,7 +1,7 @@
 // The activeseg annotation viewer: the queue, one case in NiiVue (image, uncertainty overlay, the region to label
 // for slice and patch queries, the prediction as an editable drawing), accept or correct, save (PUT of the drawing
-// as a NIfTI with the image's header; the server keeps only the region), round progress and the learning curve. Everything comes from this server; the token never leaves the page except in
-// the Authorization header of writes.
+// as a NIfTI with the image's header; the server keeps only the region), round progress and the learning curve.
+// Everything comes from this server; the token never leaves the page except in the Authorization header of writes.
 "use strict";
 
 const state = { token: null, ready: false, caseId: null, sha: null, loaded: null, saved: null, error: null, rounds: -1, region: false };
