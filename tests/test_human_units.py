@@ -25,6 +25,7 @@ from _human_support import (
 )
 from activeseg.annotate import export_queue, ingest_folder
 from activeseg.data.io import read_volume
+from activeseg.data.preprocess import CropInfo
 from activeseg.human import HumanOracle, LabelStore, native_region, take_region
 from activeseg.ledger import Ledger
 from activeseg.loop import RunData, RunError, resume_run, run_lock
@@ -76,6 +77,9 @@ def test_native_region_inverts_the_centre_pad_and_crop() -> None:
     expected = np.zeros(native, dtype=bool)
     expected[0:3, 1:5, :] = True  # training rows 1..3 are native rows 0..2; training cols 0..3 are native 1..4
     assert np.array_equal(region, expected)
+    crop = CropInfo.for_shapes(native, shape)  # the same mapping on a box, as the export manifest gives it
+    assert crop.invert_box(((0, 4), (0, 4), (0, 3))) == ((0, 3), (1, 5), (0, 3))
+    assert crop.invert_box(((0, 1), (0, 8), (0, 3))) == ((0, 0), (1, 9), (0, 3))  # in the padding: empty on axis 0
     slab = native_region(["c@slice:0:0"], native, shape)  # training slice 0 lies in the padding
     assert slab is not None and not slab.any()
     assert native_region(["c"], native, shape) is None

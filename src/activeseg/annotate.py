@@ -279,10 +279,7 @@ def native_boxes(run: HumanRun, item: QueueItem) -> list[dict[str, Any]]:
     for key in item.units:
         unit = unit_from_key(key, shape)
         assert unit.box is not None  # only slice and patch queries have a region
-        ranges = []
-        for (start, stop), pad, cut, size in zip(unit.box, crop.pad_before, crop.crop_start, native, strict=True):
-            lo, hi = max(start - pad + cut, 0), min(stop - pad + cut, int(size))
-            ranges.append([lo, max(hi, lo)])
+        ranges = crop.invert_box(unit.box)
         boxes.append({"unit": key, "start": [r[0] for r in ranges], "stop": [r[1] for r in ranges]})
     return boxes
 

@@ -73,6 +73,17 @@ class CropInfo:
             raise ValueError(f"expected last three axes {self.shape}, got {array.shape}")
         return _place(array, self.original_shape, fill, self.pad_before, self.crop_start)
 
+    def invert_box(self, box: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+        """Map a ``[start, stop)`` box on ``shape`` back to ``original_shape``: the original voxels it covers (an
+        empty range, start == stop, on an axis where it lies in the padding only)."""
+        ranges = []
+        for (start, stop), pad, cut, size in zip(
+            box, self.pad_before, self.crop_start, self.original_shape, strict=True
+        ):
+            low, high = max(start - pad + cut, 0), min(stop - pad + cut, size)
+            ranges.append((low, max(high, low)))
+        return tuple(ranges)
+
 
 def center_pad_or_crop(
     array: npt.NDArray[Any], shape: tuple[int, int, int], fill: float = 0
