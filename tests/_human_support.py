@@ -326,3 +326,14 @@ class Browser:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+@contextmanager
+def browser_on(app: Any, profile: Path) -> Iterator[tuple[Browser, str]]:
+    """``app`` served on loopback and a headless Chromium beside it; yields (browser, base URL), closing both."""
+    with serve_in_thread(app) as base:
+        browser = Browser(profile)
+        try:
+            yield browser, base
+        finally:
+            browser.close()

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from _human_support import TOKEN, Browser, copy_run, one_torch_thread, prepared, require_chromium, serve_in_thread
+from _human_support import TOKEN, Browser, browser_on, copy_run, one_torch_thread, prepared, require_chromium
 from activeseg.data.io import read_volume
 from activeseg.human import LabelStore
 
@@ -54,51 +54,47 @@ def test_viewer_accepts_then_corrects_a_label_and_the_ledger_holds_it(
     shared = prepared(tmp_path_factory)
     run = copy_run(shared.template, tmp_path / "run")
     screenshot = tmp_path_factory.mktemp("screenshots") / "viewer.png"
-    with serve_in_thread(create_app(run, TOKEN, data=shared.data)) as base:
-        browser = Browser(tmp_path / "profile")
-        try:
-            case_id = open_viewer(browser, base)
-            assert browser.evaluate("location.hash") == ""  # the token left the address bar
-            open_first_case(browser, case_id)
+    with browser_on(create_app(run, TOKEN, data=shared.data), tmp_path / "profile") as (browser, base):
+        case_id = open_viewer(browser, base)
+        assert browser.evaluate("location.hash") == ""  # the token left the address bar
+        open_first_case(browser, case_id)
 
-            # accept the prediction as it is
-            browser.evaluate("document.getElementById('accept').click()")
-            saved = browser.wait_for("window.viewerState.saved", timeout=120)
-            assert (saved["case_id"], saved["outcome"], saved["received"]) == (case_id, "created", 1)
-            (accepted,) = LabelStore(run).submissions()
-            assert (accepted["case_id"], accepted["source"], accepted["round"]) == (case_id, "upload", 1)
-            prediction = nib.load(run / "annotation" / "round_001" / case_id / "prediction.nii.gz")
-            accepted_label = read_volume(run / accepted["file"]).array
-            assert np.array_equal(accepted_label, np.asarray(prediction.dataobj))
+        # accept the prediction as it is
+        browser.evaluate("document.getElementById('accept').click()")
+        saved = browser.wait_for("window.viewerState.saved", timeout=120)
+        assert (saved["case_id"], saved["outcome"], saved["received"]) == (case_id, "created", 1)
+        (accepted,) = LabelStore(run).submissions()
+        assert (accepted["case_id"], accepted["source"], accepted["round"]) == (case_id, "upload", 1)
+        prediction = nib.load(run / "annotation" / "round_001" / case_id / "prediction.nii.gz")
+        accepted_label = read_volume(run / accepted["file"]).array
+        assert np.array_equal(accepted_label, np.asarray(prediction.dataobj))
 
-            # correct it: NiiVue's pen with label 2, a stroke through the middle of the first view
-            browser.evaluate("window.viewerState.saved = null")
-            browser.evaluate("document.getElementById('pen').value = '2'; document.getElementById('draw').click()")
-            left, top, width, height = browser.evaluate(
-                "(() => { const r = document.getElementById('gl').getBoundingClientRect();"
-                " return [r.left, r.top, r.width, r.height]; })()"
-            )
-            x0, y0 = left + width * 0.12, top + height * 0.22
-            browser.drag([(x0 + dx, y0 + dy) for dx, dy in zip(range(0, 60, 3), range(0, 80, 4), strict=True)])
-            browser.evaluate("document.getElementById('save').click()")
-            saved = browser.wait_for("window.viewerState.saved", timeout=120)
-            assert saved["outcome"] == "corrected", saved
-            browser.screenshot(screenshot)
+        # correct it: NiiVue's pen with label 2, a stroke through the middle of the first view
+        browser.evaluate("window.viewerState.saved = null")
+        browser.evaluate("document.getElementById('pen').value = '2'; document.getElementById('draw').click()")
+        left, top, width, height = browser.evaluate(
+            "(() => { const r = document.getElementById('gl').getBoundingClientRect();"
+            " return [r.left, r.top, r.width, r.height]; })()"
+        )
+        x0, y0 = left + width * 0.12, top + height * 0.22
+        browser.drag([(x0 + dx, y0 + dy) for dx, dy in zip(range(0, 60, 3), range(0, 80, 4), strict=True)])
+        browser.evaluate("document.getElementById('save').click()")
+        saved = browser.wait_for("window.viewerState.saved", timeout=120)
+        assert saved["outcome"] == "corrected", saved
+        browser.screenshot(screenshot)
 
-            first_row, second_row = LabelStore(run).submissions()
-            assert second_row["supersedes"] == first_row["id"] and second_row["case_id"] == case_id
-            corrected = read_volume(run / second_row["file"]).array
-            changed = corrected != accepted_label
-            assert changed.any() and (corrected[changed] == 2).all()  # the pen stroke, in label 2, and nothing else
+        first_row, second_row = LabelStore(run).submissions()
+        assert second_row["supersedes"] == first_row["id"] and second_row["case_id"] == case_id
+        corrected = read_volume(run / second_row["file"]).array
+        changed = corrected != accepted_label
+        assert changed.any() and (corrected[changed] == 2).all()  # the pen stroke, in label 2, and nothing else
 
-            # the page loaded nothing from anywhere but this server, and threw nothing
-            outside = [u for u in browser.requested_urls() if not u.startswith((base, "data:", "blob:"))]
-            assert outside == []
-            errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
-            assert errors == []
-            assert browser.evaluate("window.viewerState.error") is None
-        finally:
-            browser.close()
+        # the page loaded nothing from anywhere but this server, and threw nothing
+        outside = [u for u in browser.requested_urls() if not u.startswith((base, "data:", "blob:"))]
+        assert outside == []
+        errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
+        assert errors == []
+        assert browser.evaluate("window.viewerState.error") is None
     assert screenshot.stat().st_size > 10_000
 
 
@@ -111,32 +107,28 @@ def test_viewer_shows_the_region_of_a_slice_query_and_the_server_keeps_only_it(
     shared = prepared(tmp_path_factory, "slice")
     run = copy_run(shared.template, tmp_path / "run")
     screenshot = tmp_path_factory.mktemp("slice-screenshots") / "viewer-slices.png"
-    with serve_in_thread(create_app(run, TOKEN, data=shared.data)) as base:
-        browser = Browser(tmp_path / "profile")
-        try:
-            case_id = open_viewer(browser, base)
-            assert "slice" in browser.evaluate(f"{FIRST}.textContent")  # the queue says what is asked
-            open_first_case(browser, case_id)
-            assert browser.evaluate("window.viewerState.region") is True
-            assert browser.evaluate("[nv.volumes.length, nv.volumes[2].colormap]") == [3, "violet"]
-            assert "violet region" in browser.evaluate("document.getElementById('message').textContent")
-            # the crosshair sits on the region (checked against the region file, indexed here with nibabel)
-            folder = run / "annotation" / "round_001" / case_id
-            region = np.asarray(nib.load(folder / "region.nii.gz").dataobj) > 0
-            x, y, z = browser.evaluate("window.viewerState.regionVoxel")
-            assert region[x, y, z]
-            assert browser.evaluate("Array.from(nv.frac2vox(nv.scene.crosshairPos))") == [x, y, z]
-            browser.screenshot(screenshot)
+    with browser_on(create_app(run, TOKEN, data=shared.data), tmp_path / "profile") as (browser, base):
+        case_id = open_viewer(browser, base)
+        assert "slice" in browser.evaluate(f"{FIRST}.textContent")  # the queue says what is asked
+        open_first_case(browser, case_id)
+        assert browser.evaluate("window.viewerState.region") is True
+        assert browser.evaluate("[nv.volumes.length, nv.volumes[2].colormap]") == [3, "violet"]
+        assert "violet region" in browser.evaluate("document.getElementById('message').textContent")
+        # the crosshair sits on the region (checked against the region file, indexed here with nibabel)
+        folder = run / "annotation" / "round_001" / case_id
+        region = np.asarray(nib.load(folder / "region.nii.gz").dataobj) > 0
+        x, y, z = browser.evaluate("window.viewerState.regionVoxel")
+        assert region[x, y, z]
+        assert browser.evaluate("Array.from(nv.frac2vox(nv.scene.crosshairPos))") == [x, y, z]
+        browser.screenshot(screenshot)
 
-            browser.evaluate("document.getElementById('accept').click()")
-            saved = browser.wait_for("window.viewerState.saved", timeout=120)
-            prediction = np.asarray(nib.load(folder / "prediction.nii.gz").dataobj)
-            assert saved.get("ignored_outside_region", 0) == int(np.count_nonzero(prediction[~region]))
-            (row,) = LabelStore(run).submissions()
-            kept = read_volume(run / row["file"]).array
-            assert np.array_equal(kept[region], prediction[region]) and (kept[~region] == 255).all()
-            errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
-            assert errors == [] and browser.evaluate("window.viewerState.error") is None
-        finally:
-            browser.close()
+        browser.evaluate("document.getElementById('accept').click()")
+        saved = browser.wait_for("window.viewerState.saved", timeout=120)
+        prediction = np.asarray(nib.load(folder / "prediction.nii.gz").dataobj)
+        assert saved.get("ignored_outside_region", 0) == int(np.count_nonzero(prediction[~region]))
+        (row,) = LabelStore(run).submissions()
+        kept = read_volume(run / row["file"]).array
+        assert np.array_equal(kept[region], prediction[region]) and (kept[~region] == 255).all()
+        errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
+        assert errors == [] and browser.evaluate("window.viewerState.error") is None
     assert screenshot.stat().st_size > 10_000
