@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
+from activeseg.bench.stats import aubc
 from activeseg.config import load_config
-from activeseg.curves import aubc
 from activeseg.demo import find_hippocampus, run_demo
-from activeseg.loop import full_data_run
+from activeseg.engine.full_data import full_data_run
 
 HERE = Path(__file__).resolve().parent
 

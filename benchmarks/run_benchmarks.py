@@ -43,18 +43,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from activeseg.acquisition.embeddings import embed_volumes
+from activeseg.acquisition.registry import STRATEGIES
+from activeseg.acquisition.scorers import bald, reduce_mean
+from activeseg.acquisition.selectors import BATCHBALD_SITES
+from activeseg.acquisition.uncertainty import SOURCES, make_sampler, score_pool
+from activeseg.bench.stats import aubc
 from activeseg.config import load_config
-from activeseg.curves import aubc, read_curve
+from activeseg.data.splits import open_data
 from activeseg.demo import DEMO_STRATEGIES, default_config, find_hippocampus
-from activeseg.embeddings import embed_volumes
-from activeseg.loop import open_data
-from activeseg.model import build_model
-from activeseg.reporting import SilentReporter
-from activeseg.scorers import bald, reduce_mean
-from activeseg.selectors import BATCHBALD_SITES
-from activeseg.strategies import STRATEGIES
-from activeseg.train import train
-from activeseg.uncertainty import SOURCES, make_sampler, score_pool
+from activeseg.engine.model import build_model
+from activeseg.engine.training import train
+from activeseg.progress import SilentReporter
+from activeseg.rundir.curves import read_curve
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -240,7 +241,7 @@ def bench_units(data_root: Path) -> dict[str, Any]:
 
 def bench_hippocampus(data_root: Path) -> dict[str, Any]:
     """The hippocampus benchmark (resumes whatever ``BENCH_DIR`` holds), summarised from its stored results."""
-    from activeseg.report import summarise
+    from activeseg.bench.results import summarise
 
     results_dir = BENCH_DIR[0]
     config = HERE / "hippocampus.yaml"
@@ -250,7 +251,7 @@ def bench_hippocampus(data_root: Path) -> dict[str, Any]:
 
 def render_hippocampus(result: dict[str, Any], where: str, gpu: bool = False) -> list[str]:
     """The benchmark section: the report's own tables and figure, from the stored summary only."""
-    from activeseg.report import blocks, render_markdown, write_images
+    from activeseg.bench.report import blocks, render_markdown, write_images
 
     content = blocks(result, level=2, figure_prefix="hippocampus-gpu-" if gpu else "hippocampus-")
     write_images(content, RESULTS)
@@ -562,7 +563,7 @@ GPU_UNITS = RESULTS / "gpu-units"
 def store_gpu_results(directory: Path) -> None:
     """Summaries of unpacked device results (run directories, no checkpoints): ``hippocampus-gpu/`` from
     ``gpu_check.sh``, and ``units-seed-N/`` from ``gpu_check.sh`` (seed 0) and ``gpu_units.sh`` (more seeds)."""
-    from activeseg.report import summarise
+    from activeseg.bench.results import summarise
 
     if (directory / "hippocampus-gpu").exists():
         machine_of_run = json.loads((directory / "machine.json").read_text())
@@ -595,7 +596,7 @@ def summarise_unit_seeds(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     the labelled-voxel axis, and the paired comparisons of ``UNIT_COMPARISONS``."""
     from dataclasses import asdict
 
-    from activeseg.stats import bootstrap_ci, curve_band, paired_test
+    from activeseg.bench.stats import bootstrap_ci, curve_band, paired_test
 
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     for result in per_seed:

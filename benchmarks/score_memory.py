@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
+from activeseg.acquisition.scorers import bald, reduce_mean
+from activeseg.acquisition.uncertainty import make_sampler, score_pool
 from activeseg.config import config_from_dict
+from activeseg.data.splits import open_data
 from activeseg.demo import find_hippocampus
-from activeseg.loop import open_data
-from activeseg.model import build_model
-from activeseg.reporting import SilentReporter
-from activeseg.scorers import bald, reduce_mean
-from activeseg.uncertainty import make_sampler, score_pool
+from activeseg.engine.model import build_model
+from activeseg.progress import SilentReporter
 
 
 def rss_mb(field: str) -> float:

@@ -30,12 +30,13 @@ import torch
 from run_benchmarks import machine  # this script's folder is on sys.path when it runs
 
 from activeseg.config import RunConfig
-from activeseg.curves import read_curve
+from activeseg.data.splits import open_data
 from activeseg.demo import default_config, find_hippocampus
-from activeseg.ledger import Ledger
-from activeseg.loop import adopt_round_zero, create_run, open_data, resume_run
+from activeseg.engine.run import adopt_round_zero, create_run, resume_run
 from activeseg.plots import plot_curves
-from activeseg.reporting import RichReporter
+from activeseg.progress import RichReporter
+from activeseg.rundir.curves import read_curve
+from activeseg.rundir.ledger import Ledger
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VOLUME_VOXELS = 40 * 56 * 40

@@ -21,14 +21,19 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
+import uvicorn
+import websocket
 
 from activeseg.config import RunConfig
-from activeseg.data.io import read_volume
-from activeseg.human import nifti_gz
-from activeseg.ledger import Ledger
-from activeseg.loop import ActiveLearningLoop, RunData, adopt_round_zero, create_run, open_data, resume_run
-from activeseg.oracle import SimulatedOracle
-from activeseg.reporting import SilentReporter
+from activeseg.data.io import nifti_gz, read_volume
+from activeseg.data.splits import RunData, open_data
+from activeseg.engine.loop import ActiveLearningLoop
+from activeseg.engine.run import adopt_round_zero, create_run, resume_run
+from activeseg.oracles.simulated import SimulatedOracle
+from activeseg.progress import SilentReporter
+from activeseg.rundir.layout import RunLayout
+from activeseg.rundir.ledger import Ledger
 
 from _support import tiny_config
 
@@ -52,8 +57,6 @@ _PREPARED: dict[str, Prepared] = {}
 def one_torch_thread() -> Iterator[None]:
     """Train and score on one thread, then restore the setting. These tests run a few tiny rounds; on 2 busy cores
     torch's second thread makes them far slower (measured 20x), and the comparisons stay within one setting."""
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -118,7 +121,7 @@ def simulated_twin(shared: Prepared, human: Path, target: Path) -> Path:
     assert adopt_round_zero(human, simulated)
     with Ledger(simulated / "ledger.sqlite") as ledger:
         oracle = SimulatedOracle(shared.data.ground_truth, revealed=ledger.labelled_units())
-        loop = ActiveLearningLoop(config, simulated, shared.data, ledger, oracle, SilentReporter())
+        loop = ActiveLearningLoop(config, RunLayout(simulated), shared.data, ledger, oracle, SilentReporter())
         loop.run_round(0)
         loop.run_round(1)
     for r in (0, 1):
@@ -141,8 +144,6 @@ def ground_truth_nifti(data: RunData, case_id: str) -> bytes:
 @contextmanager
 def serve_in_thread(app: Any) -> Iterator[str]:
     """Run ``app`` with uvicorn on a free loopback port in a thread; yields its base URL."""
-    import uvicorn
-
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -222,7 +223,6 @@ class Browser:
     """Debian's Chromium, headless, driven through the Chrome DevTools Protocol over a websocket."""
 
     def __init__(self, profile: Path, width: int = 1360, height: int = 820) -> None:
-        import websocket  # websocket-client
 
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from activeseg.batchbald import conditional_entropy, greedy_batchbald, site_sketch
-from activeseg.scorers import bald
+from activeseg.acquisition.batchbald import conditional_entropy, greedy_batchbald
+from activeseg.acquisition.scorers import bald, site_sketch
 
 
 def exact_joint_mi(sketches: list[np.ndarray]) -> float:

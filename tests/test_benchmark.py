@@ -16,20 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
 import yaml
 from typer.testing import CliRunner
 
-from activeseg.benchmark import (
-    BenchmarkError,
-    benchmark_from_dict,
-    load_benchmark,
-    plan,
-    ray_session,
-    run_dir,
-)
+from activeseg.bench.config import benchmark_from_dict, load_benchmark
+from activeseg.bench.grid import BenchmarkError, plan, ray_session, run_dir
+from activeseg.bench.stats import aubc
 from activeseg.cli import app
 from activeseg.config import ConfigError
-from activeseg.stats import aubc
 
 from _support import requires_hippocampus, tiny_config
 
@@ -215,7 +210,6 @@ def test_grid_runs_paired_and_reports_from_stored_results(grid: tuple[Path, Path
 @requires_hippocampus
 @pytest.mark.slow
 def test_local_ray_gives_results_identical_to_the_sequential_run(grid: tuple[Path, Path]) -> None:
-    import ray  # the distributed extra is part of the test install: a missing Ray fails here, never skips
 
     config, results = grid
     on_ray = results.parent / "ray"

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from activeseg.cold_start import initial_selection, intensity_features, representative_subset
+from activeseg.acquisition.cold_start import initial_selection, intensity_features, representative_subset
 from activeseg.config import config_from_dict
 from activeseg.data.phantom import make_phantom_dataset
-from activeseg.ledger import Ledger
-from activeseg.loop import create_run
+from activeseg.engine.run import create_run
+from activeseg.rundir.ledger import Ledger
 
 from _support import phantom_raw
 

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from activeseg.data.dataset import Case, Dataset, DatasetError, load_dataset
+from activeseg.data.dataset import Case, Dataset, load_dataset
+from activeseg.data.errors import DatasetError
 from activeseg.data.io import case_id_from_path, read_volume, write_volume
 from activeseg.data.phantom import make_phantom_dataset
 from activeseg.data.preprocess import (

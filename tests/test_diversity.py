@@ -9,8 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from activeseg import diversity
-from activeseg.diversity import gradient_embedding, k_center_greedy, kmeans_pp_seeding, kmeans_top_per_cluster
+from activeseg.acquisition import diversity
+from activeseg.acquisition.diversity import (
+    gradient_embedding,
+    k_center_greedy,
+    kmeans_pp_seeding,
+    kmeans_top_per_cluster,
+)
 
 
 def brute_force_k_center(candidates: np.ndarray, labelled: np.ndarray, k: int) -> list[int]:

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from activeseg import diversity
+from activeseg.acquisition import diversity
+from activeseg.acquisition.embeddings import bottleneck, bottleneck_embedding, gradient_embedding, last_layer
 from activeseg.config import ModelConfig
-from activeseg.embeddings import bottleneck, bottleneck_embedding, gradient_embedding, last_layer
-from activeseg.model import build_model
+from activeseg.engine.model import build_model
 
 
 def test_bottleneck_embedding_has_the_deepest_width_and_is_deterministic() -> None:

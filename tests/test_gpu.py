@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from activeseg.ledger import Ledger
-from activeseg.loop import start_run
-from activeseg.model import build_model, select_device, use_amp
-from activeseg.uncertainty import mc_dropout_probs
+from activeseg.acquisition.uncertainty import mc_dropout_probs
+from activeseg.engine.model import build_model, select_device, use_amp
+from activeseg.engine.run import start_run
+from activeseg.rundir.ledger import Ledger
 
 from _support import requires_hippocampus, tiny_config
 

@@ -13,32 +13,25 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from _human_support import copy_run, ground_truth_nifti, one_torch_thread, prepared, simulated_twin
-from activeseg.annotate import IngestError, export_queue, ingest_folder
+from activeseg.acquisition.scorers import bald
+from activeseg.acquisition.uncertainty import ensemble_probs, mc_dropout_probs, tta_probs
+from activeseg.annotation.export import export_queue
+from activeseg.annotation.ingest import IngestError, ingest_folder
+from activeseg.cli import app
 from activeseg.config import ConfigError
-from activeseg.data.io import read_volume
+from activeseg.data.io import nifti_gz, read_volume
 from activeseg.data.preprocess import CropInfo
-from activeseg.human import (
-    LabelFileError,
-    LabelStore,
-    Reference,
-    check_label,
-    nifti_gz,
-    reference_for,
-    waiting_message,
-)
-from activeseg.ledger import Ledger
-from activeseg.loop import (
-    RunError,
-    create_run,
-    derive_seed,
-    resume_run,
-    round_seeds,
-)
-from activeseg.model import build_model
-from activeseg.strategies import get_strategy
-from activeseg.uncertainty import ensemble_probs, mc_dropout_probs, tta_probs
+from activeseg.engine.loop import RunError
+from activeseg.engine.model import build_model
+from activeseg.engine.run import create_run, resume_run
+from activeseg.oracles.human import waiting_message
+from activeseg.oracles.label_files import LabelFileError, Reference, check_label, reference_for
+from activeseg.rundir.layout import RunLayout
+from activeseg.rundir.ledger import Ledger
+from activeseg.seeds import derive_seed, round_seeds
 
 from _support import requires_hippocampus, tiny_config
 
@@ -50,7 +43,7 @@ def _one_thread() -> Iterator[None]:
 
 
 def queue_ids(run_dir: Path) -> list[str]:
-    queue = LabelStore(run_dir).queue()
+    queue = RunLayout(run_dir).label_store().queue()
     assert queue is not None
     return queue.ids
 
@@ -77,16 +70,16 @@ def test_a_human_run_waits_for_labels_and_records_nothing_until_they_arrive(
 ) -> None:
     shared = prepared(tmp_path_factory)
     run = copy_run(shared.template, tmp_path / "run")
-    selection = [c["case_id"] for c in json.loads((run / "rounds/round_000/selection.json").read_text())]
+    selection = [c["unit"] for c in json.loads((run / "rounds/round_000/selection.json").read_text())]
     assert queue_ids(run) == selection and len(selection) == 3
-    assert waiting_message(run) == "waiting for labels: round 1 has 0 of 3"
+    assert waiting_message(RunLayout(run)) == "waiting for labels: round 1 has 0 of 3"
     # resuming without labels: still waiting, nothing recorded (no stop reason, no round-1 labels)
     assert resume_run(run, data=shared.data) == "waiting for labels: round 1 has 0 of 3"
     with Ledger(run / "ledger.sqlite") as ledger:
         assert ledger.stop_reason() is None
         assert ledger.current_round() == 0
         assert [r.round for r in ledger.rounds()] == [0]
-    assert LabelStore(run).advances() == []
+    assert RunLayout(run).label_store().advances() == []
 
 
 # --- export, ingest, resume: the full cycle --------------------------------------------------------------------------
@@ -128,10 +121,10 @@ def test_full_human_cycle_selects_what_the_simulated_oracle_selects(
     assert report.outcomes == dict.fromkeys(queued, "created") and report.missing == []
     again = ingest_folder(human, out, data=shared.data)  # idempotent
     assert again.outcomes == dict.fromkeys(queued, "unchanged")
-    assert len(LabelStore(human).submissions()) == 3
+    assert len(RunLayout(human).label_store().submissions()) == 3
 
     assert resume_run(human, data=shared.data) == "waiting for labels: round 2 has 0 of 3"
-    (advance,) = LabelStore(human).advances()
+    (advance,) = RunLayout(human).label_store().advances()
     assert (advance["round"], advance["policy"], advance["requested"], advance["received"]) == (1, "all", 3, 3)
 
     # the same config and seed with the simulated oracle: rounds 0 and 1 (round 0's model adopted, as the demo does)
@@ -174,10 +167,9 @@ def test_exported_uncertainty_comes_from_the_runs_own_source(
     dropout = mc_dropout_probs(models[0], image, settings.mc_samples, settings.mc_batch_size, seed)
     native = read_volume(shared.data.pool.case(case_id).image).array.shape
     crop = CropInfo.for_shapes(native, config.data.shape)
-    bald_map = get_strategy("bald").score_maps
-    expected = crop.invert(bald_map(probs)[0].numpy().astype(np.float32))
+    expected = crop.invert(bald(probs).numpy().astype(np.float32))
     assert np.allclose(exported, expected, atol=1e-6)
-    assert not np.allclose(exported, crop.invert(bald_map(dropout)[0].numpy().astype(np.float32)), atol=1e-4)
+    assert not np.allclose(exported, crop.invert(bald(dropout).numpy().astype(np.float32)), atol=1e-4)
 
 
 # --- ingest validation ----------------------------------------------------------------------------------------------
@@ -268,7 +260,7 @@ def test_a_different_label_is_a_recorded_correction_not_an_overwrite(
     report = ingest_folder(run, folder, data=shared.data)
     assert report.outcomes == {case_id: "corrected"} and len(report.missing) == 2
     rows, files = submissions_and_files(run)
-    first, second = LabelStore(run).submissions()
+    first, second = RunLayout(run).label_store().submissions()
     assert [r[0] for r in rows] == [case_id, case_id] and second["supersedes"] == first["id"]
     assert len(files) == 2  # both labels are kept, each under its own hash
     assert np.array_equal(read_volume(run / second["file"]).array, edited)
@@ -281,7 +273,7 @@ def test_a_round_closes_by_policy_all_waits_manual_starts_with_what_arrived(
 ) -> None:
     shared = prepared(tmp_path_factory)
     run = copy_run(shared.template, tmp_path / "run")
-    store = LabelStore(run)
+    store = RunLayout(run).label_store()
     queue = store.queue()
     assert queue is not None
     requested = [(item.case_id, item.rank, item.score) for item in queue.items]
@@ -332,9 +324,6 @@ def test_config_oracle_section_is_validated(tmp_path: Path) -> None:
 @requires_hippocampus
 @pytest.mark.slow
 def test_command_line_export_ingest_status_and_resume(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from activeseg.cli import app
 
     shared = prepared(tmp_path_factory)
     run = copy_run(shared.template, tmp_path / "run")

@@ -23,14 +23,20 @@ from _human_support import (
     simulated_twin,
     wait_for_job,
 )
-from activeseg.annotate import export_queue, ingest_folder
+from activeseg.acquisition.units import IGNORE
+from activeseg.annotation.export import export_queue
+from activeseg.annotation.ingest import ingest_folder
+from activeseg.annotation.server import create_app
 from activeseg.data.io import read_volume
 from activeseg.data.preprocess import CropInfo
-from activeseg.human import HumanOracle, LabelStore, native_region, take_region
-from activeseg.ledger import Ledger
-from activeseg.loop import RunData, RunError, resume_run, run_lock
-from activeseg.oracle import SimulatedOracle
-from activeseg.units import IGNORE
+from activeseg.data.splits import RunData
+from activeseg.engine.loop import RunError
+from activeseg.engine.run import resume_run, run_lock
+from activeseg.oracles.human import HumanOracle
+from activeseg.oracles.label_files import native_region, take_region
+from activeseg.oracles.simulated import SimulatedOracle
+from activeseg.rundir.layout import RunLayout
+from activeseg.rundir.ledger import Ledger
 
 from _support import requires_hippocampus
 
@@ -87,9 +93,9 @@ def test_native_region_inverts_the_centre_pad_and_crop() -> None:
 
 def test_run_lock_refuses_a_second_holder_and_names_the_first(tmp_path: Path) -> None:
     refused = pytest.raises(RunError, match=r"process \d+ is running this run's rounds now")
-    with run_lock(tmp_path), refused, run_lock(tmp_path):
+    with run_lock(RunLayout(tmp_path)), refused, run_lock(RunLayout(tmp_path)):
         pass
-    with run_lock(tmp_path):  # released: free again, and the lock file is left empty
+    with run_lock(RunLayout(tmp_path)):  # released: free again, and the lock file is left empty
         pass
     assert (tmp_path / "run.lock").read_text() == ""
 
@@ -105,7 +111,7 @@ def test_human_cycle_with_partial_units_trains_on_what_the_simulated_oracle_reve
 ) -> None:
     shared = prepared(tmp_path_factory, unit)
     human = copy_run(shared.template, tmp_path / "human")
-    queue = LabelStore(human).queue()
+    queue = RunLayout(human).label_store().queue()
     assert queue is not None and sum(len(i.units) for i in queue.items) == 3
     assert all("@" in key for item in queue.items for key in item.units)
 
@@ -132,7 +138,7 @@ def test_human_cycle_with_partial_units_trains_on_what_the_simulated_oracle_reve
     for path, count in outside_expected.items():  # each file's voxels outside its region are reported by name
         note = f"{path}: {count} labelled voxels outside the queried region were ignored"
         assert (note in report.notes) == (count > 0), (note, report.notes)
-    for row in LabelStore(human).submissions():  # stored: the region's labels, the ignore value elsewhere
+    for row in RunLayout(human).label_store().submissions():  # stored: the region's labels, the ignore value elsewhere
         stored = np.asarray(read_volume(human / row["file"]).array)
         case_id = row["case_id"]
         folder = out / case_id
@@ -148,14 +154,15 @@ def test_human_cycle_with_partial_units_trains_on_what_the_simulated_oracle_reve
     with Ledger(human / "ledger.sqlite") as a, Ledger(simulated / "ledger.sqlite") as b:
         assert a.labelled_units(1) == b.labelled_units(1)
         labelled_cases = sorted({record.case_id for record in a.labels(1)})
+        seed_units = a.labelled_units(0)
         revealed = SimulatedOracle(shared.data.ground_truth, revealed=a.labelled_units(1))
         round_two = [record.unit for record in b.labels() if record.round == 2]
-    person = HumanOracle(LabelStore(human), shared.data, shared.config.data.shape, "all")
+    person = HumanOracle(RunLayout(human).label_store(), shared.data, shared.config.data.shape, "all", seed_units)
     for case_id in labelled_cases:
         mine, truth = person.label(case_id), revealed.label(case_id)
         assert np.array_equal(mine, truth), case_id
         assert (mine == IGNORE).any()  # partial: most of each case stays unlabelled
-    next_queue = LabelStore(human).queue()
+    next_queue = RunLayout(human).label_store().queue()
     assert next_queue is not None
     assert sorted(k for i in next_queue.items for k in i.units) == sorted(round_two)
 
@@ -168,7 +175,6 @@ def test_human_cycle_with_partial_units_trains_on_what_the_simulated_oracle_reve
 def test_server_serves_the_region_and_keeps_only_it_from_an_upload(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
-    from activeseg.server import create_app
 
     shared = prepared(tmp_path_factory, "patch")
     run = copy_run(shared.template, tmp_path / "run")
@@ -186,12 +192,12 @@ def test_server_serves_the_region_and_keeps_only_it_from_an_upload(
         assert region.shape == truth.shape and region.any()
 
         # a resume elsewhere holds the run's lock: the background round fails with that reason and changes nothing
-        with run_lock(run):
+        with run_lock(RunLayout(run)):
             upload = ground_truth_nifti(shared.data, case_id)  # the whole volume: only the region may be kept
             saved = http("PUT", f"{base}/api/cases/{case_id}/label", upload, token=TOKEN)
             assert saved.status == 201, saved.body
             assert saved.json()["ignored_outside_region"] == int(np.count_nonzero(truth[~region]))
-            stored = LabelStore(run).current_file(case_id)
+            stored = RunLayout(run).label_store().current_file(case_id)
             assert stored is not None
             kept = np.asarray(read_volume(stored).array)
             assert np.array_equal(kept[region], truth[region]) and (kept[~region] == IGNORE).all()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from activeseg.ledger import Ledger, LedgerError
+from activeseg.rundir.ledger import Ledger, LedgerError
 
 
 @pytest.fixture

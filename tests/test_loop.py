@@ -14,11 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from activeseg.acquisition.registry import STRATEGIES
 from activeseg.config import save_config
-from activeseg.ledger import Ledger
-from activeseg.loop import RunError, adopt_round_zero, create_run, derive_seed, resume_run, round_seeds, start_run
-from activeseg.strategies import STRATEGIES
+from activeseg.demo import run_demo
+from activeseg.engine.loop import RunError
+from activeseg.engine.run import adopt_round_zero, create_run, resume_run, start_run
+from activeseg.rundir.ledger import Ledger
+from activeseg.seeds import derive_seed, round_seeds
 
 from _support import hippocampus_root, requires_hippocampus, tiny_config
 
@@ -70,10 +74,10 @@ def test_two_rounds_label_the_top_scoring_pool_cases(reference_run: Path) -> Non
     for r in (0, 1):
         round_dir = reference_run / "rounds" / f"round_{r:03d}"
         with (round_dir / "scores.csv").open() as handle:
-            scores = {row["case_id"]: float(row["score"]) for row in csv.DictReader(handle)}
+            scores = {row["unit"]: float(row["score"]) for row in csv.DictReader(handle)}
         labelled_before = {x.case_id for x in labels if x.round <= r}
         assert set(scores) == pool - labelled_before  # only the unlabelled pool is scored
-        chosen = [c["case_id"] for c in json.loads((round_dir / "selection.json").read_text())]
+        chosen = [c["unit"] for c in json.loads((round_dir / "selection.json").read_text())]
         assert chosen == sorted(scores, key=lambda c: (-scores[c], c))[:3]
         assert {x.case_id for x in labels if x.round == r + 1} == set(chosen)
         metrics = json.loads((round_dir / "metrics.json").read_text())
@@ -179,7 +183,6 @@ def test_test_time_augmentation_source_in_a_real_run(cache: Path, tmp_path: Path
 def test_deep_ensemble_trains_seeded_members_and_accounts_for_them(
     reference_run: Path, cache: Path, tmp_path: Path
 ) -> None:
-    import torch
 
     config = tiny_config(cache, strategy={"uncertainty": "ensemble", "ensemble_size": 3}, loop={"rounds": 1})
     run_dir = start_run(config, tmp_path / "ensemble")
@@ -223,7 +226,6 @@ def test_validation_plateau_stops_the_run_and_is_recorded(cache: Path, tmp_path:
 
 
 def test_demo_end_to_end_on_a_tiny_config(cache: Path, tmp_path: Path) -> None:
-    from activeseg.demo import run_demo
 
     config = tiny_config(cache, data={"max_cases": 16, "test_size": 4}, train={"iterations": 4})
     result = run_demo(tmp_path / "demo", hippocampus_root(), config=config, full_data_iterations=4)

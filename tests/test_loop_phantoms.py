@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from activeseg.acquisition.selectors import Choice
 from activeseg.config import ConfigError, RunConfig, config_from_dict
 from activeseg.data.phantom import make_phantom_dataset
-from activeseg.ledger import Ledger
-from activeseg.loop import start_run
-from activeseg.oracle import OracleError, SimulatedOracle
+from activeseg.engine.run import start_run
+from activeseg.oracles.base import OracleError
+from activeseg.oracles.simulated import SimulatedOracle
+from activeseg.rundir.ledger import Ledger
 
 from _support import phantom_raw
 
@@ -62,7 +64,7 @@ def test_simulated_oracle_reveals_only_requested_labels() -> None:
     assert oracle.label("a").sum() == 0
     with pytest.raises(OracleError, match="'b' was never requested"):
         oracle.label("b")
-    assert oracle.request(1, ["b"]) == ["b"]
+    assert oracle.request(1, [Choice("b", None, 0)]) == ["b"]
     assert oracle.label("b").sum() == 8
 
 

@@ -10,13 +10,16 @@ import numpy as np
 import pytest
 import torch
 
+from activeseg.acquisition.units import disjoint, unit_from_key
 from activeseg.config import ConfigError
-from activeseg.curves import read_curve
-from activeseg.ledger import Ledger
-from activeseg.loop import RunData, RunError, create_run, labelled_voxels, open_data, resume_run, start_run
+from activeseg.data.splits import RunData, open_data
+from activeseg.engine.loop import RunError
+from activeseg.engine.pool import labelled_voxels
+from activeseg.engine.run import create_run, resume_run, start_run
 from activeseg.plots import plot_curves
-from activeseg.reporting import SilentReporter
-from activeseg.units import disjoint, unit_from_key
+from activeseg.progress import SilentReporter
+from activeseg.rundir.curves import read_curve
+from activeseg.rundir.ledger import Ledger
 
 from _support import requires_hippocampus, tiny_config
 
@@ -136,7 +139,7 @@ def test_slice_queries_with_a_multi_map_strategy_and_a_voxel_budget(cache: Path,
     selection = json.loads((run_dir / "rounds" / "round_000" / "selection.json").read_text())
     assert [c["rank"] for c in selection] == [0, 1, 2, 3, 4]
     scores = (run_dir / "rounds" / "round_000" / "scores.csv").read_text().splitlines()
-    assert scores[0] == "case_id,score,score_1,score_2"  # PE, then PE·p̄ per foreground class
+    assert scores[0] == "unit,score,score_1,score_2"  # PE, then PE·p̄ per foreground class
     per_case: dict[str, int] = {}
     for row in scores[1:]:
         per_case[row.split("@")[0]] = per_case.get(row.split("@")[0], 0) + 1

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from activeseg.scorers import (
+from activeseg.acquisition.scorers import (
     SCORERS,
     bald,
     class_predictive_entropy,
@@ -20,6 +20,7 @@ from activeseg.scorers import (
     reduce_top_q,
     variance,
 )
+from activeseg.bench.stats import aubc
 
 
 def random_probs(seed: int, k: int = 6, c: int = 3, shape: tuple[int, ...] = (4, 5, 3)) -> torch.Tensor:
@@ -45,6 +46,7 @@ def reference(name: str, probs: torch.Tensor) -> np.ndarray:
         "bald": pe - ee,
         "variance": p.var(axis=0).mean(axis=0),
         "margin": 1.0 - (ordered[-1] - ordered[-2]),
+        "clasp": np.concatenate([pe[None], pe[None] * mean[1:]]),  # PE, then PE · p̄_c per foreground class
     }[name]
 
 
@@ -53,7 +55,7 @@ def reference(name: str, probs: torch.Tensor) -> np.ndarray:
 def test_scorer_matches_float64_reference(name: str, seed: int) -> None:
     probs = random_probs(seed)
     got = SCORERS[name](probs)
-    assert got.shape == probs.shape[2:]
+    assert got.shape[-3:] == probs.shape[2:]
     np.testing.assert_allclose(got.double().numpy(), np.maximum(reference(name, probs), 0), atol=2e-6)
 
 
@@ -138,7 +140,6 @@ def test_unknown_reduction_is_rejected() -> None:
 
 
 def test_aubc_against_hand_computed_areas() -> None:
-    from activeseg.curves import aubc
 
     assert aubc([5, 10, 15, 20], [0.5, 0.5, 0.5, 0.5]) == pytest.approx(0.5)
     # (5 * (0.2 + 0.6) / 2 + 10 * (0.6 + 0.8) / 2) / 15 = (2 + 7) / 15

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from activeseg.acquisition.registry import get_strategy
+from activeseg.acquisition.scorers import predictive_entropy, strategy_maps
+from activeseg.acquisition.selectors import SelectionContext, clasp_quotas
+from activeseg.acquisition.stochastic import WEIGHTINGS, sampling_probabilities, scheduled_beta, stochastic_batch
 from activeseg.config import ConfigError, config_from_dict
-from activeseg.scorers import predictive_entropy
-from activeseg.selection import KINDS, sampling_probabilities, scheduled_beta, stochastic_batch
-from activeseg.selectors import clasp_quotas
-from activeseg.strategies import get_strategy
 
 
 def test_probabilities_match_hand_computed_weights() -> None:
@@ -23,7 +23,7 @@ def test_probabilities_match_hand_computed_weights() -> None:
     np.testing.assert_allclose(sampling_probabilities(scores, 1.0, "softrank"), np.array([2, 3, 6]) / 11)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", WEIGHTINGS)
 def test_first_draw_frequencies_follow_the_probabilities(kind: str) -> None:
     scores = np.array([0.1, 0.4, 0.2, 0.8, 0.5])
     expected = sampling_probabilities(scores, 2.0, kind)  # type: ignore[arg-type]
@@ -35,7 +35,7 @@ def test_first_draw_frequencies_follow_the_probabilities(kind: str) -> None:
     assert np.all(np.abs(counts / draws - expected) <= tolerance), (counts / draws, expected)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", WEIGHTINGS)
 def test_large_beta_is_top_k_and_zero_beta_is_uniform(kind: str) -> None:
     rng = np.random.default_rng(1)
     scores = rng.random(50) + 0.01
@@ -71,7 +71,7 @@ def test_clasp_quotas_split_two_thirds_over_foreground_classes() -> None:
 
 def test_clasp_maps_are_pe_then_class_specific_pe() -> None:
     probs = torch.softmax(torch.randn(4, 3, 2, 3, 2, generator=torch.Generator().manual_seed(0)), dim=1)
-    maps = get_strategy("clasp-pe").score_maps(probs)
+    maps = strategy_maps("clasp", probs)
     assert maps.shape == (3, 2, 3, 2)
     torch.testing.assert_close(maps[0], predictive_entropy(probs))
     torch.testing.assert_close(maps[1:], predictive_entropy(probs) * probs.mean(dim=0)[1:])
@@ -84,8 +84,10 @@ def test_clasp_with_vanishing_noise_fills_each_class_share_then_pe() -> None:
         "d": (0.4, 0.0, 0.9), "e": (0.5, 0.0, 0.8),
         "f": (0.9, 0.1, 0.1), "g": (0.8, 0.1, 0.1), "h": (0.05, 0.05, 0.05),
     }  # fmt: skip
-    chosen = get_strategy("clasp-pe").select(list(scores), scores, 5, np.random.default_rng(0), beta=1e4)
-    assert [c.case_id for c in chosen] == ["a", "b", "d", "f", "g"]
+    chosen = get_strategy("clasp-pe").select(
+        list(scores), scores, 5, SelectionContext(np.random.default_rng(0), beta=1e4)
+    )
+    assert [c.unit for c in chosen] == ["a", "b", "d", "f", "g"]
     assert [c.score for c in chosen] == [0.9, 0.8, 0.9, 0.9, 0.8]
 
 

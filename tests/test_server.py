@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import socket
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.client import HTTPConnection
 from pathlib import Path
@@ -28,8 +33,10 @@ from _human_support import (
     serve_in_thread,
     wait_for_job,
 )
-from activeseg.human import LabelStore, nifti_gz
-from activeseg.ledger import Ledger
+from activeseg.annotation.server import create_app
+from activeseg.data.io import nifti_gz
+from activeseg.rundir.layout import RunLayout
+from activeseg.rundir.ledger import Ledger
 
 from _support import requires_hippocampus
 
@@ -55,7 +62,6 @@ def run_dir(shared: Prepared, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def base(shared: Prepared, run_dir: Path) -> Iterator[str]:
-    from activeseg.server import create_app
 
     app = create_app(run_dir, TOKEN, data=shared.data, max_upload_bytes=LIMIT)
     with serve_in_thread(app) as url:
@@ -109,7 +115,7 @@ def test_queue_status_and_case_volumes(base: str, shared: Prepared, run_dir: Pat
     selection = json.loads((run_dir / "rounds/round_000/selection.json").read_text())
     assert body["round"] == 1
     assert [(c["case_id"], c["rank"], c["score"]) for c in body["cases"]] == [  # type: ignore[union-attr]
-        (c["case_id"], c["rank"], c["score"]) for c in selection
+        (c["unit"], c["rank"], c["score"]) for c in selection
     ]
     status = http("GET", f"{base}/api/status").json()
     assert (status["state"], status["waiting_round"], status["received"], status["requested"]) == ("waiting", 1, 0, 3)
@@ -279,7 +285,7 @@ def test_next_round_runs_in_the_background_then_the_last_label_starts_one(
     job = wait_for_job(base)
     assert job["state"] == "finished" and job["result"] == "waiting for labels: round 2 has 0 of 3", job
     assert any("training" in stage for stage in job["stages_seen"]) or job["progress"]["stage"]
-    (advance,) = LabelStore(run_dir).advances()
+    (advance,) = RunLayout(run_dir).label_store().advances()
     assert (advance["round"], advance["policy"], advance["requested"], advance["received"]) == (1, "all", 3, 2)
     with Ledger(run_dir / "ledger.sqlite") as ledger:  # only the labels that arrived train; the rest stay in the pool
         assert sorted(r.case_id for r in ledger.labels() if r.round == 1) == received
@@ -302,11 +308,6 @@ def test_next_round_runs_in_the_background_then_the_last_label_starts_one(
 
 
 def test_serve_command_binds_to_loopback_and_prints_the_token_once(shared: Prepared, tmp_path: Path) -> None:
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
 
     run = copy_run(shared.template, tmp_path / "run")
     with socket.socket() as probe:

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from activeseg.stats import aubc, bootstrap_ci, budget_to_reach, curve_band, mean_ranks, paired_test
+from activeseg.bench.stats import aubc, bootstrap_ci, budget_to_reach, curve_band, mean_ranks, paired_test
 
 
 def test_aubc_by_hand() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from activeseg.stopping import budget_reason, plateau_reason, uncertainty_reason
+from activeseg.engine.stopping import budget_reason, plateau_reason, uncertainty_reason
 
 
 def test_budget_stops_after_the_last_round_or_an_empty_pool() -> None:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from activeseg.scorers import reduce_mean
-from activeseg.selectors import BATCHBALD_SITES
-from activeseg.strategies import STRATEGIES, Strategy, get_strategy, register
+from activeseg.acquisition.registry import STRATEGIES, Strategy, get_strategy, register
+from activeseg.acquisition.scorers import SKETCHES, reduce_mean, strategy_maps
+from activeseg.acquisition.selectors import BATCHBALD_SITES, SelectionContext
 
 ALL = sorted(STRATEGIES)
 
@@ -20,9 +20,9 @@ Scores = dict[str, tuple[float, ...]]
 
 def score_vectors(strategy: Strategy, probs: list[torch.Tensor]) -> list[tuple[float, ...]]:
     """What the loop would give the strategy: its own voxel maps on these predictions, mean-reduced."""
-    if not strategy.needs_scores:
+    if strategy.scorer is None:
         return [(0.0,)] * len(probs)
-    return [tuple(reduce_mean(m, p.mean(dim=0)) for m in strategy.score_maps(p)) for p in probs]
+    return [tuple(reduce_mean(m, p.mean(dim=0)) for m in strategy_maps(strategy.scorer, p)) for p in probs]
 
 
 def pool(n: int, strategy: Strategy | None = None, seed: int = 0, equal: bool = False) -> tuple[list[str], Scores]:
@@ -46,7 +46,7 @@ def features(strategy: Strategy, ids: list[str], equal: bool = False) -> dict[st
             seed = 0 if equal else int(case_id.split("_")[1])
             return torch.softmax(torch.randn(3, 3, 2, 3, 2, generator=torch.Generator().manual_seed(seed)) * 2, dim=1)
 
-        return {"sketches": {c: strategy.sketch(probs(c), BATCHBALD_SITES) for c in ids}}
+        return {"sketches": {c: SKETCHES[strategy.sketch](probs(c), BATCHBALD_SITES) for c in ids}}
     if strategy.embedding is None:
         return {}
 
@@ -59,8 +59,10 @@ def features(strategy: Strategy, ids: list[str], equal: bool = False) -> dict[st
 
 def select(strategy: Strategy, ids: list[str], scores: Scores, k: int, seed: int = 0, equal: bool = False) -> list[str]:
     given = scores if strategy.needs_scores else None
-    chosen = strategy.select(ids, given, k, np.random.default_rng(seed), **features(strategy, ids, equal))
-    return [c.case_id for c in chosen]
+    chosen = strategy.select(
+        ids, given, k, SelectionContext(np.random.default_rng(seed), **features(strategy, ids, equal))
+    )
+    return [c.unit for c in chosen]
 
 
 @pytest.fixture(params=ALL)
@@ -75,23 +77,30 @@ def test_documented(strategy: Strategy) -> None:
 def test_rejects_bad_parameters(strategy: Strategy) -> None:
     ids, scores = pool(10, strategy)
     with pytest.raises(ValueError, match="batch_size"):
-        strategy.select(ids, scores, 0, np.random.default_rng(0), **features(strategy, ids))
+        strategy.select(ids, scores, 0, SelectionContext(np.random.default_rng(0), **features(strategy, ids)))
     with pytest.raises(ValueError, match="unique"):
-        strategy.select([*ids, ids[0]], scores, 2, np.random.default_rng(0), **features(strategy, ids))
+        strategy.select(
+            [*ids, ids[0]], scores, 2, SelectionContext(np.random.default_rng(0), **features(strategy, ids))
+        )
     if strategy.needs_scores:
         with pytest.raises(ValueError, match="needs a score"):
             strategy.select(
-                ids, {c: scores[c] for c in ids[:5]}, 2, np.random.default_rng(0), **features(strategy, ids)
+                ids,
+                {c: scores[c] for c in ids[:5]},
+                2,
+                SelectionContext(np.random.default_rng(0), **features(strategy, ids)),
             )
     if strategy.simulation_only:
         with pytest.raises(ValueError, match="simulation-only"):
-            strategy.select(ids, None, 2, np.random.default_rng(0))
+            strategy.select(ids, None, 2, SelectionContext(np.random.default_rng(0)))
     if strategy.sketch is not None:
         with pytest.raises(ValueError, match="sketch"):
-            strategy.select(ids, scores, 2, np.random.default_rng(0))
+            strategy.select(ids, scores, 2, SelectionContext(np.random.default_rng(0)))
     if strategy.embedding is not None:
         with pytest.raises(ValueError, match="embeddings"):
-            strategy.select(ids, scores if strategy.needs_scores else None, 2, np.random.default_rng(0))
+            strategy.select(
+                ids, scores if strategy.needs_scores else None, 2, SelectionContext(np.random.default_rng(0))
+            )
 
 
 def test_same_seed_same_selection_and_order_free(strategy: Strategy) -> None:
@@ -129,10 +138,10 @@ def test_all_scores_equal(strategy: Strategy) -> None:
 def test_rank_and_score_recorded(strategy: Strategy) -> None:
     ids, scores = pool(20, strategy)
     given = scores if strategy.needs_scores else None
-    chosen = strategy.select(ids, given, 5, np.random.default_rng(0), **features(strategy, ids))
+    chosen = strategy.select(ids, given, 5, SelectionContext(np.random.default_rng(0), **features(strategy, ids)))
     assert [c.rank for c in chosen] == list(range(5))
     for c in chosen:
-        assert (c.score in scores[c.case_id]) if strategy.needs_scores else (c.score is None)
+        assert (c.score in scores[c.unit]) if strategy.needs_scores else (c.score is None)
 
 
 def test_top_k_strategies_pick_the_highest_scores() -> None:
@@ -154,17 +163,19 @@ def test_foreground_random_mixes_anywhere_foreground_and_border_as_nnactive() ->
     strategy = get_strategy("foreground-random")
     foreground, border = {ids[0]: 0.01, ids[1]: 0.03}, {ids[0]: 0.02, ids[1]: 0.0}
     picks = [
-        strategy.select(ids, None, 1, np.random.default_rng(i), true_foreground=foreground, true_border=border)[0]
+        strategy.select(
+            ids, None, 1, SelectionContext(np.random.default_rng(i), true_foreground=foreground, true_border=border)
+        )[0]
         for i in range(6000)
     ]
-    share = sum(p.case_id == ids[1] for p in picks) / len(picks)
+    share = sum(p.unit == ids[1] for p in picks) / len(picks)
     expected = 4 / 6 * 0.5 + 1 / 6 * 0.75 + 1 / 6 * 0.0  # anywhere, ∝ foreground, ∝ border
     assert abs(share - expected) < 5 * np.sqrt(expected * (1 - expected) / 6000)
 
 
 def test_strided_takes_evenly_spaced_slices_of_random_volumes() -> None:
     ids = sorted(f"{case}@slice:0:{i}" for case in ("a", "b", "c") for i in range(40))
-    chosen = [c.case_id for c in get_strategy("strided").select(ids, None, 6, np.random.default_rng(0))]
+    chosen = [c.unit for c in get_strategy("strided").select(ids, None, 6, SelectionContext(np.random.default_rng(0)))]
     first, second = chosen[:4], chosen[4:]
     assert len({c.split("@")[0] for c in first}) == 1 and len({c.split("@")[0] for c in second}) == 1
     assert [int(c.rsplit(":", 1)[1]) for c in first] == [5, 15, 25, 35]  # 4 evenly spaced of 40

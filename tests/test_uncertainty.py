@@ -6,10 +6,16 @@ import pytest
 import torch
 from torch import nn
 
+from activeseg.acquisition.scorers import bald
+from activeseg.acquisition.uncertainty import (
+    draw_augmentations,
+    ensemble_probs,
+    make_sampler,
+    mc_dropout_probs,
+    tta_probs,
+)
 from activeseg.config import ModelConfig
-from activeseg.model import build_model
-from activeseg.scorers import bald
-from activeseg.uncertainty import draw_augmentations, ensemble_probs, make_sampler, mc_dropout_probs, tta_probs
+from activeseg.engine.model import build_model
 
 
 def pointwise_model() -> nn.Module:

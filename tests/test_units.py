@@ -8,10 +8,10 @@ import pytest
 import torch
 from monai.losses import DiceCELoss
 
-from activeseg.oracle import OracleError, SimulatedOracle
-from activeseg.train import PartialDiceCELoss
-from activeseg.units import (
-    FOREGROUND_WEIGHT,
+from activeseg.acquisition.costs import FOREGROUND_WEIGHT, unit_costs
+from activeseg.acquisition.pooling import unit_scores
+from activeseg.acquisition.selectors import Choice
+from activeseg.acquisition.units import (
     IGNORE,
     Unit,
     UnitSpec,
@@ -20,10 +20,11 @@ from activeseg.units import (
     partial_label,
     random_candidates,
     slice_unit,
-    unit_costs,
     unit_from_key,
-    unit_scores,
 )
+from activeseg.engine.training import PartialDiceCELoss
+from activeseg.oracles.base import OracleError
+from activeseg.oracles.simulated import SimulatedOracle
 
 SHAPE = (8, 12, 8)
 
@@ -122,13 +123,18 @@ def test_costs_worked_out_by_hand() -> None:
     }
 
 
+def requested(*keys: str) -> list[Choice]:
+    """The loop's request: each unit key as a choice in rank order."""
+    return [Choice(key, None, rank) for rank, key in enumerate(keys)]
+
+
 def test_simulated_oracle_reveals_exactly_the_requested_units() -> None:
     truth = np.random.default_rng(0).integers(0, 3, size=SHAPE).astype(np.uint8)
     oracle = SimulatedOracle(lambda case_id: truth)
     with pytest.raises(OracleError, match="never requested"):
         oracle.label("c")
     patch = Unit("c", "patch", ((0, 4), (0, 6), (0, 4)))
-    oracle.request(1, [patch.key, "c@slice:0:6"])
+    oracle.request(1, requested(patch.key, "c@slice:0:6"))
     revealed = oracle.label("c")
     mask = np.zeros(SHAPE, dtype=bool)
     mask[0:4, 0:6, 0:4] = True
@@ -136,7 +142,7 @@ def test_simulated_oracle_reveals_exactly_the_requested_units() -> None:
     np.testing.assert_array_equal(revealed[mask], truth[mask])
     assert (revealed[~mask] == IGNORE).all()
     np.testing.assert_array_equal(partial_label(truth, [patch, slice_unit("c", 0, 6, SHAPE)]), revealed)
-    oracle.request(2, ["c"])  # the whole volume
+    oracle.request(2, requested("c"))  # the whole volume
     np.testing.assert_array_equal(oracle.label("c"), truth)
     assert oracle.true_fractions([patch.key])[0][patch.key] == pytest.approx((truth[0:4, 0:6, 0:4] > 0).mean())
 

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from _human_support import TOKEN, Browser, browser_on, copy_run, one_torch_thread, prepared, require_chromium
+from activeseg.annotation.server import create_app
 from activeseg.data.io import read_volume
-from activeseg.human import LabelStore
+from activeseg.rundir.layout import RunLayout
 
 from _support import requires_hippocampus
 
@@ -49,7 +50,6 @@ def test_viewer_accepts_then_corrects_a_label_and_the_ledger_holds_it(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
     require_chromium()
-    from activeseg.server import create_app
 
     shared = prepared(tmp_path_factory)
     run = copy_run(shared.template, tmp_path / "run")
@@ -63,7 +63,7 @@ def test_viewer_accepts_then_corrects_a_label_and_the_ledger_holds_it(
         browser.evaluate("document.getElementById('accept').click()")
         saved = browser.wait_for("window.viewerState.saved", timeout=120)
         assert (saved["case_id"], saved["outcome"], saved["received"]) == (case_id, "created", 1)
-        (accepted,) = LabelStore(run).submissions()
+        (accepted,) = RunLayout(run).label_store().submissions()
         assert (accepted["case_id"], accepted["source"], accepted["round"]) == (case_id, "upload", 1)
         prediction = nib.load(run / "annotation" / "round_001" / case_id / "prediction.nii.gz")
         accepted_label = read_volume(run / accepted["file"]).array
@@ -83,7 +83,7 @@ def test_viewer_accepts_then_corrects_a_label_and_the_ledger_holds_it(
         assert saved["outcome"] == "corrected", saved
         browser.screenshot(screenshot)
 
-        first_row, second_row = LabelStore(run).submissions()
+        first_row, second_row = RunLayout(run).label_store().submissions()
         assert second_row["supersedes"] == first_row["id"] and second_row["case_id"] == case_id
         corrected = read_volume(run / second_row["file"]).array
         changed = corrected != accepted_label
@@ -102,7 +102,6 @@ def test_viewer_shows_the_region_of_a_slice_query_and_the_server_keeps_only_it(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
     require_chromium()
-    from activeseg.server import create_app
 
     shared = prepared(tmp_path_factory, "slice")
     run = copy_run(shared.template, tmp_path / "run")
@@ -126,7 +125,7 @@ def test_viewer_shows_the_region_of_a_slice_query_and_the_server_keeps_only_it(
         saved = browser.wait_for("window.viewerState.saved", timeout=120)
         prediction = np.asarray(nib.load(folder / "prediction.nii.gz").dataobj)
         assert saved.get("ignored_outside_region", 0) == int(np.count_nonzero(prediction[~region]))
-        (row,) = LabelStore(run).submissions()
+        (row,) = RunLayout(run).label_store().submissions()
         kept = read_volume(run / row["file"]).array
         assert np.array_equal(kept[region], prediction[region]) and (kept[~region] == 255).all()
         errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]

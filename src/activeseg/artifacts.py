@@ -1,7 +1,7 @@
-"""Atomic files: every artifact is written to a temporary sibling and renamed into place.
+"""Atomic files, and staged artifacts: every artifact is written to a temporary sibling and renamed into place.
 
 A process killed mid-write therefore leaves either the old file or the new one, never a truncated one that a
-resumed run would trust.
+resumed run would trust; :func:`stage` reloads what an earlier (killed) attempt finished instead of recomputing it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
+
+T = TypeVar("T")
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -58,3 +60,17 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def read_json(path: Path) -> Any:
     """Read a JSON artifact."""
     return json.loads(Path(path).read_text())
+
+
+def stage(path: Path, compute: Callable[[], T], save: Callable[[Path, T], None], load: Callable[[Path], T | None]) -> T:
+    """The artifact at ``path`` if an earlier attempt finished it, else ``compute()``, saved before it is returned.
+
+    ``load`` may return None for an artifact that no longer fits (it is then recomputed and replaced).
+    """
+    if path.exists():
+        loaded = load(path)
+        if loaded is not None:
+            return loaded
+    value = compute()
+    save(path, value)
+    return value

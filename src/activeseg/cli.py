@@ -10,15 +10,25 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from activeseg.acquisition.registry import STRATEGIES
+from activeseg.annotation.export import export_queue
+from activeseg.annotation.ingest import IngestError, describe, ingest_folder
+from activeseg.bench.config import load_benchmark, with_overrides
+from activeseg.bench.grid import BenchmarkError, run_benchmark
+from activeseg.bench.report import write_report
 from activeseg.config import ConfigError, RunConfig, load_config
-from activeseg.curves import read_curve
-from activeseg.data.dataset import DatasetError
-from activeseg.human import LabelConflict, LabelFileError, NotQueued, waiting_message
-from activeseg.ledger import Ledger, LedgerError
-from activeseg.loop import LEDGER_FILE, RunError, full_data_run, resume_run, start_run
-from activeseg.plots import full_data_dice, plot_curves
-from activeseg.reporting import RichReporter
-from activeseg.strategies import STRATEGIES
+from activeseg.data.errors import DatasetError
+from activeseg.demo import DataNotFoundError, run_demo
+from activeseg.engine.full_data import full_data_dice, full_data_run
+from activeseg.engine.run import RunError, resume_run, start_run
+from activeseg.oracles.human import waiting_message
+from activeseg.oracles.label_files import LabelFileError
+from activeseg.plots import plot_curves
+from activeseg.progress import RichReporter
+from activeseg.rundir.curves import read_curve
+from activeseg.rundir.label_store import LabelConflict, NotQueued
+from activeseg.rundir.layout import RunLayout
+from activeseg.rundir.ledger import LedgerError
 
 app = typer.Typer(help="Active learning for 3D medical image segmentation.", no_args_is_help=True)
 console = Console()
@@ -60,7 +70,7 @@ def run(
         run_dir = start_run(config, run_dir or Path("runs") / config.name, RichReporter())
     except USER_ERRORS as err:
         raise _fail(err) from None
-    if waiting := waiting_message(run_dir):
+    if waiting := waiting_message(RunLayout(run_dir)):
         console.print(f"{waiting}: `activeseg export` / `ingest`, or `activeseg serve {run_dir}`")
 
 
@@ -74,21 +84,20 @@ def resume(
     """Continue a stopped or killed run exactly where its ledger says it is."""
     try:
         if accept_partial:
-            from activeseg.human import LabelStore
-
-            LabelStore(run_dir).accept_partial()
+            RunLayout(run_dir).label_store().accept_partial()
         reason = resume_run(run_dir, RichReporter())
     except USER_ERRORS as err:
         raise _fail(err) from None
-    console.print(reason if waiting_message(run_dir) else f"stopped: {reason}")
+    console.print(reason if waiting_message(RunLayout(run_dir)) else f"stopped: {reason}")
 
 
 @app.command()
 def status(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
     """A table of rounds (labelled units, Dice) and ledger counts."""
-    if not (run_dir / LEDGER_FILE).exists():
-        raise _fail(RunError(f"{run_dir} is not an activeseg run directory (no {LEDGER_FILE})"))
-    with Ledger(run_dir / LEDGER_FILE) as ledger:
+    layout = RunLayout(run_dir)
+    if not layout.ledger.exists():
+        raise _fail(RunError(f"{run_dir} is not an activeseg run directory (no {layout.ledger.name})"))
+    with layout.open_ledger() as ledger:
         rounds, labels = ledger.rounds(), ledger.labels()
         pool, test, reason = ledger.split("pool"), ledger.split("test"), ledger.stop_reason()
     table = Table(title=f"{run_dir}")
@@ -108,7 +117,7 @@ def status(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
         f"pool {len(pool)} · labelled units {len(labels)} in {len(touched)} cases · "
         f"untouched cases {len(pool) - len(touched)} · test {len(test)}"
     )
-    waiting = waiting_message(run_dir)
+    waiting = waiting_message(layout)
     unfinished = waiting or "unfinished (activeseg resume to continue)"
     console.print(f"state: {'stopped — ' + reason if reason else unfinished}")
 
@@ -138,7 +147,7 @@ def plot(
 @app.command("full-data")
 def full_data_command(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG.yaml")],
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Default: runs/<name>-full-data.")] = Path(),
+    out_dir: Annotated[Path | None, typer.Option("--out-dir", help="Default: runs/<name>-full-data.")] = None,
     iterations: Annotated[int | None, typer.Option(help="Override train.iterations.")] = None,
     data: DataOption = None,
     test_data: TestDataOption = None,
@@ -148,7 +157,7 @@ def full_data_command(
         config = _load(config_path, data, test_data)
         if iterations is not None:
             config = config.override({"train.iterations": iterations})
-        full_data_run(config, out_dir if str(out_dir) else Path("runs") / f"{config.name}-full-data", RichReporter())
+        full_data_run(config, out_dir or Path("runs") / f"{config.name}-full-data", RichReporter())
     except USER_ERRORS as err:
         raise _fail(err) from None
 
@@ -159,8 +168,6 @@ def demo(
     data: Annotated[Path | None, typer.Option("--data", help="Hippocampus folder (MSD Task04 layout).")] = None,
 ) -> None:
     """Random vs predictive entropy vs BALD on the hippocampus data, with the full-data bound (~8-10 min on 2 CPUs)."""
-    from activeseg.demo import DataNotFoundError, run_demo
-
     try:
         result = run_demo(out, data, reporter=RichReporter(console))
     except (DataNotFoundError, *USER_ERRORS) as err:
@@ -203,9 +210,6 @@ def benchmark(
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report afterwards.")] = True,
 ) -> None:
     """Run (or resume) a grid of strategies × seeds × settings, the full-data bound, and write the report."""
-    from activeseg.benchmark import BenchmarkError, load_benchmark, run_benchmark, with_overrides
-    from activeseg.report import write_report
-
     try:
         config = load_benchmark(config_path)
         changes: dict[str, object] = {}
@@ -234,8 +238,6 @@ def report_command(
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: RESULTS_DIR).")] = None,
 ) -> None:
     """Markdown + self-contained HTML report (CI bands, AUBC, paired tests, ranking) from stored results."""
-    from activeseg.report import write_report
-
     try:
         written = write_report(results_dir, out)
     except USER_ERRORS as err:
@@ -249,8 +251,6 @@ def export(
     out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR")],
 ) -> None:
     """Write the waiting round's cases for 3D Slicer / ITK-SNAP: image, prediction, uncertainty, manifest."""
-    from activeseg.annotate import export_queue
-
     try:
         folders = export_queue(run_dir, out_dir, RichReporter())
     except USER_ERRORS as err:
@@ -271,8 +271,6 @@ def ingest(
     ] = False,
 ) -> None:
     """Import label files: each is validated first, and a bad file changes nothing."""
-    from activeseg.annotate import IngestError, describe, ingest_folder
-
     try:
         report = ingest_folder(run_dir, in_dir, RichReporter())
     except (IngestError, *USER_ERRORS) as err:
@@ -283,7 +281,7 @@ def ingest(
             reason = resume_run(run_dir, RichReporter())
         except USER_ERRORS as err:
             raise _fail(err) from None
-        console.print(reason if waiting_message(run_dir) else f"stopped: {reason}")
+        console.print(reason if waiting_message(RunLayout(run_dir)) else f"stopped: {reason}")
 
 
 @app.command()
@@ -297,7 +295,7 @@ def serve(
 ) -> None:
     """The annotation server and browser viewer of a run with a human oracle (prints the write token once)."""
     try:
-        from activeseg.server import serve as run_server
+        from activeseg.annotation.server import serve as run_server  # noqa: PLC0415 - the optional 'serve' extra
     except ImportError as err:
         raise _fail(RunError(f"the server needs the 'serve' extra: pip install 'activeseg[serve]' ({err})")) from None
     try:

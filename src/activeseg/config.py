@@ -16,6 +16,10 @@ from typing import Any, Literal
 
 import yaml
 
+from activeseg.acquisition.costs import COSTS, LABEL_FREE_COSTS
+from activeseg.acquisition.registry import STRATEGIES
+from activeseg.acquisition.stochastic import scheduled_beta
+
 
 class ConfigError(ValueError):
     """A configuration problem, raised before any work starts."""
@@ -44,10 +48,10 @@ class DataConfig:
     """Preprocessed-array cache; default ``$ACTIVESEG_CACHE`` or ``~/.cache/activeseg``."""
 
     def __post_init__(self) -> None:
-        _require(self.test_size >= 1, "data.test_size", "must be at least 1")
-        _require(self.validation_size >= 0, "data.validation_size", "must be >= 0")
-        _require(self.max_cases is None or self.max_cases >= 2, "data.max_cases", "must be at least 2")
-        _require(all(s >= 8 for s in self.shape), "data.shape", "each axis must be at least 8 voxels")
+        require(self.test_size >= 1, "data.test_size", "must be at least 1")
+        require(self.validation_size >= 0, "data.validation_size", "must be >= 0")
+        require(self.max_cases is None or self.max_cases >= 2, "data.max_cases", "must be at least 2")
+        require(all(s >= 8 for s in self.shape), "data.shape", "each axis must be at least 8 voxels")
 
 
 @dataclass(frozen=True)
@@ -60,12 +64,12 @@ class ModelConfig:
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        _require(len(self.channels) >= 2, "model.channels", "needs at least two levels")
-        _require(len(self.strides) == len(self.channels) - 1, "model.strides", "needs len(channels) - 1 entries")
-        _require(all(c > 0 for c in self.channels), "model.channels", "must be positive")
-        _require(all(s in (1, 2) for s in self.strides), "model.strides", "each stride must be 1 or 2")
-        _require(0.0 < self.dropout < 1.0, "model.dropout", "must be in (0, 1): MC dropout needs dropout")
-        _require(self.num_res_units >= 0, "model.num_res_units", "must be >= 0")
+        require(len(self.channels) >= 2, "model.channels", "needs at least two levels")
+        require(len(self.strides) == len(self.channels) - 1, "model.strides", "needs len(channels) - 1 entries")
+        require(all(c > 0 for c in self.channels), "model.channels", "must be positive")
+        require(all(s in (1, 2) for s in self.strides), "model.strides", "each stride must be 1 or 2")
+        require(0.0 < self.dropout < 1.0, "model.dropout", "must be in (0, 1): MC dropout needs dropout")
+        require(self.num_res_units >= 0, "model.num_res_units", "must be >= 0")
 
     @property
     def divisor(self) -> int:
@@ -92,12 +96,12 @@ class TrainConfig:
     eval_batch_size: int = 4
 
     def __post_init__(self) -> None:
-        _require(self.iterations >= 1, "train.iterations", "must be at least 1")
-        _require(self.batch_size >= 1, "train.batch_size", "must be at least 1")
-        _require(self.learning_rate > 0, "train.learning_rate", "must be positive")
-        _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-        _require(self.eval_batch_size >= 1, "train.eval_batch_size", "must be at least 1")
-        _require(all(a in (0, 1, 2) for a in self.flip_axes), "train.flip_axes", "axes must be 0, 1 or 2")
+        require(self.iterations >= 1, "train.iterations", "must be at least 1")
+        require(self.batch_size >= 1, "train.batch_size", "must be at least 1")
+        require(self.learning_rate > 0, "train.learning_rate", "must be positive")
+        require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        require(self.eval_batch_size >= 1, "train.eval_batch_size", "must be at least 1")
+        require(all(a in (0, 1, 2) for a in self.flip_axes), "train.flip_axes", "axes must be 0, 1 or 2")
 
 
 @dataclass(frozen=True)
@@ -123,36 +127,32 @@ class StrategyConfig:
     beta_end: float | None = None
     """β in the last acquisition round when ``beta_schedule`` is not constant (noise decays as β grows)."""
     beta_schedule: Literal["constant", "exponential", "sigmoid"] = "constant"
-    sketch_sites: int = 16  # selectors.BATCHBALD_SITES
+    sketch_sites: int = 16
     """BatchBALD: voxel sites per unit (its highest-BALD voxels) whose joint labels stand for the unit's outcome."""
-    joint_configurations: int = 1000  # selectors.BATCHBALD_CONFIGURATIONS
+    joint_configurations: int = 1000
     """BatchBALD: sampled label configurations that estimate the batch's joint entropy."""
 
     def __post_init__(self) -> None:
-        from activeseg.strategies import STRATEGIES  # the registry defines the valid names
-
-        _require(
+        require(
             self.name in STRATEGIES,
             "strategy.name",
             f"unknown strategy {self.name!r}; registered: {', '.join(sorted(STRATEGIES))}",
         )
-        _require(0.0 < self.top_q <= 1.0, "strategy.top_q", "must be in (0, 1]")
-        _require(self.mc_samples >= 2, "strategy.mc_samples", "must be at least 2 for a spread of predictions")
-        _require(self.mc_batch_size >= 1, "strategy.mc_batch_size", "must be at least 1")
-        _require(self.ensemble_size >= 2, "strategy.ensemble_size", "must be at least 2 for a spread of predictions")
-        _require(self.sketch_sites >= 1, "strategy.sketch_sites", "must be at least 1")
-        _require(self.joint_configurations >= 10, "strategy.joint_configurations", "must be at least 10")
-        _require(self.beta >= 0, "strategy.beta", "must be >= 0")
+        require(0.0 < self.top_q <= 1.0, "strategy.top_q", "must be in (0, 1]")
+        require(self.mc_samples >= 2, "strategy.mc_samples", "must be at least 2 for a spread of predictions")
+        require(self.mc_batch_size >= 1, "strategy.mc_batch_size", "must be at least 1")
+        require(self.ensemble_size >= 2, "strategy.ensemble_size", "must be at least 2 for a spread of predictions")
+        require(self.sketch_sites >= 1, "strategy.sketch_sites", "must be at least 1")
+        require(self.joint_configurations >= 10, "strategy.joint_configurations", "must be at least 10")
+        require(self.beta >= 0, "strategy.beta", "must be >= 0")
         if self.beta_schedule != "constant":
-            _require(self.beta_end is not None, "strategy.beta_end", f"is needed by beta_schedule={self.beta_schedule}")
-            _require(
+            require(self.beta_end is not None, "strategy.beta_end", f"is needed by beta_schedule={self.beta_schedule}")
+            require(
                 self.beta > 0 and (self.beta_end or 0) > 0, "strategy.beta", "and beta_end must be > 0 for a schedule"
             )
 
     def beta_at(self, round_index: int, rounds: int) -> float:
-        """β for acquisition round ``round_index`` of ``rounds`` (see :func:`activeseg.selection.scheduled_beta`)."""
-        from activeseg.selection import scheduled_beta
-
+        """β for acquisition round ``round_index`` of ``rounds`` (see :func:`.stochastic.scheduled_beta`)."""
         return scheduled_beta(self.beta_schedule, self.beta, self.beta_end, round_index, rounds)
 
 
@@ -171,22 +171,20 @@ class UnitConfig:
     keep: int = 16
     """Best candidate units kept per volume while scoring (memory stays flat in pool size)."""
     cost: str = "volumes"
-    """Cost model of ``loop.round_budget``: a name in ``units.COSTS`` (volumes, slices, voxels, foreground_voxels,
+    """Cost model of ``loop.round_budget``: a name in ``costs.COSTS`` (volumes, slices, voxels, foreground_voxels,
     or one registered there). Every labelled unit records all of them. ``foreground_voxels`` weighs a foreground
-    voxel as ``units.FOREGROUND_WEIGHT`` background voxels."""
+    voxel as ``costs.FOREGROUND_WEIGHT`` background voxels."""
 
     def __post_init__(self) -> None:
-        _require(self.axis in (0, 1, 2), "unit.axis", "must be 0, 1 or 2")
-        _require(all(p >= 1 for p in self.patch_size), "unit.patch_size", "must be positive")
-        _require(
+        require(self.axis in (0, 1, 2), "unit.axis", "must be 0, 1 or 2")
+        require(all(p >= 1 for p in self.patch_size), "unit.patch_size", "must be positive")
+        require(
             self.stride is None or all(1 <= s <= p for s, p in zip(self.stride, self.patch_size, strict=True)),
             "unit.stride",
             "each stride must be between 1 and the patch size on that axis",
         )
-        _require(self.keep >= 1, "unit.keep", "must be at least 1")
-        from activeseg.units import COSTS
-
-        _require(self.cost in COSTS, "unit.cost", f"unknown cost {self.cost!r}; registered: {', '.join(COSTS)}")
+        require(self.keep >= 1, "unit.keep", "must be at least 1")
+        require(self.cost in COSTS, "unit.cost", f"unknown cost {self.cost!r}; registered: {', '.join(COSTS)}")
 
 
 @dataclass(frozen=True)
@@ -212,12 +210,12 @@ class LoopConfig:
     plateau_min_delta: float = 0.005
 
     def __post_init__(self) -> None:
-        _require(self.initial >= 1, "loop.initial", "must be at least 1 (training needs labels)")
-        _require(self.per_round >= 1, "loop.per_round", "must be at least 1")
-        _require(self.round_budget is None or self.round_budget > 0, "loop.round_budget", "must be positive")
-        _require(self.rounds >= 0, "loop.rounds", "must be >= 0")
-        _require(self.plateau_patience is None or self.plateau_patience >= 1, "loop.plateau_patience", "must be >= 1")
-        _require(self.plateau_min_delta >= 0, "loop.plateau_min_delta", "must be >= 0")
+        require(self.initial >= 1, "loop.initial", "must be at least 1 (training needs labels)")
+        require(self.per_round >= 1, "loop.per_round", "must be at least 1")
+        require(self.round_budget is None or self.round_budget > 0, "loop.round_budget", "must be positive")
+        require(self.rounds >= 0, "loop.rounds", "must be >= 0")
+        require(self.plateau_patience is None or self.plateau_patience >= 1, "loop.plateau_patience", "must be >= 1")
+        require(self.plateau_min_delta >= 0, "loop.plateau_min_delta", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -234,8 +232,8 @@ class OracleConfig:
     """Largest label upload the server accepts."""
 
     def __post_init__(self) -> None:
-        _require(self.token is None or len(self.token) >= 16, "oracle.token", "must be at least 16 characters")
-        _require(self.max_upload_mb > 0, "oracle.max_upload_mb", "must be positive")
+        require(self.token is None or len(self.token) >= 16, "oracle.token", "must be at least 16 characters")
+        require(self.max_upload_mb > 0, "oracle.max_upload_mb", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -254,56 +252,50 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         bad = [s for s in self.data.shape if s % self.model.divisor]
-        _require(
+        require(
             not bad,
             "data.shape",
             f"{list(self.data.shape)} is not divisible by {self.model.divisor} (2**number of stride-2 levels)",
         )
         if self.loop.stop_below_uncertainty is not None:
-            from activeseg.strategies import STRATEGIES
-
-            _require(
+            require(
                 STRATEGIES[self.strategy.name].needs_scores,
                 "loop.stop_below_uncertainty",
                 f"needs a strategy that scores the pool; {self.strategy.name!r} does not",
             )
         if self.oracle.kind == "human":
-            from activeseg.strategies import STRATEGIES
-
-            _require(
+            require(
                 not STRATEGIES[self.strategy.name].simulation_only,
                 "strategy.name",
                 f"{self.strategy.name!r} is simulation-only and cannot run with oracle.kind: human",
             )
         if self.unit.kind != "volume":
-            _require(
+            require(
                 self.strategy.reduction != "top_q",
                 "strategy.reduction",
                 f"top_q applies to whole volumes; {self.unit.kind} units take mean, sum or foreground",
             )
-            _require(
+            require(
                 self.loop.initial_strategy == "random",
                 "loop.initial_strategy",
                 f"representative cold start chooses whole volumes; use random with {self.unit.kind} units",
             )
         if self.loop.round_budget is not None:
-            from activeseg.units import LABEL_FREE_COSTS
-
-            _require(
+            require(
                 self.unit.cost in LABEL_FREE_COSTS or self.oracle.kind == "simulated",
                 "unit.cost",
                 f"{self.unit.cost!r} depends on the labels a person will draw, so it cannot cap a human round "
                 f"(loop.round_budget); use one of {', '.join(LABEL_FREE_COSTS)} (every cost is still recorded)",
             )
         if self.loop.plateau_patience is not None:
-            _require(
+            require(
                 self.data.validation_size > 0,
                 "loop.plateau_patience",
                 "needs a validation split: set data.validation_size (the test split never steers a run)",
             )
         if self.data.max_cases is not None:
             held_out = self.data.validation_size + (0 if self.data.test_root else self.data.test_size)
-            _require(
+            require(
                 self.data.max_cases > held_out,
                 "data.max_cases",
                 f"{self.data.max_cases} leaves no pool after holding out {held_out} test and validation cases",
@@ -316,7 +308,7 @@ class RunConfig:
         """
         if self.unit.kind != "volume":
             return
-        _require(
+        require(
             self.loop.initial <= pool_size,
             "loop.initial",
             f"asks for {self.loop.initial} initial volumes but the pool holds only {pool_size}",
@@ -324,7 +316,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML-safe snapshot (paths as strings, tuples as lists)."""
-        return typing.cast(dict[str, Any], _plain(dataclasses.asdict(self)))
+        return typing.cast(dict[str, Any], plain(dataclasses.asdict(self)))
 
     def override(self, changes: dict[str, Any]) -> RunConfig:
         """A copy with dotted keys replaced, e.g. ``{"data.root": "/data", "strategy.name": "bald"}``.
@@ -339,7 +331,7 @@ class RunConfig:
                 if not isinstance(node.get(section), dict):
                     raise ConfigError(f"{dotted}: {section!r} is not a config section")
                 node = node[section]
-            node[key] = _plain(value)
+            node[key] = plain(value)
         return config_from_dict(raw)
 
 
@@ -359,7 +351,7 @@ def load_config(path: Path) -> RunConfig:
 
 def config_from_dict(raw: Any) -> RunConfig:
     """Build a :class:`RunConfig` from plain data, validating every key and type."""
-    return typing.cast(RunConfig, _build(RunConfig, raw, ""))
+    return typing.cast(RunConfig, build(RunConfig, raw, ""))
 
 
 def save_config(config: RunConfig, path: Path) -> None:
@@ -367,15 +359,17 @@ def save_config(config: RunConfig, path: Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
-# --- the generic validator -----------------------------------------------------------------------------------
+# --- the generic validator (also used by the benchmark config) --------------------------------------------------
 
 
-def _require(ok: bool, key: str, problem: str) -> None:
+def require(ok: bool, key: str, problem: str) -> None:
+    """Raise a :class:`ConfigError` naming ``key`` unless ``ok``."""
     if not ok:
         raise ConfigError(f"{key}: {problem}")
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
+def build(cls: type, raw: Any, where: str) -> Any:
+    """A frozen config dataclass from a plain mapping: unknown keys, wrong types and bad values name the key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
@@ -398,7 +392,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
-        return _build(typing.cast(type, hint), value, key)
+        return build(typing.cast(type, hint), value, key)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -439,11 +433,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug in this module, not user input
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """YAML-safe data: paths as strings, tuples as lists."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     return value

@@ -10,27 +10,22 @@ from pathlib import Path
 import torch
 import yaml
 
+from activeseg.acquisition.registry import get_strategy
+from activeseg.acquisition.scorers import strategy_maps
+from activeseg.acquisition.uncertainty import make_sampler
+from activeseg.acquisition.units import case_of
 from activeseg.artifacts import read_json
 from activeseg.config import RunConfig, config_from_dict, load_config
-from activeseg.curves import Curve, read_curve
-from activeseg.loop import (
-    CONFIG_FILE,
-    LEDGER_FILE,
-    RunData,
-    adopt_round_zero,
-    create_run,
-    derive_seed,
-    full_data_run,
-    open_data,
-    resume_run,
-    round_seeds,
-)
-from activeseg.model import build_model
+from activeseg.data.splits import RunData, open_data
+from activeseg.engine.evaluation import predict
+from activeseg.engine.full_data import full_data_run
+from activeseg.engine.loop import load_round_model
+from activeseg.engine.run import run_to_end
 from activeseg.plots import plot_curves, plot_montage
-from activeseg.reporting import Reporter, SilentReporter
-from activeseg.strategies import get_strategy
-from activeseg.train import predict
-from activeseg.uncertainty import make_sampler
+from activeseg.progress import Reporter, SilentReporter
+from activeseg.rundir.curves import Curve, read_curve
+from activeseg.rundir.layout import FullDataLayout, RunLayout
+from activeseg.seeds import derive_seed, round_seeds
 
 DATA_ENV = "ACTIVESEG_HIPPOCAMPUS"
 DEMO_STRATEGIES = ("random", "entropy", "bald")
@@ -101,30 +96,25 @@ def run_demo(
     run_data = open_data(base, reporter)  # validated once; every run below shares this data section
     run_dirs = [out_dir / name for name in DEMO_STRATEGIES]
     for name, run_dir in zip(DEMO_STRATEGIES, run_dirs, strict=True):
-        if not (run_dir / LEDGER_FILE).exists():
-            create_run(base.override({"name": name, "strategy.name": name}), run_dir, reporter, data=run_data)
-    for run_dir in run_dirs:
-        if run_dir != run_dirs[0] and adopt_round_zero(run_dirs[0], run_dir):
-            reporter.info(
-                f"{run_dir.name}: round 0 is identical to {run_dirs[0].name}'s (same seed and labels); reused"
-            )
-        resume_run(run_dir, reporter, data=run_data)
-    full_dir = out_dir / "full-data"
-    if not (full_dir / "full_data.json").exists():
+        config = base.override({"name": name, "strategy.name": name})
+        shared = None if run_dir == run_dirs[0] else run_dirs[0]  # the first run trains round 0 for all three
+        run_to_end(config, run_dir, run_data, reporter, round_zero=shared)
+    full = FullDataLayout(out_dir / "full-data")
+    if not full.finished():
         full_config = base.override({"name": "full-data", "train.iterations": full_data_iterations})
-        full_data_run(full_config, full_dir, reporter, data=run_data)
-    full_record = read_json(full_dir / "full_data.json")
-    full = float(full_record["dice"]["mean_foreground"])
+        full_data_run(full_config, full.root, reporter, data=run_data)
+    full_record = read_json(full.record)
+    bound = float(full_record["dice"]["mean_foreground"])
     curves = [read_curve(d) for d in run_dirs]
     curve_png = plot_curves(
         curves,
         out_dir / "curve.png",
-        full_data=full,
+        full_data=bound,
         full_data_label=f"full data ({full_record['n_labelled']} volumes, {full_data_iterations} iterations)",
         title=f"Hippocampus (MSD Task04), {base.train.iterations} iterations per round, seed {base.seed}",
     )
     montage_png = selection_montage(out_dir / "bald", out_dir / "montage.png", reporter, data=run_data)
-    return DemoResult(curves, full, int(full_record["n_labelled"]), curve_png, montage_png)
+    return DemoResult(curves, bound, int(full_record["n_labelled"]), curve_png, montage_png)
 
 
 def selection_montage(
@@ -132,19 +122,18 @@ def selection_montage(
 ) -> Path:
     """Mid slices of the last round's selected cases: image, prediction, uncertainty and ground truth."""
     reporter = reporter or SilentReporter()
-    run_dir = Path(run_dir)
-    config = load_config(run_dir / CONFIG_FILE)
+    layout = RunLayout(run_dir)
+    config = load_config(layout.config)
     strategy = get_strategy(config.strategy.name)
-    selections = sorted((run_dir / "rounds").glob("round_*/selection.json"))
+    selections = layout.selections()
     if not selections:
         raise FileNotFoundError(f"{run_dir}: no round has selected cases yet")
-    round_dir = selections[-1].parent
-    r = int(round_dir.name.split("_")[1])
-    chosen = [c["case_id"] for c in read_json(selections[-1])]
+    r = int(selections[-1].parent.name.split("_")[1])
+    chosen = [case_of(c["unit"]) for c in read_json(selections[-1])]
     data = data or open_data(config, reporter)
-    model = build_model(config.model, data.num_classes)
-    model.load_state_dict(torch.load(round_dir / "model.pt", map_location="cpu", weights_only=True))
+    model = load_round_model(config, layout, data.num_classes, r)
     shown = strategy if strategy.needs_scores else get_strategy("bald")  # score-free picks are shown with BALD
+    assert shown.scorer is not None
     rows = []
     mc_seed = round_seeds(config.seed, r)["mc_dropout"]
     s = config.strategy
@@ -152,7 +141,7 @@ def selection_montage(
     for case_id in chosen:
         image = data.image(case_id)
         probs = sampler(torch.from_numpy(image), derive_seed(mc_seed, case_id))
-        uncertainty = shown.score_maps(probs)[0]
+        uncertainty = strategy_maps(shown.scorer, probs)[0]
         prediction = predict(model, torch.from_numpy(image[None]))[0].argmax(0)
         rows.append((case_id, image[0], prediction.numpy(), uncertainty.numpy(), data.ground_truth(case_id)))
     title = f"{config.strategy.name}: cases selected after round {r} (mid slice)"

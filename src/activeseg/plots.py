@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -11,8 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from activeseg.artifacts import read_json
-from activeseg.curves import Curve
+from activeseg.rundir.curves import Curve
 
 
 def plot_curves(
@@ -47,14 +48,6 @@ def plot_curves(
     return out_png
 
 
-def full_data_dice(path: Path) -> float:
-    """The mean foreground Dice stored by ``activeseg full-data`` (a directory or its ``full_data.json``)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "full_data.json"
-    return float(read_json(path)["dice"]["mean_foreground"])
-
-
 def plot_montage(
     rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
     out_png: Path,
@@ -86,3 +79,42 @@ def plot_montage(
     fig.savefig(out_png)
     plt.close(fig)
     return out_png
+
+
+def band_png(
+    bands: Mapping[str, Mapping[str, Any]],
+    full_data: Mapping[str, float] | None,
+    title: str,
+    xlabel: str = "labelled volumes",
+    x_scale: float = 1.0,
+    linestyles: Mapping[str, str] | None = None,
+    legend_beside: bool = False,
+) -> bytes:
+    """Mean learning curves with their confidence bands (``bench.stats.Band`` as dicts: n_labelled, mean, low,
+    high, n), and the full-data bound (mean and CI) if given, as PNG bytes.
+
+    ``x_scale`` divides the budget axis (e.g. 1e6 for millions of voxels); ``linestyles`` maps a curve's name to a
+    line style.
+    """
+    fig, ax = plt.subplots(figsize=(8.5, 5) if legend_beside else (7.5, 4.8), dpi=120)
+    for name, band in bands.items():
+        budget = [v / x_scale for v in band["n_labelled"]] if x_scale != 1.0 else band["n_labelled"]
+        style: dict[str, Any] = {"linestyle": linestyles[name]} if linestyles else {}
+        (line,) = ax.plot(budget, band["mean"], marker="o", label=f"{name} (n={band['n']})", **style)
+        ax.fill_between(budget, band["low"], band["high"], color=line.get_color(), alpha=0.12 if linestyles else 0.15)
+    if full_data:
+        ax.axhline(full_data["mean"], color="black", linestyle="--", label=f"full data: {full_data['mean']:.3f}")
+        ax.axhspan(full_data["low"], full_data["high"], color="black", alpha=0.08)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("mean foreground Dice (test split)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if legend_beside:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    else:
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()

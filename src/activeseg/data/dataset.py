@@ -15,6 +15,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from activeseg.data import io
+from activeseg.data.errors import DatasetError
+
 logger = logging.getLogger(__name__)
 
 MAX_LISTED_PROBLEMS = 20
@@ -23,10 +26,6 @@ MAX_LISTED_PROBLEMS = 20
 MAX_INFERRED_LABEL = 63
 _AFFINE_ATOL = 1e-4
 _CHANNEL_RE = re.compile(r"^(?P<base>.+)_(?P<channel>\d{4})$")
-
-
-class DatasetError(ValueError):
-    """A dataset folder or file is missing, unreadable or inconsistent; the message names the file(s)."""
 
 
 @dataclass(frozen=True)
@@ -107,8 +106,6 @@ def load_dataset(
     else from ``labels``, else they are inferred from the values found. Every file is read once;
     all problems are collected and raised together as one DatasetError. Nothing is written.
     """
-    from activeseg.data import io
-
     start = time.perf_counter()
     root = Path(root)
     if not root.exists():
@@ -173,8 +170,6 @@ def _raise(root: Path, problems: list[str]) -> None:
 
 def _discover(folder: Path, kind: str, problems: list[str]) -> tuple[dict[str, Path], set[str]]:
     """Map case id -> file for the supported files in ``folder``; report duplicates and emptiness."""
-    from activeseg.data import io
-
     by_id: dict[str, list[Path]] = {}
     ignored: list[str] = []
     for path in sorted(folder.iterdir()):
@@ -249,8 +244,6 @@ def _parse_label_map(raw: Any) -> dict[int, str] | str:
 
 def _check_pair(case: Case, allowed: frozenset[int] | None, source: str, problems: list[str]) -> list[int]:
     """Append the problems of one pair to ``problems``; return the label values found."""
-    from activeseg.data import io
-
     volumes: list[io.Volume | None] = []
     for path, kind in ((case.image, "image"), (case.label, "label")):
         vol: io.Volume | None

@@ -16,8 +16,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
+import SimpleITK as sitk
 
-from activeseg.data.dataset import DatasetError
+from activeseg.data.errors import DatasetError
 
 SUPPORTED_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -102,7 +103,6 @@ def write_volume(path: Path, array: npt.ArrayLike, affine: npt.ArrayLike) -> Non
     elif suffix is not None:
         if data.ndim != 3:
             raise ValueError(f"{path}: only 3D arrays can be written as {suffix}, got shape {data.shape}")
-        sitk = _simpleitk()
         image: Any = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
         lps = _LPS_TO_RAS @ aff[:3, :]
         spacing = np.linalg.norm(lps[:, :3], axis=0)
@@ -116,6 +116,20 @@ def write_volume(path: Path, array: npt.ArrayLike, affine: npt.ArrayLike) -> Non
         raise ValueError(f"{path}: unsupported file type (expected one of {', '.join(SUPPORTED_SUFFIXES)})")
 
 
+def nifti_gz(
+    array: npt.NDArray[Any], affine: npt.NDArray[np.float64], display: tuple[float, float] | None = None
+) -> bytes:
+    """A NIfTI-1 volume as deterministic gzip bytes (sform and qform set to ``affine``, opened by Slicer/ITK-SNAP);
+    ``display`` sets the header's cal_min/cal_max, the range viewers colour."""
+    nifti1: Any = nib.Nifti1Image  # nibabel is untyped
+    image = nifti1(array, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    if display is not None:
+        image.header["cal_min"], image.header["cal_max"] = display
+    return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
+
+
 def _read_nifti(path: Path) -> Volume:
     img = nib.load(str(path), mmap=False)
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
@@ -124,15 +138,7 @@ def _read_nifti(path: Path) -> Volume:
     return Volume(np.asarray(array), np.asarray(img.affine, dtype=np.float64))
 
 
-def _simpleitk() -> Any:
-    """SimpleITK, imported on first use: NIfTI-only work never pays for loading it."""
-    import SimpleITK
-
-    return SimpleITK
-
-
 def _read_itk(path: Path) -> Volume:
-    sitk = _simpleitk()
     image: Any = sitk.ReadImage(str(path))
     dim = image.GetDimension()
     array = sitk.GetArrayFromImage(image)  # (z, y, x[, component])

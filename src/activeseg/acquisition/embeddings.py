@@ -1,0 +1,78 @@
+"""Per-volume feature vectors for diversity-aware selection, streamed one volume at a time.
+
+- ``bottleneck``: the U-Net's deepest features, averaged over space (core-set, k-means clustering).
+- ``gradient``: BADGE's gradient embedding (Ash et al., ICLR 2020): the gradient of the cross-entropy against the
+  model's own argmax prediction with respect to the last layer's weights, averaged over voxels.
+
+Both use the deterministic network (dropout off).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.networks.layers import SkipConnection
+from torch import Tensor, nn
+
+from activeseg.acquisition.registry import Embedding
+
+
+def bottleneck(model: nn.Module) -> nn.Module:
+    """The deepest block of a MONAI U-Net: the submodule of its innermost skip connection."""
+    skips = [m for m in model.modules() if isinstance(m, SkipConnection)]
+    if not skips:
+        raise ValueError("model has no skip connection: not a MONAI U-Net")
+    inner: nn.Module = skips[-1].submodule
+    return inner
+
+
+def last_layer(model: nn.Module) -> nn.Module:
+    """The last convolution in module order (the output layer of a MONAI U-Net)."""
+    convolutions = [m for m in model.modules() if isinstance(m, nn.Conv3d | nn.ConvTranspose3d)]
+    if not convolutions:
+        raise ValueError("model has no 3D convolution")
+    return convolutions[-1]
+
+
+@torch.no_grad()
+def bottleneck_embedding(model: nn.Module, image_C_D_H_W: Tensor) -> np.ndarray:
+    """Mean over space of the bottleneck activations: a vector of the deepest channel count."""
+    model.eval()
+    captured: list[Tensor] = []
+    handle = bottleneck(model).register_forward_hook(lambda module, inputs, output: captured.append(output))
+    try:
+        model(image_C_D_H_W.unsqueeze(0).to(next(model.parameters()).device))
+    finally:
+        handle.remove()
+    features_1_F_d_h_w = captured[0]
+    return features_1_F_d_h_w.float().mean(dim=(0, 2, 3, 4)).cpu().double().numpy()
+
+
+def gradient_embedding(model: nn.Module, image_C_D_H_W: Tensor) -> np.ndarray:
+    """BADGE: d/dW_last of the voxel-mean cross-entropy against the model's own argmax labels, flattened."""
+    model.eval()
+    weight = last_layer(model).weight
+    assert isinstance(weight, Tensor)
+    logits_1_C_D_H_W = model(image_C_D_H_W.unsqueeze(0).to(weight.device))
+    pseudo_1_D_H_W = logits_1_C_D_H_W.argmax(dim=1).detach()
+    loss = F.cross_entropy(logits_1_C_D_H_W, pseudo_1_D_H_W)
+    (gradient,) = torch.autograd.grad(loss, [weight])
+    return gradient.flatten().cpu().double().numpy()
+
+
+EMBEDDERS: dict[str, Callable[[nn.Module, Tensor], np.ndarray]] = {
+    "bottleneck": bottleneck_embedding,
+    "gradient": gradient_embedding,
+}
+
+
+def embed_volumes(
+    model: nn.Module, volumes: Iterable[tuple[str, np.ndarray]], kind: Embedding
+) -> Iterator[tuple[str, np.ndarray]]:
+    """(case id, embedding) for each volume, one at a time."""
+    embed = EMBEDDERS[kind]
+    for case_id, image_C_D_H_W in volumes:
+        yield case_id, embed(model, torch.from_numpy(image_C_D_H_W))

@@ -1,0 +1,141 @@
+"""What a person works on: a package per queried case, computed once per round on the image's native grid.
+
+For each queried case of the waiting round, a package holds, with the image's affine:
+
+- ``image.nii.gz``: the image;
+- ``prediction.nii.gz``: the label map of the model that chose the case (a pre-annotation to correct);
+- ``uncertainty.nii.gz``: a float voxel map: the strategy's voxel score from the run's uncertainty source (MC
+  dropout, test-time augmentation or the deep ensemble; predictive entropy for strategies that use no scores), the
+  same seeded predictions as the round's scoring;
+- ``region.nii.gz`` (slice and patch units only): 1 on the voxels to label, the union of the case's queried units
+  mapped to the native grid; labels outside it are ignored, and ingest reports them.
+
+Packages live in ``annotation/round_NNN/`` of the run and are shared by ``activeseg export`` and the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from activeseg.acquisition.registry import get_strategy
+from activeseg.acquisition.scorers import strategy_maps
+from activeseg.acquisition.uncertainty import Sampler, make_sampler
+from activeseg.acquisition.units import is_whole_volume
+from activeseg.artifacts import write_bytes_atomic
+from activeseg.config import RunConfig, load_config
+from activeseg.data.io import nifti_gz, read_volume
+from activeseg.data.preprocess import CropInfo
+from activeseg.data.splits import RunData, open_data
+from activeseg.engine.evaluation import predict
+from activeseg.engine.loop import RunError, load_round_model
+from activeseg.oracles.label_files import native_region, safe_name
+from activeseg.progress import Reporter, SilentReporter
+from activeseg.rundir.label_store import LabelStore, Queue, QueueItem
+from activeseg.rundir.layout import RunLayout
+from activeseg.seeds import derive_seed, round_seeds
+
+PACKAGE_FILES = ("image", "prediction", "uncertainty")
+REGION_FILE = "region"
+"""The extra package file of a slice or patch query: the voxels to label."""
+
+
+@dataclass(frozen=True)
+class HumanRun:
+    """A run with a human oracle, opened for annotation work."""
+
+    layout: RunLayout
+    config: RunConfig
+    data: RunData
+    store: LabelStore
+
+    @property
+    def run_dir(self) -> Path:
+        return self.layout.root
+
+    def waiting(self) -> Queue:
+        """The round waiting for labels, or RunError saying why none is."""
+        queue = self.store.queue()
+        if queue is None:
+            raise RunError(f"{self.run_dir}: no round is waiting for labels (see `activeseg status {self.run_dir}`)")
+        return queue
+
+
+def open_human_run(run_dir: Path, reporter: Reporter | None = None, data: RunData | None = None) -> HumanRun:
+    """Open a run whose config names a human oracle (RunError otherwise)."""
+    layout = RunLayout(run_dir)
+    if not layout.config.exists():
+        raise RunError(f"{run_dir} is not an activeseg run directory (no {layout.config.name})")
+    config = load_config(layout.config)
+    if config.oracle.kind != "human":
+        raise RunError(f"{run_dir}: the run's oracle is {config.oracle.kind!r}; annotation needs oracle.kind: human")
+    data = data or open_data(config, reporter or SilentReporter())
+    return HumanRun(layout, config, data, layout.label_store())
+
+
+def package_dir(run: HumanRun, round_index: int, case_id: str) -> Path:
+    """Where a queued case's package lives (``case_id`` must be the queue's own string)."""
+    return run.layout.package_dir(round_index, safe_name(case_id))
+
+
+def package_files(item: QueueItem) -> tuple[str, ...]:
+    """The volumes of a queued case's package: a slice or patch query adds its region."""
+    whole = any(is_whole_volume(unit) for unit in item.units)
+    return PACKAGE_FILES if whole else (*PACKAGE_FILES, REGION_FILE)
+
+
+def prepare_packages(run: HumanRun, queue: Queue, reporter: Reporter | None = None) -> dict[str, Path]:
+    """Compute the missing packages of the queue's cases (one model load); returns case id → package folder."""
+    reporter = reporter or SilentReporter()
+    folders = {i.case_id: package_dir(run, queue.round, i.case_id) for i in queue.items}
+    todo = [i for i in queue.items if not all((folders[i.case_id] / f"{n}.nii.gz").exists() for n in package_files(i))]
+    if not todo:
+        return folders
+    chooser = queue.round - 1  # the round whose model (and ensemble members) selected these cases
+    sampler, model = chooser_sampler(run, chooser)
+    scorer = get_strategy(run.config.strategy.name).scorer
+    seed = round_seeds(run.config.seed, chooser)["mc_dropout"]
+    with reporter.progress(f"round {queue.round}: annotation packages", len(todo)) as advance:
+        for item in todo:
+            write_package(run, model, sampler, scorer, derive_seed(seed, item.case_id), item, folders[item.case_id])
+            advance(1)
+    return folders
+
+
+def chooser_sampler(run: HumanRun, chooser: int) -> tuple[Sampler, torch.nn.Module]:
+    """The uncertainty source that scored round ``chooser``'s pool, bound to that round's saved model(s)."""
+    settings = run.config.strategy
+    members = range(settings.ensemble_size if settings.uncertainty == "ensemble" else 1)
+    models = [load_round_model(run.config, run.layout, run.data.num_classes, chooser, m) for m in members]
+    train = run.config.train
+    sampler = make_sampler(
+        settings.uncertainty, models[0], settings.mc_samples, settings.mc_batch_size, train.flip_axes, False, models[1:]
+    )
+    return sampler, models[0]
+
+
+def write_package(
+    run: HumanRun, model: torch.nn.Module, sampler: Sampler, scorer: str | None, seed: int, item: QueueItem, out: Path
+) -> None:
+    """image, prediction, uncertainty (and the region of a slice or patch query) of one case on its native grid,
+    each file written atomically."""
+    native = read_volume(run.data.pool.case(item.case_id).image)
+    image_C_D_H_W = torch.from_numpy(run.data.image(item.case_id))
+    prediction_D_H_W = predict(model, image_C_D_H_W[None])[0].argmax(dim=0).numpy().astype(np.uint8)
+    probs_K_C_D_H_W = sampler(image_C_D_H_W, seed)
+    uncertainty_D_H_W = strategy_maps(scorer or "predictive_entropy", probs_K_C_D_H_W)[0]
+    native_shape = (native.array.shape[0], native.array.shape[1], native.array.shape[2])
+    crop = CropInfo.for_shapes(native_shape, run.config.data.shape)
+    affine = native.affine
+    write_bytes_atomic(out / "image.nii.gz", nifti_gz(native.array, affine))
+    write_bytes_atomic(out / "prediction.nii.gz", nifti_gz(crop.invert(prediction_D_H_W), affine))
+    uncertainty = crop.invert(uncertainty_D_H_W.numpy().astype(np.float32))
+    top = float(uncertainty.max())
+    display = (float(np.quantile(uncertainty, 0.9)), top) if top > 0 else None  # colour the most uncertain tenth
+    write_bytes_atomic(out / "uncertainty.nii.gz", nifti_gz(uncertainty, affine, display))
+    region = native_region(item.units, native_shape, run.config.data.shape)
+    if region is not None:
+        write_bytes_atomic(out / f"{REGION_FILE}.nii.gz", nifti_gz(region.astype(np.uint8), affine, (0.0, 1.0)))

@@ -1,0 +1,322 @@
+"""``activeseg report``: a benchmark's summary (``results``) → a Markdown report and a self-contained HTML one.
+
+The renderers read only the summary and draw the figures from it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from activeseg.artifacts import write_bytes_atomic, write_json_atomic, write_text_atomic
+from activeseg.bench.results import METRICS, SUMMARY_FILE, summarise
+from activeseg.plots import band_png
+
+FOREGROUND_RANDOM = "foreground-random"
+
+
+Block = tuple[Any, ...]
+"""("h", level, text) | ("p", text) | ("table", header, rows) | ("img", file name, png bytes, alt text)"""
+
+
+def _ci(e: dict[str, float], digits: int = 4) -> str:
+    return f"{e['mean']:.{digits}f} [{e['low']:.{digits}f}, {e['high']:.{digits}f}]"
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
+def _budgets(reach: dict[str, int | None]) -> str:
+    return ", ".join("—" if v is None else str(v) for _, v in sorted(reach.items(), key=lambda kv: int(kv[0])))
+
+
+def verdict(summary: dict[str, Any], baseline: str = FOREGROUND_RANDOM) -> str:
+    """A plain sentence: does any strategy beat ``baseline`` on AUBC (paired t, at the configured α)?"""
+    alpha = summary["stats"]["alpha"]
+    rows = [p for p in summary["paired"] if p["baseline"] == baseline and p["metric"] == "aubc"]
+    if not rows:
+        return f"`{baseline}` was not run, so nothing is compared with it."
+    better = [p for p in rows if p["mean_difference"] > 0 and p["t_p"] is not None and p["t_p"] < alpha]
+    worse = [p for p in rows if p["mean_difference"] < 0 and p["t_p"] is not None and p["t_p"] < alpha]
+    n = sorted({p["n"] for p in rows})
+    seeds = f"n = {', '.join(map(str, n))} paired seeds"
+    if better:
+        names = ", ".join(
+            f"`{p['strategy']}` ({p['setting']}, +{p['mean_difference']:.4f}, p = {_p(p['t_p'])})" for p in better
+        )
+        text = f"**Yes**: {names} beat `{baseline}` on AUBC (paired t-test, p < {alpha}, {seeds})."
+    else:
+        text = f"**No** strategy beats `{baseline}` on AUBC at p < {alpha} (paired t-test, {seeds})."
+    if worse:
+        text += " Significantly worse than it: " + ", ".join(f"`{p['strategy']}` ({p['setting']})" for p in worse) + "."
+    return text
+
+
+def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> list[Block]:
+    """The report's content; ``level`` is the title's heading level (2 inside BENCHMARKS.md)."""
+    out: list[Block] = []
+    run = summary["run"]
+    conf = summary["stats"]
+    confidence = f"{round(conf['confidence'] * 100)}%"
+    ex = summary["executions"]
+    out.append(("h", level, f"Benchmark `{summary['name']}`"))
+    schedules = "; ".join(
+        f"{name}: {v['initial']} initial + {v['per_round']} per round × {v['rounds']} rounds"
+        for name, v in run["loop"].items()
+    )
+    out.append(
+        (
+            "p",
+            f"Dataset `{run['dataset']}` (test split {run['test_size']} cases, volumes {run['shape']}), U-Net channels "
+            f"{run['channels']}, {run['iterations']} training iterations per round, {run['mc_samples']} "
+            f"{run['uncertainty']} samples, `{run['reduction']}` reduction. Budget schedule {schedules}. Seeds "
+            f"{summary['seeds']} ({summary['progress']['finished']} of {summary['progress']['planned']} runs "
+            "finished). "
+            f"Intervals are {confidence} percentile-bootstrap CIs over seeds ({conf['bootstrap']} resamples, seed "
+            f"{conf['seed']}). Wall time {ex['wall_s'] / 60:.1f} min over {ex['invocations']} invocation(s), backend "
+            f"{', '.join(ex['backends']) or '—'}, {ex['workers']} run(s) at once, {ex['threads']} thread(s) per run.",
+        )
+    )
+    full = summary["full_data"]
+    if full["estimate"]:
+        per_seed = ", ".join(f"seed {k}: {v:.4f}" for k, v in full["per_seed"].items())
+        out.append(
+            (
+                "p",
+                f"Full-data upper bound ({full['iterations']} iterations on the whole pool): mean foreground Dice "
+                f"**{_ci(full['estimate'])}** ({per_seed}).",
+            )
+        )
+    for setting in summary["settings"]:
+        rows = [r for r in summary["per_strategy"] if r["setting"] == setting]
+        if not rows:
+            continue
+        out.append(("h", level + 1, f"Setting `{setting}`"))
+        if summary["bands"].get(setting):
+            out.append(
+                (
+                    "img",
+                    f"{figure_prefix}curves-{setting}.png",
+                    summary_bands_png(summary, setting),
+                    f"learning curves {setting}",
+                )
+            )
+        bands = summary["bands"].get(setting, {})
+        curves = {k: bands[k] for k in summary["strategies"] if k in bands}  # the config's order, not the JSON's
+        if curves:
+            budgets = next(iter(curves.values()))["n_labelled"]
+            out.append(("p", f"Mean foreground Dice per budget over seeds [{confidence} CI]:"))
+            out.append(
+                (
+                    "table",
+                    ["labelled", *(f"`{k}`" for k in curves)],
+                    [
+                        [str(b)]
+                        + [
+                            (
+                                f"{band['mean'][band['n_labelled'].index(b)]:.4f} "
+                                f"[{band['low'][band['n_labelled'].index(b)]:.3f}, "
+                                f"{band['high'][band['n_labelled'].index(b)]:.3f}]"
+                            )
+                            if b in band["n_labelled"]
+                            else "—"
+                            for band in curves.values()
+                        ]
+                        for b in budgets
+                    ],
+                )
+            )
+        reach = f"budget to {round(conf['reach'] * 100)}% of full data (per seed)"
+        out.append(
+            (
+                "table",
+                ["strategy", "seeds", f"AUBC [{confidence} CI]", f"final Dice [{confidence} CI]", reach],
+                [
+                    [
+                        f"`{r['strategy']}`",
+                        str(r["n"]),
+                        _ci(r["aubc"]),
+                        _ci(r["final_dice"]),
+                        _budgets(r["reach_budget"]) or "—",
+                    ]
+                    for r in rows
+                ],
+            )
+        )
+        tests = [p for p in summary["paired"] if p["setting"] == setting]
+        if tests:
+            out.append(
+                (
+                    "p",
+                    f"Paired differences (strategy − baseline, same seed, so the same split and round 0), mean with "
+                    f"{confidence} bootstrap CI, two-sided Wilcoxon signed-rank and paired t-test p-values:",
+                )
+            )
+            out.append(
+                (
+                    "table",
+                    ["strategy", "baseline", "metric", "n", "difference [CI]", "wins", "Wilcoxon p", "paired t p"],
+                    [
+                        [
+                            f"`{p['strategy']}`",
+                            f"`{p['baseline']}`",
+                            dict(METRICS)[p["metric"]],
+                            str(p["n"]),
+                            f"{p['mean_difference']:+.4f} [{p['low']:+.4f}, {p['high']:+.4f}]",
+                            f"{p['wins']}/{p['n']}",
+                            _p(p["wilcoxon_p"]),
+                            _p(p["t_p"]),
+                        ]
+                        for p in tests
+                    ],
+                )
+            )
+    ranking = summary["ranking"]
+    if ranking["aubc"]["mean_rank"]:
+        order = sorted(ranking["aubc"]["mean_rank"], key=lambda k: ranking["aubc"]["mean_rank"][k])
+        out.append(("h", level + 1, "Ranking"))
+        out.append(
+            (
+                "p",
+                f"Mean rank over {ranking['aubc']['blocks']} (setting, seed) blocks; rank 1 is best, ties share the "
+                "average rank (as in nnActive).",
+            )
+        )
+        out.append(
+            (
+                "table",
+                ["strategy", "mean rank (AUBC)", "mean rank (final Dice)"],
+                [
+                    [
+                        f"`{k}`",
+                        f"{ranking['aubc']['mean_rank'][k]:.2f}",
+                        f"{ranking['final_dice']['mean_rank'].get(k, float('nan')):.2f}",
+                    ]
+                    for k in order
+                ],
+            )
+        )
+    out.append(("h", level + 1, "Verdict"))
+    for baseline in (FOREGROUND_RANDOM, *(b for b in summary["baselines"] if b != FOREGROUND_RANDOM)):
+        out.append(("p", verdict(summary, baseline)))
+    pairs = [p["n"] for p in summary["paired"]]
+    if pairs and min(pairs) < 6:
+        out.append(
+            (
+                "p",
+                f"With {min(pairs)} pairs the exact two-sided Wilcoxon test cannot go below p = "
+                f"{2 / 2 ** min(pairs):.3g}, so only the t-test can reach significance here. P-values are not "
+                "corrected for multiple comparisons.",
+            )
+        )
+    return out
+
+
+def render_markdown(content: Sequence[Block], image_dir: str = ".") -> str:
+    """Markdown; images are referenced as ``image_dir/<name>`` (write them with :func:`write_images`)."""
+    lines: list[str] = []
+    for block in content:
+        kind = block[0]
+        if kind == "h":
+            lines += ["#" * block[1] + " " + block[2], ""]
+        elif kind == "p":
+            lines += [block[1], ""]
+        elif kind == "table":
+            header, rows = block[1], block[2]
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(row) + " |" for row in rows]
+            lines.append("")
+        elif kind == "img":
+            lines += [f"![{block[3]}]({image_dir.rstrip('/')}/{block[1]})", ""]
+    return "\n".join(lines)
+
+
+def _inline_html(text: str) -> str:
+    text = html.escape(text, quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def render_html(content: Sequence[Block], title: str) -> str:
+    """One self-contained HTML page: figures are embedded as base64 PNG data URIs."""
+    body: list[str] = []
+    for block in content:
+        kind = block[0]
+        if kind == "h":
+            body.append(f"<h{block[1]}>{_inline_html(block[2])}</h{block[1]}>")
+        elif kind == "p":
+            body.append(f"<p>{_inline_html(block[1])}</p>")
+        elif kind == "table":
+            head = "".join(f"<th>{_inline_html(h)}</th>" for h in block[1])
+            rows = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in row) + "</tr>" for row in block[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "img":
+            data = base64.b64encode(block[2]).decode("ascii")
+            body.append(f'<p><img alt="{html.escape(block[3])}" src="data:image/png;base64,{data}"></p>')
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+        "code{background:#f4f4f4;padding:0 3px}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def write_images(content: Sequence[Block], folder: Path) -> list[Path]:
+    """Write every figure of ``content`` as a PNG file into ``folder``."""
+    paths = []
+    for block in content:
+        if block[0] == "img":
+            path = Path(folder) / block[1]
+            write_bytes_atomic(path, block[2])
+            paths.append(path)
+    return paths
+
+
+@dataclass(frozen=True)
+class Report:
+    """Where :func:`write_report` put its files."""
+
+    summary: Path
+    markdown: Path
+    html: Path
+    figures: list[Path]
+
+
+def write_report(results_dir: Path, out_dir: Path | None = None) -> Report:
+    """``summary.json``, ``report.md`` (+ PNGs) and a self-contained ``report.html`` from stored results."""
+    results_dir = Path(results_dir)
+    out_dir = Path(out_dir) if out_dir is not None else results_dir
+    summary = summarise(results_dir)
+    if not summary["runs"]:
+        raise FileNotFoundError(f"{results_dir}: no run has evaluated a round yet; nothing to report")
+    write_json_atomic(out_dir / SUMMARY_FILE, summary)
+    content = blocks(summary)
+    figures = write_images(content, out_dir)
+    markdown = out_dir / "report.md"
+    write_text_atomic(markdown, render_markdown(content))
+    page = out_dir / "report.html"
+    write_text_atomic(page, render_html(content, f"activeseg benchmark {summary['name']}"))
+    return Report(out_dir / SUMMARY_FILE, markdown, page, figures)
+
+
+def summary_bands_png(summary: dict[str, Any], setting: str) -> bytes:
+    """One setting's learning curves with their CI bands and the full-data bound, as PNG bytes."""
+    bands = summary["bands"][setting]
+    confidence = round(summary["stats"]["confidence"] * 100)
+    return band_png(
+        {strategy: bands[strategy] for strategy in summary["strategies"] if strategy in bands},
+        summary["full_data"]["estimate"],
+        title=f"{summary['name']} · {setting}: mean over seeds, {confidence}% CI",
+    )

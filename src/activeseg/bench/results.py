@@ -1,0 +1,224 @@
+"""A benchmark's stored results → one plain JSON summary (``summary.json``) with every statistic of the report.
+
+Every number comes from files the benchmark stored: each run's ``curve.csv`` and ledger stop reason, each seed's
+``full_data.json``, and ``benchmark.yaml`` for the grid and the statistics settings. The renderers (``report``)
+read only the summary, so BENCHMARKS.md can be regenerated from a stored summary without the run directories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from activeseg.bench.config import BenchmarkConfig, load_benchmark
+from activeseg.bench.grid import BENCHMARK_FILE, full_data_dir, read_executions, run_dir
+from activeseg.bench.stats import aubc, bootstrap_ci, budget_to_reach, curve_band, mean_ranks, paired_test
+from activeseg.engine.full_data import full_data_dice
+from activeseg.rundir.curves import read_curve
+from activeseg.rundir.layout import FullDataLayout, RunLayout
+
+SUMMARY_FILE = "summary.json"
+METRICS = (("aubc", "AUBC"), ("final_dice", "final Dice"))
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One run's stored curve."""
+
+    setting: str
+    strategy: str
+    seed: int
+    finished: bool
+    stop_reason: str | None
+    n_labelled: list[int]
+    mean_dice: list[float]
+
+    @property
+    def aubc(self) -> float:
+        return aubc(self.n_labelled, self.mean_dice)
+
+    @property
+    def final_dice(self) -> float:
+        return self.mean_dice[-1]
+
+
+def collect(results_dir: Path) -> tuple[BenchmarkConfig, list[RunResult], dict[int, float]]:
+    """The benchmark config, every run that has evaluated a round, and the full-data Dice of each finished seed."""
+    results_dir = Path(results_dir)
+    if not (results_dir / BENCHMARK_FILE).exists():
+        raise FileNotFoundError(f"{results_dir} is not a benchmark results directory (no {BENCHMARK_FILE})")
+    config = load_benchmark(results_dir / BENCHMARK_FILE)
+    runs = []
+    for setting in config.settings:
+        for seed in config.seeds:
+            for strategy in config.strategies:
+                path = run_dir(results_dir, setting.name, seed, strategy)
+                layout = RunLayout(path)
+                if not layout.curve_csv.exists():
+                    continue
+                with layout.open_ledger() as ledger:
+                    reason = ledger.stop_reason()
+                curve = read_curve(path)
+                runs.append(
+                    RunResult(
+                        setting.name, strategy, seed, reason is not None, reason, curve.n_labelled, curve.mean_dice
+                    )
+                )
+    full = {}
+    for seed in config.seeds:
+        folder = full_data_dir(results_dir, seed)
+        if FullDataLayout(folder).finished():
+            full[seed] = full_data_dice(folder)
+    return config, runs, full
+
+
+def _estimate(values: Sequence[float], config: BenchmarkConfig) -> dict[str, float]:
+    s = config.stats
+    return asdict(bootstrap_ci(values, resamples=s.bootstrap, confidence=s.confidence, seed=s.seed))
+
+
+def summarise(results_dir: Path) -> dict[str, Any]:
+    """Every statistic of the report, as plain JSON-able data computed from the stored results."""
+    config, runs, full = collect(results_dir)
+    s = config.stats
+    finished = [r for r in runs if r.finished]
+    present = sorted({r.strategy for r in finished}, key=config.strategies.index)
+    baselines = [b for b in s.baselines if b in present]
+    by_key = {(r.setting, r.strategy, r.seed): r for r in finished}
+
+    run_rows = []
+    for r in runs:
+        target = s.reach * full[r.seed] if r.seed in full else None
+        run_rows.append(
+            {
+                "setting": r.setting,
+                "strategy": r.strategy,
+                "seed": r.seed,
+                "finished": r.finished,
+                "stop_reason": r.stop_reason,
+                "n_labelled": r.n_labelled,
+                "mean_dice": r.mean_dice,
+                "aubc": r.aubc,
+                "final_dice": r.final_dice,
+                "reach_budget": None if target is None else budget_to_reach(r.n_labelled, r.mean_dice, target),
+            }
+        )
+    reach = {(row["setting"], row["strategy"], row["seed"]): row["reach_budget"] for row in run_rows}
+
+    per_strategy = []
+    paired = []
+    bands: dict[str, dict[str, Any]] = {}
+    for setting in config.settings:
+        bands[setting.name] = {}
+        for strategy in present:
+            mine = [by_key[k] for k in sorted(by_key) if k[0] == setting.name and k[1] == strategy]
+            if not mine:
+                continue
+            per_strategy.append(
+                {
+                    "setting": setting.name,
+                    "strategy": strategy,
+                    "n": len(mine),
+                    "seeds": [r.seed for r in mine],
+                    "aubc": _estimate([r.aubc for r in mine], config),
+                    "final_dice": _estimate([r.final_dice for r in mine], config),
+                    "reach_budget": {
+                        str(r.seed): reach[(setting.name, strategy, r.seed)] for r in mine if r.seed in full
+                    },
+                }
+            )
+            band = curve_band(
+                [(r.n_labelled, r.mean_dice) for r in mine],
+                resamples=s.bootstrap,
+                confidence=s.confidence,
+                seed=s.seed,
+            )
+            bands[setting.name][strategy] = asdict(band)
+            for baseline in baselines:
+                if baseline == strategy or (
+                    strategy in baselines and baselines.index(strategy) < baselines.index(baseline)
+                ):
+                    continue  # itself, or the mirror image of a baseline-vs-baseline comparison listed once
+                seeds = [x.seed for x in mine if (setting.name, baseline, x.seed) in by_key]
+                if not seeds:
+                    continue
+                ours = [by_key[(setting.name, strategy, x)] for x in seeds]
+                theirs = [by_key[(setting.name, baseline, x)] for x in seeds]
+                for metric, _ in METRICS:
+                    test = paired_test(
+                        [getattr(r, metric) for r in ours],
+                        [getattr(r, metric) for r in theirs],
+                        resamples=s.bootstrap,
+                        confidence=s.confidence,
+                        seed=s.seed,
+                    )
+                    paired.append(
+                        {"setting": setting.name, "strategy": strategy, "baseline": baseline, "metric": metric}
+                        | asdict(test)
+                        | {"seeds": seeds}
+                    )
+
+    ranking: dict[str, Any] = {}
+    for metric, _ in METRICS:
+        table = {
+            strategy: {(r.setting, r.seed): getattr(r, metric) for r in finished if r.strategy == strategy}
+            for strategy in present
+        }
+        ranks, blocks = mean_ranks(table)
+        ranking[metric] = {"mean_rank": ranks, "blocks": blocks}
+
+    executions = read_executions(results_dir)
+    return {
+        "name": config.name,
+        "strategies": list(config.strategies),
+        "seeds": list(config.seeds),
+        "settings": {st.name: dict(st.overrides) for st in config.settings},
+        "baselines": baselines,
+        "run": _describe_run(config),
+        "stats": asdict(s),
+        "progress": {
+            "finished": len(finished),
+            "planned": len(config.strategies) * len(config.seeds) * len(config.settings),
+        },
+        "full_data": {
+            "iterations": config.full_data.iterations or config.run.train.iterations,
+            "per_seed": {str(k): v for k, v in sorted(full.items())},
+            "estimate": _estimate(list(full.values()), config) if full else None,
+        },
+        "runs": run_rows,
+        "per_strategy": per_strategy,
+        "paired": paired,
+        "ranking": ranking,
+        "bands": bands,
+        "executions": {
+            "invocations": len(executions),
+            "wall_s": sum(e["wall_s"] for e in executions),
+            "backends": sorted({e["backend"] for e in executions}),
+            "workers": max((e["workers"] for e in executions), default=1),
+            "threads": config.threads,
+        },
+    }
+
+
+def _describe_run(config: BenchmarkConfig) -> dict[str, Any]:
+    run = config.run
+    return {
+        "dataset": str(run.data.root.name) if run.data.root else None,
+        "test_size": run.data.test_size if run.data.test_root is None else None,
+        "max_cases": run.data.max_cases,
+        "shape": list(run.data.shape),
+        "channels": list(run.model.channels),
+        "iterations": run.train.iterations,
+        "mc_samples": run.strategy.mc_samples,
+        "uncertainty": run.strategy.uncertainty,
+        "reduction": run.strategy.reduction,
+        "loop": {
+            st.name: {
+                k: getattr(config.run_config(st, config.strategies[0], config.seeds[0]).loop, k)
+                for k in ("initial", "per_round", "rounds")
+            }
+            for st in config.settings
+        },
+    }

@@ -1,0 +1,58 @@
+"""The full-data upper bound: the same model trained once on every pool case, evaluated on the same test split."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from activeseg.artifacts import read_json, write_json_atomic
+from activeseg.config import RunConfig, save_config
+from activeseg.data.splits import RunData, open_data
+from activeseg.engine.evaluation import evaluate_on, metrics_record
+from activeseg.engine.model import build_model, save_model, select_device, use_amp
+from activeseg.engine.training import seed_everything, train
+from activeseg.progress import Reporter, SilentReporter
+from activeseg.rundir.layout import FullDataLayout
+from activeseg.seeds import derive_seed
+
+
+def full_data_run(
+    config: RunConfig,
+    out_dir: Path,
+    reporter: Reporter | None = None,
+    data_root: Path | None = None,
+    data: RunData | None = None,
+) -> dict[str, Any]:
+    """Train once on every pool case (all labels) and evaluate on the same test split: the upper bound."""
+    reporter = reporter or SilentReporter()
+    if data_root is not None:
+        config = config.override({"data.root": data_root})
+    data = data or open_data(config, reporter)
+    layout = FullDataLayout(out_dir)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    save_config(config, layout.config)
+    device = select_device(config.train)
+    amp = use_amp(config.train, device)
+    seed = derive_seed(config.seed, "train", "full-data")
+    seed_everything(seed)
+    model = build_model(config.model, data.num_classes).to(device)
+    examples = [(data.image(c), data.ground_truth(c)) for c in data.pool.ids]
+    tick = time.perf_counter()
+    with reporter.progress("full data: training", config.train.iterations) as advance:
+        train(model, examples, config.train, device, seed, amp, advance)
+    seconds = time.perf_counter() - tick
+    save_model(model, layout.model)
+    result = evaluate_on(model, data, config.train.eval_batch_size, amp, reporter, "full data")
+    record = metrics_record(result, n_labelled=len(examples), round_index=None)
+    record["train_seconds"] = seconds
+    write_json_atomic(layout.record, record)
+    reporter.info(f"full data ({len(examples)} volumes): mean foreground Dice {result.mean_foreground_dice:.4f}")
+    return record
+
+
+def full_data_dice(path: Path) -> float:
+    """The mean foreground Dice stored by a full-data run (its folder or its ``full_data.json``)."""
+    path = Path(path)
+    record = FullDataLayout(path).record if path.is_dir() else path
+    return float(read_json(record)["dice"]["mean_foreground"])

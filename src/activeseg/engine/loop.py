@@ -1,0 +1,238 @@
+"""The active-learning loop: train → evaluate → stop? → score → select → request, one round at a time.
+
+Every round is a pure function of the config, the round index and the ledger's labelled set. All randomness of a round
+is drawn first from the run seed and recorded (``seeds.json``). Each stage writes its artifact atomically and reloads
+it on a later attempt (``artifacts.stage``), and the ledger commits the round's new labels in one transaction, so
+``resume`` after a kill at any point recomputes or reloads exactly what an uninterrupted run would have produced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from activeseg.acquisition.costs import COSTS, LABEL_FREE_COSTS, unit_costs
+from activeseg.acquisition.registry import get_strategy
+from activeseg.acquisition.selectors import Choice
+from activeseg.acquisition.units import case_of, unit_from_key
+from activeseg.artifacts import read_json, stage, write_json_atomic
+from activeseg.config import RunConfig
+from activeseg.data.splits import RunData
+from activeseg.engine.evaluation import evaluate_on, metrics_record
+from activeseg.engine.model import build_model, load_weights, save_model, select_device, use_amp
+from activeseg.engine.pool import Candidates, Pool
+from activeseg.engine.stopping import stop_reason
+from activeseg.engine.training import Example, seed_everything, train
+from activeseg.oracles.base import LabelsPending, Oracle
+from activeseg.oracles.simulated import SimulatedOracle
+from activeseg.plots import plot_curves
+from activeseg.progress import Reporter
+from activeseg.rundir.curves import read_curve, write_curve
+from activeseg.rundir.layout import RunLayout
+from activeseg.rundir.ledger import Ledger
+from activeseg.seeds import derive_seed, round_seeds
+
+
+class RunError(RuntimeError):
+    """A run directory that cannot be started or resumed."""
+
+
+class Timer:
+    """Seconds spent in each named stage of a round (``timings.json``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        tick = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - tick
+
+
+class ActiveLearningLoop:
+    """Runs rounds from the ledger's current state until a stop rule says so (or a person's labels are awaited)."""
+
+    def __init__(
+        self, config: RunConfig, layout: RunLayout, data: RunData, ledger: Ledger, oracle: Oracle, reporter: Reporter
+    ) -> None:
+        self.config = config
+        self.layout = layout
+        self.data = data
+        self.ledger = ledger
+        self.oracle = oracle
+        self.reporter = reporter
+        self.strategy = get_strategy(config.strategy.name)
+        self.device = select_device(config.train)
+        self.amp = use_amp(config.train, self.device)
+        self.pool = Pool(config, layout, data, ledger, self.strategy, reporter, self.amp)
+
+    def run(self) -> str:
+        """Run rounds until a stop reason is recorded and return it, or return the waiting status of a human oracle
+        (``"waiting for labels: …"``; nothing is recorded, and resume continues once the labels are in)."""
+        while (reason := self.ledger.stop_reason()) is None:
+            try:
+                self.run_round(self.ledger.current_round())
+            except LabelsPending as waiting:
+                return str(waiting)
+        return reason
+
+    def run_round(self, r: int) -> None:
+        """One round. Every stage reuses its artifact when a previous (killed) attempt already wrote it."""
+        seeds = round_seeds(self.config.seed, r)
+        write_json_atomic(self.layout.seeds(r), seeds)
+        labelled = self.ledger.labelled_ids()  # cases with any labelled voxel: the training set
+        timer = Timer()
+        with timer("train_s"):
+            model = self.train_member(r, 0, labelled, seeds["train"])
+        with timer("evaluate_s"):
+            self.evaluate(r, model, seeds)
+
+        cases = self.pool.cases_with_candidates()
+        reason = stop_reason(r, self.config.loop, len(cases), self.validation_history())
+        if reason is None:
+            candidates = self.candidates(r, model, labelled, cases, seeds, timer)
+            history = self.validation_history()
+            reason = stop_reason(r, self.config.loop, len(candidates.units), history, candidates.unit_scores)
+        if reason is not None:
+            self.ledger.stop(r, reason)
+        else:
+            with timer("select_s"):
+                context = self.pool.context(r, model, candidates, labelled, seeds["select"], self.truth_for_baselines())
+                choices = self.strategy.select(candidates.units, candidates.scores, self.config.loop.per_round, context)
+                choices = self.within_budget(choices)
+            write_json_atomic(self.layout.selection(r), [dataclasses.asdict(c) for c in choices])
+            self.request(r + 1, choices)
+        write_json_atomic(self.layout.timings(r), timer.seconds)
+
+    # --- the stages ---------------------------------------------------------------------------------------------
+
+    def train_member(self, r: int, member: int, labelled: list[str], seed: int) -> nn.Module:
+        """Ensemble member ``member`` of round r (member 0 is the round's model), from its checkpoint if saved.
+
+        Members differ only in their seed (``derive_seed(seed, "member", m)`` for m > 0); with ``warm_start`` each
+        starts from the same member of the previous round.
+        """
+        seed = seed if member == 0 else derive_seed(seed, "member", member)
+        seed_everything(seed)
+        model = build_model(self.config.model, self.data.num_classes).to(self.device)
+
+        def fit() -> nn.Module:
+            if self.config.train.warm_start and r > 0:
+                load_weights(model, self.layout.model(r - 1, member))
+            examples: list[Example] = [(self.data.image(c), self.oracle.label(c)) for c in labelled]
+            task = f"round {r}: training" + (f" ensemble member {member}" if member else "")
+            with self.reporter.progress(task, self.config.train.iterations) as advance:
+                train(model, examples, self.config.train, self.device, seed, self.amp, advance)
+            return model
+
+        return stage(
+            self.layout.model(r, member),
+            fit,
+            lambda path, m: save_model(m, path),
+            lambda path: load_weights(model, path),
+        )
+
+    def evaluate(self, r: int, model: nn.Module, seeds: dict[str, int]) -> None:
+        """Round r's test (and validation) Dice, recorded in the ledger, ``curve.csv`` and ``curve.png``."""
+        n_units = len(self.ledger.labelled_units())
+        batch, amp = self.config.train.eval_batch_size, self.amp
+
+        def compute() -> dict[str, Any]:
+            metrics = metrics_record(evaluate_on(model, self.data, batch, amp, self.reporter, r), n_units, r)
+            if self.data.validation is not None:
+                validation = evaluate_on(model, self.data, batch, amp, self.reporter, r, "validation")
+                metrics["validation_dice"] = validation.mean_foreground_dice
+            return metrics
+
+        metrics = stage(self.layout.metrics(r), compute, write_json_atomic, lambda path: dict(read_json(path)))
+        validation = {"validation_mean_foreground": metrics["validation_dice"]} if "validation_dice" in metrics else {}
+        self.ledger.record_round(r, n_units, seeds, {**metrics["dice"], **validation})
+        write_curve(self.layout, self.ledger)
+        plot_curves([read_curve(self.layout.root)], self.layout.curve_png, title=f"{self.config.name}")
+        self.reporter.info(
+            f"{self.config.strategy.name} · round {r}: {n_units} {self.pool.units.kind} units labelled, "
+            f"mean foreground Dice {metrics['dice']['mean_foreground']:.4f}"
+        )
+
+    def validation_history(self) -> list[float]:
+        """The validation Dice of every evaluated round (0 where there is no validation split)."""
+        return [x.dice.get("validation_mean_foreground", 0.0) for x in self.ledger.rounds()]
+
+    def candidates(
+        self, r: int, model: nn.Module, labelled: list[str], cases: list[str], seeds: dict[str, int], timer: Timer
+    ) -> Candidates:
+        """Round r's candidate units: scored with the round's uncertainty source if the strategy needs scores."""
+        if not self.strategy.needs_scores:
+            return self.pool.unscored(cases, seeds["select"])
+        members = []
+        if self.config.strategy.uncertainty == "ensemble":
+            with timer("ensemble_train_s"):
+                members = [
+                    self.train_member(r, m, labelled, seeds["train"])
+                    for m in range(1, self.config.strategy.ensemble_size)
+                ]
+        with timer("score_s"):
+            return self.pool.scored(r, model, members, cases, seeds["mc_dropout"])
+
+    def within_budget(self, choices: list[Choice]) -> list[Choice]:
+        """The ranked choices that fit ``loop.round_budget`` (in ``unit.cost`` units), always at least one.
+
+        A label-dependent cost (foreground-weighted voxels) is what the simulated annotator will spend on each unit.
+        """
+        budget = self.config.loop.round_budget
+        if budget is None:
+            return choices
+        shape, name, axis = self.config.data.shape, self.config.unit.cost, self.config.unit.axis
+        cost = COSTS[name]
+        empty = np.zeros(shape, dtype=np.uint8)
+        kept: list[Choice] = []
+        spent = 0.0
+        for choice in choices:
+            if name in LABEL_FREE_COSTS:
+                spent += cost(unit_from_key(choice.unit, shape), empty, axis)
+            else:  # a label-dependent cost: the config allows it with the simulated oracle only
+                spent += self.simulated_oracle().unit_cost(choice.unit, cost, axis)
+            if kept and spent > budget:
+                break
+            kept.append(choice)
+        return kept
+
+    def truth_for_baselines(self) -> SimulatedOracle | None:
+        """The simulated oracle, for strategies that need true fractions; None for every other strategy."""
+        return self.simulated_oracle() if "true_fractions" in self.strategy.needs else None
+
+    def simulated_oracle(self) -> SimulatedOracle:
+        """Simulation-only baselines peek at unlabelled ground truth; refused unless the oracle is simulated."""
+        if not isinstance(self.oracle, SimulatedOracle):
+            raise RunError(f"strategy {self.strategy.name!r} is simulation-only and cannot run with a human oracle")
+        return self.oracle
+
+    def request(self, next_round: int, choices: list[Choice]) -> None:
+        """Ask the oracle for the chosen labels and commit the ones it gives to the ledger in one transaction.
+
+        A human oracle raises :class:`LabelsPending` while the round waits, or gives part of the batch when the user
+        started the round with the labels that had arrived (the rest stay in the pool).
+        """
+        answered = set(self.oracle.request(next_round, choices))
+        given = [c for c in choices if c.unit in answered]
+        if not given:
+            raise RunError(f"the oracle gave no label of {[c.unit for c in choices]}; resume once they arrive")
+        shape, axis = self.config.data.shape, self.config.unit.axis
+        labels = {case_of(c.unit): self.oracle.label(case_of(c.unit)) for c in given}
+        costs = [unit_costs(unit_from_key(c.unit, shape), labels[case_of(c.unit)], axis) for c in given]
+        self.ledger.add_labels(next_round, self.strategy.name, [(c.unit, c.score, c.rank) for c in given], costs)
+
+
+def load_round_model(config: RunConfig, layout: RunLayout, num_classes: int, r: int, member: int = 0) -> nn.Module:
+    """Round r's saved model (or ensemble member) on the CPU, in eval mode."""
+    model = build_model(config.model, num_classes)
+    model.load_state_dict(torch.load(layout.model(r, member), map_location="cpu", weights_only=True))
+    return model.eval()

@@ -1,0 +1,60 @@
+"""The segmentation network and the device it runs on."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import IO
+
+import torch
+from monai.networks.nets import UNet
+from torch import nn
+
+from activeseg.artifacts import write_atomic
+from activeseg.config import ModelConfig, TrainConfig
+
+
+def build_model(config: ModelConfig, num_classes: int) -> nn.Module:
+    """A MONAI 3D U-Net with dropout in every block, for one input channel and ``num_classes`` outputs."""
+    network: nn.Module = UNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=num_classes,
+        channels=config.channels,
+        strides=config.strides,
+        num_res_units=config.num_res_units,
+        dropout=config.dropout,
+    )
+    return network
+
+
+def select_device(config: TrainConfig) -> torch.device:
+    """``cuda`` when asked for or (with ``auto``) when present; otherwise ``cpu``."""
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but torch sees no CUDA device; install a CUDA build of torch")
+    if config.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def use_amp(config: TrainConfig, device: torch.device) -> bool:
+    """Mixed precision only on CUDA: CPU runs stay in float32 and bit-reproducible."""
+    return config.amp and device.type == "cuda"
+
+
+def save_model(model: nn.Module, path: Path) -> None:
+    """Atomically save a state dict."""
+
+    def write(handle: IO[bytes]) -> None:
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        handle.write(buffer.getvalue())
+
+    write_atomic(path, write)
+
+
+def load_weights(model: nn.Module, path: Path) -> nn.Module:
+    """Load a saved state dict into ``model`` (on the model's device) and return it."""
+    device = next(model.parameters()).device
+    model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    return model
