@@ -9,9 +9,11 @@ it on a later attempt (``artifacts.stage``), and the ledger commits the round's 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,8 +42,23 @@ from activeseg.rundir.ledger import Ledger
 from activeseg.seeds import derive_seed, round_seeds
 
 
+HALT_AT = "ACTIVESEG_HALT_AT"
+"""Test hook: a halt point's name (``round 1: training``, ``round 1: scored``, ``round 1: selected``) makes the run
+create the file named by ``$ACTIVESEG_HALT_FILE`` when it gets there and then wait, so that a test can kill it at
+exactly that point."""
+
+
 class RunError(RuntimeError):
     """A run directory that cannot be started or resumed."""
+
+
+def halt_point(name: str) -> None:
+    """Wait here forever if ``$ACTIVESEG_HALT_AT`` names this point (see :data:`HALT_AT`); otherwise return."""
+    if os.environ.get(HALT_AT) != name:
+        return
+    Path(os.environ["ACTIVESEG_HALT_FILE"]).touch()
+    while True:
+        time.sleep(60)
 
 
 class Timer:
@@ -99,6 +116,7 @@ class ActiveLearningLoop:
         reason = stop_reason(r, self.config.loop, len(cases), self.validation_history())
         if reason is None:
             candidates = self.candidates(r, model, labelled, cases, seeds, timer)
+            halt_point(f"round {r}: scored")
             history = self.validation_history()
             reason = stop_reason(r, self.config.loop, len(candidates.units), history, candidates.unit_scores)
         if reason is not None:
@@ -109,6 +127,7 @@ class ActiveLearningLoop:
                 choices = self.strategy.select(candidates.units, candidates.scores, self.config.loop.per_round, context)
                 choices = self.within_budget(choices)
             write_json_atomic(self.layout.selection(r), [dataclasses.asdict(c) for c in choices])
+            halt_point(f"round {r}: selected")
             self.request(r + 1, choices)
         write_json_atomic(self.layout.timings(r), timer.seconds)
 
@@ -125,6 +144,7 @@ class ActiveLearningLoop:
         model = build_model(self.config.model, self.data.num_classes).to(self.device)
 
         def fit() -> nn.Module:
+            halt_point(f"round {r}: training")
             if self.config.train.warm_start and r > 0:
                 load_weights(model, self.layout.model(r - 1, member))
             examples: list[Example] = [(self.data.image(c), self.oracle.label(c)) for c in labelled]
