@@ -41,7 +41,6 @@ from activeseg.rundir.layout import RunLayout
 from activeseg.rundir.ledger import Ledger
 from activeseg.seeds import derive_seed, round_seeds
 
-
 HALT_AT = "ACTIVESEG_HALT_AT"
 """Test hook: a halt point's name (``round 1: training``, ``round 1: scored``, ``round 1: selected``) makes the run
 create the file named by ``$ACTIVESEG_HALT_FILE`` when it gets there and then wait, so that a test can kill it at
