@@ -1,0 +1,155 @@
+"""Clinical-shape datasets: hippocampus crops pasted voxel-wise into CT-like fields, stored in mixed orientations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from activeseg.data.clinical import make_clinical_dataset, reoriented_copy
+
+from _support import hippocampus_root, requires_hippocampus
+
+pytestmark = requires_hippocampus
+
+FIELD = (96, 96, (40, 56))
+_nib: Any = nib  # nibabel is untyped
+ARGS: dict[str, Any] = {"seed": 3, "field_shape": FIELD, "oblique_fraction": 0.5}
+
+
+def _load(path: Path) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64], Any]:
+    img: Any = nib.load(str(path))
+    return np.asarray(img.dataobj), np.asarray(img.affine, dtype=np.float64), img
+
+
+def _canonical(path: Path) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64]]:
+    canon: Any = _nib.as_closest_canonical(nib.load(str(path)))
+    return np.asarray(canon.dataobj), np.asarray(canon.affine, dtype=np.float64)
+
+
+def _world(indices: npt.NDArray[Any], affine: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    points: npt.NDArray[np.float64] = indices @ affine[:3, :3].T + affine[:3, 3]
+    return points[np.lexsort(points.T[::-1].round(3))]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_clinical_dataset(hippocampus_root(), tmp_path_factory.mktemp("clinical") / "a", n_cases=4, **ARGS)
+
+
+@pytest.fixture(scope="module")
+def meta(dataset: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))
+    return loaded
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_metadata_and_mixed_cases(meta: dict[str, Any]) -> None:
+    assert meta["name"] == "ClinicalHippocampus"
+    assert meta["modality"] == meta["channel_names"] == {"0": "CT"}
+    assert meta["labels"] == {"0": "background", "1": "anterior", "2": "posterior"}
+    ids = ["hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006"]
+    assert meta["numTraining"] == 4 and list(meta["clinical"]) == ids
+    assert [t["label"] for t in meta["training"]] == [f"./labelsTr/{c}.nii.gz" for c in ids]
+    drawn = meta["clinical"].values()
+    # The seed is chosen so that the fixture covers oblique and non-oblique cases and several orientations.
+    assert {d["oblique_degrees"] == 0.0 for d in drawn} == {True, False}
+    assert len({d["orientation"] for d in drawn}) >= 2
+
+
+def test_deterministic_and_independent_of_n_cases(dataset: Path, tmp_path: Path) -> None:
+    again = make_clinical_dataset(hippocampus_root(), tmp_path / "b", n_cases=4, **ARGS)
+    assert _files(again) == _files(dataset)
+    one = make_clinical_dataset(hippocampus_root(), tmp_path / "c", case_ids=["hippocampus_004"], **ARGS)
+    for sub in ("imagesTr", "labelsTr"):
+        name = f"{sub}/hippocampus_004.nii.gz"
+        assert (one / name).read_bytes() == (dataset / name).read_bytes()
+    first = json.loads((one / "dataset.json").read_text(encoding="utf-8"))["clinical"]["hippocampus_004"]
+    assert first == json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))["clinical"]["hippocampus_004"]
+
+
+def test_labels_pasted_voxel_wise_at_the_recorded_offset(dataset: Path, meta: dict[str, Any]) -> None:
+    for case_id, drawn in meta["clinical"].items():
+        source, _, _ = _load(hippocampus_root() / "labelsTr" / f"{case_id}.nii.gz")
+        label, affine, _ = _load(dataset / "labelsTr" / f"{case_id}.nii.gz")
+        assert label.dtype == np.uint8
+        counts = [int((source == v).sum()) for v in (1, 2)]
+        assert [int((label == v).sum()) for v in (1, 2)] == counts
+        # Back in RAS voxel order the crop at the offset is the source label, and nothing is outside it.
+        canon, canon_affine = _canonical(dataset / "labelsTr" / f"{case_id}.nii.gz")
+        assert list(canon.shape) == drawn["ras_shape"]
+        box = tuple(slice(o, o + n) for o, n in zip(drawn["offset"], source.shape, strict=True))
+        np.testing.assert_array_equal(canon[box], source)
+        assert int((canon > 0).sum()) == sum(counts)
+        # World placement: stored foreground voxels land where the offset source voxels land in the RAS grid.
+        pasted = np.argwhere(source > 0) + np.asarray(drawn["offset"])
+        np.testing.assert_allclose(_world(np.argwhere(label > 0), affine), _world(pasted, canon_affine), atol=1e-3)
+
+
+def test_orientation_spacing_and_shape(dataset: Path, meta: dict[str, Any]) -> None:
+    for case_id, drawn in meta["clinical"].items():
+        image, affine, img = _load(dataset / "imagesTr" / f"{case_id}.nii.gz")
+        _, label_affine, _ = _load(dataset / "labelsTr" / f"{case_id}.nii.gz")
+        np.testing.assert_array_equal(affine, label_affine)
+        assert list(image.shape) == drawn["shape"]
+        np.testing.assert_allclose(img.header.get_zooms(), drawn["spacing"], rtol=1e-5)
+        sx, sy, sz = drawn["ras_spacing"]
+        assert sx == sy and 0.7 <= sx <= 1.0 and 2.0 <= sz <= 4.0
+        x, y, z = drawn["ras_shape"]
+        assert (x, y) == FIELD[:2] and FIELD[2][0] <= z <= FIELD[2][1]
+        assert sorted(drawn["shape"]) == sorted(drawn["ras_shape"])
+        assert "".join(_nib.aff2axcodes(affine)) == drawn["orientation"]  # also for the small oblique tilts
+        rotation = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+        axis_angle = np.degrees(np.arccos(np.clip(np.abs(rotation).max(axis=0), -1.0, 1.0)))
+        if drawn["oblique_degrees"] == 0.0:
+            np.testing.assert_allclose(axis_angle, 0.0, atol=1e-3)
+        else:
+            assert 5.0 <= abs(drawn["oblique_degrees"]) <= 15.0
+            assert axis_angle.max() > 1.0
+
+
+def test_ct_intensities(dataset: Path, meta: dict[str, Any]) -> None:
+    for case_id in meta["clinical"]:
+        image, _ = _canonical(dataset / "imagesTr" / f"{case_id}.nii.gz")
+        label, _ = _canonical(dataset / "labelsTr" / f"{case_id}.nii.gz")
+        assert image.dtype == np.int16
+        corners = np.concatenate([image[i, j, :].ravel() for i in (0, 1, -2, -1) for j in (0, 1, -2, -1)])
+        assert abs(float(corners.mean()) + 1000.0) < 5.0 and corners.min() >= -1024 and corners.max() < -900
+        hippocampus = image[label > 0].astype(np.float64)
+        assert -10.0 < hippocampus.mean() < 90.0
+        assert np.percentile(hippocampus, 1) > -40 and np.percentile(hippocampus, 99) < 120
+        assert hippocampus.min() > -100 and hippocampus.max() < 200
+        body = image[image > -500]
+        assert np.median(body) > -50  # mostly soft tissue
+        assert 0.1 < (image < -900).mean() < 0.5  # air around the body
+
+
+def test_reoriented_copy_keeps_world_positions(dataset: Path, meta: dict[str, Any], tmp_path: Path) -> None:
+    for case_id, codes in zip(meta["clinical"], ("LAS", "PIL", "RAS", "SRA"), strict=True):
+        image, label = dataset / "imagesTr" / f"{case_id}.nii.gz", dataset / "labelsTr" / f"{case_id}.nii.gz"
+        out_image, out_label = tmp_path / f"{case_id}_img.nii.gz", tmp_path / f"{case_id}_lab.nii.gz"
+        reoriented_copy(image, label, out_image, out_label, codes=codes)
+        copy_image, copy_affine, _ = _load(out_image)
+        assert "".join(_nib.aff2axcodes(copy_affine)) == codes
+        assert copy_image.dtype == np.int16 and _load(out_label)[0].dtype == np.uint8
+        for original, copy in ((image, out_image), (label, out_label)):
+            (a, a_affine), (b, b_affine) = _canonical(original), _canonical(copy)
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_allclose(a_affine, b_affine, atol=1e-4)
+
+
+def test_rejects_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="axis code"):
+        make_clinical_dataset(hippocampus_root(), tmp_path / "x", n_cases=1, orientations=("RAR",))
+    with pytest.raises(ValueError, match="no image/label pair"):
+        make_clinical_dataset(hippocampus_root(), tmp_path / "y", case_ids=["nope"])
+    with pytest.raises(ValueError, match="too small"):
+        make_clinical_dataset(hippocampus_root(), tmp_path / "z", n_cases=1, field_shape=(40, 40, (40, 56)))
