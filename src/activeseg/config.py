@@ -8,7 +8,6 @@ activeseg validates configuration: code downstream trusts these objects.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +18,14 @@ import yaml
 from activeseg.acquisition.costs import COSTS, LABEL_FREE_COSTS
 from activeseg.acquisition.registry import STRATEGIES
 from activeseg.acquisition.stochastic import scheduled_beta
+from activeseg.validate import ConfigError, build, plain, require
 
-
-class ConfigError(ValueError):
-    """A configuration problem, raised before any work starts."""
+__all__ = ["ConfigError", "RunConfig", "build", "config_from_dict", "load_config", "plain", "require", "save_config"]
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the data is and how it is prepared."""
+    """Where the data is and how it is split."""
 
     root: Path | None = None
     """Dataset folder in MSD / nnU-Net raw layout (imagesTr/, labelsTr/). ``--data`` overrides it."""
@@ -42,8 +40,6 @@ class DataConfig:
     """Seeds the test split (and ``max_cases`` subset) alone, so runs with different seeds share one split."""
     max_cases: int | None = None
     """Use only this many cases of ``root`` (a seeded subset), for quick runs."""
-    shape: tuple[int, int, int] = (40, 56, 40)
-    """Every volume is centre-padded or cropped to this shape; each axis must be divisible by 2**len(strides)."""
     cache_dir: Path | None = None
     """Preprocessed-array cache; default ``$ACTIVESEG_CACHE`` or ``~/.cache/activeseg``."""
 
@@ -51,57 +47,107 @@ class DataConfig:
         require(self.test_size >= 1, "data.test_size", "must be at least 1")
         require(self.validation_size >= 0, "data.validation_size", "must be >= 0")
         require(self.max_cases is None or self.max_cases >= 2, "data.max_cases", "must be at least 2")
-        require(all(s >= 8 for s in self.shape), "data.shape", "each axis must be at least 8 voxels")
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """How the pool is planned (``data.plan``: target spacing, normalisation, patch, network strides). Every value
+    set here overrides what the plan derives from the dataset's fingerprint."""
+
+    file: Path | None = None
+    """A plan written by ``activeseg plan`` (default: planned from the pool when the run is created)."""
+    target_spacing: tuple[float, float, float] | None = None
+    """Voxel spacing in mm after reorientation to RAS (left-right, posterior-anterior, inferior-superior)."""
+    patch_size: tuple[int, int, int] | None = None
+    """Training patch and sliding window, in voxels of the planned grid (RAS axis order)."""
+    memory_gb: float | None = None
+    """Memory budget of one training step (batch of patches); default 1 GB on a CPU, 60% of a GPU's (at most 8)."""
+    normalisation: Literal["auto", "ct", "zscore"] = "auto"
+    """``auto`` takes the modality from dataset.json: CT gets a global clip and z-score, others a per-volume
+    z-score."""
+    crop: Literal["nonzero", "none"] = "nonzero"
+    """Crop each case to its non-zero region (never to the array centre); labelled voxels are always kept."""
+
+    def __post_init__(self) -> None:
+        spacing = self.target_spacing
+        require(spacing is None or all(s > 0 for s in spacing), "plan.target_spacing", "must be positive")
+        require(self.patch_size is None or all(p >= 4 for p in self.patch_size), "plan.patch_size", "must be >= 4")
+        require(self.memory_gb is None or self.memory_gb > 0, "plan.memory_gb", "must be positive")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A MONAI 3D U-Net with dropout (so that MC dropout works)."""
+    """The segmentation network: MONAI UNet or DynUNet (nnU-Net's), with dropout so that MC dropout works."""
 
+    name: Literal["unet", "dynunet"] = "unet"
     channels: tuple[int, ...] = (16, 32, 64, 128)
-    strides: tuple[int, ...] = (2, 2, 2)
+    """Feature channels per level; their number fixes the depth."""
+    strides: tuple[int, ...] | None = None
+    """Down-sampling per level (1 or 2, every axis alike); default: planned per axis from the patch and spacing."""
     num_res_units: int = 1
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
         require(len(self.channels) >= 2, "model.channels", "needs at least two levels")
-        require(len(self.strides) == len(self.channels) - 1, "model.strides", "needs len(channels) - 1 entries")
         require(all(c > 0 for c in self.channels), "model.channels", "must be positive")
-        require(all(s in (1, 2) for s in self.strides), "model.strides", "each stride must be 1 or 2")
+        if self.strides is not None:
+            require(len(self.strides) == len(self.channels) - 1, "model.strides", "needs len(channels) - 1 entries")
+            require(all(s in (1, 2) for s in self.strides), "model.strides", "each stride must be 1 or 2")
         require(0.0 < self.dropout < 1.0, "model.dropout", "must be in (0, 1): MC dropout needs dropout")
         require(self.num_res_units >= 0, "model.num_res_units", "must be >= 0")
 
-    @property
-    def divisor(self) -> int:
-        """Every spatial size the network sees must be divisible by this."""
-        return int(2 ** sum(1 for s in self.strides if s == 2))
+
+AXES = ("left-right", "posterior-anterior", "inferior-superior")
+"""The planned grid's axes: every case is reoriented to RAS, so axis i always runs along ``AXES[i]``."""
+Axis = Literal["left-right", "posterior-anterior", "inferior-superior"]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One round's training. Every round retrains from scratch unless ``warm_start``."""
+    """One round's training on patches. Every round retrains from scratch unless ``warm_start``."""
 
     iterations: int = 300
     batch_size: int = 2
+    """Patches per step (at least 2: a U-Net's normalisation needs them)."""
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5
     augment: bool = True
-    flip_axes: tuple[int, ...] = (0,)
-    """Axes flipped at random by augmentation. Only mirror-symmetric axes: flipping anterior-posterior would
-    swap the meaning of the hippocampus labels (anterior / posterior)."""
+    flip_axes: tuple[Axis, ...] = ("left-right",)
+    """Anatomical axes flipped at random by augmentation (and test-time augmentation). Only mirror-symmetric ones:
+    flipping posterior-anterior would swap the meaning of the hippocampus labels (anterior / posterior)."""
+    oversample_foreground: float = 0.33
+    """Share of each batch whose patch is centred on a labelled foreground voxel (nnU-Net: 1/3)."""
+    workers: int = 0
+    """Data-loading processes (0: in the training process)."""
     warm_start: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     """Mixed precision on CUDA (ignored on CPU, where runs stay bit-reproducible)."""
-    eval_batch_size: int = 4
 
     def __post_init__(self) -> None:
         require(self.iterations >= 1, "train.iterations", "must be at least 1")
-        require(self.batch_size >= 1, "train.batch_size", "must be at least 1")
-        require(self.learning_rate > 0, "train.learning_rate", "must be positive")
+        require(2 <= self.batch_size <= 256, "train.batch_size", "must be between 2 and 256")
+        require(0 < self.learning_rate <= 10, "train.learning_rate", "must be in (0, 10]")
         require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-        require(self.eval_batch_size >= 1, "train.eval_batch_size", "must be at least 1")
-        require(all(a in (0, 1, 2) for a in self.flip_axes), "train.flip_axes", "axes must be 0, 1 or 2")
+        require(0 <= self.oversample_foreground <= 1, "train.oversample_foreground", "must be in [0, 1]")
+        require(0 <= self.workers <= 64, "train.workers", "must be between 0 and 64")
+
+    @property
+    def flip_indices(self) -> tuple[int, ...]:
+        """The planned grid's axis indices of ``flip_axes``."""
+        return tuple(AXES.index(axis) for axis in self.flip_axes)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Sliding-window inference (evaluation, scoring, export): Gaussian-weighted windows of the patch size."""
+
+    overlap: float = 0.5
+    windows_per_batch: int = 4
+
+    def __post_init__(self) -> None:
+        require(0 <= self.overlap < 1, "inference.overlap", "must be in [0, 1)")
+        require(1 <= self.windows_per_batch <= 256, "inference.windows_per_batch", "must be between 1 and 256")
 
 
 @dataclass(frozen=True)
@@ -243,20 +289,16 @@ class RunConfig:
     name: str = "run"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     unit: UnitConfig = field(default_factory=UnitConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
 
     def __post_init__(self) -> None:
-        bad = [s for s in self.data.shape if s % self.model.divisor]
-        require(
-            not bad,
-            "data.shape",
-            f"{list(self.data.shape)} is not divisible by {self.model.divisor} (2**number of stride-2 levels)",
-        )
         if self.loop.stop_below_uncertainty is not None:
             require(
                 STRATEGIES[self.strategy.name].needs_scores,
@@ -357,88 +399,3 @@ def config_from_dict(raw: Any) -> RunConfig:
 def save_config(config: RunConfig, path: Path) -> None:
     """Write the config snapshot as YAML."""
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-
-# --- the generic validator (also used by the benchmark config) --------------------------------------------------
-
-
-def require(ok: bool, key: str, problem: str) -> None:
-    """Raise a :class:`ConfigError` naming ``key`` unless ``ok``."""
-    if not ok:
-        raise ConfigError(f"{key}: {problem}")
-
-
-def build(cls: type, raw: Any, where: str) -> Any:
-    """A frozen config dataclass from a plain mapping: unknown keys, wrong types and bad values name the key."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        section = where or "top level"
-        raise ConfigError(
-            f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in {section}; "
-            f"valid keys: {', '.join(fields)}"
-        )
-    values = {}
-    for name, value in raw.items():
-        key = f"{where}.{name}" if where else name
-        values[name] = _coerce(hints[name], value, key)
-    return cls(**values)
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return build(typing.cast(type, hint), value, key)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, key)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, key) for v in value)
-        if len(value) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
-        return tuple(_coerce(a, v, key) for a, v in zip(args, value, strict=True))
-    if hint is Path:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a path string, got {value!r}")
-        return Path(value).expanduser()
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {hint!r} for {key}")  # a bug in this module, not user input
-
-
-def plain(value: Any) -> Any:
-    """YAML-safe data: paths as strings, tuples as lists."""
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -17,8 +18,8 @@ from activeseg.acquisition.units import case_of
 from activeseg.artifacts import read_json
 from activeseg.config import RunConfig, config_from_dict, load_config
 from activeseg.data.splits import RunData, open_data
-from activeseg.engine.evaluation import predict
 from activeseg.engine.full_data import full_data_run
+from activeseg.engine.inference import predict_label
 from activeseg.engine.loop import load_round_model
 from activeseg.engine.run import run_to_end
 from activeseg.plots import plot_curves, plot_montage
@@ -131,18 +132,18 @@ def selection_montage(
     r = int(selections[-1].parent.name.split("_")[1])
     chosen = [case_of(c["unit"]) for c in read_json(selections[-1])]
     data = data or open_data(config, reporter)
-    model = load_round_model(config, layout, data.num_classes, r)
+    model = load_round_model(config, layout, data, r)
     shown = strategy if strategy.needs_scores else get_strategy("bald")  # score-free picks are shown with BALD
     assert shown.scorer is not None
     rows = []
     mc_seed = round_seeds(config.seed, r)["mc_dropout"]
     s = config.strategy
-    sampler = make_sampler(s.uncertainty, model, s.mc_samples, s.mc_batch_size, config.train.flip_axes, amp=False)
+    sampler = make_sampler(s.uncertainty, model, s.mc_samples, s.mc_batch_size, config.train.flip_indices, amp=False)
     for case_id in chosen:
         image = data.image(case_id)
-        probs = sampler(torch.from_numpy(image), derive_seed(mc_seed, case_id))
+        probs = sampler(torch.from_numpy(np.array(image)), derive_seed(mc_seed, case_id))
         uncertainty = strategy_maps(shown.scorer, probs)[0]
-        prediction = predict(model, torch.from_numpy(image[None]))[0].argmax(0)
-        rows.append((case_id, image[0], prediction.numpy(), uncertainty.numpy(), data.ground_truth(case_id)))
+        prediction = predict_label(model, image, data.plan.patch_size, config.inference)
+        rows.append((case_id, image[0], prediction, uncertainty.numpy(), data.ground_truth(case_id)))
     title = f"{config.strategy.name}: cases selected after round {r} (mid slice)"
     return plot_montage(rows, out_png, title, uncertainty_name=f"{shown.name} score ({s.uncertainty})")

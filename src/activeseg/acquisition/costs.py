@@ -7,34 +7,63 @@ any cost; ``loop.round_budget`` caps a round in the config's ``unit.cost``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from activeseg.acquisition.units import Unit
 
-CostModel = Callable[[Unit, np.ndarray, int], float]
-"""(unit, label_D_H_W of its case, slicing axis) -> the unit's annotation cost"""
+CostModel = Callable[["CostContext"], float]
+"""A unit's annotation cost in one unit of measure."""
 
 FOREGROUND_WEIGHT = 3.0
 """A foreground voxel costs this many background voxels to draw (``foreground_voxels`` cost)."""
 
 
-def _volumes(unit: Unit, label: np.ndarray, axis: int) -> float:
-    return unit.voxels(label.shape) / label.size
+@dataclass(frozen=True)
+class CostContext:
+    """What a unit's cost may depend on: its case's planned grid, the slicing axis, the voxel volumes of the planned
+    and native grids, and the label drawn on it (None before anyone has labelled it)."""
+
+    unit: Unit
+    shape: tuple[int, int, int]
+    axis: int = 0
+    label_D_H_W: npt.NDArray[np.uint8] | None = None
+    voxel_mm3: float = 1.0
+    native_voxel_mm3: float = 1.0
+
+    @property
+    def voxels(self) -> int:
+        return self.unit.voxels(self.shape)
 
 
-def _slices(unit: Unit, label: np.ndarray, axis: int) -> float:
-    region = unit.region(label.shape)[axis]
+def _volumes(c: CostContext) -> float:
+    return c.voxels / float(np.prod(c.shape))
+
+
+def _slices(c: CostContext) -> float:
+    region = c.unit.region(c.shape)[c.axis]
     return float(region.stop - region.start)
 
 
-def _voxels(unit: Unit, label: np.ndarray, axis: int) -> float:
-    return float(unit.voxels(label.shape))
+def _voxels(c: CostContext) -> float:
+    return float(c.voxels)
 
 
-def _foreground_voxels(unit: Unit, label: np.ndarray, axis: int) -> float:
-    inside = label[unit.region(label.shape)]
-    foreground = int((inside > 0).sum())
+def _mm3(c: CostContext) -> float:
+    return c.voxels * c.voxel_mm3
+
+
+def _native_voxels(c: CostContext) -> float:
+    return _mm3(c) / c.native_voxel_mm3
+
+
+def _foreground_voxels(c: CostContext) -> float:
+    if c.label_D_H_W is None:
+        raise ValueError(f"the foreground-weighted cost of {c.unit.key} needs its label")
+    inside = c.label_D_H_W[c.unit.region(c.shape)]
+    foreground = int(((inside > 0) & (inside < 255)).sum())
     return float(inside.size - foreground) + FOREGROUND_WEIGHT * foreground
 
 
@@ -43,13 +72,16 @@ COSTS: dict[str, CostModel] = {
     "slices": _slices,
     "voxels": _voxels,
     "foreground_voxels": _foreground_voxels,
+    "native_voxels": _native_voxels,
+    "mm3": _mm3,
 }
-"""Every cost model; each labelled unit records all of them, so any curve can be drawn against any cost."""
+"""Every cost model; each labelled unit records all of them, so any curve can be drawn against any cost. Voxels
+are the planned grid's; ``native_voxels`` are the image's own (the planned volume in the native voxel size)."""
 
-LABEL_FREE_COSTS = ("volumes", "slices", "voxels")
+LABEL_FREE_COSTS = ("volumes", "slices", "voxels", "native_voxels", "mm3")
 """Costs known before labelling (the foreground-weighted cost depends on the label drawn)."""
 
 
-def unit_costs(unit: Unit, label_D_H_W: np.ndarray, axis: int) -> dict[str, float]:
+def unit_costs(context: CostContext) -> dict[str, float]:
     """The unit's cost under every registered cost model."""
-    return {name: model(unit, label_D_H_W, axis) for name, model in COSTS.items()}
+    return {name: model(context) for name, model in COSTS.items()}

@@ -193,7 +193,7 @@ def best_disjoint(
 def random_candidates(
     spec: UnitSpec,
     case_ids: Sequence[str],
-    shape: Sequence[int],
+    shape_of: Callable[[str], Sequence[int]],
     labelled: Callable[[str], np.ndarray],
     seed_for: Callable[[str], int],
 ) -> list[Unit]:
@@ -201,7 +201,7 @@ def random_candidates(
     to units that overlap no labelled voxel and no other candidate (all of them on a non-overlapping grid)."""
     candidates = []
     for case_id in case_ids:
-        lattice = spec.lattice(case_id, shape)
+        lattice = spec.lattice(case_id, shape_of(case_id))
         priority_U = np.random.default_rng(seed_for(case_id)).random(len(lattice))
         candidates += [lattice[i] for i in best_disjoint(lattice, priority_U, labelled(case_id), keep=None)]
     return candidates

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from activeseg.acquisition.units import unit_from_key
+import numpy as np
+
+from activeseg.acquisition.units import labelled_mask, unit_from_key
 from activeseg.annotation.packages import REGION_FILE, HumanRun, open_human_run, package_files, prepare_packages
 from activeseg.artifacts import copy_atomic, write_json_atomic, write_text_atomic
-from activeseg.data.io import read_volume
-from activeseg.data.preprocess import CropInfo
 from activeseg.data.splits import RunData
 from activeseg.oracles.label_files import safe_name
 from activeseg.progress import Reporter
@@ -119,17 +119,17 @@ def case_manifest(run: HumanRun, queue: Queue, item: QueueItem) -> dict[str, Any
 
 
 def native_boxes(run: HumanRun, item: QueueItem) -> list[dict[str, Any]]:
-    """Each queried unit's box on the image's native voxel grid ([start, stop) per axis; empty if it lies in the
-    padding that the training grid added around the image)."""
-    native = read_volume(run.data.pool.case(item.case_id).image).array.shape[:3]
-    shape = run.config.data.shape
-    crop = CropInfo.for_shapes(tuple(int(n) for n in native), shape)
+    """Each queried unit's bounding box on the image's native voxel grid ([start, stop) per axis): the box around
+    the native voxels a person labels for it (see ``Geometry.native_region``)."""
+    geometry = run.data.geometry(item.case_id)
     boxes = []
     for key in item.units:
-        unit = unit_from_key(key, shape)
+        unit = unit_from_key(key, geometry.shape)
         assert unit.box is not None  # only slice and patch queries have a region
-        ranges = crop.invert_box(unit.box)
-        boxes.append({"unit": key, "start": [r[0] for r in ranges], "stop": [r[1] for r in ranges]})
+        region = geometry.native_region(labelled_mask([unit], geometry.shape))
+        present = np.argwhere(region)
+        start, stop = present.min(axis=0), present.max(axis=0) + 1
+        boxes.append({"unit": key, "start": [int(v) for v in start], "stop": [int(v) for v in stop]})
     return boxes
 
 

@@ -98,7 +98,7 @@ def ingest_folder(
             problems.append(str(err))
             continue
         item = queue.item(case_id)
-        region = native_region(item.units, reference.shape, run.config.data.shape)
+        region = native_region(item.units, run.data.geometry(case_id))
         label, outside = take_region(label, region)
         if outside:
             notes.append(f"{path}: {outside} labelled voxels outside the queried region were ignored")

@@ -28,9 +28,8 @@ from activeseg.acquisition.units import is_whole_volume
 from activeseg.artifacts import write_bytes_atomic
 from activeseg.config import RunConfig, load_config
 from activeseg.data.io import nifti_gz, read_volume
-from activeseg.data.preprocess import CropInfo
 from activeseg.data.splits import RunData, open_data
-from activeseg.engine.evaluation import predict
+from activeseg.engine.inference import predict_label
 from activeseg.engine.loop import RunError, load_round_model
 from activeseg.oracles.label_files import native_region, safe_name
 from activeseg.progress import Reporter, SilentReporter
@@ -109,10 +108,10 @@ def chooser_sampler(run: HumanRun, chooser: int) -> tuple[Sampler, torch.nn.Modu
     """The uncertainty source that scored round ``chooser``'s pool, bound to that round's saved model(s)."""
     settings = run.config.strategy
     members = range(settings.ensemble_size if settings.uncertainty == "ensemble" else 1)
-    models = [load_round_model(run.config, run.layout, run.data.num_classes, chooser, m) for m in members]
-    train = run.config.train
+    models = [load_round_model(run.config, run.layout, run.data, chooser, m) for m in members]
+    flips = run.config.train.flip_indices
     sampler = make_sampler(
-        settings.uncertainty, models[0], settings.mc_samples, settings.mc_batch_size, train.flip_axes, False, models[1:]
+        settings.uncertainty, models[0], settings.mc_samples, settings.mc_batch_size, flips, False, models[1:]
     )
     return sampler, models[0]
 
@@ -123,19 +122,19 @@ def write_package(
     """image, prediction, uncertainty (and the region of a slice or patch query) of one case on its native grid,
     each file written atomically."""
     native = read_volume(run.data.pool.case(item.case_id).image)
-    image_C_D_H_W = torch.from_numpy(run.data.image(item.case_id))
-    prediction_D_H_W = predict(model, image_C_D_H_W[None])[0].argmax(dim=0).numpy().astype(np.uint8)
-    probs_K_C_D_H_W = sampler(image_C_D_H_W, seed)
+    geometry = run.data.geometry(item.case_id)
+    image_C_D_H_W = run.data.image(item.case_id)
+    prediction_D_H_W = predict_label(model, image_C_D_H_W, run.data.plan.patch_size, run.config.inference)
+    probs_K_C_D_H_W = sampler(torch.from_numpy(np.array(image_C_D_H_W)), seed)
     uncertainty_D_H_W = strategy_maps(scorer or "predictive_entropy", probs_K_C_D_H_W)[0]
-    native_shape = (native.array.shape[0], native.array.shape[1], native.array.shape[2])
-    crop = CropInfo.for_shapes(native_shape, run.config.data.shape)
     affine = native.affine
     write_bytes_atomic(out / "image.nii.gz", nifti_gz(native.array, affine))
-    write_bytes_atomic(out / "prediction.nii.gz", nifti_gz(crop.invert(prediction_D_H_W), affine))
-    uncertainty = crop.invert(uncertainty_D_H_W.numpy().astype(np.float32))
+    prediction = geometry.to_native(prediction_D_H_W[None], label=True)[0]
+    write_bytes_atomic(out / "prediction.nii.gz", nifti_gz(prediction, affine))
+    uncertainty = geometry.to_native(uncertainty_D_H_W.numpy().astype(np.float32)[None])[0]
     top = float(uncertainty.max())
     display = (float(np.quantile(uncertainty, 0.9)), top) if top > 0 else None  # colour the most uncertain tenth
     write_bytes_atomic(out / "uncertainty.nii.gz", nifti_gz(uncertainty, affine, display))
-    region = native_region(item.units, native_shape, run.config.data.shape)
+    region = native_region(item.units, geometry)
     if region is not None:
         write_bytes_atomic(out / f"{REGION_FILE}.nii.gz", nifti_gz(region.astype(np.uint8), affine, (0.0, 1.0)))

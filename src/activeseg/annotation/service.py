@@ -159,7 +159,7 @@ class AnnotationService:
             label = check_label(f"label upload for {case_id}", payload, reference)
         except LabelFileError as err:
             raise HTTPException(422, str(err)) from None
-        region = native_region(item.units, reference.shape, self.run.config.data.shape)
+        region = native_region(item.units, self.run.data.geometry(case_id))
         label, outside = take_region(label, region)
         replaces = None if if_match is None else (ANY if if_match.strip() == "*" else if_match.strip().strip('"'))
         submission = Submission(case_id, label, reference.affine, "upload")

@@ -38,6 +38,11 @@ def _budgets(reach: dict[str, int | None]) -> str:
     return ", ".join("—" if v is None else str(v) for _, v in sorted(reach.items(), key=lambda kv: int(kv[0])))
 
 
+def _grid(run: dict[str, Any]) -> str:
+    """What the network saw: the planned patch, or the fixed volume shape of summaries made before planning."""
+    return f"volumes {run['shape']}" if "shape" in run else f"patch {run['patch']}"
+
+
 def verdict(summary: dict[str, Any], baseline: str = FOREGROUND_RANDOM) -> str:
     """A plain sentence: does any strategy beat ``baseline`` on AUBC (paired t, at the configured α)?"""
     alpha = summary["stats"]["alpha"]
@@ -75,7 +80,7 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
     out.append(
         (
             "p",
-            f"Dataset `{run['dataset']}` (test split {run['test_size']} cases, volumes {run['shape']}), U-Net channels "
+            f"Dataset `{run['dataset']}` (test split {run['test_size']} cases, {_grid(run)}), U-Net channels "
             f"{run['channels']}, {run['iterations']} training iterations per round, {run['mc_samples']} "
             f"{run['uncertainty']} samples, `{run['reduction']}` reduction. Budget schedule {schedules}. Seeds "
             f"{summary['seeds']} ({summary['progress']['finished']} of {summary['progress']['planned']} runs "

@@ -208,7 +208,7 @@ def _describe_run(config: BenchmarkConfig) -> dict[str, Any]:
         "dataset": str(run.data.root.name) if run.data.root else None,
         "test_size": run.data.test_size if run.data.test_root is None else None,
         "max_cases": run.data.max_cases,
-        "shape": list(run.data.shape),
+        "patch": list(run.plan.patch_size) if run.plan.patch_size else "planned",
         "channels": list(run.model.channels),
         "iterations": run.train.iterations,
         "mc_samples": run.strategy.mc_samples,

@@ -30,11 +30,18 @@ _CHANNEL_RE = re.compile(r"^(?P<base>.+)_(?P<channel>\d{4})$")
 
 @dataclass(frozen=True)
 class Case:
-    """One image/label pair."""
+    """One case: its image file (3D, or 4D with channels last as in the MSD), any further channel files (nnU-Net's
+    ``_0001``, ``_0002`` … beside ``_0000``) and its label."""
 
     case_id: str
     image: Path
     label: Path
+    channels: tuple[Path, ...] = ()
+
+    @property
+    def images(self) -> tuple[Path, ...]:
+        """Every image file of the case, in channel order."""
+        return (self.image, *self.channels)
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,8 @@ class Dataset:
     root: Path
     cases: tuple[Case, ...]
     labels: dict[int, str]
+    modality: dict[str, str] = field(default_factory=dict)
+    """Channel index (as a string) → modality name, from dataset.json (``channel_names`` or ``modality``)."""
     _index: dict[str, Case] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -82,7 +91,8 @@ class Dataset:
         unknown = sorted(wanted - self._index.keys())
         if unknown:
             raise KeyError(self._unknown_message(unknown))
-        return Dataset(self.root, tuple(c for c in self.cases if c.case_id in wanted), dict(self.labels))
+        kept = tuple(c for c in self.cases if c.case_id in wanted)
+        return Dataset(self.root, kept, dict(self.labels), dict(self.modality))
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -122,27 +132,26 @@ def load_dataset(
         _raise(root, problems)
 
     images, dup_images = _discover(images_dir, "image", problems)
+    images, channels = _split_channels(images, problems)
     label_files, dup_labels = _discover(labels_dir, "label", problems)
     declared, source = _declared_labels(root, labels, problems)
     skip = dup_images | dup_labels
     for case_id in sorted(images.keys() - label_files.keys() - skip):
-        hint = ""
-        match = _CHANNEL_RE.match(case_id)
-        if match and match["channel"] != "0000" and match["base"] in images:
-            hint = " (extra input channel? only single-channel images are supported)"
         expected = labels_dir / (case_id + (io.supported_suffix(images[case_id]) or ""))
-        problems.append(f"{images[case_id]}: image has no label (expected {expected}){hint}")
+        problems.append(f"{images[case_id]}: image has no label (expected {expected})")
     for case_id in sorted(label_files.keys() - images.keys() - skip):
         expected = images_dir / (case_id + (io.supported_suffix(label_files[case_id]) or ""))
         problems.append(f"{label_files[case_id]}: label has no image (expected {expected})")
 
     ids = sorted((images.keys() & label_files.keys()) - skip)
-    cases = tuple(Case(i, images[i], label_files[i]) for i in ids)
+    cases = tuple(Case(i, images[i], label_files[i], channels.get(i, ())) for i in ids)
     allowed = frozenset(declared) if declared is not None else None
     found: dict[int, Path] = {}  # label value -> first label file it was seen in
+    counts: dict[int, Path] = {}  # channel count -> first image with it
     for n, case in enumerate(cases, start=1):
         for value in _check_pair(case, allowed, source, problems):
             found.setdefault(value, case.label)
+        counts.setdefault(_channel_count(case), case.image)
         if progress is not None:
             progress(n, len(cases))
 
@@ -154,10 +163,14 @@ def load_dataset(
                 "intensity image?); declare the labels in dataset.json or pass labels="
             )
         declared = {0: "background"} | {v: f"class_{v}" for v in range(1, top + 1)}
+    if len(counts) > 1:
+        listed = ", ".join(f"{path} has {n}" for n, path in sorted(counts.items()))
+        problems.append(f"cases differ in their number of input channels ({listed}); every case needs the same")
     if problems:
         _raise(root, problems)
     logger.info("validated %d cases in %s in %.1f s", len(cases), root, time.perf_counter() - start)
-    return Dataset(root, cases, dict(sorted((declared or {0: "background"}).items())))
+    labels_found = dict(sorted((declared or {0: "background"}).items()))
+    return Dataset(root, cases, labels_found, _declared_modality(root))
 
 
 def _raise(root: Path, problems: list[str]) -> None:
@@ -189,6 +202,44 @@ def _discover(folder: Path, kind: str, problems: list[str]) -> tuple[dict[str, P
         listed = " and ".join(str(p) for p in by_id[case_id])
         problems.append(f"{listed}: duplicate {kind} files for case id {case_id!r}; keep only one")
     return {i: paths[0] for i, paths in by_id.items()}, duplicates
+
+
+def _split_channels(
+    images: dict[str, Path], problems: list[str]
+) -> tuple[dict[str, Path], dict[str, tuple[Path, ...]]]:
+    """nnU-Net's channel files: ``case_0001`` … belong to ``case`` (whose ``_0000`` file gave it its id)."""
+    extra: dict[str, dict[int, Path]] = {}
+    for file_id in list(images):
+        match = _CHANNEL_RE.match(file_id)
+        if match and match["channel"] != "0000" and match["base"] in images:
+            extra.setdefault(match["base"], {})[int(match["channel"])] = images.pop(file_id)
+    channels = {}
+    for base, found in extra.items():
+        expected = list(range(1, len(found) + 1))
+        if sorted(found) != expected:
+            missing = sorted(set(range(1, max(found) + 1)) - set(found))
+            problems.append(f"{images[base]}: channel files of {base!r} skip channel(s) {missing}")
+        channels[base] = tuple(found[c] for c in sorted(found))
+    return images, channels
+
+
+def _channel_count(case: Case) -> int:
+    """Input channels of a case: its channel files, or the 4th axis of a 4D image (read from the header)."""
+    if case.channels:
+        return 1 + len(case.channels)
+    shape = io.header_shape(case.image)
+    return int(shape[3]) if len(shape) > 3 else 1
+
+
+def _declared_modality(root: Path) -> dict[str, str]:
+    """Channel index → modality from dataset.json (nnU-Net v2 ``channel_names`` or MSD ``modality``), if any."""
+    meta = root / "dataset.json"
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}  # already reported by the label check
+    names = data.get("channel_names") or data.get("modality") or {} if isinstance(data, dict) else {}
+    return {str(k): str(v) for k, v in names.items()} if isinstance(names, dict) else {}
 
 
 def _declared_labels(
@@ -245,7 +296,7 @@ def _parse_label_map(raw: Any) -> dict[int, str] | str:
 def _check_pair(case: Case, allowed: frozenset[int] | None, source: str, problems: list[str]) -> list[int]:
     """Append the problems of one pair to ``problems``; return the label values found."""
     volumes: list[io.Volume | None] = []
-    for path, kind in ((case.image, "image"), (case.label, "label")):
+    for path, kind in ((case.image, "image"), *((p, "image channel") for p in case.channels), (case.label, "label")):
         vol: io.Volume | None
         try:
             vol = io.read_volume(path)
@@ -254,17 +305,28 @@ def _check_pair(case: Case, allowed: frozenset[int] | None, source: str, problem
             volumes.append(None)
             continue
         arr = vol.array
-        if arr.ndim != 3:
+        channels_last = kind == "image" and not case.channels and arr.ndim == 4  # an MSD 4D image
+        if arr.ndim != 3 and not channels_last:
             problems.append(
                 f"{path}: {kind} is {arr.ndim}D with shape {arr.shape}; expected a 3D volume "
-                "(a trailing 4th dimension of size 1 is allowed)"
+                "(a trailing 4th dimension of size 1 is allowed; a 4D image holds channels)"
             )
             vol = None
         elif arr.dtype.kind not in "biuf":
             problems.append(f"{path}: unsupported {kind} voxel type {arr.dtype}")
             vol = None
         volumes.append(vol)
-    image, label = volumes
+    image, *extra, label = volumes
+    for path, channel in zip(case.channels, extra, strict=True):
+        if (
+            image is not None
+            and channel is not None
+            and (
+                channel.array.shape != image.array.shape[:3]
+                or not np.allclose(channel.affine, image.affine, atol=_AFFINE_ATOL)
+            )
+        ):
+            problems.append(f"{case.image} and {path}: channel files of one case must share one voxel grid")
 
     if image is not None and image.array.dtype.kind == "f":
         n_bad = image.array.size - int(np.count_nonzero(np.isfinite(image.array)))
@@ -274,7 +336,7 @@ def _check_pair(case: Case, allowed: frozenset[int] | None, source: str, problem
     if label is not None:
         values = _label_values(case.label, label.array, allowed, source, problems)
     if image is not None and label is not None:
-        if image.array.shape != label.array.shape:
+        if image.array.shape[:3] != label.array.shape:
             problems.append(
                 f"{case.image} and {case.label}: image shape {image.array.shape} "
                 f"differs from label shape {label.array.shape}"

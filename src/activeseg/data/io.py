@@ -78,6 +78,31 @@ def read_volume(path: Path) -> Volume:
     return Volume(array, volume.affine)
 
 
+def read_image(case: Any) -> Volume:
+    """Every channel of a case's image as one channels-first array (C, x, y, z) with the first file's affine: the
+    channel files in order, or a 4D image's last axis."""
+    first = read_volume(case.image)
+    if first.array.ndim == 4:
+        return Volume(np.moveaxis(first.array, 3, 0), first.affine)
+    rest = [read_volume(path).array for path in case.channels]
+    return Volume(np.stack([first.array, *rest]), first.affine)
+
+
+def header_shape(path: Path) -> tuple[int, ...]:
+    """The array shape a file's header declares (NIfTI only, without reading voxels; others are read)."""
+    path = Path(path)
+    if supported_suffix(path) in _NIFTI_SUFFIXES:
+        try:
+            header: Any = nib.load(str(path))
+            shape = tuple(int(s) for s in header.shape)
+        except Exception:
+            return read_volume(path).array.shape
+        while len(shape) > 3 and shape[-1] == 1:
+            shape = shape[:-1]
+        return shape
+    return tuple(read_volume(path).array.shape)
+
+
 def write_volume(path: Path, array: npt.ArrayLike, affine: npt.ArrayLike) -> None:
     """Write ``array`` ((x, y, z) order) with a voxel-to-RAS ``affine`` to .nii(.gz), .nrrd or .mha."""
     path = Path(path)

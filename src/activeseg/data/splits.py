@@ -1,19 +1,29 @@
-"""A run's data: the validated dataset split into pool, test and validation cases, and their preprocessed arrays.
+"""A run's data: the validated dataset split into pool, test and validation cases, its plan, and the planned arrays.
 
 The split is drawn from ``data.split_seed`` alone, so runs with different seeds (and every strategy) share it.
-Only the simulated oracle and the evaluation may read a pool case's ground truth.
+The plan comes from the pool's fingerprint (never the test split's) unless the config names a plan file or the run
+already has one. Only the simulated oracle and the evaluation may read a pool case's ground truth.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
+from activeseg.artifacts import write_text_atomic
 from activeseg.config import RunConfig
 from activeseg.data.dataset import Case, Dataset, load_dataset
 from activeseg.data.errors import DatasetError
-from activeseg.data.preprocess import PreprocessedCache, default_cache_dir
+from activeseg.data.fingerprint import Fingerprint, fingerprint
+from activeseg.data.geometry import Geometry
+from activeseg.data.io import read_volume
+from activeseg.data.plan import CPU_MEMORY_GB, Plan, make_plan, read_plan
+from activeseg.data.preprocess import PlannedCache, default_cache_dir, file_sha256
 from activeseg.progress import Reporter
 from activeseg.seeds import derive_seed
 
@@ -24,7 +34,8 @@ class RunData:
 
     pool: Dataset
     test: Dataset
-    cache: PreprocessedCache
+    cache: PlannedCache
+    plan: Plan
     validation: Dataset | None = None
     """Labelled up front, outside the budget; used only by the plateau stop (``data.validation_size``)."""
 
@@ -32,13 +43,26 @@ class RunData:
     def num_classes(self) -> int:
         return max(self.pool.num_classes, self.test.num_classes)
 
-    def image(self, case_id: str) -> np.ndarray:
-        """image_C_D_H_W of a pool or test case, read from the cache."""
+    def image(self, case_id: str) -> npt.NDArray[np.float32]:
+        """image_C_D_H_W of a case on its planned grid (memory-mapped from the cache)."""
         return self.cache.load(self.case(case_id)).image_C_D_H_W
 
-    def ground_truth(self, case_id: str) -> np.ndarray:
-        """label_D_H_W: only the simulated oracle and the test evaluation may call this."""
+    def ground_truth(self, case_id: str) -> npt.NDArray[np.uint8]:
+        """label_D_H_W on the planned grid (memory-mapped, read-only): only the simulated oracle and the
+        evaluation may call this."""
         return self.cache.load(self.case(case_id)).label_D_H_W
+
+    def geometry(self, case_id: str) -> Geometry:
+        """How the case's native grid maps to its planned grid."""
+        return self.cache.load(self.case(case_id)).geometry
+
+    def shape_of(self, case_id: str) -> tuple[int, int, int]:
+        """The case's planned grid: where its units, labels and maps live."""
+        return self.geometry(case_id).shape
+
+    def native_label(self, case_id: str) -> npt.NDArray[np.uint8]:
+        """The label file on the image's own grid (the evaluation's reference)."""
+        return np.asarray(read_volume(self.case(case_id).label).array, dtype=np.uint8)
 
     def case(self, case_id: str) -> Case:
         """The files of a pool, test or validation case."""
@@ -48,8 +72,9 @@ class RunData:
         raise KeyError(f"unknown case id {case_id!r}")
 
 
-def open_data(config: RunConfig, reporter: Reporter) -> RunData:
-    """Validate the dataset(s) and fill the preprocessing cache. Writes nothing if any file is invalid."""
+def open_data(config: RunConfig, reporter: Reporter, plan: Plan | None = None) -> RunData:
+    """Validate the dataset(s), plan the pool (unless ``plan`` or ``plan.file`` gives the plan) and fill the
+    preprocessing cache. Writes nothing but cache entries, and nothing at all if any file is invalid."""
     root = config.data.root
     if root is None:
         raise DatasetError("no dataset: set data.root in the config or pass --data DIR")
@@ -80,10 +105,32 @@ def open_data(config: RunConfig, reporter: Reporter) -> RunData:
         order = np.random.default_rng(derive_seed(config.data.split_seed, "validation")).permutation(len(pool.ids))
         validation_ids = sorted(pool.ids[i] for i in order[: config.data.validation_size])
         pool, validation = pool.subset(sorted(set(pool.ids) - set(validation_ids))), pool.subset(validation_ids)
-    cache = PreprocessedCache(config.data.cache_dir or default_cache_dir(), config.data.shape)
+    cache_dir = config.data.cache_dir or default_cache_dir()
+    if plan is None and config.plan.file is not None:
+        plan = read_plan(config.plan.file)
+    if plan is None:
+        num_classes = max(pool.num_classes, test.num_classes)
+        memory = config.plan.memory_gb or CPU_MEMORY_GB
+        plan = make_plan(pool_fingerprint(pool, config, cache_dir, reporter), config, num_classes, memory)
+    cache = PlannedCache(cache_dir, plan)
     for name, dataset in (("pool", pool), ("test", test), ("validation", validation)):
         if dataset is None:
             continue
         with reporter.progress(f"preprocessing {name}", total=len(dataset.ids)) as advance:
             cache.prepare(dataset, progress=lambda done, total: advance(1))
-    return RunData(pool, test, cache, validation)
+    return RunData(pool, test, cache, plan, validation)
+
+
+def pool_fingerprint(pool: Dataset, config: RunConfig, cache_dir: Path, reporter: Reporter) -> Fingerprint:
+    """The pool's fingerprint, kept in the cache under a key of its files' contents and the crop mode."""
+    digest = hashlib.sha256(json.dumps(["fingerprint", 1, config.plan.crop, dict(pool.modality)]).encode())
+    for case in pool.cases:
+        for path in (*case.images, case.label):
+            digest.update(f"{case.case_id}:{file_sha256(path)}".encode())
+    path = Path(cache_dir) / "fingerprints" / f"{digest.hexdigest()[:32]}.json"
+    if path.exists():
+        return Fingerprint.from_json(json.loads(path.read_text()))
+    with reporter.progress("fingerprinting the pool", total=len(pool.ids)) as advance:
+        found = fingerprint(pool, pool.ids, config.plan.crop, progress=advance)
+    write_text_atomic(path, json.dumps(found.to_json()))
+    return found

@@ -8,9 +8,11 @@ from typing import Any
 
 from activeseg.artifacts import read_json, write_json_atomic
 from activeseg.config import RunConfig, save_config
+from activeseg.data.plan import write_plan
 from activeseg.data.splits import RunData, open_data
 from activeseg.engine.evaluation import evaluate_on, metrics_record
 from activeseg.engine.model import build_model, save_model, select_device, use_amp
+from activeseg.engine.patches import Example
 from activeseg.engine.training import seed_everything, train
 from activeseg.progress import Reporter, SilentReporter
 from activeseg.rundir.layout import FullDataLayout
@@ -32,18 +34,19 @@ def full_data_run(
     layout = FullDataLayout(out_dir)
     layout.root.mkdir(parents=True, exist_ok=True)
     save_config(config, layout.config)
+    write_plan(data.plan, layout.plan)
     device = select_device(config.train)
     amp = use_amp(config.train, device)
     seed = derive_seed(config.seed, "train", "full-data")
     seed_everything(seed)
-    model = build_model(config.model, data.num_classes).to(device)
-    examples = [(data.image(c), data.ground_truth(c)) for c in data.pool.ids]
+    model = build_model(config.model, data.plan).to(device)
+    examples = [Example(data.image(c), data.ground_truth(c)) for c in data.pool.ids]
     tick = time.perf_counter()
     with reporter.progress("full data: training", config.train.iterations) as advance:
-        train(model, examples, config.train, device, seed, amp, advance)
+        train(model, examples, data.plan.patch_size, config.train, device, seed, amp, advance)
     seconds = time.perf_counter() - tick
     save_model(model, layout.model)
-    result = evaluate_on(model, data, config.train.eval_batch_size, amp, reporter, "full data")
+    result = evaluate_on(model, data, config.inference, amp, reporter, "full data")
     record = metrics_record(result, n_labelled=len(examples), round_index=None)
     record["train_seconds"] = seconds
     write_json_atomic(layout.record, record)

@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -29,9 +28,10 @@ from activeseg.config import RunConfig
 from activeseg.data.splits import RunData
 from activeseg.engine.evaluation import evaluate_on, metrics_record
 from activeseg.engine.model import build_model, load_weights, save_model, select_device, use_amp
+from activeseg.engine.patches import Example
 from activeseg.engine.pool import Candidates, Pool
 from activeseg.engine.stopping import stop_reason
-from activeseg.engine.training import Example, seed_everything, train
+from activeseg.engine.training import seed_everything, train
 from activeseg.oracles.base import LabelsPending, Oracle
 from activeseg.oracles.simulated import SimulatedOracle
 from activeseg.plots import plot_curves
@@ -140,16 +140,18 @@ class ActiveLearningLoop:
         """
         seed = seed if member == 0 else derive_seed(seed, "member", member)
         seed_everything(seed)
-        model = build_model(self.config.model, self.data.num_classes).to(self.device)
+        model = build_model(self.config.model, self.data.plan).to(self.device)
 
         def fit() -> nn.Module:
             halt_point(f"round {r}: training")
             if self.config.train.warm_start and r > 0:
                 load_weights(model, self.layout.model(r - 1, member))
-            examples: list[Example] = [(self.data.image(c), self.oracle.label(c)) for c in labelled]
+            examples = [self.example(c) for c in labelled]
             task = f"round {r}: training" + (f" ensemble member {member}" if member else "")
             with self.reporter.progress(task, self.config.train.iterations) as advance:
-                train(model, examples, self.config.train, self.device, seed, self.amp, advance)
+                train(
+                    model, examples, self.data.plan.patch_size, self.config.train, self.device, seed, self.amp, advance
+                )
             return model
 
         return stage(
@@ -159,15 +161,22 @@ class ActiveLearningLoop:
             lambda path: load_weights(model, path),
         )
 
+    def example(self, case_id: str) -> Example:
+        """A labelled case for training: its label from the oracle, and the boxes of its labelled units."""
+        shape = self.data.shape_of(case_id)
+        units = [unit_from_key(k, shape) for k in self.ledger.labelled_units() if case_of(k) == case_id]
+        boxes = None if any(u.box is None for u in units) else tuple(u.box for u in units if u.box is not None)
+        return Example(self.data.image(case_id), self.oracle.label(case_id), boxes)
+
     def evaluate(self, r: int, model: nn.Module, seeds: dict[str, int]) -> None:
         """Round r's test (and validation) Dice, recorded in the ledger, ``curve.csv`` and ``curve.png``."""
         n_units = len(self.ledger.labelled_units())
-        batch, amp = self.config.train.eval_batch_size, self.amp
+        inference, amp = self.config.inference, self.amp
 
         def compute() -> dict[str, Any]:
-            metrics = metrics_record(evaluate_on(model, self.data, batch, amp, self.reporter, r), n_units, r)
+            metrics = metrics_record(evaluate_on(model, self.data, inference, amp, self.reporter, r), n_units, r)
             if self.data.validation is not None:
-                validation = evaluate_on(model, self.data, batch, amp, self.reporter, r, "validation")
+                validation = evaluate_on(model, self.data, inference, amp, self.reporter, r, "validation")
                 metrics["validation_dice"] = validation.mean_foreground_dice
             return metrics
 
@@ -209,16 +218,15 @@ class ActiveLearningLoop:
         budget = self.config.loop.round_budget
         if budget is None:
             return choices
-        shape, name, axis = self.config.data.shape, self.config.unit.cost, self.config.unit.axis
-        cost = COSTS[name]
-        empty = np.zeros(shape, dtype=np.uint8)
+        name = self.config.unit.cost
         kept: list[Choice] = []
         spent = 0.0
         for choice in choices:
             if name in LABEL_FREE_COSTS:
-                spent += cost(unit_from_key(choice.unit, shape), empty, axis)
+                spent += COSTS[name](self.pool.cost_context(choice.unit, None))
             else:  # a label-dependent cost: the config allows it with the simulated oracle only
-                spent += self.simulated_oracle().unit_cost(choice.unit, cost, axis)
+                truth = self.simulated_oracle().truth(case_of(choice.unit))
+                spent += COSTS[name](self.pool.cost_context(choice.unit, truth))
             if kept and spent > budget:
                 break
             kept.append(choice)
@@ -244,14 +252,13 @@ class ActiveLearningLoop:
         given = [c for c in choices if c.unit in answered]
         if not given:
             raise RunError(f"the oracle gave no label of {[c.unit for c in choices]}; resume once they arrive")
-        shape, axis = self.config.data.shape, self.config.unit.axis
         labels = {case_of(c.unit): self.oracle.label(case_of(c.unit)) for c in given}
-        costs = [unit_costs(unit_from_key(c.unit, shape), labels[case_of(c.unit)], axis) for c in given]
+        costs = [unit_costs(self.pool.cost_context(c.unit, labels[case_of(c.unit)])) for c in given]
         self.ledger.add_labels(next_round, self.strategy.name, [(c.unit, c.score, c.rank) for c in given], costs)
 
 
-def load_round_model(config: RunConfig, layout: RunLayout, num_classes: int, r: int, member: int = 0) -> nn.Module:
+def load_round_model(config: RunConfig, layout: RunLayout, data: RunData, r: int, member: int = 0) -> nn.Module:
     """Round r's saved model (or ensemble member) on the CPU, in eval mode."""
-    model = build_model(config.model, num_classes)
+    model = build_model(config.model, data.plan)
     model.load_state_dict(torch.load(layout.model(r, member), map_location="cpu", weights_only=True))
     return model.eval()

@@ -1,4 +1,4 @@
-"""The segmentation network and the device it runs on."""
+"""The segmentation network, the device it runs on, and its checkpoints."""
 
 from __future__ import annotations
 
@@ -7,25 +7,41 @@ from pathlib import Path
 from typing import IO
 
 import torch
-from monai.networks.nets import UNet
+from monai.networks.nets import DynUNet, UNet
 from torch import nn
 
 from activeseg.artifacts import write_atomic
 from activeseg.config import ModelConfig, TrainConfig
+from activeseg.data.plan import Plan
 
 
-def build_model(config: ModelConfig, num_classes: int) -> nn.Module:
-    """A MONAI 3D U-Net with dropout in every block, for one input channel and ``num_classes`` outputs."""
-    network: nn.Module = UNet(
+def build_model(config: ModelConfig, plan: Plan) -> nn.Module:
+    """The network a run trains: MONAI UNet (``unet``, light enough for a CPU) or DynUNet (``dynunet``, nnU-Net's
+    architecture), with the plan's input channels, classes and per-axis strides, and dropout for MC dropout."""
+    strides = [tuple(s) for s in plan.strides]
+    if config.name == "dynunet":
+        network: nn.Module = DynUNet(
+            spatial_dims=3,
+            in_channels=plan.channels,
+            out_channels=plan.num_classes,
+            kernel_size=[3] * len(config.channels),
+            strides=[1, *strides],
+            upsample_kernel_size=strides,
+            filters=list(config.channels),
+            dropout=config.dropout,
+            res_block=config.num_res_units > 0,
+        )
+        return network
+    unet: nn.Module = UNet(
         spatial_dims=3,
-        in_channels=1,
-        out_channels=num_classes,
+        in_channels=plan.channels,
+        out_channels=plan.num_classes,
         channels=config.channels,
-        strides=config.strides,
+        strides=strides,
         num_res_units=config.num_res_units,
         dropout=config.dropout,
     )
-    return network
+    return unet
 
 
 def select_device(config: TrainConfig) -> torch.device:

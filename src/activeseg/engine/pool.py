@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from activeseg.acquisition.costs import CostContext
 from activeseg.acquisition.embeddings import embed_volumes
 from activeseg.acquisition.pooling import unit_scores
 from activeseg.acquisition.registry import Strategy
@@ -99,8 +100,21 @@ class Pool:
         return [c for c in self.ledger.split("pool") if c not in whole]
 
     def labelled_voxels(self, case_id: str) -> np.ndarray:
-        """Boolean mask of a pool case's labelled voxels now."""
-        return labelled_voxels(self.ledger, case_id, self.config.data.shape)
+        """Boolean mask of a pool case's labelled voxels now (on its planned grid)."""
+        return labelled_voxels(self.ledger, case_id, self.data.shape_of(case_id))
+
+    def cost_context(self, key: str, label: np.ndarray | None) -> CostContext:
+        """What a unit's annotation cost depends on (``label``: the label drawn on its case, if known)."""
+        case_id = case_of(key)
+        geometry = self.data.geometry(case_id)
+        return CostContext(
+            unit_from_key(key, geometry.shape),
+            geometry.shape,
+            self.config.unit.axis,
+            label,
+            geometry.voxel_mm3,
+            geometry.native_voxel_mm3,
+        )
 
     # --- candidates -------------------------------------------------------------------------------------------
 
@@ -109,7 +123,7 @@ class Pool:
         if self.units.kind == "volume":
             return Candidates(cases)
         units = random_candidates(
-            self.units, cases, self.config.data.shape, self.labelled_voxels, lambda c: derive_seed(seed, c)
+            self.units, cases, self.data.shape_of, self.labelled_voxels, lambda c: derive_seed(seed, c)
         )
         return Candidates(sorted(unit.key for unit in units))
 
@@ -143,7 +157,7 @@ class Pool:
             model,
             settings.mc_samples,
             settings.mc_batch_size,
-            self.config.train.flip_axes,
+            self.config.train.flip_indices,
             self.amp,
             members,
         )

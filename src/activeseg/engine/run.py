@@ -18,11 +18,12 @@ from typing import Literal
 import numpy as np
 
 from activeseg.acquisition.cold_start import initial_selection
-from activeseg.acquisition.costs import unit_costs
+from activeseg.acquisition.costs import CostContext, unit_costs
 from activeseg.acquisition.registry import get_strategy
 from activeseg.acquisition.units import case_of, random_candidates, unit_from_key
 from activeseg.artifacts import copy_atomic
 from activeseg.config import RunConfig, load_config, save_config
+from activeseg.data.plan import read_plan, write_plan
 from activeseg.data.splits import RunData, open_data
 from activeseg.engine.loop import ActiveLearningLoop, RunError
 from activeseg.engine.pool import unit_spec
@@ -73,14 +74,13 @@ def create_run(
     pool, test = list(data.pool.ids), list(data.test.ids)
     config.check_budget(len(pool))
     initial = initial_units(config, data, pool)
-    truth = data.ground_truth  # the seed set's labels come with the dataset (simulated or human runs alike)
-    axis = config.unit.axis
-    costs = [unit_costs(unit_from_key(k, config.data.shape), truth(case_of(k)), axis) for k in initial]
+    costs = [unit_costs(seed_cost(config, data, k)) for k in initial]
 
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = RunLayout(Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".{run_dir.name}.creating-")))
     try:
         save_config(config, staging.config)
+        write_plan(data.plan, staging.plan)
         with staging.open_ledger() as ledger:
             ledger.initialise(
                 pool,
@@ -101,14 +101,27 @@ def create_run(
     return run_dir, data
 
 
+def seed_cost(config: RunConfig, data: RunData, key: str) -> CostContext:
+    """What a round-0 unit cost: its labels come with the dataset (simulated or human runs alike)."""
+    geometry = data.geometry(case_of(key))
+    unit = unit_from_key(key, geometry.shape)
+    truth = data.ground_truth(case_of(key))
+    return CostContext(unit, geometry.shape, config.unit.axis, truth, geometry.voxel_mm3, geometry.native_voxel_mm3)
+
+
 def initial_units(config: RunConfig, data: RunData, pool: list[str]) -> list[str]:
     """Round 0's unit keys: the cold-start volumes, or seeded random slices or patches over the whole pool."""
     rng = np.random.default_rng(derive_seed(config.seed, "initial"))
     spec = unit_spec(config)
     if spec.kind == "volume":
         return initial_selection(config.loop.initial_strategy, pool, config.loop.initial, rng, data.image)
-    shape, nothing = config.data.shape, np.zeros(config.data.shape, dtype=bool)
-    lattice = random_candidates(spec, pool, shape, lambda c: nothing, lambda c: derive_seed(config.seed, c))
+    lattice = random_candidates(
+        spec,
+        pool,
+        data.shape_of,
+        lambda c: np.zeros(data.shape_of(c), dtype=bool),
+        lambda c: derive_seed(config.seed, c),
+    )
     if config.loop.initial > len(lattice):
         raise RunError(f"loop.initial={config.loop.initial} but the pool holds only {len(lattice)} units")
     picked = rng.choice(len(lattice), size=config.loop.initial, replace=False)
@@ -123,7 +136,8 @@ def adopt_round_zero(source: Path, target: Path) -> bool:
     """
     source_layout, target_layout = RunLayout(source), RunLayout(target)
     configs = [load_config(layout.config) for layout in (source_layout, target_layout)]
-    same_inputs = len({(c.seed, c.data, c.model, c.train) for c in configs}) == 1
+    same_inputs = len({(c.seed, c.data, c.plan, c.model, c.train, c.inference) for c in configs}) == 1
+    same_inputs = same_inputs and source_layout.plan.read_bytes() == target_layout.plan.read_bytes()
     with source_layout.open_ledger() as a, target_layout.open_ledger() as b:
         same_labels = a.labelled_units(0) == b.labelled_units(0) and a.split("test") == b.split("test")
         untrained = b.current_round() == 0 and not b.rounds()
@@ -162,7 +176,9 @@ def resume_run(run_dir: Path, reporter: Reporter | None = None, data: RunData | 
     if not layout.is_run():
         raise RunError(f"{run_dir} is not an activeseg run directory (no {layout.ledger.name} / {layout.config.name})")
     config = load_config(layout.config)
-    data = data or open_data(config, reporter)
+    data = data or open_data(config, reporter, read_plan(layout.plan))
+    if read_plan(layout.plan) != data.plan:
+        raise RunError(f"{run_dir}: the data was planned differently from the run's plan ({layout.plan})")
     with layout.open_ledger() as ledger:
         recorded = [ledger.split(name) for name in ("pool", "test", "validation")]
         validation = list(data.validation.ids) if data.validation else []
@@ -177,7 +193,7 @@ def make_oracle(config: RunConfig, layout: RunLayout, data: RunData, ledger: Led
     """The oracle a run's config names: simulated (ground truth on request) or human (labels that arrive)."""
     if config.oracle.kind == "human":
         seed_units = ledger.labelled_units(up_to_round=0)
-        return HumanOracle(layout.label_store(), data, config.data.shape, config.oracle.advance, seed_units)
+        return HumanOracle(layout.label_store(), data, config.oracle.advance, seed_units)
     return SimulatedOracle(data.ground_truth, revealed=ledger.labelled_units())
 
 

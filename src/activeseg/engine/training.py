@@ -1,4 +1,4 @@
-"""Training: one readable loop, deterministic under a seed on CPU."""
+"""Training on patches: one readable loop, deterministic under a seed on CPU (any number of loading workers)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import MaskedDiceLoss
 from monai.networks.utils import one_hot
-from monai.transforms import Compose, RandFlipd, RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd
 from torch import nn
+from torch.utils.data import DataLoader
 
 from activeseg.acquisition.units import IGNORE
 from activeseg.config import TrainConfig
-
-Example = tuple[np.ndarray, np.ndarray]
-"""(image_C_D_H_W float32, label_D_H_W uint8) in the preprocessed shape; voxels nobody labelled hold ``IGNORE``"""
+from activeseg.engine.patches import Example, PatchSchedule, augmentation
 
 Progress = Callable[[int], None]
 """Called with the number of steps just completed."""
@@ -28,21 +25,6 @@ def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA) for weight init, dropout and anything else that draws from torch's RNG."""
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def augmentation(seed: int, flip_axes: Sequence[int]) -> Compose:
-    """Light MONAI augmentation: flips and small intensity changes, with its own seeded random state."""
-    keys = ["image", "label"]
-    transform = Compose(
-        [
-            *(RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in flip_axes),
-            RandScaleIntensityd("image", factors=0.1, prob=0.5),
-            RandShiftIntensityd("image", offsets=0.1, prob=0.5),
-            RandGaussianNoised("image", prob=0.2, std=0.05),
-        ]
-    )
-    transform.set_random_state(seed=seed)
-    return transform
 
 
 class PartialDiceCELoss(nn.Module):
@@ -77,50 +59,45 @@ class TrainResult:
 def train(
     model: nn.Module,
     examples: Sequence[Example],
+    patch: tuple[int, int, int],
     config: TrainConfig,
     device: torch.device,
     seed: int,
     amp: bool = False,
     progress: Progress | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place for ``config.iterations`` steps on batches drawn (seeded) from ``examples``.
+    """Train ``model`` in place for ``config.iterations`` steps on seeded patch batches of ``examples``.
 
     Labels may be partial (``IGNORE`` outside the labelled units): the loss sees labelled voxels only.
     """
-    if not examples:
-        raise ValueError("cannot train on an empty labelled set")
     start = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    augment = augmentation(seed, config.flip_axes) if config.augment else None
+    augment = augmentation(config.flip_indices) if config.augment else None
+    schedule = PatchSchedule(
+        examples, patch, config.batch_size, config.iterations, config.oversample_foreground, seed, augment
+    )
+    loader = DataLoader(
+        schedule,
+        batch_size=config.batch_size,
+        num_workers=config.workers,
+        pin_memory=device.type == "cuda",
+        multiprocessing_context="fork" if config.workers else None,
+    )
     loss_fn = PartialDiceCELoss()
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.PolynomialLR(optimiser, total_iters=config.iterations, power=0.9)
+    schedule_lr = torch.optim.lr_scheduler.PolynomialLR(optimiser, total_iters=config.iterations, power=0.9)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     model.to(device).train()
     losses = []
-    for _ in range(config.iterations):
-        images, labels = _batch(examples, rng.integers(len(examples), size=config.batch_size), augment)
+    for images, labels in loader:
         with torch.autocast(device.type, enabled=amp):
-            loss = loss_fn(model(images.to(device)), labels.to(device))
+            loss = loss_fn(model(images.to(device, non_blocking=True)), labels.to(device, non_blocking=True))
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimiser)
         scaler.update()
-        schedule.step()
+        schedule_lr.step()
         losses.append(float(loss.detach()))
         if progress:
             progress(1)
     model.eval()
     return TrainResult(losses, time.perf_counter() - start)
-
-
-def _batch(examples: Sequence[Example], indices: np.ndarray, augment: Compose | None) -> tuple[torch.Tensor, ...]:
-    images, labels = [], []
-    for i in indices:
-        image_C_D_H_W, label_D_H_W = examples[int(i)]
-        sample = {"image": torch.from_numpy(image_C_D_H_W), "label": torch.from_numpy(label_D_H_W[None])}
-        if augment is not None:
-            sample = augment(sample)
-        images.append(torch.as_tensor(sample["image"]).float())
-        labels.append(torch.as_tensor(sample["label"]).long())
-    return torch.stack(images), torch.stack(labels)

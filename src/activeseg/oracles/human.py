@@ -2,10 +2,10 @@
 
 Round 0's units are the seed set, labelled from the dataset's label files (a team starts from cases it has labelled
 already). Every acquired label comes from the person through the run's :class:`~activeseg.rundir.label_store.
-LabelStore`: the received native-grid file, centre-padded/cropped to the training shape exactly as the dataset's
-labels are, and kept only inside the units accepted in its round. A case labelled over several rounds (different
-slices or patches) combines them, so a person who draws the ground truth gives the training exactly what the
-simulated oracle gives.
+LabelStore`: the received native-grid file, brought to the planned grid through the case's geometry exactly as
+the dataset's labels are, and kept only inside the units accepted in its round. A case labelled over several rounds
+(different slices or patches) combines them, so a person who draws the ground truth gives the training exactly
+what the simulated oracle gives.
 """
 
 from __future__ import annotations
@@ -13,15 +13,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from contextlib import closing
-from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
 from activeseg.acquisition.selectors import Choice
 from activeseg.acquisition.units import IGNORE, case_of, labelled_mask, unit_from_key
 from activeseg.data.io import read_volume
-from activeseg.data.preprocess import center_pad_or_crop
 from activeseg.data.splits import RunData
 from activeseg.oracles.base import LabelsPending, OracleError
 from activeseg.rundir.label_store import LabelStore
@@ -34,12 +31,9 @@ class HumanOracle:
     ``seed_units`` are round 0's unit keys, labelled from the dataset.
     """
 
-    def __init__(
-        self, store: LabelStore, data: RunData, shape: tuple[int, int, int], policy: str, seed_units: Sequence[str]
-    ) -> None:
+    def __init__(self, store: LabelStore, data: RunData, policy: str, seed_units: Sequence[str]) -> None:
         self.store = store
         self.data = data
-        self.shape = shape
         self.policy = policy
         self._seed_units: dict[str, list[str]] = {}
         for unit in seed_units:
@@ -58,23 +52,22 @@ class HumanOracle:
         pieces: list[tuple[list[str], np.ndarray]] = []
         if case_id in self._seed_units:
             pieces.append((self._seed_units[case_id], self.data.ground_truth(case_id)))
-        pieces += [(units, self._training_grid(path)) for _, units, path in self.store.accepted_labels(case_id)]
+        geometry = self.data.geometry(case_id)
+        pieces += [
+            (units, geometry.label_to_planned(read_volume(path).array))  # as the dataset's labels are mapped
+            for _, units, path in self.store.accepted_labels(case_id)
+        ]
         if not pieces:
             raise OracleError(f"no accepted human label for {case_id!r}")
-        label_D_H_W = np.full(self.shape, IGNORE, dtype=np.uint8)
+        shape = geometry.shape
+        label_D_H_W = np.full(shape, IGNORE, dtype=np.uint8)
         for units, source in pieces:
             if case_id in units:  # the whole volume
-                label_D_H_W = source.copy()
+                label_D_H_W = np.array(source, dtype=np.uint8)
                 continue
-            inside = labelled_mask([unit_from_key(k, self.shape) for k in units], self.shape)
+            inside = labelled_mask([unit_from_key(k, shape) for k in units], shape)
             label_D_H_W[inside] = source[inside]
         return np.ascontiguousarray(label_D_H_W)
-
-    def _training_grid(self, path: Path) -> npt.NDArray[np.uint8]:
-        """A received native-grid label on the training grid (padding is background, as for the dataset)."""
-        label = np.asarray(read_volume(path).array, dtype=np.uint8)
-        cropped, _ = center_pad_or_crop(label, self.shape, fill=0)
-        return np.asarray(cropped, dtype=np.uint8)
 
 
 def waiting_message(layout: RunLayout) -> str | None:

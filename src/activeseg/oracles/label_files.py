@@ -20,8 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from activeseg.acquisition.units import IGNORE, is_whole_volume, labelled_mask, unit_from_key
+from activeseg.data.geometry import Geometry
 from activeseg.data.io import read_volume
-from activeseg.data.preprocess import CropInfo
 from activeseg.data.splits import RunData
 
 AFFINE_ATOL = 1e-4
@@ -139,18 +139,16 @@ def take_region(
     return np.where(region, label, np.uint8(ignore)).astype(np.uint8), outside
 
 
-def native_region(
-    units: Sequence[str], native_shape: tuple[int, int, int], shape: tuple[int, int, int]
-) -> npt.NDArray[np.bool_] | None:
-    """The voxels of a case's image (``native_shape``) that its queried units cover, or None for a whole volume.
+def native_region(units: Sequence[str], geometry: Geometry) -> npt.NDArray[np.bool_] | None:
+    """The voxels of a case's image that a person labels for its queried units, or None for a whole volume.
 
-    Units are boxes on the training grid (``shape``), which is the image centre-padded or -cropped; the region is
-    that mapping inverted, so a box that reaches into padding covers only the image voxels inside it.
+    Units are boxes on the planned grid; the region is what the case's geometry maps them to on the native grid
+    (:meth:`~activeseg.data.geometry.Geometry.native_region`), so a label drawn there and brought back fills them.
     """
     if any(is_whole_volume(key) for key in units):
         return None
-    mask_D_H_W = labelled_mask([unit_from_key(key, shape) for key in units], shape).astype(np.uint8)
-    return np.asarray(CropInfo.for_shapes(native_shape, shape).invert(mask_D_H_W) > 0)
+    shape = geometry.shape
+    return geometry.native_region(labelled_mask([unit_from_key(key, shape) for key in units], shape))
 
 
 def read_submission_file(path: Path) -> bytes:

@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from scipy.ndimage import binary_erosion
 
-from activeseg.acquisition.costs import CostModel
 from activeseg.acquisition.selectors import Choice
 from activeseg.acquisition.units import case_of, partial_label, unit_from_key
 from activeseg.oracles.base import OracleError
@@ -64,8 +63,7 @@ class SimulatedOracle:
                 border_of[key] = float(border[region].mean())
         return foreground_of, border_of
 
-    def unit_cost(self, key: str, cost: CostModel, axis: int) -> float:
-        """What labelling a unit will cost under ``cost``, before it is labelled (simulation only: a person's
-        label-dependent cost is known only afterwards). Reveals nothing to training."""
-        truth = self._ground_truth(case_of(key))
-        return cost(unit_from_key(key, truth.shape), truth, axis)
+    def truth(self, case_id: str) -> np.ndarray:
+        """A case's whole ground truth, for costs known in advance (simulation only: a person's label-dependent
+        cost is known only afterwards). Reveals nothing to training."""
+        return self._ground_truth(case_id)

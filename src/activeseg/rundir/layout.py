@@ -3,6 +3,7 @@
 ::
 
     config.yaml                 the validated config snapshot
+    plan.json                   the plan every case is preprocessed by (``data.plan``), with the pool's fingerprint
     ledger.sqlite               one SQLite file (see ``database``): labelled units, rounds, stop reason, and the
                                 human oracle's requests and submissions
     run.lock                    held while a process runs the rounds (see ``engine.run.run_lock``)
@@ -12,8 +13,8 @@
     labels/round_NNN/           labels received from a person, named by the hash of their voxels
     annotation/round_NNN/<case>/  what a person labels: image, prediction, uncertainty, region
 
-A full-data upper bound writes ``config.yaml``, ``model.pt`` and ``full_data.json`` into a folder of its own
-(:class:`FullDataLayout`).
+A full-data upper bound writes ``config.yaml``, ``plan.json``, ``model.pt`` and ``full_data.json`` into a folder
+of its own (:class:`FullDataLayout`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from activeseg.rundir.ledger import Ledger
 
 CONFIG = "config.yaml"
 LEDGER = "ledger.sqlite"
+PLAN = "plan.json"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class RunLayout:
     @property
     def ledger(self) -> Path:
         return self.root / LEDGER
+
+    @property
+    def plan(self) -> Path:
+        return self.root / PLAN
 
     @property
     def lock(self) -> Path:
@@ -134,6 +140,10 @@ class FullDataLayout:
     @property
     def model(self) -> Path:
         return self.root / "model.pt"
+
+    @property
+    def plan(self) -> Path:
+        return self.root / PLAN
 
     @property
     def record(self) -> Path:

@@ -1,0 +1,144 @@
+"""Training patches: a seeded schedule of crops, a share of them centred on labelled foreground (nnU-Net's recipe).
+
+Sample ``i`` of the schedule is a pure function of the seed and ``i``: it picks a labelled case, then a centre —
+a labelled foreground voxel (a class drawn uniformly, then one of its voxels) for the batch's forced share, else a
+uniformly drawn labelled voxel — and crops the patch around it from the memory-mapped arrays, so a patch reads only
+its own voxels whatever the volume's size. With partial labels (slices, patches) "labelled" means inside the queried
+units, so every batch learns from what the annotator gave. Volumes smaller than the patch are padded as the sliding
+window pads them (image 0, label ignored). Because every sample is seeded by its index, any number of data-loading
+workers gives the same batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from monai.transforms import Compose, RandFlipd, RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd
+from torch.utils.data import Dataset
+
+from activeseg.acquisition.units import IGNORE, Box
+from activeseg.seeds import derive_seed
+
+
+@dataclass(frozen=True)
+class Example:
+    """A labelled case as training sees it: its planned image, its label (``IGNORE`` where nobody labelled) and the
+    boxes that hold its labels (None: the whole volume)."""
+
+    image_C_D_H_W: npt.NDArray[np.float32]
+    label_D_H_W: npt.NDArray[np.uint8]
+    boxes: tuple[Box, ...] | None = None
+    foreground: dict[int, npt.NDArray[np.int64]] = field(init=False, repr=False, compare=False)
+    """Flat indices of each labelled foreground class's voxels."""
+
+    def __post_init__(self) -> None:
+        label = np.asarray(self.label_D_H_W)
+        values = [int(v) for v in np.unique(label) if 0 < v < IGNORE]
+        flat = label.reshape(-1)
+        object.__setattr__(self, "foreground", {v: np.flatnonzero(flat == v) for v in values})
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        d, h, w = self.label_D_H_W.shape
+        return int(d), int(h), int(w)
+
+    def labelled_boxes(self) -> tuple[Box, ...]:
+        return self.boxes or (((0, self.shape[0]), (0, self.shape[1]), (0, self.shape[2])),)
+
+
+def augmentation(flip_axes: Sequence[int]) -> Compose:
+    """Light MONAI augmentation: flips on the allowed axes and small intensity changes (seeded per sample)."""
+    keys = ["image", "label"]
+    return Compose(
+        [
+            *(RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in flip_axes),
+            RandScaleIntensityd("image", factors=0.1, prob=0.5),
+            RandShiftIntensityd("image", offsets=0.1, prob=0.5),
+            RandGaussianNoised("image", prob=0.2, std=0.05),
+        ]
+    )
+
+
+def forced_share(batch_size: int, oversample: float) -> int:
+    """Samples of a batch centred on foreground: nnU-Net's rule (the last ``batch - round(batch·(1 - share))``)."""
+    return batch_size - round(batch_size * (1 - oversample))
+
+
+class PatchSchedule(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """``iterations × batch_size`` seeded patches (see the module docstring); item ``i`` belongs to step
+    ``i // batch_size``."""
+
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        patch: tuple[int, int, int],
+        batch_size: int,
+        iterations: int,
+        oversample: float,
+        seed: int,
+        augment: Compose | None,
+    ) -> None:
+        if not examples:
+            raise ValueError("cannot train on an empty labelled set")
+        self.examples = list(examples)
+        self.patch = patch
+        self.batch_size = batch_size
+        self.iterations = iterations
+        self.forced = forced_share(batch_size, oversample)
+        self.seed = seed
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return self.iterations * self.batch_size
+
+    def centre(self, index: int) -> tuple[int, tuple[int, int, int]]:
+        """Which example sample ``index`` crops, and the voxel its patch is centred on."""
+        rng = np.random.default_rng(derive_seed(self.seed, "patch", index))
+        example = self.examples[int(rng.integers(len(self.examples)))]
+        chosen = self.examples.index(example)
+        forced = index % self.batch_size >= self.batch_size - self.forced
+        if forced and example.foreground:
+            classes = sorted(example.foreground)
+            voxels = example.foreground[classes[int(rng.integers(len(classes)))]]
+            flat = int(voxels[int(rng.integers(len(voxels)))])
+            d, h, w = np.unravel_index(flat, example.shape)
+            return chosen, (int(d), int(h), int(w))
+        boxes = example.labelled_boxes()
+        sizes = np.array([np.prod([b - a for a, b in box]) for box in boxes], dtype=np.float64)
+        box = boxes[int(rng.choice(len(boxes), p=sizes / sizes.sum()))]
+        return chosen, (int(rng.integers(*box[0])), int(rng.integers(*box[1])), int(rng.integers(*box[2])))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        chosen, centre = self.centre(index)
+        example = self.examples[chosen]
+        image, label = crop(example, centre, self.patch)
+        sample = {"image": torch.from_numpy(image), "label": torch.from_numpy(label[None])}
+        if self.augment is not None:
+            self.augment.set_random_state(seed=derive_seed(self.seed, "augment", index) % (2**32))
+            sample = self.augment(sample)
+        return torch.as_tensor(sample["image"]).float(), torch.as_tensor(sample["label"]).long()
+
+
+def crop(
+    example: Example, centre: tuple[int, int, int], patch: tuple[int, int, int]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """The patch around ``centre``, shifted to lie inside the volume where it fits, padded where it does not."""
+    starts, pads = [], []
+    for c, p, n in zip(centre, patch, example.shape, strict=True):
+        if n >= p:
+            starts.append(int(np.clip(c - p // 2, 0, n - p)))
+            pads.append((0, 0))
+        else:
+            starts.append(0)
+            pads.append(((p - n) // 2, p - n - (p - n) // 2))
+    cut = tuple(slice(s, s + min(p, n)) for s, p, n in zip(starts, patch, example.shape, strict=True))
+    image = np.asarray(example.image_C_D_H_W[(slice(None), *cut)], dtype=np.float32)
+    label = np.asarray(example.label_D_H_W[cut], dtype=np.uint8)
+    if any(before or after for before, after in pads):
+        image = np.pad(image, [(0, 0), *pads], constant_values=0.0)
+        label = np.pad(label, pads, constant_values=IGNORE)
+    return image, label
