@@ -18,6 +18,8 @@ from activeseg.bench.grid import BenchmarkError, run_benchmark
 from activeseg.bench.report import write_report
 from activeseg.config import ConfigError, RunConfig, load_config
 from activeseg.data.errors import DatasetError
+from activeseg.data.plan import write_plan
+from activeseg.data.splits import plan_pool, split_data
 from activeseg.demo import DataNotFoundError, run_demo
 from activeseg.engine.full_data import full_data_dice, full_data_run
 from activeseg.engine.run import RunError, resume_run, start_run
@@ -160,6 +162,30 @@ def full_data_command(
         full_data_run(config, out_dir or Path("runs") / f"{config.name}-full-data", RichReporter())
     except USER_ERRORS as err:
         raise _fail(err) from None
+
+
+@app.command("plan")
+def plan_command(
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="Dataset folder (MSD / nnU-Net layout).")],
+    config_path: Annotated[
+        Path | None, typer.Option("--config", help="A run config: its split, plan overrides and model.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the plan.")] = Path("plan.json"),
+) -> None:
+    """Fingerprint the pool and write the plan (spacing, normalisation, patch, strides) that `run` would use."""
+    try:
+        config = _load(config_path, data, None) if config_path else RunConfig().override({"data.root": data})
+        reporter = RichReporter()
+        made = plan_pool(config, split_data(config, reporter), reporter)
+        write_plan(made, out)
+    except USER_ERRORS as err:
+        raise _fail(err) from None
+    normalised = ", ".join(n.scheme for n in made.normalisation)
+    console.print(
+        f"target spacing {list(made.target_spacing)} mm · patch {list(made.patch_size)} · batch {made.batch_size} · "
+        f"strides {[list(s) for s in made.strides]} · normalisation {normalised} · about "
+        f"{made.estimated_gb:.2f} of {made.memory_gb:g} GB per step\nwrote {out} (use it with plan.file)"
+    )
 
 
 @app.command()

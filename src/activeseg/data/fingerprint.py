@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from activeseg.data.dataset import Case, Dataset
-from activeseg.data.geometry import spacing_of
+from activeseg.data.geometry import reorient_shape, spacing_of
 from activeseg.data.io import read_image, read_volume
 
 orientations: Any = nib.orientations  # nibabel's orientation helpers (untyped)
@@ -85,7 +85,7 @@ def fingerprint_case(case: Case, crop: str, seed: int) -> tuple[CaseFingerprint,
             [float(s) for s in spacing_of(reoriented)],
             int(image.array.shape[0]),
             box,
-            [int(sizes[int(axis)]) for axis, _ in orientation],
+            list(reorient_shape(tuple(sizes), orientation)),
             {str(int(v)): int(n) for v, n in zip(values, counts, strict=True)},
         ),
         samples,

@@ -76,14 +76,14 @@ class Geometry:
         cropped_affine = affine_n @ _translation(start)
         orientation = orientations.io_orientation(cropped_affine)
         reoriented_affine = cropped_affine @ orientations.inv_ornt_aff(orientation, cropped)
-        reoriented_shape = _shape3(tuple(int(cropped[int(axis)]) for axis, _ in orientation))
+        reoriented_shape = reorient_shape(cropped, orientation)
         source = spacing_of(reoriented_affine)
         target = np.asarray(target_spacing, dtype=np.float64)
         shape = _shape3(
             tuple(max(1, round(n * s / t)) for n, s, t in zip(reoriented_shape, source, target, strict=True))
         )
         # the same field of view: the first voxel's outer corner stays where it was
-        scale = target * np.asarray(reoriented_shape) / np.asarray(shape) / source  # old voxels per new voxel
+        scale = np.asarray(reoriented_shape, dtype=np.float64) / np.asarray(shape)  # old voxels per new voxel
         resample = np.eye(4)
         resample[:3, :3] = np.diag(scale)
         resample[:3, 3] = 0.5 * (scale - 1.0)
@@ -110,7 +110,7 @@ class Geometry:
 
     @property
     def _reoriented_shape(self) -> Shape3:
-        return _shape3(tuple(int(self.cropped_shape[int(axis)]) for axis, _ in self.orientation))
+        return reorient_shape(self.cropped_shape, self.orientation)
 
     @property
     def _scale(self) -> npt.NDArray[np.float64]:
@@ -210,10 +210,9 @@ class Geometry:
         points = np.asarray(planned_N_3, dtype=np.int64).reshape(-1, 3)
         reoriented = np.stack([self._axis_sources(a)[points[:, a]] for a in range(3)], axis=1)
         cropped = np.empty_like(reoriented)
-        for out_axis, (axis, flip) in enumerate(self.orientation):
-            source = int(axis)
-            values = reoriented[:, out_axis]
-            cropped[:, source] = (self.cropped_shape[source] - 1 - values) if flip < 0 else values
+        for axis, (ras_axis, flip) in enumerate(self.orientation):  # native axis → the RAS axis it became
+            values = reoriented[:, int(ras_axis)]
+            cropped[:, axis] = (self.cropped_shape[axis] - 1 - values) if flip < 0 else values
         return np.asarray(cropped + np.asarray(self.crop_start), dtype=np.int64)
 
     def _axis_sources(self, axis: int) -> npt.NDArray[np.int64]:
@@ -258,6 +257,14 @@ class Geometry:
 
     def __hash__(self) -> int:
         return hash(json.dumps(self.to_json()))
+
+
+def reorient_shape(shape: tuple[int, ...], orientation: npt.NDArray[np.float64]) -> Shape3:
+    """The shape of an array after nibabel's ``apply_orientation(array, orientation)``."""
+    out = [0, 0, 0]
+    for axis, (ras_axis, _) in enumerate(orientation):
+        out[int(ras_axis)] = int(shape[axis])
+    return _shape3(tuple(out))
 
 
 def _translation(start: Shape3) -> npt.NDArray[np.float64]:

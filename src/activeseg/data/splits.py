@@ -72,9 +72,17 @@ class RunData:
         raise KeyError(f"unknown case id {case_id!r}")
 
 
-def open_data(config: RunConfig, reporter: Reporter, plan: Plan | None = None) -> RunData:
-    """Validate the dataset(s), plan the pool (unless ``plan`` or ``plan.file`` gives the plan) and fill the
-    preprocessing cache. Writes nothing but cache entries, and nothing at all if any file is invalid."""
+@dataclass(frozen=True)
+class Split:
+    """A run's cases: the pool, the fixed test set and the optional labelled validation set."""
+
+    pool: Dataset
+    test: Dataset
+    validation: Dataset | None
+
+
+def split_data(config: RunConfig, reporter: Reporter) -> Split:
+    """Validate the dataset(s) and split them by ``data.split_seed`` (nothing is written)."""
     root = config.data.root
     if root is None:
         raise DatasetError("no dataset: set data.root in the config or pass --data DIR")
@@ -105,20 +113,31 @@ def open_data(config: RunConfig, reporter: Reporter, plan: Plan | None = None) -
         order = np.random.default_rng(derive_seed(config.data.split_seed, "validation")).permutation(len(pool.ids))
         validation_ids = sorted(pool.ids[i] for i in order[: config.data.validation_size])
         pool, validation = pool.subset(sorted(set(pool.ids) - set(validation_ids))), pool.subset(validation_ids)
+    return Split(pool, test, validation)
+
+
+def plan_pool(config: RunConfig, split: Split, reporter: Reporter) -> Plan:
+    """The plan of a run's pool: read from ``plan.file``, or made from the pool's fingerprint and the config."""
+    if config.plan.file is not None:
+        return read_plan(config.plan.file)
+    num_classes = max(split.pool.num_classes, split.test.num_classes)
+    memory = config.plan.memory_gb or CPU_MEMORY_GB
     cache_dir = config.data.cache_dir or default_cache_dir()
-    if plan is None and config.plan.file is not None:
-        plan = read_plan(config.plan.file)
-    if plan is None:
-        num_classes = max(pool.num_classes, test.num_classes)
-        memory = config.plan.memory_gb or CPU_MEMORY_GB
-        plan = make_plan(pool_fingerprint(pool, config, cache_dir, reporter), config, num_classes, memory)
-    cache = PlannedCache(cache_dir, plan)
-    for name, dataset in (("pool", pool), ("test", test), ("validation", validation)):
+    return make_plan(pool_fingerprint(split.pool, config, cache_dir, reporter), config, num_classes, memory)
+
+
+def open_data(config: RunConfig, reporter: Reporter, plan: Plan | None = None) -> RunData:
+    """Validate and split the dataset(s), plan the pool (unless ``plan`` is given: a run's own) and fill the
+    preprocessing cache. Writes nothing but cache entries, and nothing at all if any file is invalid."""
+    split = split_data(config, reporter)
+    plan = plan or plan_pool(config, split, reporter)
+    cache = PlannedCache(config.data.cache_dir or default_cache_dir(), plan)
+    for name, dataset in (("pool", split.pool), ("test", split.test), ("validation", split.validation)):
         if dataset is None:
             continue
         with reporter.progress(f"preprocessing {name}", total=len(dataset.ids)) as advance:
             cache.prepare(dataset, progress=lambda done, total: advance(1))
-    return RunData(pool, test, cache, plan, validation)
+    return RunData(split.pool, split.test, cache, plan, split.validation)
 
 
 def pool_fingerprint(pool: Dataset, config: RunConfig, cache_dir: Path, reporter: Reporter) -> Fingerprint:

@@ -24,7 +24,7 @@ from activeseg.acquisition.units import IGNORE, Box
 from activeseg.seeds import derive_seed
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Example:
     """A labelled case as training sees it: its planned image, its label (``IGNORE`` where nobody labelled) and the
     boxes that hold its labels (None: the whole volume)."""
@@ -98,8 +98,8 @@ class PatchSchedule(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def centre(self, index: int) -> tuple[int, tuple[int, int, int]]:
         """Which example sample ``index`` crops, and the voxel its patch is centred on."""
         rng = np.random.default_rng(derive_seed(self.seed, "patch", index))
-        example = self.examples[int(rng.integers(len(self.examples)))]
-        chosen = self.examples.index(example)
+        chosen = int(rng.integers(len(self.examples)))
+        example = self.examples[chosen]
         forced = index % self.batch_size >= self.batch_size - self.forced
         if forced and example.foreground:
             classes = sorted(example.foreground)
