@@ -31,9 +31,9 @@ from activeseg.data.geometry import ANISOTROPY
 
 PLAN_VERSION = 1
 CPU_MEMORY_GB = 1.0
-BYTES_PER_ACTIVATION = 4 * 4.0
-"""float32 activations, times the tensors a block keeps for the backward pass (convolution, norm, activation,
-dropout): calibrated on MONAI UNet training steps on CPU (``benchmarks/plan_memory.py``)."""
+BYTES_PER_ACTIVATION = 12.0
+"""Bytes one estimated activation costs in a training step (float32 tensors a block keeps for the backward pass):
+the largest of the ratios measured on MONAI UNet steps on CPU by ``benchmarks/plan_memory.py`` (9.6–11.9)."""
 
 
 @dataclass(frozen=True)
