@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from activeseg.artifacts import write_json_atomic
 from activeseg.bench.stats import aubc
 from activeseg.config import load_config
 from activeseg.demo import find_hippocampus, run_demo
@@ -62,7 +63,7 @@ def main() -> None:
         "channels": list(config.model.channels),
     }
     print(json.dumps(result["full"]), flush=True)
-    (args.out / "gpu.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(args.out / "gpu.json", result)
 
 
 if __name__ == "__main__":

@@ -29,16 +29,21 @@ from typing import Any
 import torch
 from run_benchmarks import machine  # this script's folder is on sys.path when it runs
 
+from activeseg.artifacts import read_json, write_json_atomic, write_text_atomic
 from activeseg.config import RunConfig
 from activeseg.data.splits import open_data
 from activeseg.demo import default_config, find_hippocampus
-from activeseg.engine.run import adopt_round_zero, create_run, resume_run
+from activeseg.engine.run import run_to_end
 from activeseg.plots import plot_curves
 from activeseg.progress import RichReporter
 from activeseg.rundir.curves import read_curve
-from activeseg.rundir.ledger import Ledger
+from activeseg.rundir.layout import RunLayout
 
 RESULTS = Path(__file__).resolve().parent / "results"
+BENCH_SECONDS = "bench_seconds.json"
+"""Beside each run: the seconds of this script's last call on it (creation, adopted round 0 and the rounds run)."""
+MACHINE = "machine.json"
+"""Beside the run directories: what trained them."""
 VOLUME_VOXELS = 40 * 56 * 40
 PER_ROUND_VOLUMES = 4
 ROUNDS = 3
@@ -81,8 +86,8 @@ def main() -> None:
         }
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    if not (args.out / "machine.json").exists():  # what trained the runs, kept beside them
-        (args.out / "machine.json").write_text(json.dumps(machine(), indent=2) + "\n")
+    if not (args.out / MACHINE).exists():  # what trained the runs, kept beside them
+        write_text_atomic(args.out / MACHINE, json.dumps(machine(), indent=2) + "\n")
     if not args.render_only:
         run_kinds(base, args.kinds, args.out, args.results_dir, reporter)
     if write_results(base, args.out, args.results_dir):
@@ -92,7 +97,8 @@ def main() -> None:
 
 
 def run_kinds(base: RunConfig, kinds: list[str], out: Path, results_dir: Path, reporter: RichReporter) -> None:
-    """Run (or resume) every strategy of each unit kind; the first run of a kind trains the shared round 0."""
+    """Run (or resume) every strategy of each unit kind; the first run of a kind trains the round 0 that the others
+    adopt (``engine.run.run_to_end``)."""
     data = open_data(base, reporter)
     for kind in kinds:
         overrides = SETTINGS[kind]
@@ -104,15 +110,11 @@ def run_kinds(base: RunConfig, kinds: list[str], out: Path, results_dir: Path, r
                     {"strategy.beta": 1.0, "strategy.beta_end": 10.0, "strategy.beta_schedule": "exponential"}
                 )
             run_dir = out / f"{kind}-{name}"
-            if not (run_dir / "ledger.sqlite").exists():
-                create_run(config, run_dir, reporter, data=data)
-                if first is not None:
-                    adopt_round_zero(first, run_dir)
             tick = time.perf_counter()
-            resume_run(run_dir, reporter, data=data)
+            run_to_end(config, run_dir, data, reporter, round_zero=first)
             first = first or run_dir
             seconds = time.perf_counter() - tick
-            (run_dir / "bench_seconds.json").write_text(json.dumps({"seconds_this_call": seconds}) + "\n")
+            write_json_atomic(run_dir / BENCH_SECONDS, {"seconds_this_call": seconds})
             print(f"{kind}/{name}: Dice {[round(d, 4) for d in read_curve(run_dir).mean_dice]}", flush=True)
             write_results(base, out, results_dir)
 
@@ -122,16 +124,16 @@ def finished_runs(out: Path) -> list[dict[str, Any]]:
     runs = []
     for kind in SETTINGS:
         for name in STRATEGIES[kind]:
-            run_dir = out / f"{kind}-{name}"
-            if not (run_dir / "ledger.sqlite").exists():
+            layout = RunLayout(out / f"{kind}-{name}")
+            if not layout.ledger.exists():
                 continue
-            with Ledger(run_dir / "ledger.sqlite") as ledger:
+            with layout.open_ledger() as ledger:
                 stop = ledger.stop_reason()
             if stop is None:
                 continue
-            curve = read_curve(run_dir)
-            timing = run_dir / "bench_seconds.json"
-            seconds = json.loads(timing.read_text())["seconds_this_call"] if timing.exists() else None
+            curve = read_curve(layout.root)
+            timing = layout.root / BENCH_SECONDS
+            seconds = read_json(timing)["seconds_this_call"] if timing.exists() else None
             runs.append(
                 {
                     "unit": kind,
@@ -169,9 +171,9 @@ def write_results(base: RunConfig, out: Path, results_dir: Path) -> bool:
         "mc_samples": base.strategy.mc_samples,
         "runs": runs,
         "wall_s": sum(r["seconds_this_call"] or 0.0 for r in runs),
-        "machine": json.loads((out / "machine.json").read_text()),
+        "machine": read_json(out / MACHINE),
     }
-    (results_dir / "units.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(results_dir / "units.json", summary)
     return True
 
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import pytest
 
 from activeseg.config import RunConfig, config_from_dict
@@ -51,3 +52,8 @@ def phantom_raw(root: Path, cache_dir: Path) -> dict[str, Any]:
         "strategy": {"name": "entropy", "mc_samples": 3, "mc_batch_size": 3},
         "loop": {"initial": 2, "per_round": 2, "rounds": 2},
     }
+
+
+def load_nifti(path: Path) -> Any:
+    """``nibabel.load``, typed as Any: nibabel's image classes are untyped (``.dataobj``, ``.affine``, ``.shape``)."""
+    return nib.load(path)

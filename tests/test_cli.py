@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from activeseg.cli import app
-from activeseg.data.phantom import make_phantom_dataset
+from activeseg.engine.full_data import full_data_dice
 
 from _support import phantom_raw
 
@@ -23,11 +23,6 @@ def write_config(path: Path, root: Path, cache: Path, **sections: dict[str, obje
         raw[key] = {**raw[key], **values}
     path.write_text(yaml.safe_dump(raw))
     return path
-
-
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_phantom_dataset(tmp_path_factory.mktemp("phantoms"), 12, seed=3)
 
 
 def snapshot(folder: Path) -> list[str]:
@@ -73,6 +68,7 @@ def test_config_problems_fail_before_any_work(
     assert [p for p in snapshot(tmp_path) if p not in before and not p.startswith("cache")] == []
 
 
+@pytest.mark.slow
 def test_run_status_plot_full_data_with_external_test_set(phantoms: Path, tmp_path: Path) -> None:
     test_root = tmp_path / "external"
     for kind in ("imagesTr", "labelsTr"):
@@ -127,3 +123,18 @@ def test_strategies_lists_every_registered_strategy() -> None:
     assert result.exit_code == 0
     for name in ("random", "entropy", "bald"):
         assert name in result.output
+
+
+@pytest.mark.slow
+def test_full_data_without_out_dir_writes_under_runs_in_the_current_directory(
+    phantoms: Path, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_config(tmp_path / "c.yaml", phantoms, cache, train={"iterations": 2})
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["full-data", str(config)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "runs" / "phantom-full-data"
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "full_data.json", "model.pt"]
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["iterations"] == 2
+    assert 0.0 <= full_data_dice(out) <= 1.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "runs"]

@@ -166,7 +166,7 @@ def test_gradient_embedding_matches_autograd(classes: int, features: int, voxels
     hidden_F_V = torch.randn(features, voxels, dtype=torch.float64, generator=gen)
     logits_C_V = weight @ hidden_F_V
     target_V = logits_C_V.argmax(dim=0).detach()
-    F.cross_entropy(logits_C_V.T, target_V, reduction="mean").backward()
+    torch.autograd.backward(F.cross_entropy(logits_C_V.T, target_V, reduction="mean"))
     assert weight.grad is not None
     probs_C_V = torch.softmax(logits_C_V.detach(), dim=0).numpy()
     embedding = gradient_embedding(probs_C_V, hidden_F_V.numpy())
@@ -179,7 +179,7 @@ def test_gradient_embedding_matches_a_1x1x1_conv_head() -> None:
     head = torch.nn.Conv3d(5, 3, kernel_size=1, bias=False).double()
     hidden = torch.randn(1, 5, 4, 3, 2, dtype=torch.float64, generator=gen)
     logits = head(hidden)
-    F.cross_entropy(logits, logits.argmax(dim=1).detach(), reduction="mean").backward()
+    torch.autograd.backward(F.cross_entropy(logits, logits.argmax(dim=1).detach(), reduction="mean"))
     assert head.weight.grad is not None
     probs_C_V = torch.softmax(logits.detach(), dim=1)[0].reshape(3, -1).numpy()
     embedding = gradient_embedding(probs_C_V, hidden[0].reshape(5, -1).numpy())

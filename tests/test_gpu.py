@@ -34,6 +34,7 @@ def test_mc_dropout_on_cuda_with_amp_gives_distinct_valid_samples() -> None:
 
 
 @requires_hippocampus
+@pytest.mark.slow
 def test_round_on_cuda(tmp_path: Path) -> None:
     config = tiny_config(tmp_path / "cache", train={"device": "cuda", "amp": True, "iterations": 30})
     assert select_device(config.train).type == "cuda" and use_amp(config.train, torch.device("cuda"))

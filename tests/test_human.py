@@ -9,7 +9,6 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -33,7 +32,7 @@ from activeseg.rundir.layout import RunLayout
 from activeseg.rundir.ledger import Ledger
 from activeseg.seeds import derive_seed, round_seeds
 
-from _support import requires_hippocampus, tiny_config
+from _support import load_nifti, requires_hippocampus, tiny_config
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -104,7 +103,7 @@ def test_full_human_cycle_selects_what_the_simulated_oracle_selects(
         case_id = manifest["case_id"]
         assert manifest["round"] == 1 and manifest["label_file"] == "label.nii.gz"
         native = read_volume(shared.data.pool.case(case_id).image)
-        volumes = {n: nib.load(folder / f"{n}.nii.gz") for n in ("image", "prediction", "uncertainty")}
+        volumes = {n: load_nifti(folder / f"{n}.nii.gz") for n in ("image", "prediction", "uncertainty")}
         for image in volumes.values():
             assert image.shape == native.array.shape
             assert np.allclose(image.affine, native.affine, atol=1e-5)
@@ -149,7 +148,7 @@ def test_exported_uncertainty_comes_from_the_runs_own_source(
     assert resume_run(run, data=shared.data).startswith("waiting for labels: round 1")
     (folder, *_) = export_queue(run, tmp_path / "out", data=shared.data)
     case_id = json.loads((folder / "manifest.json").read_text())["case_id"]
-    exported = np.asarray(nib.load(folder / "uncertainty.nii.gz").dataobj)
+    exported = np.asarray(load_nifti(folder / "uncertainty.nii.gz").dataobj)
 
     # the same predictions computed directly: round 0's model(s) and round 0's scoring seed for this case
     models = []
@@ -253,7 +252,7 @@ def test_a_different_label_is_a_recorded_correction_not_an_overwrite(
     truth = ground_truth_nifti(shared.data, case_id)
     (folder / f"{case_id}.nii.gz").write_bytes(truth)
     assert ingest_folder(run, folder, data=shared.data).outcomes == {case_id: "created"}
-    image = nib.load(folder / f"{case_id}.nii.gz")
+    image = load_nifti(folder / f"{case_id}.nii.gz")
     edited = np.asarray(image.dataobj).copy()
     edited[edited == 2] = 1
     (folder / f"{case_id}.nii.gz").write_bytes(nifti_gz(edited, image.affine))

@@ -38,7 +38,7 @@ from activeseg.oracles.simulated import SimulatedOracle
 from activeseg.rundir.layout import RunLayout
 from activeseg.rundir.ledger import Ledger
 
-from _support import requires_hippocampus
+from _support import load_nifti, requires_hippocampus
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -123,9 +123,9 @@ def test_human_cycle_with_partial_units_trains_on_what_the_simulated_oracle_reve
         manifest = json.loads((folder / "manifest.json").read_text())
         case_id = manifest["case_id"]
         assert manifest["unit"] == unit and manifest["units"] == list(queue.item(case_id).units)
-        region = np.asarray(nib.load(folder / "region.nii.gz").dataobj) > 0
-        image = nib.load(folder / "image.nii.gz")
-        assert region.shape == image.shape and np.allclose(nib.load(folder / "region.nii.gz").affine, image.affine)
+        region = np.asarray(load_nifti(folder / "region.nii.gz").dataobj) > 0
+        image = load_nifti(folder / "image.nii.gz")
+        assert region.shape == image.shape and np.allclose(load_nifti(folder / "region.nii.gz").affine, image.affine)
         assert np.array_equal(region, boxes_mask(region.shape, manifest["region"]["boxes"]))
         assert region.any() and not region.all()
         truth = native_truth(shared.data, case_id)
@@ -142,7 +142,7 @@ def test_human_cycle_with_partial_units_trains_on_what_the_simulated_oracle_reve
         stored = np.asarray(read_volume(human / row["file"]).array)
         case_id = row["case_id"]
         folder = out / case_id
-        region = np.asarray(nib.load(folder / "region.nii.gz").dataobj) > 0
+        region = np.asarray(load_nifti(folder / "region.nii.gz").dataobj) > 0
         assert (stored[~region] == IGNORE).all()
         assert np.array_equal(stored[region], native_truth(shared.data, case_id)[region])
 

@@ -19,7 +19,7 @@ import torch
 from activeseg.acquisition.registry import STRATEGIES
 from activeseg.config import save_config
 from activeseg.demo import run_demo
-from activeseg.engine.loop import RunError
+from activeseg.engine.loop import HALT_AT, RunError
 from activeseg.engine.run import adopt_round_zero, create_run, resume_run, start_run
 from activeseg.rundir.ledger import Ledger
 from activeseg.seeds import derive_seed, round_seeds
@@ -27,11 +27,6 @@ from activeseg.seeds import derive_seed, round_seeds
 from _support import hippocampus_root, requires_hippocampus, tiny_config
 
 pytestmark = [requires_hippocampus, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture(scope="module")
@@ -95,33 +90,45 @@ def test_same_config_gives_identical_selections_and_metrics(reference_run: Path,
     assert round_artifacts(again) == round_artifacts(reference_run)
 
 
-def test_resume_after_sigkill_mid_round_matches_uninterrupted(reference_run: Path, cache: Path, tmp_path: Path) -> None:
-    config_path = tmp_path / "config.yaml"
-    save_config(tiny_config(cache, train={"iterations": 60}), config_path)
-    reference = tmp_path / "reference"
-    start_run(tiny_config(cache, train={"iterations": 60}), reference)
+# What a kill at each halt point of round 1 leaves behind: round 1's artifacts that exist (the rest do not yet).
+HALTS = {
+    "round 1: training": ("seeds.json",),
+    "round 1: scored": ("seeds.json", "model.pt", "metrics.json", "scores.csv"),
+    "round 1: selected": ("seeds.json", "model.pt", "metrics.json", "scores.csv", "selection.json"),
+}
 
-    run_dir = tmp_path / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+@pytest.mark.parametrize("halt", list(HALTS))
+def test_resume_after_sigkill_mid_round_matches_uninterrupted(
+    halt: str, reference_run: Path, cache: Path, tmp_path: Path
+) -> None:
+    config_path = tmp_path / "config.yaml"
+    save_config(tiny_config(cache), config_path)
+    run_dir, halted, log = tmp_path / "killed", tmp_path / "halted", tmp_path / "stderr.txt"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", HALT_AT: halt, "ACTIVESEG_HALT_FILE": str(halted)}
     command = [sys.executable, "-m", "activeseg.cli", "run", str(config_path), "--run-dir", str(run_dir)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    marker = run_dir / "rounds" / "round_001" / "seeds.json"  # round 1 has started: it is now training
-    deadline = time.monotonic() + 240
-    while not marker.exists():
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-        assert time.monotonic() < deadline, "run never reached round 1"
-        time.sleep(0.05)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            deadline = time.monotonic() + 240
+            while not halted.exists():  # the run waits at the halt point once the file is there
+                assert process.poll() is None, f"the run ended before {halt!r}: {log.read_text()}"
+                assert time.monotonic() < deadline, f"the run never reached {halt!r}"
+                time.sleep(0.05)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
     assert process.returncode == -signal.SIGKILL
-    assert not (run_dir / "rounds" / "round_001" / "metrics.json").exists(), "kill landed after the round's training"
-    labelled_at_kill = len(ledger_rows(run_dir)[0])
+
+    round_one = run_dir / "rounds" / "round_001"
+    everything = HALTS["round 1: selected"]
+    assert sorted(p.name for p in round_one.iterdir() if p.name in everything) == sorted(HALTS[halt])
+    assert not (run_dir / "rounds" / "round_002").exists()
+    assert len(ledger_rows(run_dir)[0]) == 7  # round 1's labels are in, round 2's are not
 
     assert resume_run(run_dir) == "budget reached: 2 acquisition rounds"
-    assert labelled_at_kill == 7
-    assert ledger_rows(run_dir) == ledger_rows(reference)
-    assert round_artifacts(run_dir) == round_artifacts(reference)
+    assert ledger_rows(run_dir) == ledger_rows(reference_run)
+    assert round_artifacts(run_dir) == round_artifacts(reference_run)
 
 
 def test_seeds_are_named_and_stable() -> None:

@@ -10,18 +10,12 @@ import torch
 
 from activeseg.acquisition.selectors import Choice
 from activeseg.config import ConfigError, RunConfig, config_from_dict
-from activeseg.data.phantom import make_phantom_dataset
 from activeseg.engine.run import start_run
 from activeseg.oracles.base import OracleError
 from activeseg.oracles.simulated import SimulatedOracle
 from activeseg.rundir.ledger import Ledger
 
 from _support import phantom_raw
-
-
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_phantom_dataset(tmp_path_factory.mktemp("phantoms"), 12, seed=5)
 
 
 def config(root: Path, cache: Path, **changes: object) -> RunConfig:
@@ -31,6 +25,7 @@ def config(root: Path, cache: Path, **changes: object) -> RunConfig:
     return base.override(dict(changes))
 
 
+@pytest.mark.slow
 def test_stops_cleanly_when_the_pool_is_empty(phantoms: Path, tmp_path: Path) -> None:
     run_dir = start_run(config(phantoms, tmp_path / "cache"), tmp_path / "run")
     with Ledger(run_dir / "ledger.sqlite") as ledger:
@@ -46,6 +41,7 @@ def weights(path: Path) -> torch.Tensor:
     return torch.cat([v.flatten().float() for v in state.values()])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("warm", [True, False])
 def test_warm_start_continues_from_the_previous_round(phantoms: Path, tmp_path: Path, warm: bool) -> None:
     # With a vanishing learning rate, a warm-started round-1 model stays at round 0's weights;
@@ -68,6 +64,7 @@ def test_simulated_oracle_reveals_only_requested_labels() -> None:
     assert oracle.label("b").sum() == 8
 
 
+@pytest.mark.slow
 def test_low_uncertainty_stops_the_run_and_is_recorded(phantoms: Path, tmp_path: Path) -> None:
     run_dir = start_run(config(phantoms, tmp_path / "cache", **{"loop.stop_below_uncertainty": 1e9}), tmp_path / "r")
     with Ledger(run_dir / "ledger.sqlite") as ledger:

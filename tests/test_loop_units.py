@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from activeseg.acquisition.units import disjoint, unit_from_key
-from activeseg.config import ConfigError
+from activeseg.config import ConfigError, RunConfig
 from activeseg.data.splits import RunData, open_data
 from activeseg.engine.loop import RunError
 from activeseg.engine.pool import labelled_voxels
@@ -29,13 +29,8 @@ SHAPE = (40, 56, 40)
 PATCH = {"kind": "patch", "patch_size": [20, 28, 20]}  # 1/8 of a volume: a 2x2x2 grid
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-def patch_config(cache: Path, **sections: Any) -> Any:
-    base = {
+def patch_config(cache: Path, **sections: Any) -> RunConfig:
+    base: dict[str, dict[str, Any]] = {
         "data": {"max_cases": 16, "test_size": 4},
         "train": {"iterations": 6},
         "strategy": {"name": "entropy", "mc_samples": 3, "mc_batch_size": 3},

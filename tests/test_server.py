@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from http.client import HTTPConnection
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import nibabel as nib
@@ -33,12 +34,13 @@ from _human_support import (
     serve_in_thread,
     wait_for_job,
 )
+from activeseg.acquisition.units import case_of
 from activeseg.annotation.server import create_app
 from activeseg.data.io import nifti_gz
 from activeseg.rundir.layout import RunLayout
 from activeseg.rundir.ledger import Ledger
 
-from _support import requires_hippocampus
+from _support import load_nifti, requires_hippocampus
 
 pytestmark = [requires_hippocampus, pytest.mark.slow]
 LIMIT = 256 * 1024  # bytes; a hippocampus label NIfTI is about 70 kB uncompressed
@@ -68,12 +70,12 @@ def base(shared: Prepared, run_dir: Path) -> Iterator[str]:
         yield url
 
 
-def queue(base: str) -> dict[str, object]:
+def queue(base: str) -> dict[str, Any]:
     return dict(http("GET", f"{base}/api/queue").json())
 
 
 def queued(base: str) -> list[str]:
-    return [c["case_id"] for c in queue(base)["cases"]]  # type: ignore[index, union-attr]
+    return [c["case_id"] for c in queue(base)["cases"]]
 
 
 def submissions(run_dir: Path) -> list[tuple[object, ...]]:
@@ -114,7 +116,7 @@ def test_queue_status_and_case_volumes(base: str, shared: Prepared, run_dir: Pat
     body = queue(base)
     selection = json.loads((run_dir / "rounds/round_000/selection.json").read_text())
     assert body["round"] == 1
-    assert [(c["case_id"], c["rank"], c["score"]) for c in body["cases"]] == [  # type: ignore[union-attr]
+    assert [(c["case_id"], c["rank"], c["score"]) for c in body["cases"]] == [
         (c["unit"], c["rank"], c["score"]) for c in selection
     ]
     status = http("GET", f"{base}/api/status").json()
@@ -122,8 +124,8 @@ def test_queue_status_and_case_volumes(base: str, shared: Prepared, run_dir: Pat
     assert len(http("GET", f"{base}/api/curve").json()) == 1
     assert http("GET", f"{base}/api/curve.png").body[:8] == b"\x89PNG\r\n\x1a\n"
 
-    case_id = selection[0]["case_id"]
-    native = nib.load(shared.data.pool.case(case_id).image)
+    case_id = case_of(selection[0]["unit"])  # a volume query: the unit key is the case id
+    native = load_nifti(shared.data.pool.case(case_id).image)
     for volume in ("image", "prediction", "uncertainty"):
         reply = http("GET", f"{base}/api/cases/{case_id}/{volume}.nii.gz")
         assert reply.status == 200, reply.body
@@ -183,6 +185,7 @@ def test_oversized_uploads_are_refused_before_parsing(base: str, run_dir: Path) 
     assert big.status == 413
     # without a Content-Length (chunked), the limit is enforced while the body streams in
     parts = urlsplit(base)
+    assert parts.hostname is not None
     connection = HTTPConnection(parts.hostname, parts.port, timeout=60)
     connection.putrequest("PUT", f"/api/cases/{case_id}/label")
     connection.putheader("Authorization", f"Bearer {TOKEN}")
@@ -256,7 +259,7 @@ def test_racing_uploads_one_label_wins_and_the_conflict_is_reported(base: str, s
 
 def test_a_correction_names_the_label_it_replaces(base: str, shared: Prepared, run_dir: Path) -> None:
     case_id = queued(base)[1]
-    current = next(c for c in queue(base)["cases"] if c["case_id"] == case_id)["sha256"]  # type: ignore[union-attr]
+    current = next(c for c in queue(base)["cases"] if c["case_id"] == case_id)["sha256"]
     correction = edited(shared, case_id)
     stale = http("PUT", f"{base}/api/cases/{case_id}/label", correction, TOKEN, {"If-Match": "0" * 64})
     assert stale.status == 409
@@ -276,8 +279,8 @@ def test_next_round_runs_in_the_background_then_the_last_label_starts_one(
     base: str, shared: Prepared, run_dir: Path
 ) -> None:
     cases = queue(base)["cases"]
-    assert len(cases) == 3 and sum(bool(c["sha256"]) for c in cases) == 2  # type: ignore[arg-type, index]
-    received = sorted(c["case_id"] for c in cases if c["sha256"])  # type: ignore[index, union-attr]
+    assert len(cases) == 3 and sum(bool(c["sha256"]) for c in cases) == 2
+    received = sorted(c["case_id"] for c in cases if c["sha256"])
     refused = http("POST", f"{base}/api/next-round", token=TOKEN)  # advance: all, and one label is missing
     assert refused.status == 409 and "accept_partial=true" in refused.json()["detail"]
     started = http("POST", f"{base}/api/next-round?accept_partial=true", token=TOKEN)

@@ -57,7 +57,7 @@ def exact_wilcoxon_p(d: np.ndarray) -> float:
 )
 def test_wilcoxon_p_matches_sign_flip_enumeration(d: list[float]) -> None:
     b = np.linspace(0.5, 0.6, len(d))
-    result = paired_test(b + np.array(d), b)
+    result = paired_test((b + np.array(d)).tolist(), b.tolist())
     assert result.n == len(d)
     assert result.mean_difference == pytest.approx(np.mean(d))
     assert result.wins == sum(x > 0 for x in d)
@@ -69,7 +69,7 @@ def test_paired_t_p_matches_the_closed_form_for_three_pairs() -> None:
     d = a - b
     t = d.mean() / (d.std(ddof=1) / math.sqrt(3))
     closed_form = 1 - abs(t) / math.sqrt(2 + t * t)  # two-sided p of Student's t with 2 degrees of freedom
-    result = paired_test(a, b)
+    result = paired_test(a.tolist(), b.tolist())
     assert result.t_p == pytest.approx(closed_form, rel=1e-9)
     assert result.wilcoxon_p == pytest.approx(0.25)  # all three positive: the smallest p three pairs can give
     assert result.low <= result.mean_difference <= result.high

@@ -72,7 +72,12 @@ def brute_force(maps: np.ndarray, weight: np.ndarray, units: list[Unit], reducti
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "foreground"])
 @pytest.mark.parametrize(
-    "spec", [UnitSpec("patch", patch_size=(4, 6, 4)), UnitSpec("patch", (4, 6, 4), (2, 3, 2)), UnitSpec("slice")]
+    "spec",
+    [
+        UnitSpec("patch", patch_size=(4, 6, 4)),
+        UnitSpec("patch", patch_size=(4, 6, 4), stride=(2, 3, 2)),
+        UnitSpec("slice"),
+    ],
 )
 def test_pooled_unit_scores_match_a_float64_brute_force(spec: UnitSpec, reduction: str) -> None:
     generator = torch.Generator().manual_seed(3)
@@ -96,10 +101,18 @@ def test_best_disjoint_skips_labelled_voxels_and_overlaps() -> None:
     assert best_disjoint(lattice, priority, labelled, keep=2) == kept[:2]
     seeds = {"a": 1, "b": 2}
     first = random_candidates(
-        UnitSpec("patch", (4, 6, 4), (2, 3, 2)), ["a", "b"], SHAPE, lambda c: labelled, seeds.__getitem__
+        UnitSpec("patch", patch_size=(4, 6, 4), stride=(2, 3, 2)),
+        ["a", "b"],
+        SHAPE,
+        lambda c: labelled,
+        seeds.__getitem__,
     )
     again = random_candidates(
-        UnitSpec("patch", (4, 6, 4), (2, 3, 2)), ["a", "b"], SHAPE, lambda c: labelled, seeds.__getitem__
+        UnitSpec("patch", patch_size=(4, 6, 4), stride=(2, 3, 2)),
+        ["a", "b"],
+        SHAPE,
+        lambda c: labelled,
+        seeds.__getitem__,
     )
     assert first == again and {u.case_id for u in first} == {"a", "b"}
 

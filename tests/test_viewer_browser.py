@@ -11,7 +11,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -20,7 +19,7 @@ from activeseg.annotation.server import create_app
 from activeseg.data.io import read_volume
 from activeseg.rundir.layout import RunLayout
 
-from _support import requires_hippocampus
+from _support import load_nifti, requires_hippocampus
 
 pytestmark = [requires_hippocampus, pytest.mark.slow]
 
@@ -65,7 +64,7 @@ def test_viewer_accepts_then_corrects_a_label_and_the_ledger_holds_it(
         assert (saved["case_id"], saved["outcome"], saved["received"]) == (case_id, "created", 1)
         (accepted,) = RunLayout(run).label_store().submissions()
         assert (accepted["case_id"], accepted["source"], accepted["round"]) == (case_id, "upload", 1)
-        prediction = nib.load(run / "annotation" / "round_001" / case_id / "prediction.nii.gz")
+        prediction = load_nifti(run / "annotation" / "round_001" / case_id / "prediction.nii.gz")
         accepted_label = read_volume(run / accepted["file"]).array
         assert np.array_equal(accepted_label, np.asarray(prediction.dataobj))
 
@@ -115,7 +114,7 @@ def test_viewer_shows_the_region_of_a_slice_query_and_the_server_keeps_only_it(
         assert "violet region" in browser.evaluate("document.getElementById('message').textContent")
         # the crosshair sits on the region (checked against the region file, indexed here with nibabel)
         folder = run / "annotation" / "round_001" / case_id
-        region = np.asarray(nib.load(folder / "region.nii.gz").dataobj) > 0
+        region = np.asarray(load_nifti(folder / "region.nii.gz").dataobj) > 0
         x, y, z = browser.evaluate("window.viewerState.regionVoxel")
         assert region[x, y, z]
         assert browser.evaluate("Array.from(nv.frac2vox(nv.scene.crosshairPos))") == [x, y, z]
@@ -123,7 +122,7 @@ def test_viewer_shows_the_region_of_a_slice_query_and_the_server_keeps_only_it(
 
         browser.evaluate("document.getElementById('accept').click()")
         saved = browser.wait_for("window.viewerState.saved", timeout=120)
-        prediction = np.asarray(nib.load(folder / "prediction.nii.gz").dataobj)
+        prediction = np.asarray(load_nifti(folder / "prediction.nii.gz").dataobj)
         assert saved.get("ignored_outside_region", 0) == int(np.count_nonzero(prediction[~region]))
         (row,) = RunLayout(run).label_store().submissions()
         kept = read_volume(run / row["file"]).array
