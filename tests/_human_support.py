@@ -67,7 +67,7 @@ def one_torch_thread() -> Iterator[None]:
 
 UNITS: dict[str, dict[str, Any]] = {
     "volume": {},
-    "patch": {"kind": "patch", "patch_size": [16, 24, 16]},  # 8 patches per 32x48x32 volume
+    "patch": {"kind": "patch", "patch_size": [12, 16, 12]},  # 8 patches per planned volume (about 29x42x30)
     "slice": {"kind": "slice", "axis": 1},
 }
 """The query units of the prepared runs (3 units a round after 4 initial ones, whatever the kind)."""
@@ -75,14 +75,15 @@ UNITS: dict[str, dict[str, Any]] = {
 
 def human_config(cache: Path, unit: str = "volume", **oracle: Any) -> RunConfig:
     """The tiny hippocampus config with a human oracle (2 acquisition rounds of 3 units), trained even less: these
-    tests check how labels travel, not how good the model is. The 32x48x32 grid crops the hippocampus volumes
-    (about 35x50x36), so labels also travel between two grids."""
+    tests check how labels travel, not how good the model is. The plan resamples the 1 mm hippocampus volumes to
+    1.2 mm, so labels also travel between two grids."""
     iterations = os.environ.get("ACTIVESEG_HUMAN_TEST_ITERATIONS")  # scripts/viewer_screenshot: a model worth a look
-    smaller = {} if iterations else {"shape": [32, 48, 32]}
+    coarser = {} if iterations else {"target_spacing": [1.2, 1.2, 1.2]}
     seed_set = {"initial": 100} if iterations and unit == "slice" else {}  # 4 slices train no model worth showing
     return tiny_config(
         cache,
-        data={"max_cases": 16, "test_size": 4, **smaller},
+        data={"max_cases": 16, "test_size": 4},
+        plan=coarser,
         model={} if iterations else {"channels": [4, 8, 16, 32]},
         oracle={"kind": "human", **oracle},
         train={"iterations": int(iterations or 4)},

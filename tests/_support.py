@@ -9,7 +9,8 @@ from typing import Any
 import nibabel as nib
 import pytest
 
-from activeseg.config import RunConfig, config_from_dict
+from activeseg.config import ModelConfig, RunConfig, config_from_dict
+from activeseg.data.plan import Normalisation, Plan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,7 @@ def phantom_raw(root: Path, cache_dir: Path) -> dict[str, Any]:
     return {
         "name": "phantom",
         "seed": 1,
-        "data": {"root": str(root), "test_size": 4, "shape": [32, 32, 32], "cache_dir": str(cache_dir)},
+        "data": {"root": str(root), "test_size": 4, "cache_dir": str(cache_dir)},
         "model": {"channels": [8, 16, 32], "strides": [2, 2]},
         "train": {"iterations": 8, "device": "cpu"},
         "strategy": {"name": "entropy", "mc_samples": 3, "mc_batch_size": 3},
@@ -57,3 +58,20 @@ def phantom_raw(root: Path, cache_dir: Path) -> dict[str, Any]:
 def load_nifti(path: Path) -> Any:
     """``nibabel.load``, typed as Any: nibabel's image classes are untyped (``.dataobj``, ``.affine``, ``.shape``)."""
     return nib.load(path)
+
+
+def network_plan(model: ModelConfig, num_classes: int = 3, channels: int = 1) -> Plan:
+    """A plan that only fixes what a network needs (input channels, classes, strides), for tests of models alone."""
+    strides = [(s, s, s) for s in (model.strides or (2,) * (len(model.channels) - 1))]
+    return Plan(
+        (1.0, 1.0, 1.0),
+        (32, 32, 32),
+        2,
+        strides,
+        [Normalisation("zscore")] * channels,
+        "none",
+        channels,
+        num_classes,
+        1.0,
+        0.0,
+    )

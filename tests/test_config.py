@@ -20,7 +20,7 @@ def test_defaults_are_valid_and_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"sed": 1}, r"unknown key 'sed' in top level; valid keys: name, seed, data, model"),
+        ({"sed": 1}, r"unknown key 'sed' in top level; valid keys: name, seed, data, plan, model"),
         ({"train": {"iters": 5}}, r"unknown key 'iters' in train; valid keys: iterations, batch_size"),
         ({"seed": "zero"}, r"seed: expected an integer, got 'zero'"),
         ({"seed": True}, r"seed: expected an integer"),
@@ -28,8 +28,11 @@ def test_defaults_are_valid_and_round_trip(tmp_path: Path) -> None:
         ({"train": {"device": "tpu"}}, r"train.device: 'tpu' is not one of 'auto', 'cpu', 'cuda'"),
         ({"model": {"dropout": 0.0}}, r"model.dropout: must be in \(0, 1\)"),
         ({"model": {"channels": [8, 16], "strides": [2, 2]}}, r"model.strides: needs len\(channels\) - 1"),
-        ({"data": {"shape": [40, 56]}}, r"data.shape: expected 3 values"),
-        ({"data": {"shape": [36, 56, 40]}}, r"data.shape: \[36, 56, 40\] is not divisible by 8"),
+        ({"data": {"shape": [40, 56, 40]}}, r"data.shape: the fixed grid was replaced by a planned one"),
+        ({"plan": {"patch_size": [40, 56]}}, r"plan.patch_size: expected 3 values"),
+        ({"plan": {"target_spacing": [1, 0, 1]}}, r"plan.target_spacing: must be positive"),
+        ({"train": {"flip_axes": [0]}}, r"train.flip_axes: 0 is not one of 'left-right'"),
+        ({"train": {"batch_size": 1}}, r"train.batch_size: must be between 2 and 256"),
         (
             {"strategy": {"name": "magic"}},
             r"strategy.name: unknown strategy 'magic'; registered: [a-z, -]*random",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 import os
 import re
 import zlib
@@ -16,16 +15,10 @@ import pytest
 
 from activeseg.data.dataset import Case, Dataset, load_dataset
 from activeseg.data.errors import DatasetError
-from activeseg.data.io import case_id_from_path, read_volume, write_volume
+from activeseg.data.io import case_id_from_path, read_image, read_volume, write_volume
 from activeseg.data.phantom import make_phantom_dataset
-from activeseg.data.preprocess import (
-    CropInfo,
-    PreprocessedCache,
-    center_pad_or_crop,
-    default_cache_dir,
-    normalise_intensity,
-    prepare_case,
-)
+from activeseg.data.plan import Normalisation, Plan
+from activeseg.data.preprocess import PlannedCache, default_cache_dir, normalise, prepare_case
 
 SHAPE = (12, 12, 12)
 
@@ -288,8 +281,25 @@ def test_affine_mismatch(tmp_path: Path) -> None:
 
 def test_image_not_3d(tmp_path: Path) -> None:
     root = tmp_path / "ds"
-    img, _ = _write_pair(root, "a", image=np.zeros((*SHAPE, 2), np.float32))
-    assert_invalid(root, esc(img) + r": image is 4D with shape \(12, 12, 12, 2\); expected a 3D volume")
+    img, _ = _write_pair(root, "a", image=np.zeros((*SHAPE, 2, 3), np.float32))
+    assert_invalid(root, esc(img) + r": image is 5D with shape \(12, 12, 12, 2, 3\); expected a 3D volume")
+
+
+def test_a_4d_image_holds_channels_and_nnunet_channel_files_join_their_case(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    _write_pair(root, "a", image=np.ones((*SHAPE, 2), np.float32))
+    _write_pair(root, "b", image=np.ones((*SHAPE, 2), np.float32))
+    assert [len(read_image(c).array) for c in load_dataset(root).cases] == [2, 2]
+    files = tmp_path / "files"
+    for case_id in ("a", "b"):
+        _, label = _write_pair(files, f"{case_id}_0000")
+        write_volume(files / "imagesTr" / f"{case_id}_0001.nii.gz", np.zeros(SHAPE, np.float32), np.eye(4))
+        label.rename(files / "labelsTr" / f"{case_id}.nii.gz")
+    dataset = load_dataset(files)
+    assert dataset.ids == ("a", "b")
+    assert [c.channels for c in dataset.cases] == [(files / "imagesTr" / f"{c}_0001.nii.gz",) for c in ("a", "b")]
+    (files / "imagesTr" / "b_0001.nii.gz").unlink()
+    assert_invalid(files, r"cases differ in their number of input channels")
 
 
 def test_trailing_singleton_4th_dim_allowed(tmp_path: Path) -> None:
@@ -342,35 +352,20 @@ def test_all_problems_collected_and_capped(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ preprocess
 
 
-def test_normalise_uint8_and_huge_float() -> None:
+def test_normalise_zscore_per_volume_and_ct_window() -> None:
     rng = np.random.default_rng(0)
     u8 = rng.integers(0, 113, size=(20, 30, 25), dtype=np.uint8)
     big = (rng.gamma(2.0, size=(20, 30, 25)) * 3e5).astype(np.float32)
     big[0, 0, 0] = 1.7e6
     for image in (u8, big):
-        out = normalise_intensity(image)
-        assert out.dtype == np.float32
-        assert out.shape == image.shape
+        out = normalise(image, Normalisation("zscore"))
+        assert out.dtype == np.float32 and out.shape == image.shape
         assert abs(float(out.mean())) < 1e-4
         assert abs(float(out.std()) - 1.0) < 1e-3
-    assert not normalise_intensity(np.full((4, 4, 4), 7, np.uint8)).any()
-
-
-def test_center_pad_or_crop_and_inverse() -> None:
-    array = np.random.default_rng(0).normal(size=(5, 9, 7)).astype(np.float32)
-    out, info = center_pad_or_crop(array, (8, 6, 7), fill=-1)
-    assert out.shape == (8, 6, 7) and out.dtype == np.float32
-    assert info.pad_before == (1, 0, 0) and info.crop_start == (0, 1, 0)
-    assert (out[0] == -1).all() and (out[6:] == -1).all()
-    np.testing.assert_array_equal(out[1:6], array[:, 1:7])
-    back = info.invert(out, fill=np.nan)
-    assert back.shape == array.shape
-    np.testing.assert_array_equal(back[:, 1:7], array[:, 1:7])
-    assert np.isnan(back[:, 0]).all() and np.isnan(back[:, 7:]).all()
-    # Padding only is exactly invertible, also with leading channel axes.
-    padded, info = center_pad_or_crop(array[None], (9, 9, 9))
-    np.testing.assert_array_equal(info.invert(padded), array[None])
-    assert info == CropInfo.for_shapes((5, 9, 7), (9, 9, 9))
+    assert not normalise(np.full((4, 4, 4), 7, np.uint8), Normalisation("zscore")).any()
+    hu = np.array([-1000.0, -50.0, 40.0, 90.0, 1500.0])
+    ct = normalise(hu, Normalisation("ct", (-100.0, 100.0), 20.0, 40.0))
+    np.testing.assert_allclose(ct, (np.clip(hu, -100, 100) - 20) / 40, rtol=1e-6)
 
 
 @pytest.fixture
@@ -378,22 +373,29 @@ def phantom_root(tmp_path: Path) -> Path:
     return make_phantom_dataset(tmp_path / "phantom", 6, shape=(16, 16, 16), seed=3)
 
 
+def phantom_plan(spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Plan:
+    return Plan(spacing, (16, 16, 16), 2, [(2, 2, 2)], [Normalisation("zscore")], "nonzero", 1, 3, 1.0, 0.1)
+
+
 def test_cache_reuse_change_and_corruption(phantom_root: Path, tmp_path: Path) -> None:
     ds = load_dataset(phantom_root)
     cache_dir = tmp_path / "cache"
-    cache = PreprocessedCache(cache_dir, (16, 20, 12))
+    cache = PlannedCache(cache_dir, phantom_plan())
     calls: list[tuple[int, int]] = []
-    assert cache.prepare(ds, progress=lambda i, n: calls.append((i, n))).computed == 6
+    cache.prepare(ds, progress=lambda i, n: calls.append((i, n)))
     assert calls[-1] == (6, 6)
-    stats = PreprocessedCache(cache_dir, (16, 20, 12)).prepare(ds)
-    assert (stats.computed, stats.reused) == (0, 6)
+    entries = sorted((cache_dir / "planned").iterdir())
+    assert len(entries) == 6
+    stamps = {e: (e / "image.npy").stat().st_mtime_ns for e in entries}
+    PlannedCache(cache_dir, phantom_plan()).prepare(ds)  # reused: nothing rewritten
+    assert {e: (e / "image.npy").stat().st_mtime_ns for e in entries} == stamps
 
     case = ds.cases[0]
     prepared = cache.load(case)
-    expected = prepare_case(case, (16, 20, 12))
-    assert prepared.image_C_D_H_W.shape == (1, 16, 20, 12) and prepared.image_C_D_H_W.dtype == np.float32
-    assert prepared.label_D_H_W.shape == (16, 20, 12) and prepared.label_D_H_W.dtype == np.uint8
-    assert prepared.original_shape == (16, 16, 16)
+    expected = prepare_case(case, phantom_plan())
+    assert isinstance(prepared.image_C_D_H_W, np.memmap)  # a patch reads only its own voxels
+    assert prepared.image_C_D_H_W.dtype == np.float32 and prepared.label_D_H_W.dtype == np.uint8
+    assert prepared.geometry == expected.geometry
     np.testing.assert_array_equal(prepared.image_C_D_H_W, expected.image_C_D_H_W)
     np.testing.assert_array_equal(prepared.label_D_H_W, expected.label_D_H_W)
 
@@ -401,27 +403,31 @@ def test_cache_reuse_change_and_corruption(phantom_root: Path, tmp_path: Path) -
     label = read_volume(case.label)
     write_volume(case.label, np.zeros_like(label.array), label.affine)
     assert not cache.load(case).label_D_H_W.any()
-    assert cache.prepare(ds).computed == 0  # load() already stored the new entry
     write_volume(case.label, label.array, label.affine)
-    assert cache.prepare(ds).computed == 0  # the original content's entry is still there
+    np.testing.assert_array_equal(cache.load(case).label_D_H_W, expected.label_D_H_W)
 
     # Truncated or garbage entries are recomputed, never trusted.
-    (truncated,) = (cache_dir / "preprocessed").glob("phantom_001-*.npz")
-    (garbage,) = (cache_dir / "preprocessed").glob("phantom_002-*.npz")
-    truncated.write_bytes(truncated.read_bytes()[:-100])
-    garbage.write_bytes(b"\0" * 1000)
-    assert cache.prepare(ds).computed == 2
-    # A different target shape invalidates everything; nothing half-written is left.
-    assert PreprocessedCache(cache_dir, (16, 16, 16)).prepare(ds).computed == 6
-    assert not list((cache_dir / "preprocessed").glob("*.tmp"))
+    (truncated,) = (cache_dir / "planned").glob("phantom_001-*")
+    (garbage,) = (cache_dir / "planned").glob("phantom_002-*")
+    (truncated / "image.npy").write_bytes((truncated / "image.npy").read_bytes()[:-100])
+    (garbage / "label.npy").write_bytes(b"\0" * 1000)
+    again = PlannedCache(cache_dir, phantom_plan())
+    again.prepare(ds)
+    for case_id in ("phantom_001", "phantom_002"):
+        fresh = prepare_case(ds.case(case_id), phantom_plan())
+        np.testing.assert_array_equal(again.load(ds.case(case_id)).image_C_D_H_W, fresh.image_C_D_H_W)
+    # A different plan (spacing) is a different entry; nothing half-written is left. (6 entries, one for the
+    # zeroed label's content, and 6 for the new plan.)
+    PlannedCache(cache_dir, phantom_plan((0.8, 0.8, 0.8))).prepare(ds)
+    assert len(list((cache_dir / "planned").iterdir())) == 13
+    assert not list((cache_dir / "planned").glob(".*"))
 
 
-def test_cache_warns_about_lost_foreground(phantom_root: Path, tmp_path: Path, caplog: Any) -> None:
+def test_planning_that_drops_a_class_names_every_such_case(phantom_root: Path, tmp_path: Path) -> None:
     ds = load_dataset(phantom_root)
-    with caplog.at_level(logging.WARNING, logger="activeseg.data.preprocess"):
-        stats = PreprocessedCache(tmp_path / "cache", (4, 4, 4)).prepare(ds)
-    assert stats.foreground_lost > 0
-    assert re.search(r"case phantom_\d+: cropping to \(4, 4, 4\) removes \d+ foreground voxels", caplog.text)
+    with pytest.raises(DatasetError, match=r"case\(s\) of .* cannot be planned") as raised:
+        PlannedCache(tmp_path / "cache", phantom_plan((16.0, 16.0, 16.0))).prepare(ds)
+    assert re.search(r"phantom_\d+: planning at \[16.0, 16.0, 16.0\] mm would drop labelled voxels", str(raised.value))
 
 
 def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -11,10 +11,14 @@ from activeseg.acquisition.embeddings import bottleneck, bottleneck_embedding, g
 from activeseg.config import ModelConfig
 from activeseg.engine.model import build_model
 
+from _support import network_plan
+
+NETWORK = ModelConfig(channels=(4, 8, 16), strides=(2, 2))
+
 
 def test_bottleneck_embedding_has_the_deepest_width_and_is_deterministic() -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(channels=(4, 8, 16), strides=(2, 2)), 3)
+    model = build_model(NETWORK, network_plan(NETWORK))
     image = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(1))
     vector = bottleneck_embedding(model, image)
     assert vector.shape == (16,)

@@ -13,7 +13,7 @@ from activeseg.engine.model import build_model, select_device, use_amp
 from activeseg.engine.run import start_run
 from activeseg.rundir.ledger import Ledger
 
-from _support import requires_hippocampus, tiny_config
+from _support import network_plan, requires_hippocampus, tiny_config
 
 pytestmark = [
     pytest.mark.gpu,
@@ -23,7 +23,7 @@ pytestmark = [
 
 def test_mc_dropout_on_cuda_with_amp_gives_distinct_valid_samples() -> None:
     config = tiny_config(Path("/unused")).model
-    model = build_model(config, 3).cuda()
+    model = build_model(config, network_plan(config, 3)).cuda()
     image = torch.randn(1, 40, 56, 40)
     probs = mc_dropout_probs(model, image, samples=6, batch_size=3, seed=0, amp=True)
     assert probs.shape == (6, 3, 40, 56, 40) and probs.device.type == "cpu"

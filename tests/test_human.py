@@ -22,7 +22,6 @@ from activeseg.annotation.ingest import IngestError, ingest_folder
 from activeseg.cli import app
 from activeseg.config import ConfigError
 from activeseg.data.io import nifti_gz, read_volume
-from activeseg.data.preprocess import CropInfo
 from activeseg.engine.loop import RunError
 from activeseg.engine.model import build_model
 from activeseg.engine.run import create_run, resume_run
@@ -153,22 +152,23 @@ def test_exported_uncertainty_comes_from_the_runs_own_source(
     # the same predictions computed directly: round 0's model(s) and round 0's scoring seed for this case
     models = []
     for name in ["model.pt", "member_1.pt"] if source == "ensemble" else ["model.pt"]:
-        model = build_model(config.model, shared.data.num_classes)
+        model = build_model(config.model, shared.data.plan)
         model.load_state_dict(torch.load(run / "rounds/round_000" / name, weights_only=True))
         models.append(model.eval())
     image = torch.from_numpy(shared.data.image(case_id))
     seed = derive_seed(round_seeds(config.seed, 0)["mc_dropout"], case_id)
     settings = config.strategy
     if source == "tta":
-        probs = tta_probs(models[0], image, settings.mc_samples, settings.mc_batch_size, seed, config.train.flip_axes)
+        probs = tta_probs(
+            models[0], image, settings.mc_samples, settings.mc_batch_size, seed, config.train.flip_indices
+        )
     else:
         probs = ensemble_probs(models, image)
     dropout = mc_dropout_probs(models[0], image, settings.mc_samples, settings.mc_batch_size, seed)
-    native = read_volume(shared.data.pool.case(case_id).image).array.shape
-    crop = CropInfo.for_shapes(native, config.data.shape)
-    expected = crop.invert(bald(probs).numpy().astype(np.float32))
+    geometry = shared.data.geometry(case_id)
+    expected = geometry.to_native(bald(probs).numpy().astype(np.float32)[None])[0]
     assert np.allclose(exported, expected, atol=1e-6)
-    assert not np.allclose(exported, crop.invert(bald(dropout).numpy().astype(np.float32)), atol=1e-4)
+    assert not np.allclose(exported, geometry.to_native(bald(dropout).numpy().astype(np.float32)[None])[0], atol=1e-4)
 
 
 # --- ingest validation ----------------------------------------------------------------------------------------------

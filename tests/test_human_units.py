@@ -27,8 +27,8 @@ from activeseg.acquisition.units import IGNORE
 from activeseg.annotation.export import export_queue
 from activeseg.annotation.ingest import ingest_folder
 from activeseg.annotation.server import create_app
+from activeseg.data.geometry import Geometry
 from activeseg.data.io import read_volume
-from activeseg.data.preprocess import CropInfo
 from activeseg.data.splits import RunData
 from activeseg.engine.loop import RunError
 from activeseg.engine.run import resume_run, run_lock
@@ -75,20 +75,20 @@ def test_take_region_keeps_the_mask_and_counts_labels_outside_it() -> None:
     assert whole is label and none_outside == 0
 
 
-def test_native_region_inverts_the_centre_pad_and_crop() -> None:
-    # native 6 x 10 x 3 -> training 8 x 8 x 3: axis 0 padded by 1 before, axis 1 cropped from 1, axis 2 unchanged
-    shape, native = (8, 8, 3), (6, 10, 3)
-    region = native_region(["c@patch:0-4:0-4:0-3"], native, shape)
+def test_native_region_undoes_the_crop_and_the_flip_of_a_las_scan() -> None:
+    # native 6 x 10 x 3 stored LAS (axis 0 runs right to left), cropped to native rows 1..4 of axis 0 and columns
+    # 2..9 of axis 1: the planned grid is 4 x 8 x 3 in RAS order, so planned row i is native row 4 - i
+    las = np.diag([-1.0, 1.0, 1.0, 1.0])
+    geometry = Geometry.plan((6, 10, 3), las, (1.0, 1.0, 1.0), crop=((1, 5), (2, 10), (0, 3)))
+    assert geometry.shape == (4, 8, 3) and not geometry.resampled
+    region = native_region(["c@patch:0-2:0-4:0-3"], geometry)
     assert region is not None
-    expected = np.zeros(native, dtype=bool)
-    expected[0:3, 1:5, :] = True  # training rows 1..3 are native rows 0..2; training cols 0..3 are native 1..4
+    expected = np.zeros((6, 10, 3), dtype=bool)
+    expected[3:5, 2:6, :] = True  # planned rows 0..1 are native rows 4..3; planned columns 0..3 are native 2..5
     assert np.array_equal(region, expected)
-    crop = CropInfo.for_shapes(native, shape)  # the same mapping on a box, as the export manifest gives it
-    assert crop.invert_box(((0, 4), (0, 4), (0, 3))) == ((0, 3), (1, 5), (0, 3))
-    assert crop.invert_box(((0, 1), (0, 8), (0, 3))) == ((0, 0), (1, 9), (0, 3))  # in the padding: empty on axis 0
-    slab = native_region(["c@slice:0:0"], native, shape)  # training slice 0 lies in the padding
-    assert slab is not None and not slab.any()
-    assert native_region(["c"], native, shape) is None
+    slab = native_region(["c@slice:0:3"], geometry)  # planned row 3 is native row 1
+    assert slab is not None and np.array_equal(np.argwhere(slab.any(axis=(1, 2))).ravel(), [1])
+    assert native_region(["c"], geometry) is None
 
 
 def test_run_lock_refuses_a_second_holder_and_names_the_first(tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_human_cycle_with_partial_units_trains_on_what_the_simulated_oracle_reve
         seed_units = a.labelled_units(0)
         revealed = SimulatedOracle(shared.data.ground_truth, revealed=a.labelled_units(1))
         round_two = [record.unit for record in b.labels() if record.round == 2]
-    person = HumanOracle(RunLayout(human).label_store(), shared.data, shared.config.data.shape, "all", seed_units)
+    person = HumanOracle(RunLayout(human).label_store(), shared.data, "all", seed_units)
     for case_id in labelled_cases:
         mine, truth = person.label(case_id), revealed.label(case_id)
         assert np.array_equal(mine, truth), case_id

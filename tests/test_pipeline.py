@@ -49,9 +49,9 @@ def run_config(root: Path, cache: Path, **sections: Any) -> RunConfig:
     return config_from_dict(raw)
 
 
-def hippocampus_subset(out: Path, n: int = CASES) -> list[str]:
-    ids = sorted(p.name.removesuffix(".nii.gz") for p in (hippocampus_root() / "imagesTr").glob("*.nii.gz"))[:n]
-    return ids
+def hippocampus_subset(n: int = CASES) -> list[str]:
+    """The first ``n`` hippocampus case ids."""
+    return sorted(p.name.removesuffix(".nii.gz") for p in (hippocampus_root() / "imagesTr").glob("*.nii.gz"))[:n]
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +63,12 @@ def two_layouts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     for root in (files, stacked):
         (root / "imagesTr").mkdir(parents=True)
         (root / "labelsTr").mkdir()
-        meta = {"channel_names": {"0": "MRI", "1": "sqrt"}, "labels": {"0": "background", "1": "anterior", "2": "posterior"}}
+        meta = {
+            "channel_names": {"0": "MRI", "1": "sqrt"},
+            "labels": {"0": "background", "1": "anterior", "2": "posterior"},
+        }
         (root / "dataset.json").write_text(json.dumps(meta))
-    for case_id in hippocampus_subset(base):
+    for case_id in hippocampus_subset():
         image = read_volume(hippocampus_root() / "imagesTr" / f"{case_id}.nii.gz")
         second = np.sqrt(np.abs(image.array.astype(np.float32)))
         write_volume(files / "imagesTr" / f"{case_id}_0000.nii.gz", image.array, image.affine)
@@ -100,15 +103,15 @@ def test_a_dataset_that_would_lose_foreground_fails_naming_the_case_before_anyth
     root = tmp_path / "data"
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
-    for case_id in hippocampus_subset(root, 6):
+    for case_id in hippocampus_subset(6):
         image = read_volume(hippocampus_root() / "imagesTr" / f"{case_id}.nii.gz")
         label = np.asarray(read_volume(hippocampus_root() / "labelsTr" / f"{case_id}.nii.gz").array)
-        if case_id == hippocampus_subset(root, 6)[2]:  # this case's class 2 is one voxel: a 3 mm grid misses it
+        if case_id == hippocampus_subset(6)[2]:  # this case's class 2 is one voxel: a 3 mm grid misses it
             label = np.where(label == 2, 1, label)
             label[10, 11, 12] = 2
         write_volume(root / "imagesTr" / f"{case_id}.nii.gz", image.array, image.affine)
         write_volume(root / "labelsTr" / f"{case_id}.nii.gz", label.astype(np.uint8), image.affine)
-    odd = hippocampus_subset(root, 6)[2]
+    odd = hippocampus_subset(6)[2]
     config = run_config(root, tmp_path / "cache", data={"test_size": 2}, plan={"target_spacing": [3.0, 3.0, 3.0]})
     with pytest.raises(DatasetError, match=rf"{odd}: planning at \[3.0, 3.0, 3.0\] mm would drop labelled voxels"):
         start_run(config, tmp_path / "run")

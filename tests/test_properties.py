@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pytest
 import yaml
@@ -29,8 +30,8 @@ from activeseg.acquisition.units import (
     slice_unit,
     unit_from_key,
 )
-from activeseg.config import RunConfig, config_from_dict, load_config, save_config
-from activeseg.data.preprocess import CropInfo, center_pad_or_crop
+from activeseg.config import AXES, RunConfig, config_from_dict, load_config, save_config
+from activeseg.data.geometry import Geometry
 
 FAST = settings(max_examples=150, deadline=None)
 
@@ -149,61 +150,60 @@ def test_best_disjoint_is_the_greedy_maximal_disjoint_set(
         assert kept == best_disjoint(units, np.array(priority, dtype=float), labelled, None)[:keep]
 
 
-# --- pad/crop inverse ------------------------------------------------------------------------------------------------
+# --- the geometry between native and planned grids --------------------------------------------------------------------
+
+orientation_codes = st.sampled_from(["RAS", "LAS", "LPS", "RPI", "ASR", "PSL", "SLA", "IRP"])
+small_shapes = st.tuples(st.integers(2, 9), st.integers(2, 9), st.integers(2, 9))
 
 
-def bounding_box(mask: np.ndarray) -> tuple[tuple[int, int], ...]:
-    where = np.argwhere(mask)
-    return tuple((int(lo), int(hi) + 1) for lo, hi in zip(where.min(axis=0), where.max(axis=0), strict=True))
-
-
-small_shapes = st.tuples(st.integers(1, 12), st.integers(1, 12), st.integers(1, 12))
-
-
-@FAST
-@given(original=small_shapes, shape=small_shapes, data=st.data())
-def test_invert_box_is_the_bounding_box_of_the_inverted_mask(
-    original: tuple[int, int, int], shape: tuple[int, int, int], data: st.DataObject
-) -> None:
-    info = CropInfo.for_shapes(original, shape)
-    box = data.draw(boxes(shape), label="box")
-    mask = np.zeros(shape, dtype=np.uint8)
-    mask[tuple(slice(a, b) for a, b in box)] = 1
-    inverted = info.invert(mask)
-    assert inverted.shape == original
-    mapped = info.invert_box(box)
-    if inverted.any():
-        assert mapped == bounding_box(inverted)
-        assert inverted.sum() == np.prod([b - a for a, b in mapped])  # a box maps to a box
-    else:  # the box lies in the padding only, on some axis
-        assert any(lo == hi for lo, hi in mapped)
-    assert all(0 <= lo <= hi for lo, hi in mapped)
+def stored_affine(codes: str, spacing: tuple[float, float, float], degrees: float) -> Any:
+    """A voxel-to-world affine whose voxel axes run along ``codes``, with ``spacing`` and a small rotation."""
+    base = np.zeros((4, 4))
+    base[3, 3] = 1.0
+    for axis, (world, flip) in enumerate(nib.orientations.axcodes2ornt(codes)):
+        base[int(world), axis] = flip * spacing[axis]
+    rotation = np.eye(4)
+    theta = np.radians(degrees)
+    rotation[1:3, 1:3] = [[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]
+    return rotation @ base
 
 
 @FAST
-@given(original=small_shapes, shape=small_shapes, seed=st.integers(0, 2**32 - 1))
-def test_invert_undoes_the_centred_pad_and_crop(
-    original: tuple[int, int, int], shape: tuple[int, int, int], seed: int
+@given(
+    shape=small_shapes,
+    codes=orientation_codes,
+    spacing=st.tuples(*[st.sampled_from([0.5, 0.8, 1.0, 3.0])] * 3),
+    degrees=st.floats(-20, 20),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_planning_at_the_native_spacing_round_trips_labels_exactly(
+    shape: tuple[int, int, int], codes: str, spacing: tuple[float, float, float], degrees: float, seed: int
 ) -> None:
-    array = np.random.default_rng(seed).integers(1, 100, size=(2, *original))
-    placed, info = center_pad_or_crop(array, shape)
-    assert placed.shape == (2, *shape)
-    back = info.invert(placed)
-    assert back.shape == array.shape
-    # independently: per axis, the centred window of min(original, shape) voxels is kept, placed centred
-    source, target = [], []
-    for o, t in zip(original, shape, strict=True):
-        n = min(o, t)
-        source.append(slice((o - n) // 2, (o - n) // 2 + n))
-        target.append(slice((t - n) // 2, (t - n) // 2 + n))
-    into: tuple[Any, ...] = (Ellipsis, *target)
-    out_of: tuple[Any, ...] = (Ellipsis, *source)
-    np.testing.assert_array_equal(placed[into], array[out_of])
-    assert int(np.count_nonzero(placed)) == 2 * int(np.prod([o.stop - o.start for o in source]))  # the rest is 0
-    window = np.zeros(original, dtype=bool)
-    window[tuple(source)] = True
-    np.testing.assert_array_equal(back[:, window], array[:, window])
-    assert not back[:, ~window].any()
+    affine = stored_affine(codes, spacing, degrees)
+    reoriented = affine @ nib.orientations.inv_ornt_aff(nib.orientations.io_orientation(affine), shape)
+    native_spacing = tuple(float(v) for v in np.linalg.norm(reoriented[:3, :3], axis=0))
+    geometry = Geometry.plan(shape, affine, native_spacing)  # type: ignore[arg-type]
+    label = np.random.default_rng(seed).integers(0, 5, size=shape).astype(np.uint8)
+    planned = geometry.label_to_planned(label)
+    assert not geometry.resampled and sorted(planned.shape) == sorted(shape)
+    np.testing.assert_array_equal(geometry.to_native(planned[None], label=True)[0], label)
+
+
+@FAST
+@given(
+    shape=small_shapes, codes=orientation_codes, factors=st.tuples(*[st.floats(0.3, 1.0)] * 3), seed=st.integers(0, 99)
+)
+def test_a_finer_planned_grid_round_trips_labels_and_sources_agree(
+    shape: tuple[int, int, int], codes: str, factors: tuple[float, float, float], seed: int
+) -> None:
+    """Up-sampling loses nothing; every planned voxel holds the label of the native voxel ``source_voxels`` names."""
+    affine = stored_affine(codes, (1.0, 1.0, 2.0), 0.0)
+    geometry = Geometry.plan(shape, affine, factors)
+    label = np.random.default_rng(seed).integers(0, 5, size=shape).astype(np.uint8)
+    planned = geometry.label_to_planned(label)
+    sources = geometry.source_voxels(np.argwhere(np.ones(geometry.shape, dtype=bool)))
+    np.testing.assert_array_equal(label[tuple(sources.T)].reshape(geometry.shape), planned)
+    np.testing.assert_array_equal(geometry.to_native(planned[None], label=True)[0], label)
 
 
 # --- config round trip -----------------------------------------------------------------------------------------------
@@ -224,9 +224,7 @@ def run_overrides(draw: st.DrawFn) -> dict[str, Any]:
     oracle = "simulated" if strategy.simulation_only else draw(st.sampled_from(["simulated", "human"]))
     unit = draw(st.sampled_from(["volume", "slice", "patch"]))
     levels = draw(st.integers(2, 5))
-    strides = tuple(draw(st.lists(st.sampled_from([1, 2]), min_size=levels - 1, max_size=levels - 1)))
-    divisor = 2 ** strides.count(2)
-    shape = tuple(divisor * draw(st.integers(-(-8 // divisor), 128 // divisor)) for _ in range(3))
+    strides = draw(st.none() | st.lists(st.sampled_from([1, 2]), min_size=levels - 1, max_size=levels - 1).map(tuple))
     validation = draw(st.integers(0, 5))
     test_root = draw(st.none() | paths)
     test_size = draw(st.integers(1, 50))
@@ -244,22 +242,31 @@ def run_overrides(draw: st.DrawFn) -> dict[str, Any]:
         "data.validation_size": validation,
         "data.split_seed": draw(st.integers(0, 2**32)),
         "data.max_cases": draw(st.none() | st.integers(max(held_out + 1, 2), held_out + 500)),
-        "data.shape": shape,
         "data.cache_dir": draw(st.none() | paths),
+        "plan.file": draw(st.none() | paths),
+        "plan.target_spacing": draw(st.none() | st.tuples(*[st.floats(0.1, 10.0)] * 3)),
+        "plan.patch_size": draw(st.none() | st.tuples(*[st.integers(4, 512)] * 3)),
+        "plan.memory_gb": draw(st.none() | st.floats(0.01, 80.0)),
+        "plan.normalisation": draw(st.sampled_from(["auto", "ct", "zscore"])),
+        "plan.crop": draw(st.sampled_from(["nonzero", "none"])),
+        "model.name": draw(st.sampled_from(["unet", "dynunet"])),
         "model.channels": tuple(draw(st.lists(st.integers(1, 512), min_size=levels, max_size=levels))),
         "model.strides": strides,
         "model.num_res_units": draw(st.integers(0, 4)),
         "model.dropout": draw(st.floats(0.0, 1.0, exclude_min=True, exclude_max=True)),
         "train.iterations": draw(st.integers(1, 10**6)),
-        "train.batch_size": draw(st.integers(1, 64)),
-        "train.learning_rate": draw(positive_floats),
+        "train.batch_size": draw(st.integers(2, 64)),
+        "train.learning_rate": draw(st.floats(1e-9, 10.0)),
         "train.weight_decay": draw(non_negative_floats),
         "train.augment": draw(st.booleans()),
-        "train.flip_axes": tuple(draw(st.lists(st.integers(0, 2), max_size=3))),
+        "train.flip_axes": tuple(draw(st.lists(st.sampled_from(AXES), max_size=3))),
+        "train.oversample_foreground": draw(st.floats(0.0, 1.0)),
+        "train.workers": draw(st.integers(0, 8)),
         "train.warm_start": draw(st.booleans()),
         "train.device": draw(st.sampled_from(["auto", "cpu", "cuda"])),
         "train.amp": draw(st.booleans()),
-        "train.eval_batch_size": draw(st.integers(1, 64)),
+        "inference.overlap": draw(st.floats(0.0, 0.9)),
+        "inference.windows_per_batch": draw(st.integers(1, 64)),
         "strategy.name": name,
         "strategy.reduction": draw(st.sampled_from(["mean", "foreground", "sum"] + (["top_q"] * (unit == "volume")))),
         "strategy.top_q": draw(st.floats(0.0, 1.0, exclude_min=True)),

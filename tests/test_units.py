@@ -8,7 +8,7 @@ import pytest
 import torch
 from monai.losses import DiceCELoss
 
-from activeseg.acquisition.costs import FOREGROUND_WEIGHT, unit_costs
+from activeseg.acquisition.costs import FOREGROUND_WEIGHT, CostContext, unit_costs
 from activeseg.acquisition.pooling import unit_scores
 from activeseg.acquisition.selectors import Choice
 from activeseg.acquisition.units import (
@@ -103,14 +103,14 @@ def test_best_disjoint_skips_labelled_voxels_and_overlaps() -> None:
     first = random_candidates(
         UnitSpec("patch", patch_size=(4, 6, 4), stride=(2, 3, 2)),
         ["a", "b"],
-        SHAPE,
+        lambda c: SHAPE,
         lambda c: labelled,
         seeds.__getitem__,
     )
     again = random_candidates(
         UnitSpec("patch", patch_size=(4, 6, 4), stride=(2, 3, 2)),
         ["a", "b"],
-        SHAPE,
+        lambda c: SHAPE,
         lambda c: labelled,
         seeds.__getitem__,
     )
@@ -121,19 +121,26 @@ def test_costs_worked_out_by_hand() -> None:
     label = np.zeros(SHAPE, dtype=np.uint8)
     label[1:3, 2:5, 1:2] = 1  # 2 * 3 * 1 = 6 foreground voxels, all inside the patch below
     patch = Unit("c", "patch", ((0, 4), (0, 6), (0, 4)))
-    costs = unit_costs(patch, label, axis=0)
+    # planned voxels of 1.5 mm³ on a scan whose own voxels are 0.5 mm³: a planned voxel is 3 native ones
+    costs = unit_costs(CostContext(patch, SHAPE, 0, label, voxel_mm3=1.5, native_voxel_mm3=0.5))
     assert costs == {
         "volumes": 96 / 768,
         "slices": 4.0,
         "voxels": 96.0,
         "foreground_voxels": 90 + FOREGROUND_WEIGHT * 6,
+        "native_voxels": 288.0,
+        "mm3": 144.0,
     }
-    assert unit_costs(slice_unit("c", 1, 3, SHAPE), label, axis=1) == {
+    assert unit_costs(CostContext(slice_unit("c", 1, 3, SHAPE), SHAPE, 1, label)) == {
         "volumes": 64 / 768,
         "slices": 1.0,
         "voxels": 64.0,
         "foreground_voxels": 62 + FOREGROUND_WEIGHT * 2,  # slice h=3 crosses the block at d=1..2, w=1
+        "native_voxels": 64.0,
+        "mm3": 64.0,
     }
+    with pytest.raises(ValueError, match="needs its label"):
+        unit_costs(CostContext(patch, SHAPE))
 
 
 def requested(*keys: str) -> list[Choice]:

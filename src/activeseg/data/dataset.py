@@ -149,9 +149,11 @@ def load_dataset(
     found: dict[int, Path] = {}  # label value -> first label file it was seen in
     counts: dict[int, Path] = {}  # channel count -> first image with it
     for n, case in enumerate(cases, start=1):
+        before = len(problems)
         for value in _check_pair(case, allowed, source, problems):
             found.setdefault(value, case.label)
-        counts.setdefault(_channel_count(case), case.image)
+        if len(problems) == before:  # a readable case: its channels count
+            counts.setdefault(_channel_count(case), case.image)
         if progress is not None:
             progress(n, len(cases))
 
