@@ -27,6 +27,7 @@ returning a ``results.tar.gz``; unpacked together into DIR here, their summaries
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import platform
@@ -45,14 +46,16 @@ import torch
 
 from activeseg.acquisition.embeddings import embed_volumes
 from activeseg.acquisition.registry import STRATEGIES
-from activeseg.acquisition.scorers import bald, reduce_mean
-from activeseg.acquisition.selectors import BATCHBALD_SITES
-from activeseg.acquisition.uncertainty import SOURCES, make_sampler, score_pool
+from activeseg.acquisition.scorers import SKETCHES, bald, reduce_mean, strategy_maps, top_sites
+from activeseg.acquisition.selectors import BATCHBALD_SITES, SelectionContext
+from activeseg.acquisition.sliding import score_pool
+from activeseg.acquisition.uncertainty import SOURCES, make_window_sampler
 from activeseg.bench.stats import aubc
 from activeseg.config import load_config
 from activeseg.data.splits import open_data
 from activeseg.demo import DEMO_STRATEGIES, default_config, find_hippocampus
 from activeseg.engine.model import build_model
+from activeseg.engine.pool import scoring_roi
 from activeseg.engine.training import train
 from activeseg.progress import SilentReporter
 from activeseg.rundir.curves import read_curve
@@ -110,15 +113,16 @@ def bench_speed(data_root: Path) -> dict[str, Any]:
     strategy = config.strategy
     score_times: dict[str, list[float]] = {}
     members = [build_model(config.model, data.num_classes) for _ in range(strategy.mc_samples - 1)]
+    roi = scoring_roi(config)
     for source in SOURCES:  # the same K for every source: an ensemble of K members
-        sampler = make_sampler(source, model, strategy.mc_samples, strategy.mc_batch_size, (0,), False, members)
+        sampler = make_window_sampler(source, model, strategy.mc_samples, strategy.mc_batch_size, (0,), False, members)
         score_times[source] = []
         for case_id in pool[:20]:
             tick0 = time.perf_counter()
-            list(score_pool([(case_id, data.image(case_id))], sampler, bald, reduce_mean, lambda c: 0))
+            list(score_pool([(case_id, data.image(case_id))], sampler, bald, reduce_mean, lambda c: 0, roi))
             score_times[source].append(time.perf_counter() - tick0)
     per_volume = {source: statistics.median(times) for source, times in score_times.items()}
-    sampler = make_sampler("mc_dropout", model, strategy.mc_samples, strategy.mc_batch_size, (0,), amp=False)
+    sampler = make_window_sampler("mc_dropout", model, strategy.mc_samples, strategy.mc_batch_size, (0,), amp=False)
     selection = {}
     probe = [(c, data.image(c)) for c in pool]
     labelled = list(data.pool.ids)[:5]
@@ -128,14 +132,18 @@ def bench_speed(data_root: Path) -> dict[str, Any]:
         vectors = None
         if strategy_obj.needs_scores:
             sketch = strategy_obj.sketch
+            scorer = strategy_obj.scorer
+            assert scorer is not None
             items = list(
                 score_pool(
                     probe,
                     sampler,
-                    strategy_obj.score_maps,
+                    functools.partial(strategy_maps, scorer),
                     reduce_mean,
                     lambda c: 0,
-                    None if sketch is None else lambda probs, sketch=sketch: sketch(probs, BATCHBALD_SITES),
+                    roi,
+                    sketch_sites=None if sketch is None else BATCHBALD_SITES,
+                    choose_sites=top_sites if sketch is None else SKETCHES[sketch],
                 )
             )
             vectors = {item.key: item.scores for item in items}
@@ -150,7 +158,7 @@ def bench_speed(data_root: Path) -> dict[str, Any]:
         reps = []
         for i in range(20):
             tick0 = time.perf_counter()
-            strategy_obj.select(candidates, vectors, 5, np.random.default_rng(i), **inputs)
+            strategy_obj.select(candidates, vectors, 5, SelectionContext(np.random.default_rng(i), **inputs))
             reps.append(time.perf_counter() - tick0)
         selection[name] = statistics.median(reps) * 1e3
     return {

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from _human_support import copy_run, ground_truth_nifti, one_torch_thread, prepared, simulated_twin
 from activeseg.acquisition.scorers import bald
-from activeseg.acquisition.uncertainty import ensemble_probs, mc_dropout_probs, tta_probs
+from activeseg.acquisition.sliding import sliding_moments
+from activeseg.acquisition.uncertainty import Source, make_window_sampler
 from activeseg.annotation.export import export_queue
 from activeseg.annotation.ingest import IngestError, ingest_folder
 from activeseg.cli import app
@@ -26,6 +27,7 @@ from activeseg.data.io import nifti_gz, read_volume
 from activeseg.data.preprocess import CropInfo
 from activeseg.engine.loop import RunError
 from activeseg.engine.model import build_model
+from activeseg.engine.pool import SCORING_OVERLAP, scoring_roi
 from activeseg.engine.run import create_run, resume_run
 from activeseg.oracles.human import waiting_message
 from activeseg.oracles.label_files import LabelFileError, Reference, check_label, reference_for
@@ -157,19 +159,22 @@ def test_exported_uncertainty_comes_from_the_runs_own_source(
         model = build_model(config.model, shared.data.num_classes)
         model.load_state_dict(torch.load(run / "rounds/round_000" / name, weights_only=True))
         models.append(model.eval())
-    image = torch.from_numpy(shared.data.image(case_id))
+    image = shared.data.image(case_id)
     seed = derive_seed(round_seeds(config.seed, 0)["mc_dropout"], case_id)
     settings = config.strategy
-    if source == "tta":
-        probs = tta_probs(models[0], image, settings.mc_samples, settings.mc_batch_size, seed, config.train.flip_axes)
-    else:
-        probs = ensemble_probs(models, image)
-    dropout = mc_dropout_probs(models[0], image, settings.mc_samples, settings.mc_batch_size, seed)
+    roi = scoring_roi(config)  # the windowed computation the round's scoring used (here one window per volume)
+
+    def windowed_bald(kind: Source) -> np.ndarray:
+        k, batch = settings.mc_samples, settings.mc_batch_size
+        sampler = make_window_sampler(kind, models[0], k, batch, config.train.flip_axes, False, models[1:])
+        return bald(sliding_moments(image, sampler, roi, SCORING_OVERLAP, 1, seed)).numpy().astype(np.float32)
+
     native = read_volume(shared.data.pool.case(case_id).image).array.shape
     crop = CropInfo.for_shapes(native, config.data.shape)
-    expected = crop.invert(bald(probs).numpy().astype(np.float32))
+    expected = crop.invert(windowed_bald("tta" if source == "tta" else "ensemble"))
     assert np.allclose(exported, expected, atol=1e-6)
-    assert not np.allclose(exported, crop.invert(bald(dropout).numpy().astype(np.float32)), atol=1e-4)
+    dropout = windowed_bald("mc_dropout")
+    assert not np.allclose(exported, crop.invert(dropout), atol=1e-4)
 
 
 # --- ingest validation ----------------------------------------------------------------------------------------------

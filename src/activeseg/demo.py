@@ -12,7 +12,8 @@ import yaml
 
 from activeseg.acquisition.registry import get_strategy
 from activeseg.acquisition.scorers import strategy_maps
-from activeseg.acquisition.uncertainty import make_sampler
+from activeseg.acquisition.sliding import sliding_moments
+from activeseg.acquisition.uncertainty import make_window_sampler
 from activeseg.acquisition.units import case_of
 from activeseg.artifacts import read_json
 from activeseg.config import RunConfig, config_from_dict, load_config
@@ -20,6 +21,7 @@ from activeseg.data.splits import RunData, open_data
 from activeseg.engine.evaluation import predict
 from activeseg.engine.full_data import full_data_run
 from activeseg.engine.loop import load_round_model
+from activeseg.engine.pool import SCORING_OVERLAP, scoring_roi
 from activeseg.engine.run import run_to_end
 from activeseg.plots import plot_curves, plot_montage
 from activeseg.progress import Reporter, SilentReporter
@@ -137,11 +139,14 @@ def selection_montage(
     rows = []
     mc_seed = round_seeds(config.seed, r)["mc_dropout"]
     s = config.strategy
-    sampler = make_sampler(s.uncertainty, model, s.mc_samples, s.mc_batch_size, config.train.flip_axes, amp=False)
+    sampler = make_window_sampler(
+        s.uncertainty, model, s.mc_samples, s.mc_batch_size, config.train.flip_axes, amp=False
+    )
+    roi = scoring_roi(config)
     for case_id in chosen:
         image = data.image(case_id)
-        probs = sampler(torch.from_numpy(image), derive_seed(mc_seed, case_id))
-        uncertainty = strategy_maps(shown.scorer, probs)[0]
+        moments = sliding_moments(image, sampler, roi, SCORING_OVERLAP, 1, derive_seed(mc_seed, case_id))
+        uncertainty = strategy_maps(shown.scorer, moments)[0]
         prediction = predict(model, torch.from_numpy(image[None]))[0].argmax(0)
         rows.append((case_id, image[0], prediction.numpy(), uncertainty.numpy(), data.ground_truth(case_id)))
     title = f"{config.strategy.name}: cases selected after round {r} (mid slice)"

@@ -23,7 +23,8 @@ import torch
 
 from activeseg.acquisition.registry import get_strategy
 from activeseg.acquisition.scorers import strategy_maps
-from activeseg.acquisition.uncertainty import Sampler, make_sampler
+from activeseg.acquisition.sliding import sliding_moments
+from activeseg.acquisition.uncertainty import WindowSampler, make_window_sampler
 from activeseg.acquisition.units import is_whole_volume
 from activeseg.artifacts import write_bytes_atomic
 from activeseg.config import RunConfig, load_config
@@ -32,6 +33,7 @@ from activeseg.data.preprocess import CropInfo
 from activeseg.data.splits import RunData, open_data
 from activeseg.engine.evaluation import predict
 from activeseg.engine.loop import RunError, load_round_model
+from activeseg.engine.pool import SCORING_OVERLAP, scoring_roi
 from activeseg.oracles.label_files import native_region, safe_name
 from activeseg.progress import Reporter, SilentReporter
 from activeseg.rundir.label_store import LabelStore, Queue, QueueItem
@@ -105,28 +107,34 @@ def prepare_packages(run: HumanRun, queue: Queue, reporter: Reporter | None = No
     return folders
 
 
-def chooser_sampler(run: HumanRun, chooser: int) -> tuple[Sampler, torch.nn.Module]:
+def chooser_sampler(run: HumanRun, chooser: int) -> tuple[WindowSampler, torch.nn.Module]:
     """The uncertainty source that scored round ``chooser``'s pool, bound to that round's saved model(s)."""
     settings = run.config.strategy
     members = range(settings.ensemble_size if settings.uncertainty == "ensemble" else 1)
     models = [load_round_model(run.config, run.layout, run.data.num_classes, chooser, m) for m in members]
     train = run.config.train
-    sampler = make_sampler(
+    sampler = make_window_sampler(
         settings.uncertainty, models[0], settings.mc_samples, settings.mc_batch_size, train.flip_axes, False, models[1:]
     )
     return sampler, models[0]
 
 
 def write_package(
-    run: HumanRun, model: torch.nn.Module, sampler: Sampler, scorer: str | None, seed: int, item: QueueItem, out: Path
+    run: HumanRun,
+    model: torch.nn.Module,
+    sampler: WindowSampler,
+    scorer: str | None,
+    seed: int,
+    item: QueueItem,
+    out: Path,
 ) -> None:
     """image, prediction, uncertainty (and the region of a slice or patch query) of one case on its native grid,
     each file written atomically."""
     native = read_volume(run.data.pool.case(item.case_id).image)
     image_C_D_H_W = torch.from_numpy(run.data.image(item.case_id))
     prediction_D_H_W = predict(model, image_C_D_H_W[None])[0].argmax(dim=0).numpy().astype(np.uint8)
-    probs_K_C_D_H_W = sampler(image_C_D_H_W, seed)
-    uncertainty_D_H_W = strategy_maps(scorer or "predictive_entropy", probs_K_C_D_H_W)[0]
+    moments = sliding_moments(image_C_D_H_W, sampler, scoring_roi(run.config), SCORING_OVERLAP, 1, seed)
+    uncertainty_D_H_W = strategy_maps(scorer or "predictive_entropy", moments)[0]
     native_shape = (native.array.shape[0], native.array.shape[1], native.array.shape[2])
     crop = CropInfo.for_shapes(native_shape, run.config.data.shape)
     affine = native.affine

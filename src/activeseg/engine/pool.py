@@ -9,6 +9,7 @@ one :class:`SelectionContext`.
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,10 @@ from torch import nn
 from activeseg.acquisition.embeddings import embed_volumes
 from activeseg.acquisition.pooling import unit_scores
 from activeseg.acquisition.registry import Strategy
-from activeseg.acquisition.scorers import SKETCHES, make_reduction, strategy_maps
+from activeseg.acquisition.scorers import SKETCHES, make_reduction, strategy_maps, top_sites
 from activeseg.acquisition.selectors import ScoreVector, SelectionContext
-from activeseg.acquisition.uncertainty import make_sampler, score_pool
+from activeseg.acquisition.sliding import score_pool
+from activeseg.acquisition.uncertainty import make_window_sampler
 from activeseg.acquisition.units import (
     UnitSpec,
     best_disjoint,
@@ -60,6 +62,18 @@ def unit_spec(config: RunConfig) -> UnitSpec:
     """The run's query units."""
     unit = config.unit
     return UnitSpec(unit.kind, unit.axis, unit.patch_size, unit.stride)
+
+
+SCORING_OVERLAP = 0.5
+"""Overlap of the scoring windows (MONAI's ``sliding_window_inference``)."""
+
+
+def scoring_roi(config: RunConfig) -> tuple[int, int, int]:
+    """The scoring window: for now the training grid itself, each side rounded up to a multiple of the U-Net's
+    divisor (the product of its strides), so a volume is one window."""
+    divisor = math.prod(config.model.strides)
+    d, h, w = (-(-side // divisor) * divisor for side in config.data.shape)
+    return d, h, w
 
 
 def labelled_voxels(ledger: Ledger, case_id: str, shape: tuple[int, ...], up_to_round: int | None = None) -> np.ndarray:
@@ -138,7 +152,7 @@ class Pool:
 
     def _score(self, r: int, model: nn.Module, members: list[nn.Module], cases: list[str], seed: int) -> Candidates:
         settings = self.config.strategy
-        sampler = make_sampler(
+        sampler = make_window_sampler(
             settings.uncertainty,
             model,
             settings.mc_samples,
@@ -162,11 +176,15 @@ class Pool:
             for item in score_pool(
                 volumes(),
                 sampler,
-                lambda probs: strategy_maps(scorer, probs),
+                lambda moments: strategy_maps(scorer, moments),
                 make_reduction(settings.reduction, settings.top_q),
                 seed_for=lambda case_id: derive_seed(seed, case_id),
-                sketch=None if sketch is None else lambda probs: sketch(probs, settings.sketch_sites),
+                roi_size=scoring_roi(self.config),
+                overlap=SCORING_OVERLAP,
+                windows_per_batch=1,
+                sketch_sites=None if sketch is None else settings.sketch_sites,
                 units=None if self.units.kind == "volume" else self.unit_candidates,
+                choose_sites=sketch or top_sites,
             ):
                 scores[item.key] = item.scores
                 if item.sketch is not None:
