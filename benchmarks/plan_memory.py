@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from activeseg.data.plan import BYTES_PER_ACTIVATION, activation_gb
 
@@ -56,8 +57,12 @@ def main() -> None:
             }
         )
         print(rows[-1], flush=True)
-    result = {"channels": list(CHANNELS), "batch": 2, "assumed_bytes_per_activation": BYTES_PER_ACTIVATION}
-    result["rows"] = rows  # type: ignore[assignment]
+    result: dict[str, Any] = {
+        "channels": list(CHANNELS),
+        "batch": 2,
+        "assumed_bytes_per_activation": BYTES_PER_ACTIVATION,
+    }
+    result["rows"] = rows
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "plan_memory.json").write_text(json.dumps(result, indent=2) + "\n")
 

@@ -48,14 +48,15 @@ from typing import Any
 import numpy as np
 import torch
 from render_benchmarks import GPU_UNITS, HERE, PARTS, RESULTS, write_benchmarks  # this script's folder is on sys.path
-from torch import Tensor, nn
+from torch import nn
 from unit_seeds import summarise_unit_seeds, unit_bands_png
 
 from activeseg.acquisition.embeddings import embed_volumes
 from activeseg.acquisition.registry import STRATEGIES
-from activeseg.acquisition.scorers import SKETCHES, bald, reduce_mean, strategy_maps
+from activeseg.acquisition.scorers import SKETCHES, bald, reduce_mean, strategy_maps, top_sites
 from activeseg.acquisition.selectors import SelectionContext
-from activeseg.acquisition.uncertainty import SOURCES, make_sampler, score_pool
+from activeseg.acquisition.sliding import score_pool
+from activeseg.acquisition.uncertainty import SOURCES, make_window_sampler
 from activeseg.artifacts import read_json, write_bytes_atomic, write_json_atomic
 from activeseg.bench.results import summarise
 from activeseg.bench.stats import aubc
@@ -64,6 +65,7 @@ from activeseg.data.splits import RunData, open_data
 from activeseg.demo import DEMO_STRATEGIES, default_config, find_hippocampus
 from activeseg.engine.full_data import full_data_dice
 from activeseg.engine.model import build_model
+from activeseg.engine.patches import Example
 from activeseg.engine.training import train
 from activeseg.oracles.simulated import SimulatedOracle
 from activeseg.progress import SilentReporter
@@ -101,8 +103,8 @@ def bench_speed(data_root: Path) -> dict[str, Any]:
     data = open_data(config, SilentReporter())
     pool = list(data.pool.ids)
     torch.manual_seed(0)
-    model = build_model(config.model, data.num_classes)
-    examples = [(data.image(c), data.ground_truth(c)) for c in pool[:20]]
+    model = build_model(config.model, data.plan)
+    examples = [Example(data.image(c), data.ground_truth(c)) for c in pool[:20]]
     steps: list[float] = []
     for _ in range(3):  # 3 x 10 steps; the first 2 steps of each are warm-up
         one = config.override({"train.iterations": 10}).train
@@ -114,24 +116,25 @@ def bench_speed(data_root: Path) -> dict[str, Any]:
             times.append(now - tick[0])
             tick[0] = now
 
-        train(model, examples, one, torch.device("cpu"), seed=0, progress=lap)
+        train(model, examples, data.plan.patch_size, one, torch.device("cpu"), seed=0, progress=lap)
         steps += times[2:]
     strategy = config.strategy
     score_times: dict[str, list[float]] = {}
-    members = [build_model(config.model, data.num_classes) for _ in range(strategy.mc_samples - 1)]
+    members = [build_model(config.model, data.plan) for _ in range(strategy.mc_samples - 1)]
+    roi = data.plan.patch_size
     for source in SOURCES:  # the same K for every source: an ensemble of K members
-        sampler = make_sampler(source, model, strategy.mc_samples, strategy.mc_batch_size, (0,), False, members)
+        sampler = make_window_sampler(source, model, strategy.mc_samples, strategy.mc_batch_size, (0,), False, members)
         score_times[source] = []
         for case_id in pool[:20]:
             tick0 = time.perf_counter()
-            list(score_pool([(case_id, data.image(case_id))], sampler, bald, reduce_mean, lambda c: 0))
+            list(score_pool([(case_id, data.image(case_id))], sampler, bald, reduce_mean, lambda c: 0, roi))
             score_times[source].append(time.perf_counter() - tick0)
     per_volume = {source: statistics.median(times) for source, times in score_times.items()}
     labelled = pool[:5]
     candidates = [c for c in pool if c not in labelled]
     return {
         "model": {"channels": list(config.model.channels), "num_res_units": config.model.num_res_units},
-        "shape": list(config.data.shape),
+        "patch": list(data.plan.patch_size),
         "batch_size": config.train.batch_size,
         "train_step_s_median": statistics.median(steps),
         "train_steps_per_s": 1 / statistics.median(steps),
@@ -148,21 +151,13 @@ def bench_speed(data_root: Path) -> dict[str, Any]:
     }
 
 
-def sketch_of(name: str | None, sites: int) -> Callable[[Tensor], np.ndarray] | None:
-    """The unit summary a strategy names (``scorers.SKETCHES``) at ``sites`` sites, or None."""
-    if name is None:
-        return None
-    sketch = SKETCHES[name]
-    return lambda probs: sketch(probs, sites)
-
-
 def selection_ms(
     config: RunConfig, data: RunData, model: nn.Module, labelled: list[str], candidates: list[str]
 ) -> dict[str, float]:
     """Median milliseconds of every strategy's ``select`` (5 of ``candidates``), given everything it needs, computed
     from the real model and data the way the loop computes it (``engine.pool``)."""
     settings = config.strategy
-    sampler = make_sampler("mc_dropout", model, settings.mc_samples, settings.mc_batch_size, (0,), amp=False)
+    sampler = make_window_sampler("mc_dropout", model, settings.mc_samples, settings.mc_batch_size, (0,), amp=False)
     probe = [(c, data.image(c)) for c in [*labelled, *candidates]]
     foreground, border = SimulatedOracle(data.ground_truth).true_fractions(candidates)
     selection = {}
@@ -176,7 +171,9 @@ def selection_ms(
                     partial(strategy_maps, strategy.scorer),
                     reduce_mean,
                     lambda c: 0,
-                    sketch_of(strategy.sketch, settings.sketch_sites),
+                    data.plan.patch_size,
+                    sketch_sites=None if strategy.sketch is None else settings.sketch_sites,
+                    choose_sites=SKETCHES[strategy.sketch] if strategy.sketch else top_sites,
                 )
             )
             scores = {item.key: item.scores for item in items}

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from activeseg.acquisition.batchbald import conditional_entropy, greedy_batchbald
-from activeseg.acquisition.scorers import bald, site_sketch
+from activeseg.acquisition.moments import Moments
+from activeseg.acquisition.scorers import SKETCHES, gather_sites
 
 
 def exact_joint_mi(sketches: list[np.ndarray]) -> float:
@@ -73,10 +74,15 @@ def test_greedy_agrees_with_exact_greedy_on_random_small_cases() -> None:
 
 def test_site_sketch_takes_the_highest_bald_voxels() -> None:
     probs = torch.softmax(torch.randn(4, 3, 2, 3, 2, generator=torch.Generator().manual_seed(0)), dim=1)
-    sketch = site_sketch(probs, sites=3)
-    assert sketch.shape == (4, 3, 3)
-    top = np.sort(np.argsort(-bald(probs).flatten().numpy())[:3])
-    np.testing.assert_allclose(sketch, probs.flatten(start_dim=2)[:, :, top].permute(0, 2, 1).double().numpy())
+    sites = SKETCHES["sites"](Moments.of(probs), (slice(None),) * 3, 3)
+    sketch = gather_sites(probs, sites).numpy()
+    assert sketch.shape == (4, 3, 3) and sketch.dtype == np.float64
+    p = probs.double().numpy()
+    mean = p.mean(axis=0)
+    bald = -(mean * np.log(mean)).sum(axis=0) + (p * np.log(p)).sum(axis=1).mean(axis=0)  # from the samples
+    top = np.sort(np.argsort(-bald.flatten(), kind="stable")[:3])
+    np.testing.assert_array_equal(np.ravel_multi_index(tuple(sites.T.numpy()), bald.shape), top)
+    np.testing.assert_allclose(sketch, p.reshape(4, 3, -1)[:, :, top].transpose(0, 2, 1))
     np.testing.assert_allclose(sketch.sum(axis=2), 1.0, atol=1e-6)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from activeseg.acquisition.uncertainty import mc_dropout_probs
+from activeseg.acquisition.uncertainty import make_window_sampler
 from activeseg.engine.model import build_model, select_device, use_amp
 from activeseg.engine.run import start_run
 from activeseg.rundir.ledger import Ledger
@@ -24,13 +24,14 @@ pytestmark = [
 def test_mc_dropout_on_cuda_with_amp_gives_distinct_valid_samples() -> None:
     config = tiny_config(Path("/unused")).model
     model = build_model(config, network_plan(config, 3)).cuda()
-    image = torch.randn(1, 40, 56, 40)
-    probs = mc_dropout_probs(model, image, samples=6, batch_size=3, seed=0, amp=True)
-    assert probs.shape == (6, 3, 40, 56, 40) and probs.device.type == "cpu"
-    torch.testing.assert_close(probs.sum(dim=1), torch.ones(6, 40, 56, 40), atol=1e-3, rtol=0)
+    windows = torch.randn(2, 1, 40, 56, 40)
+    sampler = make_window_sampler("mc_dropout", model, samples=6, batch_size=3, flip_axes=(), amp=True)
+    probs = sampler(windows, [0, 1])
+    assert probs.shape == (6, 2, 3, 40, 56, 40) and probs.device.type == "cpu"
+    torch.testing.assert_close(probs.sum(dim=2), torch.ones(6, 2, 40, 56, 40), atol=1e-3, rtol=0)
     assert not torch.equal(probs[0], probs[1])  # dropout really is on
-    again = mc_dropout_probs(model, image, samples=6, batch_size=3, seed=0, amp=True)
-    torch.testing.assert_close(again, probs, atol=1e-3, rtol=0)
+    again = sampler(windows[1:], [1])  # the masks are seeded per window on the GPU too
+    torch.testing.assert_close(again[:, 0], probs[:, 1], atol=1e-3, rtol=0)
 
 
 @requires_hippocampus

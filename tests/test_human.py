@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from _human_support import copy_run, ground_truth_nifti, one_torch_thread, prepared, simulated_twin
 from activeseg.acquisition.scorers import bald
-from activeseg.acquisition.uncertainty import ensemble_probs, mc_dropout_probs, tta_probs
+from activeseg.acquisition.sliding import sliding_moments
+from activeseg.acquisition.uncertainty import Source, make_window_sampler
 from activeseg.annotation.export import export_queue
 from activeseg.annotation.ingest import IngestError, ingest_folder
 from activeseg.cli import app
@@ -155,20 +156,22 @@ def test_exported_uncertainty_comes_from_the_runs_own_source(
         model = build_model(config.model, shared.data.plan)
         model.load_state_dict(torch.load(run / "rounds/round_000" / name, weights_only=True))
         models.append(model.eval())
-    image = torch.from_numpy(shared.data.image(case_id))
+    image = shared.data.image(case_id)
     seed = derive_seed(round_seeds(config.seed, 0)["mc_dropout"], case_id)
     settings = config.strategy
-    if source == "tta":
-        probs = tta_probs(
-            models[0], image, settings.mc_samples, settings.mc_batch_size, seed, config.train.flip_indices
-        )
-    else:
-        probs = ensemble_probs(models, image)
-    dropout = mc_dropout_probs(models[0], image, settings.mc_samples, settings.mc_batch_size, seed)
+    roi, inference = shared.data.plan.patch_size, config.inference  # the windows the round's scoring used
+
+    def windowed_bald(kind: Source) -> np.ndarray:
+        k, batch, flips = settings.mc_samples, settings.mc_batch_size, config.train.flip_indices
+        sampler = make_window_sampler(kind, models[0], k, batch, flips, False, models[1:])
+        moments = sliding_moments(image, sampler, roi, inference.overlap, inference.windows_per_batch, seed)
+        return bald(moments).numpy().astype(np.float32)
+
     geometry = shared.data.geometry(case_id)
-    expected = geometry.to_native(bald(probs).numpy().astype(np.float32)[None])[0]
+    expected = geometry.to_native(windowed_bald("tta" if source == "tta" else "ensemble")[None])[0]
     assert np.allclose(exported, expected, atol=1e-6)
-    assert not np.allclose(exported, geometry.to_native(bald(dropout).numpy().astype(np.float32)[None])[0], atol=1e-4)
+    dropout = windowed_bald("mc_dropout")
+    assert not np.allclose(exported, geometry.to_native(dropout[None])[0], atol=1e-4)
 
 
 # --- ingest validation ----------------------------------------------------------------------------------------------

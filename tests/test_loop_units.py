@@ -87,7 +87,7 @@ class CorruptedOutsideQueries(RunData):
     """The same data, but every pool label is scrambled outside the units a reference run queried."""
 
     def __init__(self, data: RunData, queried: dict[str, list[str]]) -> None:
-        super().__init__(data.pool, data.test, data.cache, data.validation)
+        super().__init__(data.pool, data.test, data.cache, data.plan, data.validation)
         object.__setattr__(self, "queried", queried)
 
     def ground_truth(self, case_id: str) -> np.ndarray:

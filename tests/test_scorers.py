@@ -1,4 +1,5 @@
-"""Scorers against a float64 numpy reference, and their invariants."""
+"""Scorers (functions of the moments of K samples) against a float64 numpy reference computed from the K samples
+themselves, and their invariants."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from activeseg.acquisition.moments import Moments
 from activeseg.acquisition.scorers import (
     SCORERS,
     bald,
@@ -18,6 +20,9 @@ from activeseg.acquisition.scorers import (
     reduce_mean,
     reduce_sum,
     reduce_top_q,
+    strategy_maps,
+    top_indices,
+    top_sites,
     variance,
 )
 from activeseg.bench.stats import aubc
@@ -36,12 +41,13 @@ def entropy_np(p: np.ndarray, axis: int) -> np.ndarray:
 
 
 def reference(name: str, probs: torch.Tensor) -> np.ndarray:
+    """The scorer called ``name`` computed from the K samples directly (float64), not through moments."""
     p = probs.double().numpy()
     mean = p.mean(axis=0)
     pe = entropy_np(mean, axis=0)
     ee = entropy_np(p, axis=1).mean(axis=0)
     ordered = np.sort(mean, axis=0)
-    references: dict[str, np.ndarray] = {
+    maps: dict[str, np.ndarray] = {
         "predictive_entropy": pe,
         "expected_entropy": ee,
         "bald": pe - ee,
@@ -49,48 +55,98 @@ def reference(name: str, probs: torch.Tensor) -> np.ndarray:
         "margin": 1.0 - (ordered[-1] - ordered[-2]),
         "clasp": np.concatenate([pe[None], pe[None] * mean[1:]]),  # PE, then PE · p̄_c per foreground class
     }
-    return references[name]
+    return maps[name]
 
 
 @pytest.mark.parametrize("name", sorted(SCORERS))
 @pytest.mark.parametrize("seed", range(5))
 def test_scorer_matches_float64_reference(name: str, seed: int) -> None:
-    probs = random_probs(seed)
-    got = SCORERS[name](probs)
-    assert got.shape[-3:] == probs.shape[2:]
+    probs = random_probs(seed, k=3 + seed)
+    got = SCORERS[name](Moments.of(probs))
+    assert got.dtype == torch.float32 and got.shape[-3:] == probs.shape[2:]
     np.testing.assert_allclose(got.double().numpy(), np.maximum(reference(name, probs), 0), atol=2e-6)
+    torch.testing.assert_close(strategy_maps(name, Moments.of(probs)), got.reshape(-1, *probs.shape[2:]))
+
+
+def test_moments_of_samples_against_numpy() -> None:
+    probs = random_probs(12, k=5)
+    before = probs.clone()
+    moments = Moments.of(probs)
+    assert torch.equal(probs, before)
+    p = probs.double().numpy()
+    for got, expected in [
+        (moments.mean_probs_C_D_H_W, p.mean(axis=0)),
+        (moments.mean_entropy_D_H_W, entropy_np(p, axis=1).mean(axis=0)),
+        (moments.mean_sq_probs_C_D_H_W, (p**2).mean(axis=0)),
+    ]:
+        assert got.dtype == torch.float32
+        np.testing.assert_allclose(got.double().numpy(), expected, atol=1e-6)
+    assert moments.shape == (4, 5, 3) and moments.num_classes == 3
+    cropped = moments.crop((slice(1, 3), slice(None), slice(2, 3)))
+    torch.testing.assert_close(cropped.mean_entropy_D_H_W, moments.mean_entropy_D_H_W[1:3, :, 2:3])
+    with pytest.raises(ValueError, match="2C \\+ 1"):
+        Moments.from_channels(torch.zeros(4, 2, 2, 2))
 
 
 @pytest.mark.parametrize("name", sorted(SCORERS))
 def test_scorer_does_not_mutate_and_is_permutation_invariant(name: str) -> None:
     probs = random_probs(7)
-    before = probs.clone()
-    score = SCORERS[name](probs)
-    assert torch.equal(probs, before)
+    moments = Moments.of(probs)
+    fields = [
+        t.clone() for t in (moments.mean_probs_C_D_H_W, moments.mean_entropy_D_H_W, moments.mean_sq_probs_C_D_H_W)
+    ]
+    score = SCORERS[name](moments)
+    score.add_(1.0)  # the output is the caller's own: writing to it leaves the moments alone
+    after = (moments.mean_probs_C_D_H_W, moments.mean_entropy_D_H_W, moments.mean_sq_probs_C_D_H_W)
+    assert all(torch.equal(a, b) for a, b in zip(after, fields, strict=True))
     permuted = probs[torch.randperm(probs.shape[0], generator=torch.Generator().manual_seed(1))]
-    torch.testing.assert_close(SCORERS[name](permuted), score, atol=1e-6, rtol=0)
+    torch.testing.assert_close(SCORERS[name](Moments.of(permuted)), score - 1.0, atol=1e-6, rtol=0)
 
 
 def test_bald_non_negative_and_zero_when_samples_agree() -> None:
     for seed in range(10):
-        assert float(bald(random_probs(seed)).min()) >= 0.0
+        assert float(bald(Moments.of(random_probs(seed))).min()) >= 0.0
     one = random_probs(3, k=1)
-    agreeing = one.expand(8, *one.shape[1:]).clone()
+    agreeing = Moments.of(one.expand(8, *one.shape[1:]).clone())
     assert float(bald(agreeing).abs().max()) < 1e-6
+    assert float(variance(agreeing).abs().max()) < 1e-6
     torch.testing.assert_close(predictive_entropy(agreeing), expected_entropy(agreeing))
 
 
 def test_hand_checked_values() -> None:
     # Two samples, two classes, one voxel: p1 = (1, 0), p2 = (0, 1) -> mean (0.5, 0.5).
-    probs = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).reshape(2, 2, 1, 1, 1)
-    assert float(predictive_entropy(probs)) == pytest.approx(np.log(2))
-    assert float(expected_entropy(probs)) == pytest.approx(0.0)
-    assert float(bald(probs)) == pytest.approx(np.log(2))
+    moments = Moments.of(torch.tensor([[1.0, 0.0], [0.0, 1.0]]).reshape(2, 2, 1, 1, 1))
+    assert float(predictive_entropy(moments)) == pytest.approx(np.log(2))
+    assert float(expected_entropy(moments)) == pytest.approx(0.0)
+    assert float(bald(moments)) == pytest.approx(np.log(2))
+
+
+def test_top_indices_is_a_stable_argsort_prefix() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        score = rng.integers(0, 4, size=rng.integers(1, 40)).astype(np.float32)  # many ties
+        count = int(rng.integers(0, score.size + 2))
+        expected = np.sort(np.argsort(-score, kind="stable")[:count])
+        np.testing.assert_array_equal(top_indices(torch.from_numpy(score), count).numpy(), expected)
+
+
+def test_top_sites_are_the_units_highest_bald_voxels() -> None:
+    probs = random_probs(5, shape=(6, 5, 4))
+    moments = Moments.of(probs)
+    region = (slice(2, 5), slice(None), slice(1, 3))
+    sites = top_sites(moments, region, 4)
+    p = probs.double().numpy()[:, :, 2:5, :, 1:3]
+    mean = p.mean(axis=0)
+    score = entropy_np(mean, axis=0) - entropy_np(p, axis=1).mean(axis=0)
+    top = np.sort(np.argsort(-score.ravel(), kind="stable")[:4])
+    expected = np.stack(np.unravel_index(top, score.shape), axis=1) + np.array([2, 0, 1])
+    np.testing.assert_array_equal(sites.numpy(), expected)
+    assert len(top_sites(moments, (slice(0, 1), slice(0, 1), slice(0, 2)), 16)) == 2  # V <= the unit's voxels
 
 
 def test_reductions_against_numpy() -> None:
     probs = random_probs(11, shape=(6, 7, 5))
-    score = bald(probs)
+    score = bald(Moments.of(probs))
     mean_probs = probs.mean(dim=0)
     s, m = score.double().numpy(), mean_probs.double().numpy()
     assert reduce_mean(score, mean_probs) == pytest.approx(s.mean())
@@ -104,22 +160,21 @@ def test_reductions_against_numpy() -> None:
 
 def test_class_predictive_entropy_against_numpy_and_hand_values() -> None:
     probs = random_probs(4)
-    before = probs.clone()
-    got = class_predictive_entropy(probs)
+    moments = Moments.of(probs)
+    got = class_predictive_entropy(moments)
     p = probs.double().numpy()
     mean = p.mean(axis=0)
     np.testing.assert_allclose(got.double().numpy(), entropy_np(mean, axis=0)[None] * mean, atol=2e-6)
-    assert torch.equal(probs, before)
     # The per-class maps sum to PE, because the mean probabilities sum to one.
-    torch.testing.assert_close(got.sum(dim=0), predictive_entropy(probs), atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.sum(dim=0), predictive_entropy(moments), atol=1e-5, rtol=0)
 
 
 def test_variance_and_margin_hand_checked() -> None:
     # Two samples, two classes, one voxel: p1 = (1, 0), p2 = (0, 1): variance 0.25 per class; mean (0.5, 0.5): margin 1.
-    probs = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).reshape(2, 2, 1, 1, 1)
+    probs = Moments.of(torch.tensor([[1.0, 0.0], [0.0, 1.0]]).reshape(2, 2, 1, 1, 1))
     assert float(variance(probs)) == pytest.approx(0.25)
     assert float(margin(probs)) == pytest.approx(1.0)
-    certain = torch.tensor([[1.0, 0.0], [1.0, 0.0]]).reshape(2, 2, 1, 1, 1)
+    certain = Moments.of(torch.tensor([[1.0, 0.0], [1.0, 0.0]]).reshape(2, 2, 1, 1, 1))
     assert float(variance(certain)) == pytest.approx(0.0)
     assert float(margin(certain)) == pytest.approx(0.0)
 

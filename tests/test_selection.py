@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from activeseg.acquisition.moments import Moments
 from activeseg.acquisition.registry import get_strategy
 from activeseg.acquisition.scorers import predictive_entropy, strategy_maps
 from activeseg.acquisition.selectors import SelectionContext, clasp_quotas
@@ -71,10 +72,11 @@ def test_clasp_quotas_split_two_thirds_over_foreground_classes() -> None:
 
 def test_clasp_maps_are_pe_then_class_specific_pe() -> None:
     probs = torch.softmax(torch.randn(4, 3, 2, 3, 2, generator=torch.Generator().manual_seed(0)), dim=1)
-    maps = strategy_maps("clasp", probs)
+    moments = Moments.of(probs)
+    maps = strategy_maps("clasp", moments)
     assert maps.shape == (3, 2, 3, 2)
-    torch.testing.assert_close(maps[0], predictive_entropy(probs))
-    torch.testing.assert_close(maps[1:], predictive_entropy(probs) * probs.mean(dim=0)[1:])
+    torch.testing.assert_close(maps[0], predictive_entropy(moments))
+    torch.testing.assert_close(maps[1:], predictive_entropy(moments) * probs.mean(dim=0)[1:])
 
 
 def test_clasp_with_vanishing_noise_fills_each_class_share_then_pe() -> None:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from activeseg.acquisition.moments import Moments
 from activeseg.acquisition.registry import STRATEGIES, Strategy, get_strategy, register
-from activeseg.acquisition.scorers import SKETCHES, reduce_mean, strategy_maps
+from activeseg.acquisition.scorers import SKETCHES, gather_sites, reduce_mean, strategy_maps
 from activeseg.acquisition.selectors import BATCHBALD_SITES, SelectionContext
 
 ALL = sorted(STRATEGIES)
@@ -22,7 +23,8 @@ def score_vectors(strategy: Strategy, probs: list[torch.Tensor]) -> list[tuple[f
     """What the loop would give the strategy: its own voxel maps on these predictions, mean-reduced."""
     if strategy.scorer is None:
         return [(0.0,)] * len(probs)
-    return [tuple(reduce_mean(m, p.mean(dim=0)) for m in strategy_maps(strategy.scorer, p)) for p in probs]
+    moments = [Moments.of(p) for p in probs]
+    return [tuple(reduce_mean(s, m.mean_probs_C_D_H_W) for s in strategy_maps(strategy.scorer, m)) for m in moments]
 
 
 def pool(n: int, strategy: Strategy | None = None, seed: int = 0, equal: bool = False) -> tuple[list[str], Scores]:
@@ -46,7 +48,13 @@ def features(strategy: Strategy, ids: list[str], equal: bool = False) -> dict[st
             seed = 0 if equal else int(case_id.split("_")[1])
             return torch.softmax(torch.randn(3, 3, 2, 3, 2, generator=torch.Generator().manual_seed(seed)) * 2, dim=1)
 
-        return {"sketches": {c: SKETCHES[strategy.sketch](probs(c), BATCHBALD_SITES) for c in ids}}
+        def sketch(case_id: str) -> np.ndarray:
+            p = probs(case_id)
+            assert strategy.sketch is not None
+            sites_V_3 = SKETCHES[strategy.sketch](Moments.of(p), (slice(None),) * 3, BATCHBALD_SITES)
+            return gather_sites(p, sites_V_3).numpy()
+
+        return {"sketches": {c: sketch(c) for c in ids}}
     if strategy.embedding is None:
         return {}
 

@@ -1,89 +1,239 @@
-"""Uncertainty sources: MC dropout keeps dropout on; test-time augmentation maps its predictions back."""
+"""Uncertainty sources on windows, sliding-window moments, site samples and pool scoring."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
-from torch import nn
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+from torch import Tensor, nn
 
-from activeseg.acquisition.scorers import bald
+from activeseg.acquisition.moments import Moments
+from activeseg.acquisition.scorers import bald, reduce_mean, top_sites
+from activeseg.acquisition.sliding import WindowGrid, score_pool, site_probs, sliding_moments, window_seed
 from activeseg.acquisition.uncertainty import (
+    WindowSampler,
     draw_augmentations,
-    ensemble_probs,
-    make_sampler,
-    mc_dropout_probs,
-    tta_probs,
+    make_window_sampler,
+    seeded_dropout,
 )
 from activeseg.config import ModelConfig
 from activeseg.engine.model import build_model
 
+from _support import REPO, network_plan
 
-def pointwise_model() -> nn.Module:
-    """Output at a voxel depends only on the input there, so it commutes with flips."""
-    torch.manual_seed(0)
+
+def pointwise_model(seed: int = 0) -> nn.Module:
+    """Output at a voxel depends only on the input there, so it commutes with flips and windowing."""
+    torch.manual_seed(seed)
     return nn.Conv3d(1, 3, kernel_size=1)
+
+
+def unet(dropout: float = 0.3, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    config = ModelConfig(channels=(4, 8), strides=(2,), dropout=dropout)
+    return build_model(config, network_plan(config, 3))
+
+
+def image(*shape: int, seed: int = 1) -> Tensor:
+    return torch.randn(1, *shape, generator=torch.Generator().manual_seed(seed))
+
+
+def plain(model: nn.Module, x_B_C_D_H_W: Tensor) -> Tensor:
+    model.eval()
+    with torch.no_grad():
+        return torch.softmax(model(x_B_C_D_H_W), dim=1)
+
+
+# --- window samplers ------------------------------------------------------------------------------------------------
 
 
 def test_tta_predictions_are_mapped_back_to_the_original_frame() -> None:
     model = pointwise_model()
-    image = torch.randn(1, 6, 5, 4, generator=torch.Generator().manual_seed(1))
-    augmentations = draw_augmentations(8, (0, 1, 2), seed=3)
-    assert any(a.flips for a in augmentations)  # the test would be vacuous without flips
-    probs = tta_probs(model, image, samples=8, batch_size=3, seed=3, flip_axes=(0, 1, 2))
-    for p, a in zip(probs, augmentations, strict=True):
-        expected = torch.softmax(model((image * a.scale + a.shift).unsqueeze(0)), dim=1)[0]
-        torch.testing.assert_close(p, expected)
+    windows = torch.stack([image(6, 5, 4, seed=1), image(6, 5, 4, seed=2)])
+    probs = make_window_sampler("tta", model, 8, 3, (0, 1, 2), amp=False)(windows, [3, 4])
+    assert probs.shape == (8, 2, 3, 6, 5, 4)
+    for b, seed in enumerate([3, 4]):
+        augmentations = draw_augmentations(8, (0, 1, 2), seed=seed)
+        assert any(a.flips for a in augmentations)  # the test would be vacuous without flips
+        for p, a in zip(probs[:, b], augmentations, strict=True):
+            torch.testing.assert_close(p, plain(model, windows[b : b + 1] * a.scale + a.shift)[0])
 
 
 def test_tta_first_sample_is_the_plain_prediction_and_is_seeded() -> None:
-    model = build_model(ModelConfig(channels=(4, 8), strides=(2,)), 3)
-    image = torch.randn(1, 8, 8, 8, generator=torch.Generator().manual_seed(2))
-    probs = tta_probs(model, image, samples=4, batch_size=4, seed=9, flip_axes=(0,))
-    model.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(probs[0], torch.softmax(model(image[None]), dim=1)[0])
+    model = unet()
+    windows = image(8, 8, 8, seed=2)[None]
+    probs = make_window_sampler("tta", model, 4, 4, (0,), amp=False)(windows, [9])
+    torch.testing.assert_close(probs[0, 0], plain(model, windows)[0])
     torch.manual_seed(123)  # TTA does not depend on torch's global RNG: dropout is off
-    torch.testing.assert_close(tta_probs(model, image, samples=4, batch_size=2, seed=9, flip_axes=(0,)), probs)
+    torch.testing.assert_close(make_window_sampler("tta", model, 4, 2, (0,), amp=False)(windows, [9]), probs)
 
 
 def test_identical_augmentations_give_zero_bald() -> None:
-    model = pointwise_model()
-    image = torch.randn(1, 4, 4, 4)
-    probs = tta_probs(model, image, samples=1, batch_size=1, seed=0, flip_axes=(0,))
-    assert float(bald(probs.expand(4, *probs.shape[1:])).max()) < 1e-6
+    probs = make_window_sampler("tta", pointwise_model(), 1, 1, (0,), amp=False)(image(4, 4, 4)[None], [0])
+    assert float(bald(Moments.of(probs[:, 0].expand(4, 3, 4, 4, 4))).max()) < 1e-6
 
 
-def test_mc_dropout_varies_across_passes_and_is_seeded() -> None:
-    model = build_model(ModelConfig(channels=(4, 8), strides=(2,), dropout=0.3), 3)
-    image = torch.randn(1, 8, 8, 8)
-    probs = mc_dropout_probs(model, image, samples=4, batch_size=2, seed=5)
-    assert probs.shape == (4, 3, 8, 8, 8)
-    assert not torch.equal(probs[0], probs[1])
-    torch.manual_seed(99)  # the seed argument, not the global state, fixes the masks (for a given batch size)
-    torch.testing.assert_close(mc_dropout_probs(model, image, samples=4, batch_size=2, seed=5), probs)
-    assert not model.training  # left in eval mode
+def test_mc_dropout_varies_is_seeded_and_independent_of_its_batch() -> None:
+    model = unet()
+    windows = torch.stack([image(8, 8, 8, seed=s) for s in range(3)])
+    seeds = [5, 6, 7]
+    probs = make_window_sampler("mc_dropout", model, 4, 2, (), amp=False)(windows, seeds)
+    assert probs.shape == (4, 3, 3, 8, 8, 8)
+    assert not torch.equal(probs[0, 0], probs[1, 0])
+    torch.manual_seed(99)  # the seeds, not the global state, fix the masks: any batch size, batch mates and order
+    for batch_size in (1, 3, 12):
+        again = make_window_sampler("mc_dropout", model, 4, batch_size, (), amp=False)
+        torch.testing.assert_close(again(windows, seeds), probs, atol=1e-6, rtol=0)
+        torch.testing.assert_close(again(windows[[2, 0]], [7, 5]), probs[:, [2, 0]], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        probs[:, 1], make_window_sampler("mc_dropout", model, 4, 4, (), False)(windows[1:2], [6])[:, 0]
+    )
+    assert not model.training  # left in eval mode, without the sampling hooks
+    torch.testing.assert_close(plain(model, windows), plain(model, windows))
+
+
+def test_seeded_dropout_drops_like_dropout() -> None:
+    ones = torch.ones(4, 8, 16, 16, 16)
+    for layer, channelwise in ((nn.Dropout(0.25), False), (nn.Dropout3d(0.25), True)):
+        identity = nn.Conv3d(8, 8, 1, bias=False)
+        with torch.no_grad():
+            identity.weight.copy_(torch.eye(8).reshape(8, 8, 1, 1, 1))
+        model = nn.Sequential(identity, layer)
+        with seeded_dropout(model, [1, 2, 3, 4]), torch.no_grad():
+            out = model(ones)
+        assert bool(((out == 0) | torch.isclose(out, torch.tensor(1 / 0.75))).all())
+        assert abs(float((out == 0).float().mean()) - 0.25) < (0.2 if channelwise else 0.01)
+        if channelwise:  # whole channels are dropped
+            assert torch.equal(out.amax(dim=(2, 3, 4)), out.amin(dim=(2, 3, 4)))
+        assert not torch.equal(out[0], out[1])
 
 
 def test_ensemble_gives_one_plain_prediction_per_member_in_order() -> None:
-    members = []
-    for seed in range(3):
-        torch.manual_seed(seed)
-        members.append(build_model(ModelConfig(channels=(4, 8), strides=(2,), dropout=0.5), 3))
-    image = torch.randn(1, 8, 8, 8, generator=torch.Generator().manual_seed(4))
-    probs = make_sampler("ensemble", members[0], 99, 99, (0,), amp=False, members=members[1:])(image, 0)
-    assert probs.shape == (3, 3, 8, 8, 8)
-    for member, p in zip(members, probs, strict=True):
-        member.eval()  # dropout off: each member's prediction is deterministic
-        with torch.no_grad():
-            torch.testing.assert_close(p, torch.softmax(member(image[None]), dim=1)[0])
-    assert float(bald(probs).mean()) > 0  # independently seeded members disagree
-    torch.testing.assert_close(ensemble_probs(members, image), probs)
-    same = ensemble_probs([members[0]] * 3, image)
-    assert float(bald(same).max()) < 1e-6  # identical members: no epistemic uncertainty
+    members = [unet(0.5, seed) for seed in range(3)]
+    windows = image(8, 8, 8, seed=4)[None]
+    probs = make_window_sampler("ensemble", members[0], 99, 99, (0,), amp=False, members=members[1:])(windows, [0])
+    assert probs.shape == (3, 1, 3, 8, 8, 8)
+    for member, p in zip(members, probs[:, 0], strict=True):
+        torch.testing.assert_close(p, plain(member, windows)[0])  # dropout off: deterministic
+    assert float(bald(Moments.of(probs[:, 0])).mean()) > 0  # independently seeded members disagree
+    same = make_window_sampler("ensemble", members[0], 0, 1, (), amp=False, members=[members[0]] * 2)
+    assert float(bald(Moments.of(same(windows, [0])[:, 0])).max()) < 1e-6
 
 
 def test_unknown_source_and_memberless_ensemble_are_rejected() -> None:
     with pytest.raises(ValueError, match="valid: mc_dropout, tta, ensemble"):
-        make_sampler("bootstrap", pointwise_model(), 2, 2, (0,), amp=False)  # type: ignore[arg-type]
+        make_window_sampler("bootstrap", pointwise_model(), 2, 2, (0,), amp=False)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at least one member"):
-        make_sampler("ensemble", pointwise_model(), 2, 2, (0,), amp=False)
+        make_window_sampler("ensemble", pointwise_model(), 2, 2, (0,), amp=False)
+
+
+# --- sliding-window moments and sites ---------------------------------------------------------------------------------
+
+
+def pointwise_ensemble() -> WindowSampler:
+    return make_window_sampler(
+        "ensemble", pointwise_model(0), 0, 1, (), False, [pointwise_model(1), pointwise_model(2)]
+    )
+
+
+def test_one_window_equals_the_samples_of_the_padded_volume_cropped() -> None:
+    sampler = make_window_sampler("mc_dropout", unet(), 4, 2, (), amp=False)
+    volume = image(20, 24, 12)
+    got = sliding_moments(volume.numpy(), sampler, (24, 24, 16), seed=11)
+    padded = F.pad(volume, (2, 2, 0, 0, 2, 2))  # MONAI pads half the difference before (W: 4, D: 4)
+    probs = sampler(padded[None], [window_seed(11, (0, 0, 0))])[:, 0, :, 2:22, :, 2:14]
+    expected = Moments.of(probs)
+    for a, b in zip(
+        (got.mean_probs_C_D_H_W, got.mean_entropy_D_H_W, got.mean_sq_probs_C_D_H_W),
+        (expected.mean_probs_C_D_H_W, expected.mean_entropy_D_H_W, expected.mean_sq_probs_C_D_H_W),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=0)
+
+
+def test_windows_of_a_pointwise_model_fuse_to_its_whole_volume_moments() -> None:
+    volume = image(30, 20, 9)  # several windows along D and H, padded along W
+    sampler = pointwise_ensemble()
+    got = sliding_moments(volume, sampler, (16, 16, 16), overlap=0.5, windows_per_batch=3)
+    assert len(WindowGrid.of((30, 20, 9), (16, 16, 16), 0.5).starts_W_3) > 4
+    expected = Moments.of(torch.cat([plain(m, volume[None]) for m in sampler.models]))
+    torch.testing.assert_close(got.mean_probs_C_D_H_W, expected.mean_probs_C_D_H_W, atol=2e-6, rtol=0)
+    torch.testing.assert_close(got.mean_entropy_D_H_W, expected.mean_entropy_D_H_W, atol=2e-6, rtol=0)
+    torch.testing.assert_close(got.mean_sq_probs_C_D_H_W, expected.mean_sq_probs_C_D_H_W, atol=2e-6, rtol=0)
+
+
+def fused_samples(volume: Tensor, sampler: WindowSampler, roi: tuple[int, int, int], seed: int) -> Tensor:
+    """Reference: every sample fused by MONAI itself, K×C channels at once: probs_K_C_D_H_W (small volumes only)."""
+
+    def predictor(windows: Tensor, coordinates: list[list[slice]]) -> Tensor:
+        seeds = [window_seed(seed, [s.start for s in c[2:]]) for c in coordinates]
+        return sampler(windows.float(), seeds).transpose(0, 1).flatten(1, 2).double()
+
+    with torch.no_grad():
+        out = sliding_window_inference(
+            volume[None].double(), roi, 1, predictor, overlap=0.5, mode="gaussian", with_coord=True
+        )
+    assert isinstance(out, Tensor)
+    return out[0].reshape(sampler.samples, -1, *out.shape[2:])
+
+
+def test_site_samples_are_the_fused_samples_and_average_to_the_first_pass() -> None:
+    sampler = make_window_sampler("mc_dropout", unet(), 3, 3, (), amp=False)
+    volume, roi = image(20, 28, 6), (16, 16, 8)
+    moments = sliding_moments(volume, sampler, roi, seed=4, windows_per_batch=2)
+    sites = torch.tensor([[0, 0, 0], [19, 27, 5], [10, 14, 3], [8, 8, 2], [0, 27, 1]])
+    probs_K_N_C = site_probs(volume, sampler, roi, 0.5, 2, 4, sites)
+    assert probs_K_N_C.shape == (3, 5, 3) and probs_K_N_C.dtype == torch.float64
+    d, h, w = sites.unbind(dim=1)
+    expected = fused_samples(volume, sampler, roi, seed=4)[:, :, d, h, w].permute(0, 2, 1)
+    torch.testing.assert_close(probs_K_N_C, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        probs_K_N_C.mean(dim=0).float(), moments.mean_probs_C_D_H_W[:, d, h, w].T, atol=2e-6, rtol=0
+    )
+    torch.testing.assert_close(
+        site_probs(volume.numpy(), sampler, roi, 0.5, 1, 4, sites), probs_K_N_C, atol=1e-6, rtol=0
+    )
+    with pytest.raises(ValueError, match="outside"):
+        site_probs(volume, sampler, roi, 0.5, 1, 4, torch.tensor([[20, 0, 0]]))
+
+
+def test_score_pool_scores_and_sketches_each_volume() -> None:
+    sampler = make_window_sampler("mc_dropout", unet(), 3, 3, (), amp=False)
+    volumes = [("a", image(12, 20, 8, seed=1).numpy()), ("b", image(12, 20, 8, seed=2).numpy())]
+    seeds = {"a": 1, "b": 2}
+    roi = (8, 16, 8)
+    items = list(score_pool(volumes, sampler, bald, reduce_mean, seeds.__getitem__, roi, sketch_sites=4))
+    assert [i.key for i in items] == ["a", "b"]
+    for item, (_, volume) in zip(items, volumes, strict=True):
+        moments = sliding_moments(volume, sampler, roi, seed=seeds[item.key])
+        assert len(item.scores) == 1
+        assert item.scores[0] == pytest.approx(reduce_mean(bald(moments), moments.mean_probs_C_D_H_W))
+        assert item.sketch is not None and item.sketch.shape == (3, 4, 3) and item.sketch.dtype == np.float64
+        sites = top_sites(moments, (slice(None),) * 3, 4)
+        expected = site_probs(volume, sampler, roi, 0.5, 1, seeds[item.key], sites).numpy()
+        np.testing.assert_allclose(item.sketch, expected, atol=1e-6)
+
+
+# --- memory ---------------------------------------------------------------------------------------------------------
+
+
+def peak_rss_gb(samples: int) -> float:
+    command = [
+        sys.executable, str(REPO / "benchmarks" / "score_memory.py"), "--one", "--samples", str(samples),
+        "--volume", "96", "96", "64", "--roi", "96", "96", "64",
+    ]  # fmt: skip
+    out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout
+    return float(json.loads(out.strip().splitlines()[-1])["peak_rss_gb"])
+
+
+@pytest.mark.slow
+def test_peak_rss_does_not_grow_with_k() -> None:
+    k8, k32 = peak_rss_gb(8), peak_rss_gb(32)
+    # Holding K×C×window float32 would add 32 x 3 x 96x96x64 x 4 B = 226 MB over K=8's 57 MB.
+    assert k32 <= 1.15 * k8, (k8, k32)

@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-import torch
 import yaml
 
 from activeseg.acquisition.registry import get_strategy
 from activeseg.acquisition.scorers import strategy_maps
-from activeseg.acquisition.uncertainty import make_sampler
+from activeseg.acquisition.sliding import sliding_moments
+from activeseg.acquisition.uncertainty import make_window_sampler
 from activeseg.acquisition.units import case_of
 from activeseg.artifacts import read_json
 from activeseg.config import RunConfig, config_from_dict, load_config
@@ -138,12 +137,16 @@ def selection_montage(
     rows = []
     mc_seed = round_seeds(config.seed, r)["mc_dropout"]
     s = config.strategy
-    sampler = make_sampler(s.uncertainty, model, s.mc_samples, s.mc_batch_size, config.train.flip_indices, amp=False)
+    sampler = make_window_sampler(
+        s.uncertainty, model, s.mc_samples, s.mc_batch_size, config.train.flip_indices, amp=False
+    )
+    roi, inference = data.plan.patch_size, config.inference
     for case_id in chosen:
         image = data.image(case_id)
-        probs = sampler(torch.from_numpy(np.array(image)), derive_seed(mc_seed, case_id))
-        uncertainty = strategy_maps(shown.scorer, probs)[0]
-        prediction = predict_label(model, image, data.plan.patch_size, config.inference)
+        seed = derive_seed(mc_seed, case_id)
+        moments = sliding_moments(image, sampler, roi, inference.overlap, inference.windows_per_batch, seed)
+        uncertainty = strategy_maps(shown.scorer, moments)[0]
+        prediction = predict_label(model, image, roi, inference)
         rows.append((case_id, image[0], prediction, uncertainty.numpy(), data.ground_truth(case_id)))
     title = f"{config.strategy.name}: cases selected after round {r} (mid slice)"
     return plot_montage(rows, out_png, title, uncertainty_name=f"{shown.name} score ({s.uncertainty})")

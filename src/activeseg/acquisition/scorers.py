@@ -1,13 +1,14 @@
-"""Pure uncertainty scorers and reductions.
+"""Pure uncertainty scorers and reductions, computed from the per-voxel moments of K stochastic predictions.
 
-Shapes are in the names: ``probs_K_C_D_H_W`` holds K stochastic softmax predictions (MC dropout passes) over C classes
-for one volume. A scorer maps it to a voxel map ``score_D_H_W``; a reduction maps that map to one number per query unit
-(here: a volume). None of these functions mutates its input. Definitions follow ``shared/docs/anchors.md``:
+Shapes are in the names. A scorer maps :class:`~activeseg.acquisition.moments.Moments` (the mean prediction p̄, the
+mean entropy and the mean squared probabilities of K samples over C classes) to a voxel map ``score_D_H_W`` (or a
+stack ``score_M_D_H_W``); a reduction maps one map to one number per query unit. None of these functions mutates its
+input. Definitions follow ``shared/docs/anchors.md``:
 
-- predictive entropy  PE  = H[mean_k p_k]
+- predictive entropy  PE  = H[p̄]
 - expected entropy    EE  = mean_k H[p_k]
 - BALD (mutual information) = PE - EE >= 0  (Houlsby et al. 2011; Gal et al., ICML 2017)
-- variance            mean_c var_k p_k(c)   (population variance over the K samples)
+- variance            mean_c (E_k[p_k(c)²] - p̄_c²)   (population variance over the K samples)
 - margin              1 - (p̄_(1) - p̄_(2)), the two largest mean class probabilities
 - class-specific PE   PE · p̄_c, one map per class (ClaSP PE, Lüth et al., TMLR 2026)
 """
@@ -16,67 +17,65 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from torch import Tensor
 
-VoxelScorer = Callable[[Tensor], Tensor]
-"""probs_K_C_D_H_W -> score_D_H_W"""
+from activeseg.acquisition.moments import Moments, sample_entropy
+
+VoxelScorer = Callable[[Moments], Tensor]
+"""moments -> score_D_H_W (or score_M_D_H_W)"""
 
 Reduction = Callable[[Tensor, Tensor], float]
 """(score_D_H_W, mean_probs_C_D_H_W) -> one score for the unit"""
 
-
-def _entropy(probs_C: Tensor, dim: int) -> Tensor:
-    """Shannon entropy in nats along ``dim``, with 0 log 0 = 0."""
-    entropy: Tensor = -torch.special.xlogy(probs_C, probs_C).sum(dim=dim)
-    return entropy
+SiteChooser = Callable[[Moments, tuple[slice, ...], int], Tensor]
+"""(moments of a volume, a unit's region, V) -> sites_V_3: the voxel coordinates whose K samples sketch the unit"""
 
 
-def predictive_entropy(probs_K_C_D_H_W: Tensor) -> Tensor:
+def predictive_entropy(moments: Moments) -> Tensor:
     """Entropy of the mean prediction, per voxel: H[p̄]."""
-    return _entropy(probs_K_C_D_H_W.mean(dim=0), dim=0)
+    return sample_entropy(moments.mean_probs_C_D_H_W, dim=0)
 
 
-def expected_entropy(probs_K_C_D_H_W: Tensor) -> Tensor:
-    """Mean entropy of the individual predictions, per voxel: mean_k H[p_k]."""
-    return _entropy(probs_K_C_D_H_W, dim=1).mean(dim=0)
+def expected_entropy(moments: Moments) -> Tensor:
+    """Mean entropy of the individual predictions, per voxel: mean_k H[p_k] (a copy)."""
+    return moments.mean_entropy_D_H_W.clone()
 
 
-def bald(probs_K_C_D_H_W: Tensor) -> Tensor:
+def bald(moments: Moments) -> Tensor:
     """Mutual information between the prediction and the model parameters, per voxel: PE - EE.
 
     Mathematically non-negative (Jensen); clamped at 0 to remove float round-off.
     """
-    return (predictive_entropy(probs_K_C_D_H_W) - expected_entropy(probs_K_C_D_H_W)).clamp_min(0.0)
+    return (predictive_entropy(moments) - moments.mean_entropy_D_H_W).clamp_min_(0.0)
 
 
-def variance(probs_K_C_D_H_W: Tensor) -> Tensor:
-    """Spread of the K predictions, per voxel: the class-averaged population variance over samples."""
-    return probs_K_C_D_H_W.var(dim=0, correction=0).mean(dim=0)
+def variance(moments: Moments) -> Tensor:
+    """Spread of the K predictions, per voxel: the class-averaged population variance E[p²] - p̄² (clamped >= 0)."""
+    spread_C_D_H_W = moments.mean_sq_probs_C_D_H_W - moments.mean_probs_C_D_H_W.square()
+    return spread_C_D_H_W.clamp_min_(0.0).mean(dim=0)
 
 
-def margin(probs_K_C_D_H_W: Tensor) -> Tensor:
+def margin(moments: Moments) -> Tensor:
     """One minus the gap between the two most probable classes of the mean prediction (1 = a tie)."""
-    top2_2_D_H_W = torch.topk(probs_K_C_D_H_W.mean(dim=0), k=2, dim=0).values
+    top2_2_D_H_W = torch.topk(moments.mean_probs_C_D_H_W, k=2, dim=0).values
     return 1.0 - (top2_2_D_H_W[0] - top2_2_D_H_W[1])
 
 
-def class_predictive_entropy(probs_K_C_D_H_W: Tensor) -> Tensor:
+def class_predictive_entropy(moments: Moments) -> Tensor:
     """Class-specific uncertainty PE · p̄_c for every class: score_C_D_H_W (ClaSP PE, Lüth et al., TMLR 2026)."""
-    mean_C_D_H_W = probs_K_C_D_H_W.mean(dim=0)
-    return _entropy(mean_C_D_H_W, dim=0).unsqueeze(0) * mean_C_D_H_W
+    return predictive_entropy(moments).unsqueeze(0) * moments.mean_probs_C_D_H_W
 
 
-def clasp_maps(probs_K_C_D_H_W: Tensor) -> Tensor:
+def clasp_maps(moments: Moments) -> Tensor:
     """Plain PE followed by PE · p̄_c for each foreground class c: score_M_D_H_W with M = C (ClaSP PE)."""
-    class_maps_C_D_H_W = class_predictive_entropy(probs_K_C_D_H_W)
-    return torch.cat([predictive_entropy(probs_K_C_D_H_W).unsqueeze(0), class_maps_C_D_H_W[1:]])
+    pe_D_H_W = predictive_entropy(moments)
+    return torch.cat([pe_D_H_W.unsqueeze(0), pe_D_H_W.unsqueeze(0) * moments.mean_probs_C_D_H_W[1:]])
 
 
-def as_map_stack(score: Tensor, probs_K_C_D_H_W: Tensor) -> Tensor:
+def as_map_stack(score: Tensor, moments: Moments) -> Tensor:
     """A scorer's output as a stack of voxel maps: score_D_H_W becomes score_1_D_H_W; score_M_D_H_W stays."""
-    return score.unsqueeze(0) if score.dim() == probs_K_C_D_H_W.dim() - 2 else score
+    return score.unsqueeze(0) if score.dim() == len(moments.shape) else score
 
 
 def reduce_mean(score_D_H_W: Tensor, mean_probs_C_D_H_W: Tensor) -> float:
@@ -123,25 +122,53 @@ SCORERS: dict[str, VoxelScorer] = {
 """The voxel scorers a strategy names (``registry.Strategy.scorer``); ``clasp`` gives M = C maps, the others one."""
 
 
-def strategy_maps(scorer: str, probs_K_C_D_H_W: Tensor) -> Tensor:
+def strategy_maps(scorer: str, moments: Moments) -> Tensor:
     """The voxel maps of the scorer called ``scorer``, as a stack: score_M_D_H_W."""
     try:
         score = SCORERS[scorer]
     except KeyError:
         raise KeyError(f"unknown scorer {scorer!r}; registered: {', '.join(sorted(SCORERS))}") from None
-    return as_map_stack(score(probs_K_C_D_H_W), probs_K_C_D_H_W)
+    return as_map_stack(score(moments), moments)
 
 
-def site_sketch(probs_K_C_D_H_W: Tensor, sites: int) -> np.ndarray:
-    """The unit's V most uncertain voxels (by BALD; ties by position): their probabilities, probs_K_V_C (float64)."""
-    score_V = bald(probs_K_C_D_H_W).flatten()
-    top = np.sort(np.argsort(-score_V.numpy(), kind="stable")[: min(sites, score_V.numel())])
-    probs_K_C_N = probs_K_C_D_H_W.flatten(start_dim=2).double().numpy()
-    return np.ascontiguousarray(probs_K_C_N[:, :, top].transpose(0, 2, 1))
+def top_indices(score_N: Tensor, count: int) -> Tensor:
+    """Positions of the ``count`` highest scores, ties broken by position, in increasing position order.
+
+    The same set as a stable argsort of -score, without sorting all N (a volume can hold 10⁸ voxels).
+    """
+    flat_N = score_N.reshape(-1)
+    count = min(count, flat_N.numel())
+    if count == 0:
+        return torch.zeros(0, dtype=torch.long)
+    kth = torch.topk(flat_N, count).values[-1]
+    above = torch.nonzero(flat_N > kth).flatten()
+    tied = torch.nonzero(flat_N == kth).flatten()[: count - above.numel()]
+    return torch.sort(torch.cat([above, tied])).values
 
 
-SKETCHES: dict[str, Callable[[Tensor, int], np.ndarray]] = {"sites": site_sketch}
-"""Unit summaries a strategy names (``registry.Strategy.sketch``): (probs_K_C_D_H_W, sites) -> a small array."""
+def top_sites(moments: Moments, region: tuple[slice, ...], sites: int) -> Tensor:
+    """A unit's V most uncertain voxels by BALD (ties by position), in position order: sites_V_3 (volume coordinates).
+
+    ``region`` is the unit's box (slices with explicit or open bounds) on the volume of ``moments``.
+    """
+    bounds = [s.indices(n)[:2] for s, n in zip(region, moments.shape, strict=True)]
+    box = tuple(slice(a, b) for a, b in bounds)
+    score_d_h_w = bald(moments.crop(box))
+    local_V = top_indices(score_d_h_w, sites)
+    coordinates_V_3 = torch.stack(torch.unravel_index(local_V, score_d_h_w.shape), dim=1)
+    return coordinates_V_3 + torch.tensor([a for a, _ in bounds], dtype=torch.long)
+
+
+def gather_sites(probs_K_C_D_H_W: Tensor, sites_V_3: Tensor) -> Tensor:
+    """The K samples' probabilities at the sites: probs_K_V_C (float64), for volumes held whole in memory."""
+    d, h, w = sites_V_3.unbind(dim=1)
+    return probs_K_C_D_H_W[:, :, d, h, w].permute(0, 2, 1).double()
+
+
+SKETCHES: dict[str, SiteChooser] = {"sites": top_sites}
+"""Unit sketches a strategy names (``registry.Strategy.sketch``). ``sites``: the K×V×C probabilities (float64) of the
+unit's V highest-BALD voxels; the chooser picks the voxels from the moments, and a second sliding-window pass
+(``sliding.site_probs``) or :func:`gather_sites` reads their samples."""
 
 
 def make_reduction(name: str, top_q: float = 0.05) -> Reduction:

@@ -1,20 +1,26 @@
-"""Uncertainty sources (K stochastic predictions per volume), and pool scoring streamed one volume at a time.
+"""Uncertainty sources: K stochastic predictions of a batch of windows, seeded per window.
 
-A *sampler* maps (image_C_D_H_W, seed) to probs_K_C_D_H_W. Three are built here:
+A :class:`WindowSampler` maps (windows_B_Cin_d_h_w, seeds, one per window) to probs_K_B_C_d_h_w (float32, CPU), or
+streams it as groups of samples (:meth:`WindowSampler.chunks`) so that memory is bounded by a group, not by K. Three
+sources:
 
-- MC dropout (Gal & Ghahramani, ICML 2016): dropout on, normalisation in eval mode, K passes in batches.
-- Test-time augmentation (Wang et al., Neurocomputing 2019): K augmented copies (random flips on the allowed axes,
-  small intensity scale and shift; the first copy is the plain image), dropout off, each prediction flipped back
-  before they are combined.
-- Deep ensembles (Lakshminarayanan et al., NeurIPS 2017): one deterministic prediction (dropout off) from each of
-  K independently seeded models. The loop trains the extra members and accounts for their training time.
+- MC dropout (Gal & Ghahramani, ICML 2016): dropout on, normalisation in eval mode, K passes ``batch_size`` forward
+  rows at a time. Each (window, pass) row draws its dropout masks from its own generator, seeded from the window's
+  seed and the pass index, so a window's samples do not depend on the batch size, nor on which windows share its
+  batch or in which order.
+- Test-time augmentation (Wang et al., Neurocomputing 2019): K seeded augmented copies of each window (flips on the
+  allowed axes, small intensity scale and shift; the first copy is the plain window), dropout off, each prediction
+  flipped back.
+- Deep ensembles (Lakshminarayanan et al., NeurIPS 2017): one plain prediction (dropout off) from each of K
+  independently seeded models. The loop trains the extra members and accounts for their training time.
 
-Any sampler combines with any scorer.
+Any sampler combines with any scorer (through ``moments`` and ``sliding``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,52 +28,58 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from activeseg.acquisition.scorers import Reduction, as_map_stack
-
-Sampler = Callable[[Tensor, int], Tensor]
-"""(image_C_D_H_W, seed) -> probs_K_C_D_H_W (float32, CPU)"""
+from activeseg.seeds import derive_seed
 
 Source = Literal["mc_dropout", "tta", "ensemble"]
 SOURCES: tuple[Source, ...] = ("mc_dropout", "tta", "ensemble")
+_CHANNELWISE = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 
 
 def enable_mc_dropout(model: nn.Module) -> None:
-    """Eval mode for everything (normalisation included) except dropout layers, which keep sampling."""
+    """Eval mode for everything (normalisation included) except dropout layers, which keep sampling from torch's
+    global generator (how MONAI Label samples; :class:`WindowSampler` seeds each row instead)."""
     model.eval()
     for module in model.modules():
         if isinstance(module, nn.modules.dropout._DropoutNd):
             module.train()
 
 
-def _batched_softmax(model: nn.Module, images_B_C_D_H_W: Tensor, batch_size: int, amp: bool) -> Tensor:
+def _dropout_layers(model: nn.Module) -> list[nn.modules.dropout._DropoutNd]:
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    for layer in layers:
+        if not isinstance(layer, (nn.Dropout, *_CHANNELWISE)):
+            raise TypeError(f"seeded MC dropout supports Dropout and Dropout1d/2d/3d, not {type(layer).__name__}")
+    return layers
+
+
+@contextmanager
+def seeded_dropout(model: nn.Module, row_seeds: Sequence[int]) -> Iterator[None]:
+    """Within the block, ``model`` is in eval mode and each dropout layer drops row i of its batch with masks drawn
+    from a generator seeded by ``row_seeds[i]`` (one generator per row, shared by the layers in call order)."""
     device = next(model.parameters()).device
-    chunks = []
-    for start in range(0, images_B_C_D_H_W.shape[0], batch_size):
-        batch = images_B_C_D_H_W[start : start + batch_size].to(device)
-        with torch.autocast(device.type, enabled=amp):
-            logits = model(batch)
-        chunks.append(torch.softmax(logits.float(), dim=1).cpu())
-    return torch.cat(chunks)
+    generators = [torch.Generator(device=device).manual_seed(s) for s in row_seeds]
 
+    def drop(module: nn.Module, _: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        p = float(module.p)  # type: ignore[arg-type]
+        if p == 0.0:
+            return output
+        if output.shape[0] != len(generators):
+            raise ValueError(f"batch of {output.shape[0]} rows, but {len(generators)} row seeds")
+        channelwise = isinstance(module, _CHANNELWISE)
+        shape = (*output.shape[:2], *[1] * (output.dim() - 2)) if channelwise else output.shape
+        scaled_mask = torch.empty(shape, device=output.device)  # float32 whatever the autocast dtype
+        for row, generator in zip(scaled_mask, generators, strict=True):
+            row.uniform_(generator=generator)
+        scaled_mask.ge_(p).mul_(1.0 / (1.0 - p))  # 0 or 1 / (1 - p), in place: one volume-sized buffer per layer
+        return output * scaled_mask if channelwise else scaled_mask.mul_(output)
 
-@torch.no_grad()
-def mc_dropout_probs(
-    model: nn.Module, image_C_D_H_W: Tensor, samples: int, batch_size: int, seed: int, amp: bool = False
-) -> Tensor:
-    """K = ``samples`` stochastic softmax predictions for one volume: probs_K_C_D_H_W (float32, on CPU).
-
-    Dropout stays on, normalisation layers are in eval mode, and the passes run ``batch_size`` at a time (batched
-    passes are 2-3x faster than single ones on CPU). ``seed`` fixes the dropout masks, so a volume's score does
-    not depend on which volumes were scored before it.
-    """
-    enable_mc_dropout(model)
-    torch.manual_seed(seed)
+    model.eval()
+    hooks = [layer.register_forward_hook(drop) for layer in _dropout_layers(model)]
     try:
-        return _batched_softmax(
-            model, image_C_D_H_W.unsqueeze(0).expand(samples, *image_C_D_H_W.shape), batch_size, amp
-        )
+        yield
     finally:
-        model.eval()
+        for hook in hooks:
+            hook.remove()
 
 
 @dataclass(frozen=True)
@@ -89,43 +101,74 @@ def draw_augmentations(samples: int, flip_axes: Sequence[int], seed: int) -> lis
     return drawn
 
 
-@torch.no_grad()
-def tta_probs(
-    model: nn.Module,
-    image_C_D_H_W: Tensor,
-    samples: int,
-    batch_size: int,
-    seed: int,
-    flip_axes: Sequence[int],
-    amp: bool = False,
-) -> Tensor:
-    """K predictions of augmented copies of one volume, each mapped back to the original frame: probs_K_C_D_H_W."""
-    model.eval()
-    augmentations = draw_augmentations(samples, flip_axes, seed)
-    spatial = 1  # axis 0 of image_C_D_H_W is the channel
-    copies = [
-        torch.flip(image_C_D_H_W * a.scale + a.shift, [spatial + axis for axis in a.flips]) for a in augmentations
-    ]
-    probs_K_C_D_H_W = _batched_softmax(model, torch.stack(copies), batch_size, amp)
-    return torch.stack(
-        [
-            torch.flip(p, [spatial + axis for axis in a.flips])
-            for p, a in zip(probs_K_C_D_H_W, augmentations, strict=True)
-        ]
-    )
+def _flip(window_Cin_d_h_w: Tensor, axes: tuple[int, ...]) -> Tensor:
+    return torch.flip(window_Cin_d_h_w, [1 + axis for axis in axes]) if axes else window_Cin_d_h_w
 
 
-@torch.no_grad()
-def ensemble_probs(models: Sequence[nn.Module], image_C_D_H_W: Tensor, amp: bool = False) -> Tensor:
-    """One plain prediction per ensemble member (dropout off): probs_K_C_D_H_W with K = len(models)."""
-    predictions = []
-    for member in models:
-        member.eval()
-        predictions.append(_batched_softmax(member, image_C_D_H_W.unsqueeze(0), 1, amp)[0])
-    return torch.stack(predictions)
+@dataclass(frozen=True)
+class WindowSampler:
+    """K stochastic softmax predictions of each window in a batch, from one uncertainty source."""
+
+    source: Source
+    models: tuple[nn.Module, ...]
+    """The round model, then (ensembles only) the other members."""
+    samples: int
+    """K (for an ensemble: the number of models)."""
+    batch_size: int
+    """Forward rows per model call (MC dropout, TTA): each call runs max(1, batch_size // B) passes of B windows."""
+    flip_axes: tuple[int, ...] = ()
+    amp: bool = False
+    channels_last: bool = False
+    """Feed the model channels-last (NDHWC) windows."""
+
+    def __call__(self, windows_B_Cin_d_h_w: Tensor, seeds: Sequence[int]) -> Tensor:
+        """probs_K_B_C_d_h_w (float32, CPU); sample k of window b depends only on the window and ``seeds[b]``."""
+        return torch.cat(list(self.chunks(windows_B_Cin_d_h_w, seeds)))
+
+    def chunks(self, windows_B_Cin_d_h_w: Tensor, seeds: Sequence[int]) -> Iterator[Tensor]:
+        """The K samples as consecutive groups probs_k_B_C_d_h_w (k <= max(1, batch_size // B)), in sample order."""
+        if len(seeds) != windows_B_Cin_d_h_w.shape[0]:
+            raise ValueError(f"{windows_B_Cin_d_h_w.shape[0]} windows but {len(seeds)} seeds")
+        if self.source == "ensemble":
+            for member in self.models:
+                member.eval()
+                yield self._softmax(member, windows_B_Cin_d_h_w).unsqueeze(0)
+            return
+        per_call = max(1, self.batch_size // len(seeds))
+        drawn = [draw_augmentations(self.samples, self.flip_axes, s) for s in seeds] if self.source == "tta" else []
+        for first in range(0, self.samples, per_call):
+            passes = range(first, min(first + per_call, self.samples))
+            if self.source == "mc_dropout":
+                yield self._dropout_passes(windows_B_Cin_d_h_w, seeds, passes)
+            else:
+                yield self._augmented_passes(windows_B_Cin_d_h_w, [[a[k] for a in drawn] for k in passes])
+
+    def _dropout_passes(self, windows_B_Cin_d_h_w: Tensor, seeds: Sequence[int], passes: range) -> Tensor:
+        """probs_k_B_C_d_h_w of MC-dropout passes ``passes``, all in one model call."""
+        rows = windows_B_Cin_d_h_w.repeat(len(passes), *[1] * (windows_B_Cin_d_h_w.dim() - 1))
+        with seeded_dropout(self.models[0], [derive_seed(s, "dropout", k) for k in passes for s in seeds]):
+            probs = self._softmax(self.models[0], rows)
+        return probs.reshape(len(passes), len(seeds), *probs.shape[1:])
+
+    def _augmented_passes(self, windows_B_Cin_d_h_w: Tensor, augmentations_k_B: list[list[Augmentation]]) -> Tensor:
+        """probs_k_B_C_d_h_w of the windows under augmentations_k_B[k][b], each mapped back, in one model call."""
+        self.models[0].eval()
+        chosen = [(a, w) for row in augmentations_k_B for a, w in zip(row, windows_B_Cin_d_h_w, strict=True)]
+        probs = self._softmax(self.models[0], torch.stack([_flip(w * a.scale + a.shift, a.flips) for a, w in chosen]))
+        back = torch.stack([_flip(p, a.flips) for p, (a, _) in zip(probs, chosen, strict=True)])
+        return back.reshape(len(augmentations_k_B), windows_B_Cin_d_h_w.shape[0], *back.shape[1:])
+
+    def _softmax(self, model: nn.Module, rows_N_Cin_d_h_w: Tensor) -> Tensor:
+        device = next(model.parameters()).device
+        rows = rows_N_Cin_d_h_w.to(device)
+        if self.channels_last:
+            rows = rows.contiguous(memory_format=torch.channels_last_3d)
+        with torch.inference_mode(), torch.autocast(device.type, enabled=self.amp):
+            logits = model(rows)
+        return torch.softmax(logits.float(), dim=1).cpu().contiguous()
 
 
-def make_sampler(
+def make_window_sampler(
     source: Source,
     model: nn.Module,
     samples: int,
@@ -133,60 +176,13 @@ def make_sampler(
     flip_axes: Sequence[int],
     amp: bool,
     members: Sequence[nn.Module] = (),
-) -> Sampler:
+) -> WindowSampler:
     """The uncertainty source called ``source`` bound to a trained model (and, for ``ensemble``, its other
     ``members``; K is then ``1 + len(members)``)."""
-    if source == "mc_dropout":
-        return lambda image, seed: mc_dropout_probs(model, image, samples, batch_size, seed, amp)
-    if source == "tta":
-        return lambda image, seed: tta_probs(model, image, samples, batch_size, seed, flip_axes, amp)
+    if source not in SOURCES:
+        raise ValueError(f"unknown uncertainty source {source!r}; valid: {', '.join(SOURCES)}")
     if source == "ensemble":
         if not members:
             raise ValueError("an ensemble sampler needs at least one member besides the round model")
-        return lambda image, seed: ensemble_probs([model, *members], image, amp)
-    raise ValueError(f"unknown uncertainty source {source!r}; valid: {', '.join(SOURCES)}")
-
-
-@dataclass(frozen=True)
-class UnitScore:
-    """One candidate unit's acquisition scores: one per voxel map of the strategy (the first is the unit's score)."""
-
-    key: str
-    """The unit key (the case id for a whole volume)."""
-    scores: tuple[float, ...]
-    sketch: np.ndarray | None = None
-    """A small summary of the unit's K samples for joint selection (BatchBALD), when asked for."""
-
-
-UnitSummary = Callable[[str, Tensor, Tensor], list[tuple[str, tuple[float, ...], tuple[slice, ...]]]]
-"""(case id, score_M_D_H_W, mean_probs_C_D_H_W) -> [(unit key, unit scores, unit region)] for a volume's candidates"""
-
-
-def score_pool(
-    volumes: Iterable[tuple[str, np.ndarray]],
-    sampler: Sampler,
-    scorer: Callable[[Tensor], Tensor],
-    reduction: Reduction,
-    seed_for: Callable[[str], int],
-    sketch: Callable[[Tensor], np.ndarray] | None = None,
-    units: UnitSummary | None = None,
-) -> Iterator[UnitScore]:
-    """Score volumes one at a time; only the scalars outlive each volume, so memory is flat in pool size.
-
-    ``scorer`` maps probs_K_C_D_H_W to score_D_H_W or score_M_D_H_W. By default each volume is one unit and each
-    of its M maps is reduced to one number by ``reduction``; ``units`` instead turns a volume's maps into its
-    candidate slices or patches (see ``units.unit_scores``), and ``sketch`` then summarises each unit's region.
-    """
-    everything: tuple[slice, ...] = (slice(None),) * 3
-    for case_id, image_C_D_H_W in volumes:
-        probs_K_C_D_H_W = sampler(torch.from_numpy(image_C_D_H_W), seed_for(case_id))
-        mean_probs_C_D_H_W = probs_K_C_D_H_W.mean(dim=0)
-        score_M_D_H_W = as_map_stack(scorer(probs_K_C_D_H_W), probs_K_C_D_H_W)
-        if units is None:
-            scores = tuple(reduction(score_D_H_W, mean_probs_C_D_H_W) for score_D_H_W in score_M_D_H_W)
-            candidates = [(case_id, scores, everything)]
-        else:
-            candidates = units(case_id, score_M_D_H_W, mean_probs_C_D_H_W)
-        for key, unit_scores, region in candidates:
-            summary = sketch(probs_K_C_D_H_W[(slice(None), slice(None), *region)]) if sketch else None
-            yield UnitScore(key, unit_scores, summary)
+        return WindowSampler(source, (model, *members), 1 + len(members), batch_size, amp=amp)
+    return WindowSampler(source, (model,), samples, batch_size, tuple(flip_axes), amp)

@@ -23,7 +23,8 @@ import torch
 
 from activeseg.acquisition.registry import get_strategy
 from activeseg.acquisition.scorers import strategy_maps
-from activeseg.acquisition.uncertainty import Sampler, make_sampler
+from activeseg.acquisition.sliding import sliding_moments
+from activeseg.acquisition.uncertainty import WindowSampler, make_window_sampler
 from activeseg.acquisition.units import is_whole_volume
 from activeseg.artifacts import write_bytes_atomic
 from activeseg.config import RunConfig, load_config
@@ -104,29 +105,36 @@ def prepare_packages(run: HumanRun, queue: Queue, reporter: Reporter | None = No
     return folders
 
 
-def chooser_sampler(run: HumanRun, chooser: int) -> tuple[Sampler, torch.nn.Module]:
+def chooser_sampler(run: HumanRun, chooser: int) -> tuple[WindowSampler, torch.nn.Module]:
     """The uncertainty source that scored round ``chooser``'s pool, bound to that round's saved model(s)."""
     settings = run.config.strategy
     members = range(settings.ensemble_size if settings.uncertainty == "ensemble" else 1)
     models = [load_round_model(run.config, run.layout, run.data, chooser, m) for m in members]
     flips = run.config.train.flip_indices
-    sampler = make_sampler(
+    sampler = make_window_sampler(
         settings.uncertainty, models[0], settings.mc_samples, settings.mc_batch_size, flips, False, models[1:]
     )
     return sampler, models[0]
 
 
 def write_package(
-    run: HumanRun, model: torch.nn.Module, sampler: Sampler, scorer: str | None, seed: int, item: QueueItem, out: Path
+    run: HumanRun,
+    model: torch.nn.Module,
+    sampler: WindowSampler,
+    scorer: str | None,
+    seed: int,
+    item: QueueItem,
+    out: Path,
 ) -> None:
     """image, prediction, uncertainty (and the region of a slice or patch query) of one case on its native grid,
     each file written atomically."""
     native = read_volume(run.data.pool.case(item.case_id).image)
     geometry = run.data.geometry(item.case_id)
     image_C_D_H_W = run.data.image(item.case_id)
-    prediction_D_H_W = predict_label(model, image_C_D_H_W, run.data.plan.patch_size, run.config.inference)
-    probs_K_C_D_H_W = sampler(torch.from_numpy(np.array(image_C_D_H_W)), seed)
-    uncertainty_D_H_W = strategy_maps(scorer or "predictive_entropy", probs_K_C_D_H_W)[0]
+    roi, inference = run.data.plan.patch_size, run.config.inference
+    prediction_D_H_W = predict_label(model, image_C_D_H_W, roi, inference)
+    moments = sliding_moments(image_C_D_H_W, sampler, roi, inference.overlap, inference.windows_per_batch, seed)
+    uncertainty_D_H_W = strategy_maps(scorer or "predictive_entropy", moments)[0]
     affine = native.affine
     write_bytes_atomic(out / "image.nii.gz", nifti_gz(native.array, affine))
     prediction = geometry.to_native(prediction_D_H_W[None], label=True)[0]

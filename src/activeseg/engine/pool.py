@@ -21,9 +21,10 @@ from activeseg.acquisition.costs import CostContext
 from activeseg.acquisition.embeddings import embed_volumes
 from activeseg.acquisition.pooling import unit_scores
 from activeseg.acquisition.registry import Strategy
-from activeseg.acquisition.scorers import SKETCHES, make_reduction, strategy_maps
+from activeseg.acquisition.scorers import SKETCHES, make_reduction, strategy_maps, top_sites
 from activeseg.acquisition.selectors import ScoreVector, SelectionContext
-from activeseg.acquisition.uncertainty import make_sampler, score_pool
+from activeseg.acquisition.sliding import score_pool
+from activeseg.acquisition.uncertainty import make_window_sampler
 from activeseg.acquisition.units import (
     UnitSpec,
     best_disjoint,
@@ -152,7 +153,7 @@ class Pool:
 
     def _score(self, r: int, model: nn.Module, members: list[nn.Module], cases: list[str], seed: int) -> Candidates:
         settings = self.config.strategy
-        sampler = make_sampler(
+        sampler = make_window_sampler(
             settings.uncertainty,
             model,
             settings.mc_samples,
@@ -176,11 +177,15 @@ class Pool:
             for item in score_pool(
                 volumes(),
                 sampler,
-                lambda probs: strategy_maps(scorer, probs),
+                lambda moments: strategy_maps(scorer, moments),
                 make_reduction(settings.reduction, settings.top_q),
                 seed_for=lambda case_id: derive_seed(seed, case_id),
-                sketch=None if sketch is None else lambda probs: sketch(probs, settings.sketch_sites),
+                roi_size=self.data.plan.patch_size,
+                overlap=self.config.inference.overlap,
+                windows_per_batch=self.config.inference.windows_per_batch,
+                sketch_sites=None if sketch is None else settings.sketch_sites,
                 units=None if self.units.kind == "volume" else self.unit_candidates,
+                choose_sites=sketch or top_sites,
             ):
                 scores[item.key] = item.scores
                 if item.sketch is not None:
