@@ -180,7 +180,7 @@ def selection_ms(
             if strategy.sketch is not None:
                 sketches = {item.key: item.sketch for item in items if item.sketch is not None}
         if strategy.embedding is not None:
-            embeddings = dict(embed_volumes(model, probe, strategy.embedding))
+            embeddings = dict(embed_volumes(model, probe, strategy.embedding, data.plan.patch_size))
             labelled_M_F = np.stack([embeddings[c] for c in labelled])
         reps = []
         for i in range(20):

@@ -9,7 +9,7 @@ Both use the deterministic network (dropout off).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -69,10 +69,29 @@ EMBEDDERS: dict[str, Callable[[nn.Module, Tensor], np.ndarray]] = {
 }
 
 
+def tiles(image_C_D_H_W: np.ndarray, roi: Sequence[int]) -> Iterator[Tensor]:
+    """The volume as windows of ``roi``: padded (zeros, centred, as the sliding window pads) to at least ``roi``,
+    then cut into the fewest windows that cover it, the last one on each axis flush with the end."""
+    shape = image_C_D_H_W.shape[1:]
+    pads = [max(r - s, 0) for r, s in zip(roi, shape, strict=True)]
+    padded = np.pad(image_C_D_H_W, [(0, 0), *((p // 2, p - p // 2) for p in pads)])
+    starts = []
+    for size, r in zip(padded.shape[1:], roi, strict=True):
+        count = -(-size // r)
+        starts.append(sorted({min(i * r, size - r) for i in range(count)}))
+    for d in starts[0]:
+        for h in starts[1]:
+            for w in starts[2]:
+                window = padded[:, d : d + roi[0], h : h + roi[1], w : w + roi[2]]
+                yield torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32))
+
+
 def embed_volumes(
-    model: nn.Module, volumes: Iterable[tuple[str, np.ndarray]], kind: Embedding
+    model: nn.Module, volumes: Iterable[tuple[str, np.ndarray]], kind: Embedding, roi: Sequence[int]
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """(case id, embedding) for each volume, one at a time."""
+    """(case id, embedding) for each volume, one at a time: the mean of its windows' embeddings (see :func:`tiles`),
+    so a volume of any size is embedded with the network's own input size."""
     embed = EMBEDDERS[kind]
     for case_id, image_C_D_H_W in volumes:
-        yield case_id, embed(model, torch.from_numpy(image_C_D_H_W))
+        vectors = [embed(model, window) for window in tiles(np.asarray(image_C_D_H_W), roi)]
+        yield case_id, np.mean(vectors, axis=0)

@@ -32,7 +32,7 @@ def predict_volume(
             logits = model(windows.to(device))
         return torch.softmax(logits.float(), dim=1)
 
-    volume = torch.from_numpy(np.ascontiguousarray(image_C_D_H_W, dtype=np.float32))[None]
+    volume = torch.from_numpy(np.array(image_C_D_H_W, dtype=np.float32))[None]  # a writable copy of the memmap
     fused = sliding_window_inference(
         volume,
         roi_size=roi,

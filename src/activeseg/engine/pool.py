@@ -219,7 +219,8 @@ class Pool:
         def compute() -> dict[str, np.ndarray]:
             vectors: dict[str, np.ndarray] = {}
             with self.reporter.progress(f"round {r}: {kind} embeddings", len(wanted)) as advance:
-                for case_id, vector in embed_volumes(model, ((c, self.data.image(c)) for c in wanted), kind):
+                images = ((c, self.data.image(c)) for c in wanted)
+                for case_id, vector in embed_volumes(model, images, kind, self.data.plan.patch_size):
                     vectors[case_id] = vector
                     advance(1)
             return vectors
