@@ -8,6 +8,9 @@ activeseg validates configuration: code downstream trusts these objects.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +26,14 @@ from activeseg.acquisition.stochastic import scheduled_beta
 
 class ConfigError(ValueError):
     """A configuration problem, raised before any work starts."""
+
+
+MAX_BATCH_SIZE = 256
+"""The largest batch of volumes (training, evaluation, stochastic passes): more is a typo, not a setting."""
+MAX_UPLOAD_MB = 4096.0
+"""The largest ``oracle.max_upload_mb``."""
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -97,10 +108,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(self.iterations >= 1, "train.iterations", "must be at least 1")
-        require(self.batch_size >= 1, "train.batch_size", "must be at least 1")
+        require(1 <= self.batch_size <= MAX_BATCH_SIZE, "train.batch_size", f"must be between 1 and {MAX_BATCH_SIZE}")
         require(self.learning_rate > 0, "train.learning_rate", "must be positive")
         require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-        require(self.eval_batch_size >= 1, "train.eval_batch_size", "must be at least 1")
+        require(
+            1 <= self.eval_batch_size <= MAX_BATCH_SIZE,
+            "train.eval_batch_size",
+            f"must be between 1 and {MAX_BATCH_SIZE}",
+        )
         require(all(a in (0, 1, 2) for a in self.flip_axes), "train.flip_axes", "axes must be 0, 1 or 2")
 
 
@@ -140,7 +155,11 @@ class StrategyConfig:
         )
         require(0.0 < self.top_q <= 1.0, "strategy.top_q", "must be in (0, 1]")
         require(self.mc_samples >= 2, "strategy.mc_samples", "must be at least 2 for a spread of predictions")
-        require(self.mc_batch_size >= 1, "strategy.mc_batch_size", "must be at least 1")
+        require(
+            1 <= self.mc_batch_size <= MAX_BATCH_SIZE,
+            "strategy.mc_batch_size",
+            f"must be between 1 and {MAX_BATCH_SIZE}",
+        )
         require(self.ensemble_size >= 2, "strategy.ensemble_size", "must be at least 2 for a spread of predictions")
         require(self.sketch_sites >= 1, "strategy.sketch_sites", "must be at least 1")
         require(self.joint_configurations >= 10, "strategy.joint_configurations", "must be at least 10")
@@ -227,13 +246,29 @@ class OracleConfig:
     """Human oracle: the next round starts once every queried label has arrived (``all``; the user may still
     accept a partial set explicitly), or when the user says so, with the labels that have arrived (``manual``)."""
     token: str | None = None
-    """Bearer token for writes to ``activeseg serve``; default: a fresh random token, printed once at start."""
+    """Bearer token of ``activeseg serve`` (at least 16 characters). Only its sha256 is kept: the loaded config holds
+    ``token_sha256`` and ``token: null``, so a run's config.yaml never holds the token itself. Default: the token
+    from ``--token-file`` or ``$ACTIVESEG_TOKEN``, else the one ``serve`` generated for the run."""
+    token_sha256: str | None = None
+    """The sha256 (hex) of the bearer token; set from ``token``, or directly."""
     max_upload_mb: float = 64.0
-    """Largest label upload the server accepts."""
+    """Largest label upload the server accepts (it also refuses anything larger than a label of the image can be)."""
 
     def __post_init__(self) -> None:
         require(self.token is None or len(self.token) >= 16, "oracle.token", "must be at least 16 characters")
-        require(self.max_upload_mb > 0, "oracle.max_upload_mb", "must be positive")
+        require(
+            self.token_sha256 is None or bool(_SHA256_HEX.match(self.token_sha256)),
+            "oracle.token_sha256",
+            "must be 64 lower-case hex digits (the sha256 of the token)",
+        )
+        if self.token is not None:
+            digest = hashlib.sha256(self.token.encode()).hexdigest()
+            require(
+                self.token_sha256 in (None, digest), "oracle.token", "does not match oracle.token_sha256; set only one"
+            )
+            object.__setattr__(self, "token_sha256", digest)
+            object.__setattr__(self, "token", None)
+        require(0 < self.max_upload_mb <= MAX_UPLOAD_MB, "oracle.max_upload_mb", f"must be in (0, {MAX_UPLOAD_MB:g}]")
 
 
 @dataclass(frozen=True)
@@ -251,6 +286,12 @@ class RunConfig:
     oracle: OracleConfig = field(default_factory=OracleConfig)
 
     def __post_init__(self) -> None:
+        plain_name = self.name not in ("", ".", "..") and len(self.name) <= 200 and not _UNSAFE_NAME.search(self.name)
+        require(
+            plain_name,
+            "name",
+            f"{self.name!r} must be a plain folder name (no '/', '\\', '..' alone, control characters; at most 200)",
+        )
         bad = [s for s in self.data.shape if s % self.model.divisor]
         require(
             not bad,
@@ -338,9 +379,15 @@ class RunConfig:
 def load_config(path: Path) -> RunConfig:
     """Read and validate a YAML run config; errors name the file and the key."""
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a YAML config is UTF-8 text)") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config ({err.strerror or err})") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     try:
@@ -425,7 +472,13 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
