@@ -196,7 +196,7 @@ def wait_for_job(base: str, timeout: float = 240) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     stages: list[str] = []
     while time.monotonic() < deadline:
-        job = http("GET", f"{base}/api/job").json()
+        job = http("GET", f"{base}/api/job", token=TOKEN).json()
         stage = job.get("progress", {}).get("stage")
         if stage and (not stages or stages[-1] != stage):
             stages.append(stage)

@@ -134,7 +134,46 @@ def test_full_data_without_out_dir_writes_under_runs_in_the_current_directory(
     result = runner.invoke(app, ["full-data", str(config)])
     assert result.exit_code == 0, result.output
     out = tmp_path / "runs" / "phantom-full-data"
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "full_data.json", "model.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "full_data.json", "model.pt", "plan.json"]
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["iterations"] == 2
     assert 0.0 <= full_data_dice(out) <= 1.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "runs"]
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"train": {"learning_rate": float("inf")}}, "train.learning_rate: expected a finite number, got inf"),
+        ({"train": {"batch_size": 100000}}, "train.batch_size: must be between 2 and 256"),
+    ],
+)
+def test_hostile_config_values_fail_before_anything_is_written(
+    phantoms: Path, tmp_path: Path, sections: dict[str, dict[str, object]], message: str
+) -> None:
+    config = write_config(tmp_path / "c.yaml", phantoms, tmp_path / "cache", **sections)
+    result = runner.invoke(app, ["run", str(config), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    assert snapshot(tmp_path) == ["c.yaml"]
+
+
+def test_a_run_name_cannot_leave_runs_and_bad_paths_are_clean_errors(
+    phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    raw = phantom_raw(phantoms, tmp_path / "cache")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({**raw, "name": "../escaped"}))
+    result = runner.invoke(app, ["run", "c.yaml"])
+    assert result.exit_code == 2 and "name: '../escaped' must be a plain folder name" in result.output
+    assert snapshot(tmp_path) == ["c.yaml"]
+
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
+    result = runner.invoke(app, ["run", "binary.yaml"])
+    assert result.exit_code == 2 and "binary.yaml: not a text file" in result.output, result.output
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "a-file").write_text("not a folder")
+    for run_dir in ("a-file", "a-file/run"):
+        result = runner.invoke(app, ["run", "c.yaml", "--run-dir", run_dir])
+        assert result.exit_code == 2 and (result.exception is None or isinstance(result.exception, SystemExit))
+        assert f"--run-dir {run_dir}:" in result.output and "Traceback" not in result.output, result.output
+    assert snapshot(tmp_path) == ["a-file", "binary.yaml", "c.yaml"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,50 @@ def test_configs_are_frozen_and_override_revalidates() -> None:
     assert config.strategy.name == "random"
     with pytest.raises(ConfigError, match="unknown key 'bogus' in train"):
         config.override({"train.bogus": 1})
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"train": {"learning_rate": float("inf")}}, r"train.learning_rate: expected a finite number, got inf"),
+        ({"train": {"weight_decay": float("nan")}}, r"train.weight_decay: expected a finite number, got nan"),
+        ({"oracle": {"max_upload_mb": float("inf")}}, r"oracle.max_upload_mb: expected a finite number"),
+        ({"oracle": {"max_upload_mb": 1e9}}, r"oracle.max_upload_mb: must be in \(0, 4096\]"),
+        ({"loop": {"round_budget": -float("inf")}}, r"loop.round_budget: expected a finite number"),
+        ({"train": {"batch_size": 100000}}, r"train.batch_size: must be between 2 and 256"),
+        ({"inference": {"windows_per_batch": 100000}}, r"inference.windows_per_batch: must be between 1 and 256"),
+        ({"strategy": {"mc_batch_size": 100000}}, r"strategy.mc_batch_size: must be between 1 and 256"),
+        ({"name": "../outside"}, r"name: '../outside' must be a plain folder name"),
+        ({"name": "a/b"}, r"name: 'a/b' must be a plain folder name"),
+        ({"name": ".."}, r"name: '..' must be a plain folder name"),
+        ({"name": ""}, r"name: '' must be a plain folder name"),
+        ({"oracle": {"token_sha256": "abc"}}, r"oracle.token_sha256: must be 64 lower-case hex digits"),
+    ],
+)
+def test_config_gaps_are_closed_naming_the_key(raw: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw)
+
+
+def test_yaml_infinities_and_unreadable_files_are_config_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  learning_rate: .inf\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: train.learning_rate: expected a finite number, got inf"):
+        load_config(path)
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ConfigError, match=r"c.yaml: not a text file"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        load_config(tmp_path)
+
+
+def test_the_token_is_kept_only_as_its_hash(tmp_path: Path) -> None:
+    token = "a-token-of-at-least-16-characters"
+    config = config_from_dict({"oracle": {"kind": "human", "token": token}})
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    assert config.oracle.token is None and config.oracle.token_sha256 == digest
+    save_config(config, tmp_path / "c.yaml")
+    assert token not in (tmp_path / "c.yaml").read_text() and digest in (tmp_path / "c.yaml").read_text()
+    assert load_config(tmp_path / "c.yaml") == config
+    with pytest.raises(ConfigError, match=r"oracle\.token: does not match oracle\.token_sha256"):
+        config_from_dict({"oracle": {"token": token, "token_sha256": "0" * 64}})

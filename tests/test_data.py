@@ -10,12 +10,13 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pytest
 
 from activeseg.data.dataset import Case, Dataset, load_dataset
 from activeseg.data.errors import DatasetError
-from activeseg.data.io import case_id_from_path, read_image, read_volume, write_volume
+from activeseg.data.io import MAX_VOLUME_BYTES, case_id_from_path, read_image, read_volume, write_volume
 from activeseg.data.phantom import make_phantom_dataset
 from activeseg.data.plan import Normalisation, Plan
 from activeseg.data.preprocess import PlannedCache, default_cache_dir, normalise, prepare_case
@@ -490,3 +491,39 @@ def test_dataset_constructor_rejects_duplicate_ids(tmp_path: Path) -> None:
     case = Case("x", tmp_path / "a.nii.gz", tmp_path / "b.nii.gz")
     with pytest.raises(ValueError, match="duplicate"):
         Dataset(tmp_path, (case, case), {0: "background"})
+
+
+def test_label_value_gaps_are_refused_naming_the_file(good_root: Path) -> None:
+    stray = np.zeros(SHAPE, np.uint8)
+    stray[0, 0, 0] = 7  # one stray voxel: inferring classes 0..7 would make five empty ones
+    _, lbl = _write_pair(good_root, "case_9", label=stray)
+    assert_invalid(
+        good_root,
+        esc(lbl) + r": label value 7 leaves a gap in the label values found \(0, 1, 2, 7; no 3\.\.6\)",
+        "dataset.json",
+    )
+    (good_root / "dataset.json").write_text(json.dumps({"labels": {str(v): f"c{v}" for v in range(8)}}))
+    assert load_dataset(good_root).num_classes == 8  # declared: fine
+
+
+def test_a_header_bomb_is_refused_before_its_voxels_are_read(tmp_path: Path) -> None:
+    header = nib_header((1000, 1000, 500))
+    bomb = tmp_path / "bomb.nii.gz"
+    bomb.write_bytes(gzip.compress(header))
+    with pytest.raises(DatasetError, match=r"bomb.nii.gz: the file is truncated or its header is corrupt: its header"):
+        read_volume(bomb)
+    bomb.write_bytes(gzip.compress(nib_header((2000, 2000, 2000))))
+    with pytest.raises(DatasetError, match=f"more than the limit of {MAX_VOLUME_BYTES}"):
+        read_volume(bomb)
+    raw = tmp_path / "bomb.nii"
+    raw.write_bytes(header)
+    with pytest.raises(DatasetError, match=r"bomb.nii: the file is truncated or its header is corrupt"):
+        read_volume(raw)
+
+
+def nib_header(shape: tuple[int, ...]) -> bytes:
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.uint8)
+    header["vox_offset"] = 352
+    return bytes(header.binaryblock) + bytes(4)

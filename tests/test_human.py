@@ -300,7 +300,8 @@ def test_a_round_closes_by_policy_all_waits_manual_starts_with_what_arrived(
 
 def test_check_label_refuses_a_decompression_bomb_and_names_the_upload() -> None:
     reference = Reference((4, 4, 4), np.eye(4), 3)
-    bomb = gzip.compress(b"\0" * (reference.max_nifti_bytes + 10))
+    header = nifti_gz(np.zeros((4, 4, 4), np.uint8), np.eye(4))  # a valid label, then a sea of zeros
+    bomb = gzip.compress(gzip.decompress(header) + b"\0" * (reference.max_nifti_bytes + 10))
     with pytest.raises(LabelFileError, match="upload x: decompresses to more than"):
         check_label("upload x", bomb, reference)
     good = check_label("upload y", nifti_gz(np.ones((4, 4, 4), dtype=np.int16), np.eye(4)), reference)

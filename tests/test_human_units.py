@@ -180,12 +180,12 @@ def test_server_serves_the_region_and_keeps_only_it_from_an_upload(
     run = copy_run(shared.template, tmp_path / "run")
     app = create_app(run, TOKEN, data=shared.data, max_upload_bytes=1 << 20)
     with serve_in_thread(app) as base:
-        queue = http("GET", f"{base}/api/queue").json()
+        queue = http("GET", f"{base}/api/queue", token=TOKEN).json()
         assert queue["unit"] == "patch"
         item = queue["cases"][0]
         case_id = item["case_id"]
         assert item["units"] and all(u.startswith(f"{case_id}@patch:") for u in item["units"])
-        reply = http("GET", f"{base}/api/cases/{case_id}/region.nii.gz")
+        reply = http("GET", f"{base}/api/cases/{case_id}/region.nii.gz", token=TOKEN)
         assert reply.status == 200
         region = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(reply.body)).dataobj) > 0
         truth = native_truth(shared.data, case_id)

@@ -234,7 +234,11 @@ def run_overrides(draw: st.DrawFn) -> dict[str, Any]:
     budget = draw(st.none() | positive_floats)
     costs = sorted(COSTS) if budget is None or oracle == "simulated" else list(LABEL_FREE_COSTS)
     return {
-        "name": draw(st.text(min_size=1, max_size=30)),
+        "name": draw(
+            st.text(
+                st.characters(codec="utf-8", exclude_characters="/\\\x7f", min_codepoint=32), min_size=1, max_size=30
+            ).filter(lambda n: n not in (".", ".."))
+        ),
         "seed": draw(st.integers(-(2**63), 2**63 - 1)),
         "data.root": draw(st.none() | paths),
         "data.test_root": test_root,
@@ -297,8 +301,8 @@ def run_overrides(draw: st.DrawFn) -> dict[str, Any]:
         "loop.plateau_min_delta": draw(non_negative_floats),
         "oracle.kind": oracle,
         "oracle.advance": draw(st.sampled_from(["all", "manual"])),
-        "oracle.token": draw(st.none() | st.text(min_size=16, max_size=40)),
-        "oracle.max_upload_mb": draw(positive_floats),
+        "oracle.token_sha256": draw(st.none() | st.text("0123456789abcdef", min_size=64, max_size=64)),
+        "oracle.max_upload_mb": draw(st.floats(1e-9, 4096.0)),
     }
 
 

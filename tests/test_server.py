@@ -5,6 +5,7 @@ last label arriving)."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import socket
@@ -71,7 +72,7 @@ def base(shared: Prepared, run_dir: Path) -> Iterator[str]:
 
 
 def queue(base: str) -> dict[str, Any]:
-    return dict(http("GET", f"{base}/api/queue").json())
+    return dict(http("GET", f"{base}/api/queue", token=TOKEN).json())
 
 
 def queued(base: str) -> list[str]:
@@ -119,20 +120,20 @@ def test_queue_status_and_case_volumes(base: str, shared: Prepared, run_dir: Pat
     assert [(c["case_id"], c["rank"], c["score"]) for c in body["cases"]] == [
         (c["unit"], c["rank"], c["score"]) for c in selection
     ]
-    status = http("GET", f"{base}/api/status").json()
+    status = http("GET", f"{base}/api/status", token=TOKEN).json()
     assert (status["state"], status["waiting_round"], status["received"], status["requested"]) == ("waiting", 1, 0, 3)
-    assert len(http("GET", f"{base}/api/curve").json()) == 1
-    assert http("GET", f"{base}/api/curve.png").body[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(http("GET", f"{base}/api/curve", token=TOKEN).json()) == 1
+    assert http("GET", f"{base}/api/curve.png", token=TOKEN).body[:8] == b"\x89PNG\r\n\x1a\n"
 
     case_id = case_of(selection[0]["unit"])  # a volume query: the unit key is the case id
     native = load_nifti(shared.data.pool.case(case_id).image)
     for volume in ("image", "prediction", "uncertainty"):
-        reply = http("GET", f"{base}/api/cases/{case_id}/{volume}.nii.gz")
+        reply = http("GET", f"{base}/api/cases/{case_id}/{volume}.nii.gz", token=TOKEN)
         assert reply.status == 200, reply.body
         image = nib.Nifti1Image.from_bytes(gzip.decompress(reply.body))
         assert image.shape == native.shape and np.allclose(image.affine, native.affine, atol=1e-5)
-    assert http("GET", f"{base}/api/cases/{case_id}/label.nii.gz").status == 404  # nothing received yet
-    assert http("GET", f"{base}/api/cases/{case_id}/model.nii.gz").status == 404
+    assert http("GET", f"{base}/api/cases/{case_id}/label.nii.gz", token=TOKEN).status == 404  # nothing received yet
+    assert http("GET", f"{base}/api/cases/{case_id}/model.nii.gz", token=TOKEN).status == 404
     page = http("GET", f"{base}/")
     assert page.status == 200 and b"niivue.umd.js" in page.body
     assert "default-src 'self'" in page.headers["content-security-policy"]
@@ -152,7 +153,16 @@ def test_writes_need_the_right_token(base: str, shared: Prepared, run_dir: Path)
     assert http("POST", f"{base}/api/next-round", token=TOKEN[:-1] + "x").status == 403
     assert submissions(run_dir) == []
     # a page elsewhere that rebinds its DNS name to 127.0.0.1 is not answered
-    assert http("GET", f"{base}/api/queue", headers={"Host": "attacker.example"}).status == 400
+    assert http("GET", f"{base}/api/queue", token=TOKEN, headers={"Host": "attacker.example"}).status == 400
+
+
+def test_reads_need_the_token_too(base: str) -> None:
+    case_id = queued(base)[0]
+    for path in ("status", "queue", "job", "curve", "curve.png", f"cases/{case_id}/image.nii.gz"):
+        missing = http("GET", f"{base}/api/{path}")
+        assert missing.status == 401 and missing.headers["www-authenticate"] == "Bearer", path
+        assert http("GET", f"{base}/api/{path}", token="wrong-token-0123456789").status == 403, path
+    assert http("GET", f"{base}/").status == 200  # the viewer's page and scripts hold no data
 
 
 @pytest.mark.parametrize(
@@ -162,7 +172,7 @@ def test_writes_need_the_right_token(base: str, shared: Prepared, run_dir: Path)
 def test_case_ids_are_looked_up_never_used_as_paths(base: str, run_dir: Path, case_id: str) -> None:
     before = sorted(p.relative_to(run_dir.parent) for p in run_dir.parent.rglob("*"))
     for volume in ("image", "label"):
-        assert http("GET", f"{base}/api/cases/{case_id}/{volume}.nii.gz").status == 404
+        assert http("GET", f"{base}/api/cases/{case_id}/{volume}.nii.gz", token=TOKEN).status == 404
     reply = http("PUT", f"{base}/api/cases/{case_id}/label", b"\0" * 100, token=TOKEN)
     assert reply.status == 404, reply.body
     assert sorted(p.relative_to(run_dir.parent) for p in run_dir.parent.rglob("*")) == before
@@ -267,7 +277,7 @@ def test_a_correction_names_the_label_it_replaces(base: str, shared: Prepared, r
     assert reply.status == 200 and reply.json()["outcome"] == "corrected"
     *_, (r, case, sha, source, supersedes) = submissions(run_dir)
     assert (r, case, sha, source) == (1, case_id, reply.json()["sha256"], "upload") and supersedes is not None
-    received = http("GET", f"{base}/api/cases/{case_id}/label.nii.gz")
+    received = http("GET", f"{base}/api/cases/{case_id}/label.nii.gz", token=TOKEN)
     array = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(received.body)).dataobj)
     assert not (array == 2).any()  # the correction is what the run now holds
 
@@ -292,8 +302,8 @@ def test_next_round_runs_in_the_background_then_the_last_label_starts_one(
     assert (advance["round"], advance["policy"], advance["requested"], advance["received"]) == (1, "all", 3, 2)
     with Ledger(run_dir / "ledger.sqlite") as ledger:  # only the labels that arrived train; the rest stay in the pool
         assert sorted(r.case_id for r in ledger.labels() if r.round == 1) == received
-    assert len(http("GET", f"{base}/api/curve").json()) == 2
-    status = http("GET", f"{base}/api/status").json()
+    assert len(http("GET", f"{base}/api/curve", token=TOKEN).json()) == 2
+    status = http("GET", f"{base}/api/status", token=TOKEN).json()
     assert (status["state"], status["waiting_round"], status["labelled"]) == ("waiting", 2, 6)
 
     # round 2 (the last): the third label completes the queue and starts the round by itself (advance: all)
@@ -305,19 +315,44 @@ def test_next_round_runs_in_the_background_then_the_last_label_starts_one(
     assert "next_round" not in replies[1].json() and replies[2].json()["next_round"]["trigger"] == "all labels in"
     job = wait_for_job(base)
     assert job["state"] == "finished" and job["result"] == "budget reached: 2 acquisition rounds", job
-    status = http("GET", f"{base}/api/status").json()
+    status = http("GET", f"{base}/api/status", token=TOKEN).json()
     assert (status["state"], status["evaluated_rounds"], status["labelled"]) == ("stopped", 3, 9)
     assert http("POST", f"{base}/api/next-round", token=TOKEN).status == 409  # nothing is waiting any more
 
 
-def test_serve_command_binds_to_loopback_and_prints_the_token_once(shared: Prepared, tmp_path: Path) -> None:
-
-    run = copy_run(shared.template, tmp_path / "run")
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "activeseg.cli", "serve", str(run), "--port", str(port)]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ)
+        return int(probe.getsockname()[1])
+
+
+def start_serve(run: Path, *options: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], int]:
+    port = free_port()
+    command = [sys.executable, "-m", "activeseg.cli", "serve", str(run), "--port", str(port), *options]
+    environ = {k: v for k, v in os.environ.items() if k != "ACTIVESEG_TOKEN"} | (env or {})
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environ), port
+
+
+def wait_until_up(server: subprocess.Popen[str], port: int) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            http("GET", f"http://127.0.0.1:{port}/")
+            return
+        except OSError:
+            assert time.monotonic() < deadline and server.poll() is None
+            time.sleep(0.2)
+
+
+def stop(server: subprocess.Popen[str]) -> str:
+    server.terminate()
+    rest, _ = server.communicate(timeout=30)
+    return rest
+
+
+def test_serve_command_binds_to_loopback_and_prints_the_token_once(shared: Prepared, tmp_path: Path) -> None:
+    run = copy_run(shared.template, tmp_path / "run")
+    server, port = start_serve(run)
     try:
         lines = iter(server.stdout.readline, "")  # type: ignore[union-attr]
         token_line = next(line for line in lines if line.startswith("token"))  # after any log lines
@@ -325,20 +360,58 @@ def test_serve_command_binds_to_loopback_and_prints_the_token_once(shared: Prepa
         token = token_line.rsplit(" ", 1)[-1].strip()
         assert token_line.startswith("token") and len(token) >= 32
         assert viewer_line.strip() == f"viewer: http://127.0.0.1:{port}/#token={token}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                status = http("GET", f"http://127.0.0.1:{port}/api/status")
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None
-                time.sleep(0.2)
+        wait_until_up(server, port)
+        status = http("GET", f"http://127.0.0.1:{port}/api/status", token=token)
         assert status.status == 200 and status.json()["state"] == "waiting"
         assert http("POST", f"http://127.0.0.1:{port}/api/next-round", token=token).status == 409  # token accepted
         listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=False)
         if listening.returncode == 0:
             assert all("127.0.0.1:" in line for line in listening.stdout.splitlines() if line.strip())
     finally:
-        server.terminate()
-        rest, _ = server.communicate(timeout=30)
+        rest = stop(server)
     assert token not in rest  # printed once, never again
+    # only the token's hash is kept, and a second start neither prints it nor makes a new one
+    assert (run / "serve-token.sha256").read_text().strip() == hashlib.sha256(token.encode()).hexdigest()
+    assert not [p for p in run.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
+    server, port = start_serve(run)
+    try:
+        wait_until_up(server, port)
+        assert http("GET", f"http://127.0.0.1:{port}/api/status", token=token).status == 200
+    finally:
+        again = stop(server)
+    assert token not in again and "token=<the run's token>" in again, again
+
+
+def test_serve_on_every_interface_answers_only_allowed_hosts_and_reads_need_the_token(
+    shared: Prepared, tmp_path: Path
+) -> None:
+    run = copy_run(shared.template, tmp_path / "run")
+    secret = tmp_path / "token"
+    secret.write_text("a-token-from-a-file-0123456789\n")
+    options = ["--host", "0.0.0.0", "--allowed-host", "annotate.example", "--token-file", str(secret)]
+    server, port = start_serve(run, *options)
+    try:
+        wait_until_up(server, port)
+        url = f"http://127.0.0.1:{port}/api/queue"
+        token = "a-token-from-a-file-0123456789"
+        assert http("GET", url, token=token, headers={"Host": "evil.example"}).status == 400  # DNS rebinding
+        assert http("GET", url, token=token, headers={"Host": f"evil.example:{port}"}).status == 400
+        assert http("GET", url, headers={"Host": "annotate.example"}).status == 401  # a read without the token
+        assert http("GET", url, token=token[:-1] + "x", headers={"Host": "annotate.example"}).status == 403
+        assert http("GET", url, token=token, headers={"Host": f"annotate.example:{port}"}).status == 200
+        assert http("GET", url, token=token).status == 200  # an IP address cannot be a rebound name
+        assert http("GET", f"http://127.0.0.1:{port}/", headers={"Host": "annotate.example"}).status == 200
+    finally:
+        output = stop(server)
+    assert token not in output and "token (needed" not in output  # a token the user gave is never printed
+    warning = " ".join(output.split())
+    assert "warning: listening on 0.0.0.0" in warning and "images" in warning and "--allowed-host" in warning
+    assert "annotate.example" in warning
+    assert not (run / "serve-token.sha256").exists()
+
+
+def test_serve_takes_no_token_on_the_command_line(shared: Prepared, tmp_path: Path) -> None:
+    run = copy_run(shared.template, tmp_path / "run")
+    command = [sys.executable, "-m", "activeseg.cli", "serve", str(run), "--token", "x" * 20]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2 and "No such option" in result.stderr + result.stdout

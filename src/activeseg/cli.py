@@ -53,6 +53,15 @@ def _load(config_path: Path, data: Path | None, test_data: Path | None) -> RunCo
     return config.override(changes) if changes else config
 
 
+def _new_folder(path: Path, option: str) -> Path:
+    """``path``, unless something other than a folder is there (RunError naming the option)."""
+    if path.exists() and not path.is_dir():
+        raise RunError(f"{option} {path}: exists and is not a folder")
+    if any(p.exists() and not p.is_dir() for p in path.parents):
+        raise RunError(f"{option} {path}: a part of the path is a file, not a folder")
+    return path
+
+
 DataOption = Annotated[Path | None, typer.Option("--data", help="Dataset folder (MSD layout); overrides data.root.")]
 TestDataOption = Annotated[
     Path | None, typer.Option("--test-data", help="Separate fixed test set (same layout); overrides data.test_root.")
@@ -69,7 +78,8 @@ def run(
     """Start an active-learning run from a YAML config."""
     try:
         config = _load(config_path, data, test_data)
-        run_dir = start_run(config, run_dir or Path("runs") / config.name, RichReporter())
+        run_dir = _new_folder(run_dir or Path("runs") / config.name, "--run-dir")
+        run_dir = start_run(config, run_dir, RichReporter())
     except USER_ERRORS as err:
         raise _fail(err) from None
     if waiting := waiting_message(RunLayout(run_dir)):
@@ -159,7 +169,8 @@ def full_data_command(
         config = _load(config_path, data, test_data)
         if iterations is not None:
             config = config.override({"train.iterations": iterations})
-        full_data_run(config, out_dir or Path("runs") / f"{config.name}-full-data", RichReporter())
+        out = _new_folder(out_dir or Path("runs") / f"{config.name}-full-data", "--out-dir")
+        full_data_run(config, out, RichReporter())
     except USER_ERRORS as err:
         raise _fail(err) from None
 
@@ -315,17 +326,33 @@ def serve(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")],
     host: Annotated[str, typer.Option(help="Address to listen on (default: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    token: Annotated[
-        str | None, typer.Option(help="Bearer token for writes (default: oracle.token, else a new one).")
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host", help="A Host name clients use to reach the server (repeatable); loopback is always in."
+        ),
     ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            help="Read the bearer token from this file (or set $ACTIVESEG_TOKEN); default: oracle.token_sha256, "
+            "else the token serve generated for the run.",
+        ),
+    ] = None,
+    new_token: Annotated[
+        bool, typer.Option("--new-token", help="Generate a new token for the run (printed once), replacing its own.")
+    ] = False,
 ) -> None:
-    """The annotation server and browser viewer of a run with a human oracle (prints the write token once)."""
+    """The annotation server and browser viewer of a run with a human oracle (every request needs the token)."""
     try:
         from activeseg.annotation.server import serve as run_server  # noqa: PLC0415 - the optional 'serve' extra
     except ImportError as err:
         raise _fail(RunError(f"the server needs the 'serve' extra: pip install 'activeseg[serve]' ({err})")) from None
     try:
-        run_server(run_dir, host=host, port=port, token=token, echo=typer.echo)  # plain lines: never wrapped
+        run_server(  # plain lines: never wrapped
+            run_dir, host, port, token_file, allowed_host or [], renew_token=new_token, echo=typer.echo
+        )
     except USER_ERRORS as err:
         raise _fail(err) from None
 

@@ -8,6 +8,8 @@ activeseg validates configuration: code downstream trusts these objects.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +20,35 @@ import yaml
 from activeseg.acquisition.costs import COSTS, LABEL_FREE_COSTS
 from activeseg.acquisition.registry import STRATEGIES
 from activeseg.acquisition.stochastic import scheduled_beta
-from activeseg.validate import ConfigError, build, plain, require
+from activeseg.validation import ConfigError, build, plain, require
 
-__all__ = ["ConfigError", "RunConfig", "build", "config_from_dict", "load_config", "plain", "require", "save_config"]
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "InferenceConfig",
+    "LoopConfig",
+    "ModelConfig",
+    "OracleConfig",
+    "PlanConfig",
+    "RunConfig",
+    "StrategyConfig",
+    "TrainConfig",
+    "UnitConfig",
+    "build",
+    "config_from_dict",
+    "load_config",
+    "plain",
+    "require",
+    "save_config",
+]
+
+
+MAX_BATCH_SIZE = 256
+"""The largest batch of volumes (training, evaluation, stochastic passes): more is a typo, not a setting."""
+MAX_UPLOAD_MB = 4096.0
+"""The largest ``oracle.max_upload_mb``."""
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -126,7 +154,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(self.iterations >= 1, "train.iterations", "must be at least 1")
-        require(2 <= self.batch_size <= 256, "train.batch_size", "must be between 2 and 256")
+        require(2 <= self.batch_size <= MAX_BATCH_SIZE, "train.batch_size", f"must be between 2 and {MAX_BATCH_SIZE}")
         require(0 < self.learning_rate <= 10, "train.learning_rate", "must be in (0, 10]")
         require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         require(0 <= self.oversample_foreground <= 1, "train.oversample_foreground", "must be in [0, 1]")
@@ -147,7 +175,11 @@ class InferenceConfig:
 
     def __post_init__(self) -> None:
         require(0 <= self.overlap < 1, "inference.overlap", "must be in [0, 1)")
-        require(1 <= self.windows_per_batch <= 256, "inference.windows_per_batch", "must be between 1 and 256")
+        require(
+            1 <= self.windows_per_batch <= MAX_BATCH_SIZE,
+            "inference.windows_per_batch",
+            f"must be between 1 and {MAX_BATCH_SIZE}",
+        )
 
 
 @dataclass(frozen=True)
@@ -186,7 +218,11 @@ class StrategyConfig:
         )
         require(0.0 < self.top_q <= 1.0, "strategy.top_q", "must be in (0, 1]")
         require(self.mc_samples >= 2, "strategy.mc_samples", "must be at least 2 for a spread of predictions")
-        require(self.mc_batch_size >= 1, "strategy.mc_batch_size", "must be at least 1")
+        require(
+            1 <= self.mc_batch_size <= MAX_BATCH_SIZE,
+            "strategy.mc_batch_size",
+            f"must be between 1 and {MAX_BATCH_SIZE}",
+        )
         require(self.ensemble_size >= 2, "strategy.ensemble_size", "must be at least 2 for a spread of predictions")
         require(self.sketch_sites >= 1, "strategy.sketch_sites", "must be at least 1")
         require(self.joint_configurations >= 10, "strategy.joint_configurations", "must be at least 10")
@@ -273,13 +309,29 @@ class OracleConfig:
     """Human oracle: the next round starts once every queried label has arrived (``all``; the user may still
     accept a partial set explicitly), or when the user says so, with the labels that have arrived (``manual``)."""
     token: str | None = None
-    """Bearer token for writes to ``activeseg serve``; default: a fresh random token, printed once at start."""
+    """Bearer token of ``activeseg serve`` (at least 16 characters). Only its sha256 is kept: the loaded config holds
+    ``token_sha256`` and ``token: null``, so a run's config.yaml never holds the token itself. Default: the token
+    from ``--token-file`` or ``$ACTIVESEG_TOKEN``, else the one ``serve`` generated for the run."""
+    token_sha256: str | None = None
+    """The sha256 (hex) of the bearer token; set from ``token``, or directly."""
     max_upload_mb: float = 64.0
-    """Largest label upload the server accepts."""
+    """Largest label upload the server accepts (it also refuses anything larger than a label of the image can be)."""
 
     def __post_init__(self) -> None:
         require(self.token is None or len(self.token) >= 16, "oracle.token", "must be at least 16 characters")
-        require(self.max_upload_mb > 0, "oracle.max_upload_mb", "must be positive")
+        require(
+            self.token_sha256 is None or bool(_SHA256_HEX.match(self.token_sha256)),
+            "oracle.token_sha256",
+            "must be 64 lower-case hex digits (the sha256 of the token)",
+        )
+        if self.token is not None:
+            digest = hashlib.sha256(self.token.encode()).hexdigest()
+            require(
+                self.token_sha256 in (None, digest), "oracle.token", "does not match oracle.token_sha256; set only one"
+            )
+            object.__setattr__(self, "token_sha256", digest)
+            object.__setattr__(self, "token", None)
+        require(0 < self.max_upload_mb <= MAX_UPLOAD_MB, "oracle.max_upload_mb", f"must be in (0, {MAX_UPLOAD_MB:g}]")
 
 
 @dataclass(frozen=True)
@@ -299,6 +351,12 @@ class RunConfig:
     oracle: OracleConfig = field(default_factory=OracleConfig)
 
     def __post_init__(self) -> None:
+        plain_name = self.name not in ("", ".", "..") and len(self.name) <= 200 and not _UNSAFE_NAME.search(self.name)
+        require(
+            plain_name,
+            "name",
+            f"{self.name!r} must be a plain folder name (no '/', '\\', '..' alone, control characters; at most 200)",
+        )
         if self.loop.stop_below_uncertainty is not None:
             require(
                 STRATEGIES[self.strategy.name].needs_scores,
@@ -380,9 +438,15 @@ class RunConfig:
 def load_config(path: Path) -> RunConfig:
     """Read and validate a YAML run config; errors name the file and the key."""
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a YAML config is UTF-8 text)") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config ({err.strerror or err})") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     try:

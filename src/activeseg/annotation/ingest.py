@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,26 +41,34 @@ def find_label_files(in_dir: Path, queue: Queue) -> tuple[dict[str, Path], list[
     """Map queued case ids to the label files in ``in_dir`` (``<case>/label.nii.gz`` or ``<case>.nii.gz``).
 
     Folder and file names are matched against the queue's case ids (through :func:`safe_name`), never used to
-    build a path elsewhere. Returns the files found and the problems (unknown cases, duplicates).
+    build a path elsewhere. A link is followed only to a regular file inside ``in_dir``. Returns the files found and
+    the problems (unknown cases, duplicates, links out of the folder, files that are not regular files).
     """
     by_name = {safe_name(c): c for c in queue.ids}
+    root = Path(in_dir).resolve()
     found: dict[str, Path] = {}
     problems: list[str] = []
     for entry in sorted(Path(in_dir).iterdir()):
         if entry.name.startswith("."):
             continue
-        if entry.is_dir():
-            labels = [entry / n for n in LABEL_NAMES if (entry / n).is_file()]
+        if entry.is_dir() and not entry.is_symlink():
+            labels = [entry / n for n in LABEL_NAMES if os.path.lexists(entry / n)]
             if not labels:
                 continue  # a case folder not labelled yet
             if len(labels) > 1:
                 problems.append(f"{labels[0]} and {labels[1]}: two label files for one case; keep one")
                 continue
             name, path = entry.name, labels[0]
-        elif entry.is_file() and entry.name.lower().endswith((".nii.gz", ".nii")):
+        elif entry.name.lower().endswith((".nii.gz", ".nii")):
             suffix = ".nii.gz" if entry.name.lower().endswith(".nii.gz") else ".nii"
             name, path = entry.name[: -len(suffix)], entry
         else:
+            if entry.is_symlink() and entry.is_dir():
+                problems.append(f"{entry}: a link to a folder; put the case folder itself in {in_dir}")
+            continue
+        problem = _not_a_plain_file(path, root)
+        if problem:
+            problems.append(problem)
             continue
         case_id = by_name.get(name)
         if case_id is None:
@@ -71,6 +80,18 @@ def find_label_files(in_dir: Path, queue: Queue) -> tuple[dict[str, Path], list[
         else:
             found[case_id] = path
     return found, problems
+
+
+def _not_a_plain_file(path: Path, root: Path) -> str | None:
+    """Why ``path`` cannot be read as a label file (a link out of ``root``, or not a regular file), or None."""
+    target = path.resolve()
+    if not target.is_relative_to(root):
+        return f"{path}: a link to {target}, outside {root}; copy the label file into the folder instead"
+    if not path.exists():
+        return f"{path}: a broken link"
+    if not path.is_file():
+        return f"{path}: not a regular file (a device, a pipe, a socket or a folder); save the label as a file"
+    return None
 
 
 def ingest_folder(
@@ -93,7 +114,8 @@ def ingest_folder(
     for case_id, path in found.items():
         try:
             reference = reference_for(run.data, case_id)
-            label = check_label(str(path), read_submission_file(path), reference)
+            payload = read_submission_file(path, reference.max_file_bytes)
+            label = check_label(str(path), payload, reference)
         except LabelFileError as err:
             problems.append(str(err))
             continue

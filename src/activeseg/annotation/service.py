@@ -7,8 +7,10 @@ status code each problem deserves; the round itself runs in a thread through ``e
 from __future__ import annotations
 
 import csv
+import logging
+import re
 import threading
-import traceback
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +31,9 @@ from activeseg.oracles.label_files import (
 )
 from activeseg.rundir.database import now
 from activeseg.rundir.label_store import ANY, LabelConflict, NotQueued, Queue, QueueItem, Submission
+
+logger = logging.getLogger(__name__)
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/])/(?:[^\s/'\"():,]+/)*([^\s/'\"():,]+)")
 
 # --- the background job ---------------------------------------------------------------------------------------------
 
@@ -75,6 +80,7 @@ class Job:
     finished_at: str | None = None
     result: str | None = None
     error: str | None = None
+    error_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -85,8 +91,18 @@ class Job:
             "finished_at": self.finished_at,
             "result": self.result,
             "error": self.error,
+            "error_id": self.error_id,
             "progress": self.reporter.snapshot(),
         }
+
+
+def public_message(err: Exception, run_dir: Path) -> str:
+    """An error for the API: its type and message with the run folder written ``RUN_DIR`` and any other absolute path
+    cut to its last part (the traceback goes only to the server's log)."""
+    text = f"{type(err).__name__}: {err}"
+    for root in sorted({str(run_dir), str(Path(run_dir).resolve())}, key=len, reverse=True):
+        text = text.replace(root, "RUN_DIR")
+    return _ABSOLUTE_PATH.sub(lambda m: f"…/{m.group(1)}", text)
 
 
 # --- the service ----------------------------------------------------------------------------------------------------
@@ -198,10 +214,15 @@ class AnnotationService:
                     prepare_packages(self.run, queue, job.reporter)
             job.result, job.state = result, "finished"
         except Exception as err:
-            job.error = f"{type(err).__name__}: {err}"
-            job.reporter.info(traceback.format_exc(limit=5))
+            job.error_id = uuid.uuid4().hex[:12]
+            job.error = public_message(err, self.run.layout.root)
+            logger.exception("background round %d failed (error id %s)", job.number, job.error_id)
             job.state = "failed"
         job.finished_at = now()
+
+    def upload_limit(self, case_id: str) -> int:
+        """The largest upload for a queued case: the configured limit, or the largest label file of its image."""
+        return min(self.max_upload_bytes, self.reference(case_id).max_file_bytes)
 
     def next_round(self, accept_partial: bool) -> Job:
         queue = self.run.store.queue()

@@ -164,6 +164,14 @@ def load_dataset(
                 f"{found[top]}: label value {top} is too large to infer class names from (is this an "
                 "intensity image?); declare the labels in dataset.json or pass labels="
             )
+        gaps = sorted(set(range(1, top)) - found.keys())
+        if gaps and top <= MAX_INFERRED_LABEL:
+            odd = min(v for v in found if v > gaps[0])
+            problems.append(
+                f"{found[odd]}: label value {odd} leaves a gap in the label values found "
+                f"({', '.join(map(str, sorted(found)))}; no {_spans(gaps)}): a stray value or a missing class? "
+                "Declare the labels in dataset.json or pass labels="
+            )
         declared = {0: "background"} | {v: f"class_{v}" for v in range(1, top + 1)}
     if len(counts) > 1:
         listed = ", ".join(f"{path} has {n}" for n, path in sorted(counts.items()))
@@ -173,6 +181,17 @@ def load_dataset(
     logger.info("validated %d cases in %s in %.1f s", len(cases), root, time.perf_counter() - start)
     labels_found = dict(sorted((declared or {0: "background"}).items()))
     return Dataset(root, cases, labels_found, _declared_modality(root))
+
+
+def _spans(values: list[int]) -> str:
+    """``[2, 3, 4, 6]`` as ``2..4, 6``."""
+    spans: list[list[int]] = []
+    for v in values:
+        if spans and v == spans[-1][1] + 1:
+            spans[-1][1] = v
+        else:
+            spans.append([v, v])
+    return ", ".join(f"{a}..{b}" if b > a else str(a) for a, b in spans)
 
 
 def _raise(root: Path, problems: list[str]) -> None:

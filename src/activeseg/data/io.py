@@ -25,6 +25,11 @@ _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _CHANNEL_SUFFIX = "_0000"
 # ITK uses LPS+ world coordinates, nibabel RAS+: the first two world axes change sign.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+MAX_VOLUME_BYTES = 4 << 30
+"""The most memory one volume may take (voxels × bytes a voxel, in the file's type and, when a NIfTI header scales
+its values, as float64 too): a header that claims more is refused before anything is allocated."""
+MAX_GZIP_RATIO = 1032
+"""deflate cannot compress more than 1032:1, so a .nii.gz holds at most this many bytes per byte of file."""
 # "Exception thrown in SimpleITK ImageFileReader_Execute: /src/x.cxx:490: ITK ERROR: MetaImageIO(0x…): "
 _ITK_BOILERPLATE = re.compile(r"^.*?(ITK ERROR: \w+\(0x[0-9a-fA-F]+\):|sitk::ERROR:)\s*")
 
@@ -156,14 +161,51 @@ def nifti_gz(
 
 
 def _read_nifti(path: Path) -> Volume:
-    img = nib.load(str(path), mmap=False)
+    img = nib.load(str(path), mmap=False)  # the header only: the voxels are read below
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise DatasetError(f"{path}: not a NIfTI image (nibabel read it as {type(img).__name__})")
+    _check_nifti_size(path, img)
     array = np.asanyarray(img.dataobj)
     return Volume(np.asarray(array), np.asarray(img.affine, dtype=np.float64))
 
 
+def _check_nifti_size(path: Path, img: Any) -> None:
+    """Refuse, before reading any voxel, a header whose voxels the file cannot hold or memory should not."""
+    shape = tuple(int(s) for s in img.header.get_data_shape())
+    disk = int(np.prod(shape, dtype=np.float64)) * np.dtype(img.header.get_data_dtype()).itemsize
+    scaled = (img.dataobj.slope, img.dataobj.inter) != (1.0, 0.0)
+    needed = disk + (int(np.prod(shape, dtype=np.float64)) * 8 if scaled else 0)
+    claim = f"its header claims {'x'.join(map(str, shape))} voxels of {img.header.get_data_dtype()}"
+    if needed > MAX_VOLUME_BYTES:
+        raise DatasetError(f"{path}: {claim}, {needed} bytes in memory, more than the limit of {MAX_VOLUME_BYTES}")
+    size = path.stat().st_size
+    gzipped = path.name.lower().endswith(".gz")
+    holds = size * MAX_GZIP_RATIO + (1 << 16) if gzipped else size - int(img.dataobj.offset)
+    if disk > holds:
+        raise DatasetError(
+            f"{path}: the file is truncated or its header is corrupt: {claim} ({disk} bytes), but the "
+            f"{size}-byte file {'can hold at most' if gzipped else 'holds'} {max(holds, 0)}"
+        )
+
+
+def _check_itk_size(path: Path) -> None:
+    """Refuse, before reading any voxel, an ITK header that claims more memory than one volume may take."""
+    itk: Any = sitk  # SimpleITK is untyped
+    reader = itk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    voxels = int(np.prod(reader.GetSize(), dtype=np.float64)) * int(reader.GetNumberOfComponents())
+    tiny = itk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
+    needed = voxels * sitk.GetArrayViewFromImage(tiny).itemsize
+    if needed > MAX_VOLUME_BYTES:
+        raise DatasetError(
+            f"{path}: its header claims {'x'.join(map(str, reader.GetSize()))} voxels, {needed} bytes in memory, "
+            f"more than the limit of {MAX_VOLUME_BYTES}"
+        )
+
+
 def _read_itk(path: Path) -> Volume:
+    _check_itk_size(path)
     image: Any = sitk.ReadImage(str(path))
     dim = image.GetDimension()
     array = sitk.GetArrayFromImage(image)  # (z, y, x[, component])

@@ -8,7 +8,10 @@ maps a case's queried units from the training grid to the image's native grid, w
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import stat
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,10 +35,26 @@ class LabelFileError(ValueError):
     """A label file that cannot be accepted; the message names the file."""
 
 
+HEADER_ROOM = 1 << 20
+"""Bytes allowed before the voxels (header and extensions), and after them (trailing bytes that are ignored)."""
+_HEADERS: dict[int, Any] = {348: nib.Nifti1Header, 540: nib.Nifti2Header}
+_MAGIC = {348: b"n+1", 540: b"n+2"}
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_HASHED = re.compile(r"--[0-9a-f]{12}$")
+
+
 def safe_name(case_id: str) -> str:
-    """A file-system-safe folder name for a case (export folders); ingest maps it back through the queue."""
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", case_id)
-    return "_" + name if name.startswith(".") or not name else name
+    """A file-system-safe folder name for a case (export folders, annotation packages); ingest maps it back
+    through the queue.
+
+    Injective: a case id that is already a plain name (letters, digits, ``._-``, at most 100 characters, not
+    ending in what looks like this suffix) is kept; any other gets a hash of the id appended to its sanitised form,
+    so ``"case a"`` and ``"case_a"`` never share a folder.
+    """
+    if _SAFE.match(case_id) and not _HASHED.search(case_id):
+        return case_id
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", case_id)[:80].lstrip(".") or "_"
+    return f"{name}--{hashlib.sha256(case_id.encode()).hexdigest()[:12]}"
 
 
 @dataclass(frozen=True)
@@ -49,7 +68,12 @@ class Reference:
     @property
     def max_nifti_bytes(self) -> int:
         """The largest uncompressed NIfTI a label of this shape can be (8 bytes a voxel, generous header room)."""
-        return int(np.prod(self.shape)) * 8 + (1 << 20)
+        return int(np.prod(self.shape)) * 8 + 2 * HEADER_ROOM
+
+    @property
+    def max_file_bytes(self) -> int:
+        """The largest label file, gzip or not (gzip adds little more than 0.1% to data it cannot compress)."""
+        return self.max_nifti_bytes + self.max_nifti_bytes // 256 + 4096
 
 
 def reference_for(data: RunData, case_id: str) -> Reference:
@@ -62,70 +86,156 @@ def reference_for(data: RunData, case_id: str) -> Reference:
 def check_label(name: str, payload: bytes, reference: Reference) -> npt.NDArray[np.uint8]:
     """Parse and validate a label NIfTI (``.nii`` or ``.nii.gz`` bytes); ``name`` is used in every error.
 
-    Checks: readable NIfTI (decompressed size bounded), a 3D volume, the image's shape and affine, finite integer
-    values in ``0 .. num_classes - 1``. Returns the label as uint8 on the native grid.
+    The header is read first: a 3D volume of the image's shape, a supported voxel type, and a file no larger than
+    that header describes, all checked before any voxel is decompressed or allocated (a header that claims
+    2000³ voxels costs nothing). Then the image's affine, and finite integer values in ``0 .. num_classes - 1``;
+    scale factors are applied to the distinct values only, never to a float64 copy of the volume. Returns the label
+    as uint8 on the native grid.
     """
     try:
-        raw = _gunzip(payload, reference.max_nifti_bytes) if payload[:2] == b"\x1f\x8b" else payload
-        image = _nifti_from_bytes(raw)
-        array = np.asarray(image.dataobj)
+        header, voxels = _read_nifti(payload, reference)
+        with np.errstate(all="ignore"):
+            return _label_voxels(header, voxels, reference)
     except LabelFileError as err:
         raise LabelFileError(f"{name}: {err}") from None
     except Exception as err:
         raise LabelFileError(f"{name}: not a readable NIfTI file ({type(err).__name__}: {err})") from None
-    while array.ndim > 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim != 3:
-        raise LabelFileError(f"{name}: label is {array.ndim}D with shape {array.shape}; expected a 3D volume")
-    if tuple(array.shape) != reference.shape:
-        raise LabelFileError(f"{name}: label shape {tuple(array.shape)} differs from the image's {reference.shape}")
-    affine = np.asarray(image.affine, dtype=np.float64)
-    if not np.allclose(affine, reference.affine, atol=AFFINE_ATOL):
+
+
+def _read_nifti(payload: bytes, reference: Reference) -> tuple[Any, npt.NDArray[Any]]:
+    """The header and the raw voxels (disk type, image shape) of NIfTI bytes, read header first."""
+    gzipped = payload[:2] == b"\x1f\x8b"
+    if not gzipped and len(payload) > reference.max_nifti_bytes:
+        raise LabelFileError(
+            f"the file is {len(payload)} bytes, more than a label of this image can be ({reference.max_nifti_bytes})"
+        )
+    stream = _Gunzip(payload) if gzipped else None
+    raw = stream.read(540) if stream is not None else payload[:540]
+    header = _header(raw)
+    shape = _shape(header, reference)
+    dtype = _dtype(header)
+    offset = _offset(header)
+    size = offset + int(np.prod(shape)) * dtype.itemsize  # bounded: the shape is the image's
+    if stream is not None:
+        raw += stream.read(size + HEADER_ROOM + 1 - len(raw))
+    else:
+        raw = payload
+    if len(raw) < size:
+        raise LabelFileError(f"the file is truncated: its header describes {size} bytes, it holds {len(raw)}")
+    if len(raw) > size + HEADER_ROOM:
+        raise LabelFileError(
+            f"decompresses to more than {size + HEADER_ROOM} bytes, more than its header describes ({size})"
+        )
+    voxels = np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape)), offset=offset)
+    return header, voxels.reshape(reference.shape, order="F")
+
+
+def _header(raw: bytes) -> Any:
+    """A NIfTI-1 or NIfTI-2 header parsed without nibabel's checks (which print to stderr); its magic checked."""
+    if len(raw) < 348:
+        raise LabelFileError(f"not a readable NIfTI file (only {len(raw)} bytes, shorter than a NIfTI header)")
+    sizes = (int.from_bytes(raw[:4], "little", signed=True), int.from_bytes(raw[:4], "big", signed=True))
+    size = next((s for s in sizes if s in _HEADERS), None)
+    if size is None or len(raw) < size:
+        raise LabelFileError("not a readable NIfTI file (its first bytes are not a NIfTI-1 or NIfTI-2 header)")
+    header = _HEADERS[size](binaryblock=raw[:size], check=False)
+    magic = bytes(header["magic"].tobytes())[:3]
+    if magic != _MAGIC[size]:
+        raise LabelFileError(f"not a readable NIfTI file (magic {magic!r}; expected a single .nii file)")
+    return header
+
+
+def _shape(header: Any, reference: Reference) -> tuple[int, ...]:
+    """The header's data shape: a 3D volume (trailing singleton dimensions allowed) of the image's shape."""
+    dim = [int(d) for d in header["dim"]]
+    if not 1 <= dim[0] <= 7 or any(d < 1 for d in dim[1 : dim[0] + 1]):
+        raise LabelFileError(f"not a readable NIfTI file (invalid dimensions {dim})")
+    shape = tuple(dim[1 : dim[0] + 1])
+    squeezed = shape
+    while len(squeezed) > 3 and squeezed[-1] == 1:
+        squeezed = squeezed[:-1]
+    if len(squeezed) != 3:
+        raise LabelFileError(f"label is {len(squeezed)}D with shape {squeezed}; expected a 3D volume")
+    if squeezed != reference.shape:
+        raise LabelFileError(f"label shape {squeezed} differs from the image's {reference.shape}")
+    return shape
+
+
+def _dtype(header: Any) -> np.dtype[Any]:
+    try:
+        dtype: np.dtype[Any] = np.dtype(header.get_data_dtype())
+    except Exception:
+        raise LabelFileError(f"unsupported voxel type (NIfTI datatype code {int(header['datatype'])})") from None
+    if dtype.kind not in "biuf" or dtype.itemsize > 8:
+        raise LabelFileError(f"unsupported voxel type {dtype}")
+    return dtype
+
+
+def _offset(header: Any) -> int:
+    """Where the voxels start; an offset inside the header is read as the smallest valid one (as nibabel does)."""
+    offset = float(header["vox_offset"])
+    if not np.isfinite(offset) or not 0 <= offset <= HEADER_ROOM:
+        raise LabelFileError(f"not a readable NIfTI file (voxel offset {offset:g})")
+    return max(int(offset), int(header.sizeof_hdr) + 4)
+
+
+def _label_voxels(header: Any, voxels: npt.NDArray[Any], reference: Reference) -> npt.NDArray[np.uint8]:
+    """The affine checked, then the values: each distinct value scaled (if the header scales) and checked."""
+    affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+    if not np.isfinite(affine).all() or not np.allclose(affine, reference.affine, atol=AFFINE_ATOL):
         worst = float(np.abs(affine - reference.affine).max())
         raise LabelFileError(
-            f"{name}: label affine differs from the image's (largest difference {worst:.3g}); "
+            f"label affine differs from the image's (largest difference {worst:.3g}); "
             "save the label on the image's voxel grid"
         )
-    if array.dtype.kind not in "biuf":
-        raise LabelFileError(f"{name}: unsupported voxel type {array.dtype}")
-    if array.dtype.kind == "f":
-        if not np.isfinite(array).all():
-            raise LabelFileError(f"{name}: label has NaN or infinite values")
-        if (array != np.round(array)).any():
-            raise LabelFileError(f"{name}: label has non-integer values")
-    values = np.unique(array).tolist()
-    bad = [v for v in values if not 0 <= v < reference.num_classes]
+    try:
+        slope, inter = header.get_slope_inter()
+    except Exception as err:
+        raise LabelFileError(f"invalid scale factors ({err})") from None
+    scaled = slope is not None and (slope, inter) != (1.0, 0.0)
+    if voxels.dtype.kind == "f" and not np.isfinite(voxels).all():
+        raise LabelFileError("label has NaN or infinite values")
+    raw_values = np.unique(voxels)
+    values = raw_values.astype(np.float64) * slope + inter if scaled else raw_values.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise LabelFileError("label has NaN or infinite values")
+    if (values != np.round(values)).any():
+        raise LabelFileError("label has non-integer values")
+    bad = [v for v in values.tolist() if not 0 <= v < reference.num_classes]
     if bad:
         allowed = f"0..{reference.num_classes - 1}"
-        raise LabelFileError(f"{name}: label values {[int(v) for v in bad[:10]]} are not allowed (allowed: {allowed})")
-    return np.ascontiguousarray(array, dtype=np.uint8)
+        raise LabelFileError(f"label values {[int(v) for v in bad[:10]]} are not allowed (allowed: {allowed})")
+    if not scaled and voxels.dtype.kind in "biu":
+        return np.ascontiguousarray(voxels, dtype=np.uint8)
+    label = np.zeros(voxels.shape, dtype=np.uint8)
+    for raw, value in zip(raw_values.tolist(), values.tolist(), strict=True):
+        if value:
+            label[voxels == raw] = int(value)
+    return label
 
 
-def _gunzip(payload: bytes, limit: int) -> bytes:
-    """Decompress gzip bytes, refusing more than ``limit`` bytes of output (a decompression bomb)."""
-    out = bytearray()
-    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    data = payload
-    while data:
-        out += decompressor.decompress(data, limit + 1 - len(out))
-        if len(out) > limit:
-            raise LabelFileError(f"decompresses to more than {limit} bytes, too large for this image")
-        data = decompressor.unconsumed_tail
-        if decompressor.eof:
-            break
-    if not decompressor.eof:
-        raise LabelFileError("the gzip data is truncated")
-    return bytes(out)
+class _Gunzip:
+    """gzip bytes decompressed on demand, so that no more is inflated than is asked for (members may follow)."""
 
+    def __init__(self, payload: bytes) -> None:
+        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._data = payload
 
-def _nifti_from_bytes(raw: bytes) -> Any:
-    errors = []
-    for kind in (nib.Nifti1Image, nib.Nifti2Image):
-        try:
-            return kind.from_bytes(raw)
-        except Exception as err:
-            errors.append(f"{type(err).__name__}: {err}")
-    raise LabelFileError(f"not a readable NIfTI file ({errors[0][:200]})")
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` more bytes (fewer only at the end of the data); LabelFileError if the data is truncated."""
+        out = bytearray()
+        while len(out) < n:
+            if self._inflate.eof:
+                rest = self._inflate.unused_data
+                if not rest.strip(b"\0"):  # the end (gzip tools allow zero padding)
+                    break
+                self._inflate, self._data = zlib.decompressobj(16 + zlib.MAX_WBITS), rest
+            chunk = self._inflate.decompress(self._data, n - len(out))
+            self._data = self._inflate.unconsumed_tail
+            if not chunk and not self._data and not self._inflate.eof:
+                raise LabelFileError("the gzip data is truncated")
+            out += chunk
+        return bytes(out)
 
 
 def take_region(
@@ -151,9 +261,21 @@ def native_region(units: Sequence[str], geometry: Geometry) -> npt.NDArray[np.bo
     return geometry.native_region(labelled_mask([unit_from_key(key, shape) for key in units], shape))
 
 
-def read_submission_file(path: Path) -> bytes:
-    """The bytes of a label file on disk (a clear error naming it if it cannot be read)."""
+def read_submission_file(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of a label file on disk, refusing one that is not a regular file or is larger than ``limit``
+    bytes before reading it (a clear error naming it)."""
     try:
-        return Path(path).read_bytes()
+        with Path(path).open("rb") as handle:
+            status = os.fstat(handle.fileno())
+            if not stat.S_ISREG(status.st_mode):
+                raise LabelFileError(f"{path}: not a regular file")
+            if limit is not None and status.st_size > limit:
+                raise LabelFileError(
+                    f"{path}: the file is {status.st_size} bytes, more than a label of this image can be ({limit})"
+                )
+            data = handle.read(limit + 1 if limit is not None else -1)
     except OSError as err:
         raise LabelFileError(f"{path}: cannot read ({err.strerror or err})") from None
+    if limit is not None and len(data) > limit:
+        raise LabelFileError(f"{path}: the file grew past {limit} bytes while it was read")
+    return data

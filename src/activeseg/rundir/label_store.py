@@ -15,7 +15,8 @@ Four tables of the run's SQLite file (see :mod:`activeseg.rundir.database`) hold
 Each received label is a file ``labels/round_NNN/<sha256>.nii.gz`` on the image's native grid, named by the hash of
 its voxels (no path is ever built from a case id or any other user input). Every write is one transaction, so
 concurrent uploads are serialised by SQLite and a second, different label for the same case is detected as a
-conflict. Nothing is lost if the process stops while a round waits: everything lives in the run directory.
+conflict; a label's file is written inside the transaction that records it, so a losing upload leaves no file.
+Nothing is lost if the process stops while a round waits: everything lives in the run directory.
 """
 
 from __future__ import annotations
@@ -244,47 +245,49 @@ class LabelStore:
         queue = self.queue()
         if queue is None:
             raise NotQueued("no round is waiting for labels")
-        files = {}
+        encoded = {}  # compressed outside the transaction; written only once the transaction has decided
         for item in submissions:
             queue.find(item.case_id)
             relative = self.layout.label_file(queue.round, item.sha256)
-            target = self.layout.root / relative
-            if not target.exists():  # content-addressed: an existing file already holds these voxels
-                write_bytes_atomic(target, nifti_gz(item.label, item.affine))
-            files[item.case_id] = relative
+            encoded[item.case_id] = (relative, nifti_gz(item.label, item.affine))
         outcomes: list[Outcome] = []
-        with self._transaction() as db:
-            waiting = self._queue(db)
-            if waiting is None or waiting.round != queue.round:
-                raise LabelConflict(f"round {queue.round} is no longer waiting for labels: its next round started")
-            for item in submissions:
-                case_id = waiting.find(item.case_id)
-                current = self._current(db, waiting.round, case_id)
-                if current is not None and current[1] == item.sha256:
-                    outcomes.append("unchanged")
-                    continue
-                known = current[1] if current is not None else None
-                if replaces not in (ANY, known):
-                    raise LabelConflict(
-                        f"{case_id}: a different label was already received ({str(known)[:12]}, "
-                        f"{current[3] if current else ''}); resend with that label's sha256 to correct it"
-                        if known
-                        else f"{case_id}: no label has been received yet, so there is nothing to replace"
+        written: list[Path] = []
+        try:
+            with self._transaction() as db:
+                waiting = self._queue(db)
+                if waiting is None or waiting.round != queue.round:
+                    raise LabelConflict(f"round {queue.round} is no longer waiting for labels: its next round started")
+                for item in submissions:
+                    case_id = waiting.find(item.case_id)
+                    current = self._current(db, waiting.round, case_id)
+                    if current is not None and current[1] == item.sha256:
+                        outcomes.append("unchanged")
+                        continue
+                    known = current[1] if current is not None else None
+                    if replaces not in (ANY, known):
+                        raise LabelConflict(
+                            f"{case_id}: a different label was already received ({str(known)[:12]}, "
+                            f"{current[3] if current else ''}); resend with that label's sha256 to correct it"
+                            if known
+                            else f"{case_id}: no label has been received yet, so there is nothing to replace"
+                        )
+                    relative, data = encoded[item.case_id]
+                    target = self.layout.root / relative
+                    if not target.exists():  # content-addressed: an existing file already holds these voxels
+                        write_bytes_atomic(target, data)
+                        written.append(target)
+                    db.execute(
+                        "INSERT INTO submissions (round, case_id, sha256, file, source, submitted_at, supersedes) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (waiting.round, case_id, item.sha256, relative, item.source, now(), current and current[0]),
                     )
-                db.execute(
-                    "INSERT INTO submissions (round, case_id, sha256, file, source, submitted_at, supersedes) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        waiting.round,
-                        case_id,
-                        item.sha256,
-                        files[item.case_id],
-                        item.source,
-                        now(),
-                        current and current[0],
-                    ),
-                )
-                outcomes.append("corrected" if current is not None else "created")
+                    outcomes.append("corrected" if current is not None else "created")
+        except BaseException:
+            # Rolled back: the files this call wrote are referenced by no row. Writers hold the transaction's lock
+            # while they write, so no other submission can have come to rely on them meanwhile.
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
         return outcomes
 
     def accept_partial(self) -> Queue:

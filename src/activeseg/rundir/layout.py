@@ -6,6 +6,7 @@
     plan.json                   the plan every case is preprocessed by (``data.plan``), with the pool's fingerprint
     ledger.sqlite               one SQLite file (see ``database``): labelled units, rounds, stop reason, and the
                                 human oracle's requests and submissions
+    serve-token.sha256          the hash of the token ``activeseg serve`` generated (printed once, never stored)
     run.lock                    held while a process runs the rounds (see ``engine.run.run_lock``)
     curve.csv, curve.png        mean foreground Dice against labelled units and every recorded cost
     rounds/round_NNN/           seeds.json, model.pt (member_M.pt), metrics.json, scores.csv, sketches.npz,
@@ -56,6 +57,11 @@ class RunLayout:
     @property
     def lock(self) -> Path:
         return self.root / "run.lock"
+
+    @property
+    def server_token(self) -> Path:
+        """The sha256 of the token that ``activeseg serve`` generated for the run (never the token itself)."""
+        return self.root / "serve-token.sha256"
 
     @property
     def curve_csv(self) -> Path:

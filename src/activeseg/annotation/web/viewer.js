@@ -1,7 +1,8 @@
 // The activeseg annotation viewer: the queue, one case in NiiVue (image, uncertainty overlay, the region to label
 // for slice and patch queries, the prediction as an editable drawing), accept or correct, save (PUT of the drawing
 // as a NIfTI with the image's header; the server keeps only the region), round progress and the learning curve.
-// Everything comes from this server; the token never leaves the page except in the Authorization header of writes.
+// Everything comes from this server; every /api request, read or write, carries the token in its Authorization
+// header (the token comes from the address's #token= fragment, which is then removed, or from the token field).
 "use strict";
 
 const state = { token: null, ready: false, caseId: null, sha: null, loaded: null, saved: null, error: null, rounds: -1, region: false };
@@ -36,19 +37,19 @@ function readToken() {
   });
 }
 
+function auth() {
+  if (!state.token) throw new Error("enter the token of `activeseg serve` first");
+  return { Authorization: `Bearer ${state.token}` };
+}
+
 async function getJson(path) {
-  const response = await fetch(api(path), { cache: "no-store" });
+  const response = await fetch(api(path), { cache: "no-store", headers: auth() });
   if (!response.ok) throw new Error(`${path}: ${response.status} ${await response.text()}`);
   return response.json();
 }
 
 async function write(method, path, body, headers = {}) {
-  if (!state.token) throw new Error("enter the token printed by `activeseg serve` first");
-  const response = await fetch(api(path), {
-    method,
-    body,
-    headers: { Authorization: `Bearer ${state.token}`, ...headers },
-  });
+  const response = await fetch(api(path), { method, body, headers: { ...auth(), ...headers } });
   const text = await response.text();
   let data = {};
   try { data = JSON.parse(text); } catch { data = { detail: text }; }
@@ -120,7 +121,13 @@ async function refreshCurve() {
     tr.innerHTML = `<td>${row.round}</td><td>${row.n_labelled}</td><td>${Number(row.mean_dice).toFixed(4)}</td>`;
     body.append(tr);
   }
-  if (rows.length) $("curve").src = `${api("curve.png")}?r=${rows.length}`;
+  if (rows.length) {
+    const response = await fetch(api("curve.png"), { cache: "no-store", headers: auth() });
+    if (!response.ok) throw new Error(`curve.png: ${response.status}`);
+    const old = $("curve").src;
+    $("curve").src = URL.createObjectURL(await response.blob());
+    if (old.startsWith("blob:")) URL.revokeObjectURL(old);
+  }
 }
 
 // --- one case ---------------------------------------------------------------------------------------------------------
@@ -134,11 +141,12 @@ async function openCase(caseId) {
   state.loaded = null;
   state.caseId = caseId;
   const partial = isPartial(queueItems[caseId]);
+  const headers = auth();
   const volumes = [
-    { url: caseUrl(caseId, "image") },
-    { url: caseUrl(caseId, "uncertainty"), colormap: "warm", opacity: Number($("opacity").value) },
+    { url: caseUrl(caseId, "image"), headers },
+    { url: caseUrl(caseId, "uncertainty"), headers, colormap: "warm", opacity: Number($("opacity").value) },
   ];
-  if (partial) volumes.push({ url: caseUrl(caseId, "region"), colormap: "violet", opacity: REGION_OPACITY });
+  if (partial) volumes.push({ url: caseUrl(caseId, "region"), headers, colormap: "violet", opacity: REGION_OPACITY });
   await nv.loadVolumes(volumes);
   state.region = partial;
   if (partial) showRegion(nv.volumes[2]);
@@ -171,7 +179,10 @@ function showRegion(region) {
 }
 
 async function loadPrediction() {
-  await nv.loadDrawingFromUrl(caseUrl(state.caseId, "prediction"));
+  // NVImage.loadFromUrl sends the token; Niivue.loadDrawingFromUrl would not
+  const url = caseUrl(state.caseId, "prediction");
+  const image = await niivue.NVImage.loadFromUrl({ url, headers: auth(), name: "prediction.nii.gz" });
+  if (!nv.loadDrawing(image)) throw new Error(`${state.caseId}: the prediction could not be loaded as a drawing`);
   nv.setDrawOpacity(Number($("opacity").value));
 }
 

@@ -1,9 +1,5 @@
-"""The generic validator behind every config: frozen dataclasses built from plain YAML data.
-
-:func:`build` turns a mapping into a frozen dataclass tree and rejects unknown keys, wrong types and impossible
-values with a message that names the key and lists the valid ones; the run config (``config``) and the benchmark
-config (``bench.config``) both use it.
-"""
+"""The generic config validator: frozen dataclasses built from plain YAML data, every problem a :class:`ConfigError`
+that names the key. Used by the run config (``activeseg.config``) and the benchmark config."""
 
 from __future__ import annotations
 
@@ -92,9 +88,13 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
-        return float(value)
+        return number
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
