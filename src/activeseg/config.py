@@ -22,25 +22,7 @@ from activeseg.acquisition.registry import STRATEGIES
 from activeseg.acquisition.stochastic import scheduled_beta
 from activeseg.validation import ConfigError, build, plain, require
 
-__all__ = [
-    "ConfigError",
-    "DataConfig",
-    "InferenceConfig",
-    "LoopConfig",
-    "ModelConfig",
-    "OracleConfig",
-    "PlanConfig",
-    "RunConfig",
-    "StrategyConfig",
-    "TrainConfig",
-    "UnitConfig",
-    "build",
-    "config_from_dict",
-    "load_config",
-    "plain",
-    "require",
-    "save_config",
-]
+__all__ = ["AXES", "ConfigError", "RunConfig", "config_from_dict", "load_config", "save_config"]  # and the sections
 
 
 MAX_BATCH_SIZE = 256

@@ -13,9 +13,14 @@ from torch import Tensor
 from activeseg.acquisition.units import UnitSpec
 
 
-def pooled(map_D_H_W: Tensor, kernel: Sequence[int], stride: Sequence[int]) -> Tensor:
-    """Mean of the map over every lattice box, flattened in row-major lattice order: score_U."""
-    return F.avg_pool3d(map_D_H_W[None, None].double(), tuple(kernel), tuple(stride)).flatten()
+def pooled(map_D_H_W: Tensor, kernel: Sequence[int], stride: Sequence[int], total: bool = False) -> Tensor:
+    """Mean (or, with ``total``, sum) of the map over every lattice box, flattened in row-major lattice order:
+    score_U. Boxes clipped at the grid's end average over their own voxels (``ceil_mode``)."""
+    divisor = 1 if total else None
+    pooled_1_1_U = F.avg_pool3d(
+        map_D_H_W[None, None].double(), tuple(kernel), tuple(stride), ceil_mode=True, divisor_override=divisor
+    )
+    return pooled_1_1_U.flatten()
 
 
 def unit_scores(
@@ -36,6 +41,5 @@ def unit_scores(
             numerator = pooled(score_D_H_W * weight_D_H_W, kernel, stride)
             columns.append(numerator / pooled(weight_D_H_W, kernel, stride).clamp_min(1e-12))
         else:
-            mean_U = pooled(score_D_H_W, kernel, stride)
-            columns.append(mean_U * float(np.prod(kernel)) if reduction == "sum" else mean_U)
+            columns.append(pooled(score_D_H_W, kernel, stride, total=reduction == "sum"))
     return torch.stack(columns, dim=1)

@@ -146,17 +146,20 @@ class UnitSpec:
         return full, full  # type: ignore[return-value]
 
     def lattice(self, case_id: str, shape: Sequence[int]) -> list[Unit]:
-        """Every lattice unit of a case, in the row-major order of the pooled score grid."""
+        """Every lattice unit of a case, in the row-major order of the pooled score grid. The lattice covers the
+        whole grid: where the patches do not divide it, the last patch on an axis is clipped at the grid's end."""
         if self.kind == "volume":
             return [Unit(case_id)]
         kernel, stride = self.window(shape)
-        starts = [range(0, int(s) - k + 1, st) for s, k, st in zip(shape, kernel, stride, strict=True)]
+        ranges = [
+            [(start, min(start + k, int(n))) for start in range(0, int(n), st) if start == 0 or start + k - st < n]
+            for n, k, st in zip(shape, kernel, stride, strict=True)
+        ]
         units = []
-        for d in starts[0]:
-            for h in starts[1]:
-                for w in starts[2]:
-                    box = ((d, d + kernel[0]), (h, h + kernel[1]), (w, w + kernel[2]))
-                    units.append(Unit(case_id, self.kind, box, self.axis if self.kind == "slice" else 0))
+        for d in ranges[0]:
+            for h in ranges[1]:
+                for w in ranges[2]:
+                    units.append(Unit(case_id, self.kind, (d, h, w), self.axis if self.kind == "slice" else 0))
         return units
 
 

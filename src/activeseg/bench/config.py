@@ -18,7 +18,8 @@ import yaml
 
 from activeseg.acquisition.registry import STRATEGIES
 from activeseg.artifacts import write_text_atomic
-from activeseg.config import ConfigError, RunConfig, build, plain, require
+from activeseg.config import RunConfig
+from activeseg.validation import ConfigError, build, plain, require
 
 FIXED_KEYS = ("name", "seed", "strategy.name")
 """Dotted keys a setting may not override: the grid's axes. No ``data.*`` key either: one split for the grid."""
