@@ -31,8 +31,7 @@ from activeseg.acquisition.uncertainty import make_window_sampler
 from activeseg.config import ModelConfig, config_from_dict
 from activeseg.data.splits import open_data
 from activeseg.demo import find_hippocampus
-from activeseg.engine.model import build_model
-from activeseg.engine.pool import scoring_roi
+from activeseg.engine.model import build_model, network_plan
 from activeseg.progress import SilentReporter
 
 HERE = Path(__file__).resolve().parent
@@ -76,7 +75,8 @@ def measure_one(
     """Score one synthetic volume here (K = ``samples`` MC dropout passes, BALD); figures as a dict."""
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(channels=CHANNELS, strides=(2, 2, 2), dropout=0.2), 3)
+    network = ModelConfig(channels=CHANNELS, strides=(2, 2, 2), dropout=0.2)
+    model = build_model(network, network_plan(network))
     image = ct_like(volume)
     sampler = make_window_sampler("mc_dropout", model, samples, batch_size, (), amp=False)
     before = peak_rss_gb()
@@ -111,9 +111,9 @@ def measure_pool(pool: int, data: Path | None, cache: Path | None, samples: int,
     if len(ids) < pool:
         raise SystemExit(f"the pool has only {len(ids)} volumes")
     torch.manual_seed(0)
-    model = build_model(config.model, run_data.num_classes)
+    model = build_model(config.model, run_data.plan)
     sampler = make_window_sampler("mc_dropout", model, samples, BATCH_SIZE, (0,), amp=False)
-    roi = scoring_roi(config)
+    roi = run_data.plan.patch_size
     # Warm up (allocator, thread pool) on one volume so both pool sizes start from the same state.
     list(score_pool([(ids[0], run_data.image(ids[0]))], sampler, bald, reduce_mean, lambda c: 0, roi))
     Path("/proc/self/clear_refs").write_text("5")  # reset the kernel's high-water mark (VmHWM) before scoring

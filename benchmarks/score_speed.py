@@ -41,8 +41,8 @@ from activeseg.acquisition.uncertainty import WindowSampler, enable_mc_dropout, 
 from activeseg.config import ModelConfig
 from activeseg.data.splits import open_data
 from activeseg.demo import default_config, find_hippocampus
-from activeseg.engine.model import build_model
-from activeseg.engine.pool import scoring_roi
+from activeseg.engine.model import build_model, network_plan
+from activeseg.engine.patches import Example
 from activeseg.engine.training import train
 from activeseg.progress import SilentReporter
 from activeseg.seeds import derive_seed
@@ -114,9 +114,9 @@ def bf16_ranking() -> dict[str, Any]:
     data = open_data(config, SilentReporter())
     pool = list(data.pool.ids)
     torch.manual_seed(0)
-    model = build_model(config.model, data.num_classes)
-    labelled = pool[:20]
-    train(model, [(data.image(c), data.ground_truth(c)) for c in labelled], config.train, torch.device("cpu"), seed=0)
+    model = build_model(config.model, data.plan)
+    labelled = [Example(data.image(c), data.ground_truth(c)) for c in pool[:20]]
+    train(model, labelled, data.plan.patch_size, config.train, torch.device("cpu"), seed=0)
     candidates = pool[20:]
     scores = {}
     for amp in (False, True):
@@ -127,7 +127,7 @@ def bf16_ranking() -> dict[str, Any]:
             bald,
             reduce_mean,
             lambda c: derive_seed(0, c),
-            scoring_roi(config),
+            data.plan.patch_size,
         )
         scores[amp] = np.array([item.scores[0] for item in items])
     order32, order16 = np.argsort(-scores[False], kind="stable"), np.argsort(-scores[True], kind="stable")
@@ -154,7 +154,8 @@ def main() -> None:
     ranking = None if args.no_ranking else bf16_ranking()
     print(json.dumps({"bf16_ranking": ranking}), flush=True)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(channels=(8, 16, 32, 64), strides=(2, 2, 2), dropout=0.1), 3)
+    network = ModelConfig(channels=(8, 16, 32, 64), strides=(2, 2, 2), dropout=0.1)
+    model = build_model(network, network_plan(network))
     channels_last_model = copy.deepcopy(model).to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     image = ct_like(VOLUME)
     plain = make_window_sampler("mc_dropout", model, SAMPLES, SAMPLES, (), amp=False)

@@ -9,8 +9,7 @@ from typing import Any
 import nibabel as nib
 import pytest
 
-from activeseg.config import ModelConfig, RunConfig, config_from_dict
-from activeseg.data.plan import Normalisation, Plan
+from activeseg.config import RunConfig, config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,20 +57,3 @@ def phantom_raw(root: Path, cache_dir: Path) -> dict[str, Any]:
 def load_nifti(path: Path) -> Any:
     """``nibabel.load``, typed as Any: nibabel's image classes are untyped (``.dataobj``, ``.affine``, ``.shape``)."""
     return nib.load(path)
-
-
-def network_plan(model: ModelConfig, num_classes: int = 3, channels: int = 1) -> Plan:
-    """A plan that only fixes what a network needs (input channels, classes, strides), for tests of models alone."""
-    strides = [(s, s, s) for s in (model.strides or (2,) * (len(model.channels) - 1))]
-    return Plan(
-        (1.0, 1.0, 1.0),
-        (32, 32, 32),
-        2,
-        strides,
-        [Normalisation("zscore")] * channels,
-        "none",
-        channels,
-        num_classes,
-        1.0,
-        0.0,
-    )

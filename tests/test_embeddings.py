@@ -9,9 +9,7 @@ from torch import nn
 from activeseg.acquisition import diversity
 from activeseg.acquisition.embeddings import bottleneck, bottleneck_embedding, gradient_embedding, last_layer
 from activeseg.config import ModelConfig
-from activeseg.engine.model import build_model
-
-from _support import network_plan
+from activeseg.engine.model import build_model, network_plan
 
 NETWORK = ModelConfig(channels=(4, 8, 16), strides=(2, 2))
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from activeseg.acquisition.uncertainty import make_window_sampler
-from activeseg.engine.model import build_model, select_device, use_amp
+from activeseg.engine.model import build_model, network_plan, select_device, use_amp
 from activeseg.engine.run import start_run
 from activeseg.rundir.ledger import Ledger
 
-from _support import network_plan, requires_hippocampus, tiny_config
+from _support import requires_hippocampus, tiny_config
 
 pytestmark = [
     pytest.mark.gpu,

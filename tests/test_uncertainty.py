@@ -23,7 +23,7 @@ from activeseg.acquisition.uncertainty import (
     seeded_dropout,
 )
 from activeseg.config import ModelConfig
-from activeseg.engine.model import build_model
+from activeseg.engine.model import build_model, network_plan
 
 from _support import REPO, network_plan
 

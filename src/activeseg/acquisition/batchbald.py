@@ -4,8 +4,9 @@ BatchBALD (Kirsch, van Amersfoort & Gal, NeurIPS 2019) picks a batch that maximi
 I(y_1, …, y_n; ω) instead of the sum of individual BALD scores, so near-duplicate units stop adding value. The exact
 joint entropy is infeasible over every voxel of a volume, so this module approximates it:
 
-1. **A unit's outcome** is the labels of V voxel sites: the unit's V highest-BALD voxels (the sketch,
-   ``scorers.site_sketch``, computed from the same K MC-dropout samples as the scores). Given the model ω_k,
+1. **A unit's outcome** is the labels of V voxel sites: the unit's V highest-BALD voxels (the sketch: sites chosen
+   by ``scorers.top_sites`` from the windowed moments, their K samples re-read by ``sliding.site_probs`` with the
+   same seeds, so the same samples as the scores). Given the model ω_k,
    voxels are treated as independent, so p_k(y_i) = Π_v p_k(y_iv).
 2. **Joint entropy** H(y_1..n) of the batch is estimated by Monte Carlo over m configurations drawn from the joint
    predictive: pick ω_k uniformly, then every site's label from p_k. With the configurations drawn *first* (seeded),

@@ -12,7 +12,7 @@ from torch import nn
 
 from activeseg.artifacts import write_atomic
 from activeseg.config import ModelConfig, TrainConfig
-from activeseg.data.plan import Plan
+from activeseg.data.plan import Normalisation, Plan
 
 
 def build_model(config: ModelConfig, plan: Plan) -> nn.Module:
@@ -42,6 +42,15 @@ def build_model(config: ModelConfig, plan: Plan) -> nn.Module:
         dropout=config.dropout,
     )
     return unet
+
+
+def network_plan(config: ModelConfig, num_classes: int = 3, channels: int = 1) -> Plan:
+    """A plan fixing only what a network needs (input channels, classes, equal strides on every axis): for a model
+    built without a dataset (benchmarks, tests)."""
+    strides = [(s, s, s) for s in (config.strides or (2,) * (len(config.channels) - 1))]
+    return Plan(
+        (1.0,) * 3, (32,) * 3, 2, strides, [Normalisation("zscore")] * channels, "none", channels, num_classes, 1.0, 0.0
+    )
 
 
 def select_device(config: TrainConfig) -> torch.device:
