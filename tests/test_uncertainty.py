@@ -25,7 +25,7 @@ from activeseg.acquisition.uncertainty import (
 from activeseg.config import ModelConfig
 from activeseg.engine.model import build_model, network_plan
 
-from _support import REPO, network_plan
+from _support import REPO
 
 
 def pointwise_model(seed: int = 0) -> nn.Module:
