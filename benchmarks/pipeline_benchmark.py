@@ -1,0 +1,169 @@
+"""The clinical-size pipeline on clinical-shape scans, on CPU: does it find the structure, and how fast is it?
+
+A clinical-shape set (``data.clinical``: hippocampus crops pasted voxel-wise into 192×192×48–80 CT-like fields with
+0.7–1.0 mm in-plane and 2–4 mm slice spacing, in five orientations, a few oblique) is planned and trained on, and
+compared with the same cases at their native size (the hippocampus files themselves):
+
+- ``full``: the full-data bound on both sets with the same model and training budget (iterations, batch), Dice on
+  the same 10 test cases, each on its own native grid;
+- ``speed``: on the clinical set, the median patch training step with the data path (memory-mapped cache,
+  patch sampling, DataLoader) against the same network's bare step on synthetic tensors of the same shape, and the
+  median sliding-window scoring time per volume (K = 8 MC dropout, BALD).
+
+    python benchmarks/pipeline_benchmark.py [--parts full speed] [--cases 40] [--iterations 500]
+
+writes ``benchmarks/results/pipeline.json`` (with the machine); ``render_benchmarks.py`` puts it in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from run_benchmarks import machine
+
+from activeseg.acquisition.scorers import bald, reduce_mean
+from activeseg.acquisition.sliding import score_pool
+from activeseg.acquisition.uncertainty import make_window_sampler
+from activeseg.config import RunConfig, config_from_dict
+from activeseg.data.clinical import make_clinical_dataset
+from activeseg.data.splits import open_data
+from activeseg.demo import find_hippocampus
+from activeseg.engine.full_data import full_data_run
+from activeseg.engine.model import build_model
+from activeseg.engine.patches import Example
+from activeseg.engine.training import PartialDiceCELoss, train
+from activeseg.progress import RichReporter, SilentReporter
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def config(root: Path, cache: Path, iterations: int) -> RunConfig:
+    """The run config both sets train with: the demo's U-Net, 10 test cases, a CPU budget."""
+    return config_from_dict(
+        {
+            "name": root.name,
+            "data": {"root": str(root), "test_size": 10, "cache_dir": str(cache)},
+            "model": {"channels": [8, 16, 32, 64], "num_res_units": 1, "dropout": 0.1},
+            "train": {"iterations": iterations, "batch_size": 2, "learning_rate": 0.005, "device": "cpu"},
+        }
+    )
+
+
+def native_subset(source: Path, ids: list[str], out: Path) -> Path:
+    """The same cases at their native size: links to the hippocampus files."""
+    for folder in ("imagesTr", "labelsTr"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        for case_id in ids:
+            link = out / folder / f"{case_id}.nii.gz"
+            if not link.exists():
+                link.symlink_to(source / folder / f"{case_id}.nii.gz")
+    return out
+
+
+def bench_full(clinical: Path, native: Path, work: Path, iterations: int) -> dict[str, Any]:
+    """Full-data Dice of both sets with the same budget."""
+    out: dict[str, Any] = {"iterations": iterations}
+    for name, root in (("native", native), ("clinical", clinical)):
+        run_config = config(root, work / "cache", iterations)
+        data = open_data(run_config, RichReporter())
+        record = full_data_run(run_config, work / f"full-{name}", RichReporter(), data=data)
+        out[name] = {
+            "dice": record["dice"],
+            "train_seconds": record["train_seconds"],
+            "test_cases": list(data.test.ids),
+            "patch": list(data.plan.patch_size),
+            "target_spacing": list(data.plan.target_spacing),
+            "strides": [list(s) for s in data.plan.strides],
+            "normalisation": [n.scheme for n in data.plan.normalisation],
+        }
+    out["difference"] = out["clinical"]["dice"]["mean_foreground"] - out["native"]["dice"]["mean_foreground"]
+    return out
+
+
+def bench_speed(clinical: Path, work: Path, steps: int = 12) -> dict[str, Any]:
+    """Patch training step (with and without the data path) and sliding-window scoring per volume."""
+    run_config = config(clinical, work / "cache", steps)
+    data = open_data(run_config, SilentReporter())
+    plan, pool = data.plan, list(data.pool.ids)
+    torch.manual_seed(0)
+    model = build_model(run_config.model, plan)
+    examples = [Example(data.image(c), data.ground_truth(c)) for c in pool[:8]]
+    laps: list[float] = []
+    tick = [time.perf_counter()]
+
+    def lap(_: int) -> None:
+        now = time.perf_counter()
+        laps.append(now - tick[0])
+        tick[0] = now
+
+    train(model, examples, plan.patch_size, run_config.train, torch.device("cpu"), seed=0, progress=lap)
+    step_with_data = statistics.median(laps[2:])
+    loss_fn, optimiser = PartialDiceCELoss(), torch.optim.AdamW(model.parameters())
+    images = torch.randn(plan.batch_size, plan.channels, *plan.patch_size)
+    labels = torch.randint(0, plan.num_classes, (plan.batch_size, 1, *plan.patch_size))
+    bare = []
+    model.train()
+    for _ in range(steps):
+        start = time.perf_counter()
+        loss = loss_fn(model(images), labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        bare.append(time.perf_counter() - start)
+    bare_step = statistics.median(bare[2:])
+    sampler = make_window_sampler("mc_dropout", model, 8, 8, (), amp=False)
+    scoring = []
+    for case_id in pool[:3]:
+        start = time.perf_counter()
+        list(score_pool([(case_id, data.image(case_id))], sampler, bald, reduce_mean, lambda c: 0, plan.patch_size))
+        scoring.append(time.perf_counter() - start)
+    shapes = [list(data.shape_of(c)) for c in pool[:3]]
+    return {
+        "patch": list(plan.patch_size),
+        "batch": plan.batch_size,
+        "train_step_s": step_with_data,
+        "bare_step_s": bare_step,
+        "data_path_fraction": bare_step / step_with_data,
+        "score_s_per_volume": statistics.median(scoring),
+        "scored_shapes": shapes,
+        "mc_samples": 8,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", nargs="+", choices=["full", "speed"], default=["full", "speed"])
+    parser.add_argument("--cases", type=int, default=40)
+    parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--work", type=Path, default=None, help="where the data and runs go (default: a temp dir)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    work = args.work or Path(tempfile.mkdtemp(prefix="activeseg-pipeline-"))
+    source = find_hippocampus()
+    clinical = work / "clinical"
+    if not (clinical / "dataset.json").exists():
+        make_clinical_dataset(source, clinical, n_cases=args.cases, seed=0)
+    ids = sorted(json.loads((clinical / "dataset.json").read_text())["clinical"])
+    native = native_subset(source, ids, work / "native")
+    path = RESULTS / "pipeline.json"
+    result = json.loads(path.read_text()) if path.exists() else {}
+    result["machine"] = machine()
+    result["cases"] = len(ids)
+    if "full" in args.parts:
+        result["full"] = bench_full(clinical, native, work, args.iterations)
+    if "speed" in args.parts:
+        result["speed"] = bench_speed(clinical, work)
+    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
