@@ -149,10 +149,11 @@ def render_full(result: dict[str, Any], where: str) -> list[Block]:
                     f"{dice['class_2']:.4f}",
                     f"**{dice['mean_foreground']:.4f}**",
                     f"{result['train_seconds']:.0f} s",
-                    f"{result['peak_rss_mb']:.0f} MB",
+                    "not recorded" if result["peak_rss_mb"] is None else f"{result['peak_rss_mb']:.0f} MB",
                 ]
             ],
         ),
+        *([("p", result["machine"]["note"] + ".")] if "note" in result["machine"] else []),
         ("p", "For reference, nnActive reports 0.895 for full-data nnU-Net on its Hippocampus split."),
     ]
 
