@@ -25,8 +25,12 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 OUTPUT = HERE.parent / "BENCHMARKS.md"
 PARTS = ("speed", "memory", "full", "demo", "hippocampus", "units")
+CLINICAL = ("pipeline", "score_memory", "score_speed")
+"""Results of the clinical-size pipeline's own scripts (``pipeline_benchmark.py``, ``score_*.py``)."""
 GPU_UNITS = RESULTS / "gpu-units"
 """Per-seed summaries (``seed-N/units.json`` and curves) and ``summary.json`` of the GPU units benchmark."""
+CPU_UNITS = RESULTS / "cpu-units"
+"""The same for the CPU-size seeds of ``cpu_units.sh``."""
 IMAGE_DIR = "benchmarks/results"
 """Where BENCHMARKS.md finds the figures (relative to the repository root)."""
 
@@ -34,6 +38,11 @@ IMAGE_DIR = "benchmarks/results"
 def describe(m: dict[str, Any]) -> str:
     """One line naming the machine of a result."""
     return f"{m['cpu']}, {m['threads']} torch thread(s), GPU: {m['gpu']}, torch {m['torch']}, {m['date']}"
+
+
+def where_of(result: dict[str, Any]) -> str:
+    """The machine of a result that may predate recording it (measured on the same 2-core VM)."""
+    return describe(result["machine"]) if "machine" in result else "AMD EPYC, 2 torch threads (not recorded)"
 
 
 def figure(alt: str, name: str) -> Block:
@@ -376,6 +385,100 @@ def render_units(result: dict[str, Any], where: str) -> list[Block]:
     ]
 
 
+def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
+    """The clinical-size pipeline: clinical-shape vs native full-data Dice and CPU speed (``pipeline_benchmark.py``),
+    peak memory on a 512×512×256 CT (``score_memory.py``) and pool scoring against MONAI Label (``score_speed.py``)."""
+    out: list[Block] = [("h", 2, "Clinical-size pipeline")]
+    pipeline = results.get("pipeline")
+    if pipeline and "full" in pipeline:
+        full = pipeline["full"]
+        native, clinical = full["native"], full["clinical"]
+        out += [
+            (
+                "p",
+                f"Machine: {describe(pipeline['machine'])}. `python benchmarks/pipeline_benchmark.py`: "
+                f"{pipeline['cases']} hippocampus cases pasted at random offsets into 192×192×48–80 CT-like fields "
+                "(0.7–1.0 mm in-plane, 2–4 mm slices, five orientations, some oblique; `activeseg.data.clinical`), "
+                "and the same cases at their native size. Both train the demo's U-Net for "
+                f"{full['iterations']} iterations (batch 2) on all but 10 cases; Dice on the same 10 test cases, "
+                "each on its own native grid.",
+            ),
+            (
+                "table",
+                ["set", "plan: spacing (mm)", "patch", "normalisation", "mean foreground Dice", "training"],
+                [
+                    [
+                        name,
+                        " × ".join(f"{v:.2f}" for v in r["target_spacing"]),
+                        "×".join(str(v) for v in r["patch"]),
+                        ", ".join(r["normalisation"]),
+                        f"{r['dice']['mean_foreground']:.4f}",
+                        f"{r['train_seconds']:.0f} s",
+                    ]
+                    for name, r in (("native", native), ("clinical-shape", clinical))
+                ],
+            ),
+            ("p", f"Clinical − native: **{full['difference']:+.4f}** (acceptance: within 0.03)."),
+        ]
+    if pipeline and "speed" in pipeline:
+        speed = pipeline["speed"]
+        out += [
+            (
+                "table",
+                ["CPU, clinical-shape set", "median"],
+                [
+                    [
+                        f"patch training step, data path included (patch {'×'.join(map(str, speed['patch']))}, "
+                        f"batch {speed['batch']})",
+                        f"{speed['train_step_s']:.2f} s",
+                    ],
+                    ["the same network's bare step on synthetic tensors", f"{speed['bare_step_s']:.2f} s"],
+                    ["bare / with data path", f"{speed['data_path_fraction']:.0%}"],
+                    [
+                        f"sliding-window scoring per volume (K = {speed['mc_samples']} MC dropout, BALD)",
+                        f"{speed['score_s_per_volume']:.1f} s",
+                    ],
+                ],
+            )
+        ]
+    memory = results.get("score_memory")
+    if memory:
+        k8, k32 = memory["K=8"], memory["K=32"]
+        out += [
+            (
+                "p",
+                f"Machine: {where_of(memory)}. "
+                f"Peak RSS while scoring one synthetic {'×'.join(map(str, k8['volume']))} CT with MC dropout "
+                f"(`python benchmarks/score_memory.py`, {k8['threads']} threads, windows "
+                f"{'×'.join(map(str, k8['roi']))}): K = 8 **{k8['peak_rss_gb']:.2f} GB** (goal under 6 GB), "
+                f"K = 32 {k32['peak_rss_gb']:.2f} GB, ratio **{memory['ratio_peak_rss_K32_to_K8']:.3f}**.",
+            )
+        ]
+    speed_vs = results.get("score_speed")
+    if speed_vs:
+        res = speed_vs["results"]
+        out += [
+            (
+                "p",
+                f"Machine: {where_of(speed_vs)}. "
+                f"Scoring one {'×'.join(map(str, speed_vs['volume']))} CT-like volume against MONAI Label's epistemic "
+                f"path (`python benchmarks/score_speed.py`: same U-Net, {'×'.join(map(str, speed_vs['roi']))} "
+                f"windows, overlap {speed_vs['overlap']}, K = {speed_vs['samples']}, {speed_vs['threads']} threads, "
+                f"median of {speed_vs['runs']}):",
+            ),
+            (
+                "table",
+                ["path", "median s", "speed-up"],
+                [
+                    [name, f"{r['median_s']:.1f}", f"{speed_vs['speedup_vs_monailabel'][name]:.2f}x"]
+                    for name, r in res.items()
+                ],
+            ),
+            ("p", f"Goal: {speed_vs['goal_speedup']:.0f}x."),
+        ]
+    return out
+
+
 SECTIONS: dict[str, Callable[[dict[str, Any], str], list[Block]]] = {
     "speed": render_speed,
     "memory": render_memory,
@@ -398,8 +501,12 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             continue
         result = results[part]
         where = describe(result["machine"])
-        if part == "units":
-            content += render_units(result, where)
+        if part == "units":  # the CPU seeds replace the single-seed run (``units.json``) once they exist
+            if "units-cpu" in results:
+                cpu = results["units-cpu"]
+                content += render_unit_seeds(cpu, describe(cpu["machine"]), device="cpu")
+            else:
+                content += render_units(result, where)
             if "units-gpu" in results:
                 content += render_unit_seeds(results["units-gpu"], describe(results["units-gpu"]["machine"]))
         elif part == "hippocampus":
@@ -409,6 +516,8 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             content += render_hippocampus(result, where)
         else:
             content += SECTIONS[part](result, where)
+        if part == "full":
+            content += render_pipeline(results)
     if "gpu" in results:
         content += render_gpu(results["gpu"])
     return render_markdown(content, image_dir=IMAGE_DIR)
@@ -416,8 +525,9 @@ def render(results: dict[str, dict[str, Any]]) -> str:
 
 def stored_results() -> dict[str, dict[str, Any]]:
     """Every part's stored result that exists (``benchmarks/results/<part>.json``, the GPU summaries)."""
-    files = {p: RESULTS / f"{p}.json" for p in (*PARTS, "gpu", "hippocampus-gpu")}
+    files = {p: RESULTS / f"{p}.json" for p in (*PARTS, *CLINICAL, "gpu", "hippocampus-gpu")}
     files["units-gpu"] = GPU_UNITS / "summary.json"
+    files["units-cpu"] = CPU_UNITS / "summary.json"
     return {p: read_json(f) for p, f in files.items() if f.exists()}
 
 

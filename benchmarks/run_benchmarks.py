@@ -47,7 +47,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from render_benchmarks import GPU_UNITS, HERE, PARTS, RESULTS, write_benchmarks  # this script's folder is on sys.path
+from render_benchmarks import (
+    CPU_UNITS,
+    GPU_UNITS,
+    HERE,
+    PARTS,
+    RESULTS,
+    write_benchmarks,
+)  # this script's folder is on sys.path
 from torch import nn
 from unit_seeds import summarise_unit_seeds, unit_bands_png
 
@@ -286,11 +293,16 @@ def store_gpu_results(directory: Path) -> None:
         out = GPU_UNITS / f"seed-{seed}"
         script = [sys.executable, str(HERE / "units_benchmark.py"), "--out", str(units), "--seed", seed]
         subprocess.run([*script, "--results-dir", str(out), *flags], check=True)
-    per_seed = [read_json(path) for path in sorted(GPU_UNITS.glob("seed-*/units.json"))]
+    summarise_seed_dir(GPU_UNITS)
+
+
+def summarise_seed_dir(directory: Path) -> None:
+    """``summary.json`` and ``curves.png`` of the units benchmark's seeds in ``directory`` (``seed-N/units.json``)."""
+    per_seed = [read_json(path) for path in sorted(directory.glob("seed-*/units.json"))]
     if per_seed:
         summary = summarise_unit_seeds(per_seed)
-        write_json_atomic(GPU_UNITS / "summary.json", summary)
-        write_bytes_atomic(GPU_UNITS / "curves.png", unit_bands_png(summary))
+        write_json_atomic(directory / "summary.json", summary)
+        write_bytes_atomic(directory / "curves.png", unit_bands_png(summary))
 
 
 def main() -> None:
@@ -319,6 +331,7 @@ def main() -> None:
             print(f"benchmark: {part} …", flush=True)
             result = runners[part](data_root) | {"machine": machine()}
             write_json_atomic(RESULTS / f"{part}.json", result)
+    summarise_seed_dir(CPU_UNITS)  # cpu_units.sh's seeds
     print(f"wrote {write_benchmarks()}")
 
 

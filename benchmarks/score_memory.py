@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from run_benchmarks import machine  # this script's folder is on sys.path when it runs
 
 from activeseg.acquisition.scorers import bald, reduce_mean
 from activeseg.acquisition.sliding import score_pool, sliding_moments
@@ -146,6 +147,7 @@ def suite(volume: tuple[int, int, int], roi: tuple[int, int, int], overlap: floa
     summary = {
         **runs,
         "ratio_peak_rss_K32_to_K8": runs["K=32"]["peak_rss_gb"] / runs["K=8"]["peak_rss_gb"],
+        "machine": machine(),
         "goals": {"peak_rss_gb_K8_below": 6.0, "ratio_K32_to_K8_at_most": 1.10},
         "command": "python benchmarks/score_memory.py " + " ".join(sys.argv[1:]),
     }

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
+from run_benchmarks import machine  # this script's folder is on sys.path when it runs
 from scipy.stats import spearmanr
 from score_memory import ct_like
 from torch import Tensor, nn
@@ -183,6 +184,7 @@ def main() -> None:
         "bf16_adopted": bool(ranking is not None and ranking["top5_same"] and ranking["top20_same"]),
         "note": "ours_bf16 is timed for information; it counts only when bf16_adopted (the hippocampus top-5 and "
         "top-20 are unchanged by bf16); the mean entropies differ because MONAI Label's drops the background channel",
+        "machine": machine(),
         "goal_speedup": 3.0,
         "command": "python benchmarks/score_speed.py",
     }

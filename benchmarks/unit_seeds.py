@@ -17,7 +17,11 @@ UNIT_COMPARISONS = [
     *((f"patch/{s}", "patch/random") for s in ("foreground-random", "entropy", "bald", "clasp-pe")),
     *((f"patch/{s}", "patch/foreground-random") for s in ("entropy", "bald", "clasp-pe")),
     ("slice/strided", "slice/random"),
-    *((run, "volume/random") for run in ("slice/strided", "slice/random", "patch/entropy", "patch/clasp-pe")),
+    *(
+        (run, "volume/random")
+        for run in ("slice/strided", "slice/random", "patch/random", "patch/foreground-random", "patch/entropy")
+    ),
+    *((run, "volume/random") for run in ("patch/bald", "patch/clasp-pe")),
 ]
 """(a, b) pairs compared on AUBC, paired by seed (one split; a unit kind's strategies share round 0)."""
 
@@ -81,8 +85,27 @@ def unit_bands_png(summary: dict[str, Any]) -> bytes:
     )
 
 
-def render_unit_seeds(summary: dict[str, Any], where: str) -> list[Block]:
-    """The GPU units benchmark over seeds: estimates, paired comparisons and a reading stated from the numbers."""
+PROVENANCE = {
+    "gpu": (
+        "on a GPU",
+        "(a lent device machine). Produced by `benchmarks/gpu_check.sh` (seed 0) and `benchmarks/gpu_units.sh` (the "
+        "other seeds): `units_benchmark.py --device cuda --iterations 400 --mc-samples 8 --seed N`, patches in one "
+        "process and slices and volumes in another per seed; summarised by `python benchmarks/run_benchmarks.py "
+        "--render-only --gpu-results DIR` into `benchmarks/results/gpu-units/` (one `seed-N/units.json` per seed and "
+        "`summary.json`).",
+    ),
+    "cpu": (
+        "on CPU (the CPU size)",
+        "(two seeds at a time, one torch thread each). Produced by `bash benchmarks/cpu_units.sh 0 1 2 3 4` "
+        "(`units_benchmark.py --seed N` at its defaults); summarised by `python benchmarks/run_benchmarks.py "
+        "--render-only` into `benchmarks/results/cpu-units/` (one `seed-N/units.json` per seed and `summary.json`).",
+    ),
+}
+"""Per device: the section title's suffix and how its runs were produced."""
+
+
+def render_unit_seeds(summary: dict[str, Any], where: str, device: str = "gpu") -> list[Block]:
+    """The units benchmark over seeds: estimates, paired comparisons and a reading stated from the numbers."""
     seeds = summary["seeds"]
     ranked = sorted(summary["runs"].items(), key=lambda kv: -kv[1]["aubc"]["mean"])
     estimates = [
@@ -129,15 +152,8 @@ def render_unit_seeds(summary: dict[str, Any], where: str) -> list[Block]:
     partial, whole = points(("patch", "slice")), points(("volume",))
     low = 0.5
     return [
-        ("h", 2, f"Annotation units at equal voxel budgets on a GPU, {len(seeds)} seeds"),
-        (
-            "p",
-            f"Machine: {where} (a lent device machine). Produced by `benchmarks/gpu_check.sh` (seed 0) and "
-            "`benchmarks/gpu_units.sh` (the other seeds): `units_benchmark.py --device cuda --iterations 400 "
-            "--mc-samples 8 --seed N`, patches in one process and slices and volumes in another per seed; summarised "
-            "by `python benchmarks/run_benchmarks.py --render-only --gpu-results DIR` into "
-            "`benchmarks/results/gpu-units/` (one `seed-N/units.json` per seed and `summary.json`).",
-        ),
+        ("h", 2, f"Annotation units at equal voxel budgets {PROVENANCE[device][0]}, {len(seeds)} seeds"),
+        ("p", f"Machine: {where} {PROVENANCE[device][1]}"),
         (
             "p",
             f"Every round labels {summary['per_round_voxels']:,} voxels (4 volumes' worth): whole volumes, patches of "
@@ -165,10 +181,9 @@ def render_unit_seeds(summary: dict[str, Any], where: str) -> list[Block]:
             "t, uncorrected): " + ("; ".join(better + worse) if better or worse else "no difference") + ". "
             f"Round 0 (random units of the same budget) starts at a mean Dice of {round_zero('volume'):.3f} for "
             f"volumes, {round_zero('slice'):.3f} for slices and {round_zero('patch'):.3f} for patches, which weighs "
-            "on the patch AUBC. Training on partial labels is still unstable at this budget: "
+            "on the patch AUBC. "
             f"{sum(d < low for d in partial)} of {len(partial)} later-round results of slice and patch runs fall "
-            f"below {low} Dice, against {sum(d < low for d in whole)} of {len(whole)} for whole volumes, so the "
-            "uncertainty strategies' lead over random patches is partly a lead over unstable training.",
+            f"below {low} Dice, against {sum(d < low for d in whole)} of {len(whole)} for whole volumes.",
         ),
-        ("p", "![Dice against labelled voxels over seeds](benchmarks/results/gpu-units/curves.png)"),
+        ("p", f"![Dice against labelled voxels over seeds](benchmarks/results/{device}-units/curves.png)"),
     ]

@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where units.json and the figure go")
     parser.add_argument("--kinds", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--iterations", type=int, default=150, help="training iterations per round")
+    parser.add_argument("--strategies", nargs="+", default=None, help="only these strategies (default: all of a kind)")
     parser.add_argument("--mc-samples", type=int, default=6)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0, help="the run seed (round 0's units, training, scoring)")
@@ -89,21 +90,28 @@ def main() -> None:
     if not (args.out / MACHINE).exists():  # what trained the runs, kept beside them
         write_text_atomic(args.out / MACHINE, json.dumps(machine(), indent=2) + "\n")
     if not args.render_only:
-        run_kinds(base, args.kinds, args.out, args.results_dir, reporter)
+        run_kinds(base, args.kinds, args.out, args.results_dir, reporter, args.strategies)
     if write_results(base, args.out, args.results_dir):
         reporter.info(f"wrote {args.results_dir / 'units.json'} and {args.results_dir / 'units_curves.png'}")
     else:
         reporter.info(f"no finished run in {args.out}: nothing written")
 
 
-def run_kinds(base: RunConfig, kinds: list[str], out: Path, results_dir: Path, reporter: RichReporter) -> None:
-    """Run (or resume) every strategy of each unit kind; the first run of a kind trains the round 0 that the others
-    adopt (``engine.run.run_to_end``)."""
+def run_kinds(
+    base: RunConfig,
+    kinds: list[str],
+    out: Path,
+    results_dir: Path,
+    reporter: RichReporter,
+    only: list[str] | None = None,
+) -> None:
+    """Run (or resume) every strategy of each unit kind (or those in ``only``); the first run of a kind trains the
+    round 0 that the others adopt (``engine.run.run_to_end``)."""
     data = open_data(base, reporter)
     for kind in kinds:
         overrides = SETTINGS[kind]
         first: Path | None = None
-        for name in STRATEGIES[kind]:
+        for name in (n for n in STRATEGIES[kind] if only is None or n in only):
             config = base.override({**overrides, "strategy.name": name, "name": f"{kind}-{name}"})
             if name == "clasp-pe":
                 config = config.override(

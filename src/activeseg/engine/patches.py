@@ -1,12 +1,12 @@
 """Training patches: a seeded schedule of crops, a share of them centred on labelled foreground (nnU-Net's recipe).
 
-Sample ``i`` of the schedule is a pure function of the seed and ``i``: it picks a labelled case, then a centre —
-a labelled foreground voxel (a class drawn uniformly, then one of its voxels) for the batch's forced share, else a
-uniformly drawn labelled voxel — and crops the patch around it from the memory-mapped arrays, so a patch reads only
-its own voxels whatever the volume's size. With partial labels (slices, patches) "labelled" means inside the queried
-units, so every batch learns from what the annotator gave. Volumes smaller than the patch are padded as the sliding
-window pads them (image 0, label ignored). Because every sample is seeded by its index, any number of data-loading
-workers gives the same batches.
+Sample ``i`` of the schedule is a pure function of the seed and ``i``: it picks a labelled case (for the batch's forced
+share, one with labelled foreground), then a centre — a labelled foreground voxel (a class drawn uniformly, then one
+of its voxels) for the forced share, else a uniformly drawn labelled voxel — and crops the patch around it from the
+memory-mapped arrays, so a patch reads only its own voxels whatever the volume's size. With partial labels (slices,
+patches) "labelled" means inside the queried units, so every batch learns from what the annotator gave. Volumes
+smaller than the patch are padded as the sliding window pads them (image 0, label ignored). Because every sample is
+seeded by its index, any number of data-loading workers gives the same batches.
 """
 
 from __future__ import annotations
@@ -89,6 +89,10 @@ class PatchSchedule(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         self.batch_size = batch_size
         self.iterations = iterations
         self.forced = forced_share(batch_size, oversample)
+        self.with_foreground = [i for i, example in enumerate(self.examples) if example.foreground]
+        """The examples a forced sample is drawn from: those with labelled foreground (all of them, with full
+        labels). With partial labels most queried units may hold none; drawing the case first from every example
+        would centre the forced share on background whenever the chosen case's units missed the structure."""
         self.seed = seed
         self.augment = augment
 
@@ -98,9 +102,10 @@ class PatchSchedule(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def centre(self, index: int) -> tuple[int, tuple[int, int, int]]:
         """Which example sample ``index`` crops, and the voxel its patch is centred on."""
         rng = np.random.default_rng(derive_seed(self.seed, "patch", index))
-        chosen = int(rng.integers(len(self.examples)))
-        example = self.examples[chosen]
         forced = index % self.batch_size >= self.batch_size - self.forced
+        candidates = self.with_foreground if forced and self.with_foreground else range(len(self.examples))
+        chosen = candidates[int(rng.integers(len(candidates)))]
+        example = self.examples[chosen]
         if forced and example.foreground:
             classes = sorted(example.foreground)
             voxels = example.foreground[classes[int(rng.integers(len(classes)))]]
