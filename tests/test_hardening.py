@@ -20,6 +20,10 @@ import pytest
 
 from activeseg.annotation.ingest import find_label_files
 from activeseg.annotation.service import AnnotationService, Job
+from activeseg.data.dataset import Case
+from activeseg.data.errors import DatasetError
+from activeseg.data.fingerprint import fingerprint_case
+from activeseg.data.io import check_label_shape
 from activeseg.oracles.label_files import LabelFileError, Reference, check_label, read_submission_file, safe_name
 from activeseg.rundir.label_store import LabelConflict, Queue, QueueItem, Submission
 from activeseg.rundir.layout import RunLayout
@@ -212,3 +216,16 @@ def test_a_failed_round_reports_a_message_and_an_error_id_and_logs_the_traceback
     assert str(tmp_path) not in text and "Traceback" not in text and "File " not in text
     (record,) = caplog.records
     assert public["error_id"] in record.getMessage() and record.exc_info is not None
+
+
+def test_a_dataset_label_whose_header_disagrees_with_its_image_is_refused_before_its_voxels_are_read(
+    tmp_path: Path,
+) -> None:
+    image = tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 9, 10), np.float32), np.eye(4)), str(image))
+    label = tmp_path / "case_label.nii"
+    label.write_bytes(header_only((600, 600, 600)))  # declares 216 M voxels, holds none: reading it would fail
+    with pytest.raises(DatasetError, match=r"case_label\.nii: label shape \(600, 600, 600\) does not match"):
+        fingerprint_case(Case("case", image, label), "nonzero", seed=0)
+    nib.save(nib.Nifti1Image(np.zeros((8, 9, 10), np.uint8), np.eye(4)), str(label))
+    check_label_shape(Case("case", image, label))  # a label of the image's shape passes

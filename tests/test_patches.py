@@ -64,3 +64,12 @@ def test_a_patch_larger_than_the_volume_is_padded_with_ignored_labels() -> None:
     assert image.shape == (1, 16, 16, 14) and label.shape == (16, 16, 14)
     assert (label[:2] == IGNORE).all() and (label[-2:] == IGNORE).all() and label[2, 0, 2] == 2
     assert (label[2:14, :, 2:12] != IGNORE).all()
+
+
+def test_a_patch_of_read_only_memory_mapped_arrays_is_a_writable_copy() -> None:
+    example = partial_example(((0, 12), (0, 16), (0, 10)), (1, 1, 1))
+    example.image_C_D_H_W.setflags(write=False)
+    example.label_D_H_W.setflags(write=False)
+    image, label = crop(example, (6, 8, 5), (8, 8, 8))
+    assert image.flags.writeable and label.flags.writeable
+    assert not np.shares_memory(image, example.image_C_D_H_W)

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from activeseg.data.dataset import Case, Dataset
 from activeseg.data.geometry import reorient_shape, spacing_of
-from activeseg.data.io import read_image, read_volume
+from activeseg.data.io import check_label_shape, read_image, read_volume
 
 orientations: Any = nib.orientations  # nibabel's orientation helpers (untyped)
 SAMPLES_PER_CASE = 2000
@@ -64,6 +64,7 @@ def crop_box(image_C_X_Y_Z: npt.NDArray[Any], label_X_Y_Z: npt.NDArray[Any], mod
 
 def fingerprint_case(case: Case, crop: str, seed: int) -> tuple[CaseFingerprint, npt.NDArray[np.float64]]:
     """A case's fingerprint and its sampled foreground intensities (channels × samples)."""
+    check_label_shape(case)
     image = read_image(case)
     label = np.asarray(read_volume(case.label).array)
     affine = image.affine

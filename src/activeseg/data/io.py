@@ -108,6 +108,15 @@ def header_shape(path: Path) -> tuple[int, ...]:
     return tuple(read_volume(path).array.shape)
 
 
+def check_label_shape(case: Any) -> None:
+    """DatasetError naming the label file when its header's shape is not the image's, before any voxel is read."""
+    image_shape, label_shape = header_shape(case.image)[:3], header_shape(case.label)
+    if label_shape != image_shape:
+        raise DatasetError(
+            f"{case.label}: label shape {label_shape} does not match the image's {image_shape} ({case.image})"
+        )
+
+
 def write_volume(path: Path, array: npt.ArrayLike, affine: npt.ArrayLike) -> None:
     """Write ``array`` ((x, y, z) order) with a voxel-to-RAS ``affine`` to .nii(.gz), .nrrd or .mha."""
     path = Path(path)

@@ -31,7 +31,7 @@ from activeseg.data.dataset import Case, Dataset
 from activeseg.data.errors import DatasetError
 from activeseg.data.fingerprint import crop_box
 from activeseg.data.geometry import Geometry
-from activeseg.data.io import read_image, read_volume
+from activeseg.data.io import check_label_shape, read_image, read_volume
 from activeseg.data.plan import Normalisation, Plan
 
 PREPROCESS_VERSION = 2
@@ -61,6 +61,7 @@ def normalise(channel_X_Y_Z: npt.NDArray[Any], scheme: Normalisation) -> npt.NDA
 
 def prepare_case(case: Case, plan: Plan) -> Prepared:
     """Read, crop, normalise, reorient and resample one case (no caching); DatasetError names a lost class."""
+    check_label_shape(case)
     image = read_image(case)
     label = np.asarray(read_volume(case.label).array)
     if label.dtype.kind == "f":

@@ -141,8 +141,8 @@ def crop(
             starts.append(0)
             pads.append(((p - n) // 2, p - n - (p - n) // 2))
     cut = tuple(slice(s, s + min(p, n)) for s, p, n in zip(starts, patch, example.shape, strict=True))
-    image = np.asarray(example.image_C_D_H_W[(slice(None), *cut)], dtype=np.float32)
-    label = np.asarray(example.label_D_H_W[cut], dtype=np.uint8)
+    image = np.array(example.image_C_D_H_W[(slice(None), *cut)], dtype=np.float32)  # a writable copy of the patch
+    label = np.array(example.label_D_H_W[cut], dtype=np.uint8)
     if any(before or after for before, after in pads):
         image = np.pad(image, [(0, 0), *pads], constant_values=0.0)
         label = np.pad(label, pads, constant_values=IGNORE)
