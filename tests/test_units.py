@@ -195,6 +195,13 @@ def test_partial_loss_equals_dice_ce_on_full_labels_and_ignores_unlabelled_voxel
     on_box = DiceCELoss(to_onehot_y=True, softmax=True)(logits[box], labels[box])
     torch.testing.assert_close(loss, on_box)
 
+    # nnU-Net's batch Dice for partial labels: foreground classes summed over the batch, still only labelled voxels
+    batch_reference = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    batch_loss = PartialDiceCELoss(batch_dice=True)
+    torch.testing.assert_close(batch_loss(logits, labels), batch_reference(logits, labels), rtol=0, atol=0)
+    torch.testing.assert_close(batch_loss(logits, partial), batch_reference(logits[box], labels[box]))
+    torch.testing.assert_close(batch_loss(changed, partial), batch_loss(logits, partial))
+
     # the cross-entropy term is the mean over labelled voxels only (float64 reference)
     log_p = torch.log_softmax(logits.double(), dim=1).numpy()
     lab = partial[:, 0].numpy()

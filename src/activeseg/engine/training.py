@@ -33,11 +33,16 @@ class PartialDiceCELoss(nn.Module):
     The target is one-hot encoded *before* masking, so an unlabelled voxel is zero in every class (masking class
     indices would turn it into background). On a box-shaped labelled region this equals MONAI's ``DiceCELoss`` on
     that box alone, and on fully labelled batches it equals ``DiceCELoss(to_onehot_y=True, softmax=True)`` exactly.
+
+    ``batch_dice`` is nnU-Net's Dice for partial labels: foreground classes only, their voxels summed over the batch
+    before the ratio. Per sample, a labelled unit that holds no voxel of a class asks for no prediction of that class
+    anywhere in the sample; with random patches most units hold none, and a class can collapse (measured on
+    hippocampus, 128 random patches, seed 0: posterior Dice 0.14 per sample, mean 0.77 with batch Dice).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, batch_dice: bool = False) -> None:
         super().__init__()
-        self.dice = MaskedDiceLoss(softmax=True)
+        self.dice = MaskedDiceLoss(softmax=True, include_background=not batch_dice, batch=batch_dice)
 
     def forward(self, logits_B_C_D_H_W: torch.Tensor, labels_B_1_D_H_W: torch.Tensor) -> torch.Tensor:
         mask_B_1_D_H_W = labels_B_1_D_H_W != IGNORE
@@ -68,7 +73,8 @@ def train(
 ) -> TrainResult:
     """Train ``model`` in place for ``config.iterations`` steps on seeded patch batches of ``examples``.
 
-    Labels may be partial (``IGNORE`` outside the labelled units): the loss sees labelled voxels only.
+    Labels may be partial (``IGNORE`` outside the labelled units): the loss sees labelled voxels only, with batch
+    Dice when any example is partially labelled (``PartialDiceCELoss``); full labels keep the per-sample Dice.
     """
     start = time.perf_counter()
     augment = augmentation(config.flip_indices) if config.augment else None
@@ -82,7 +88,7 @@ def train(
         pin_memory=device.type == "cuda",
         multiprocessing_context="fork" if config.workers else None,
     )
-    loss_fn = PartialDiceCELoss()
+    loss_fn = PartialDiceCELoss(batch_dice=any(example.boxes is not None for example in examples))
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule_lr = torch.optim.lr_scheduler.PolynomialLR(optimiser, total_iters=config.iterations, power=0.9)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
