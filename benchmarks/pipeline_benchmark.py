@@ -144,6 +144,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=40)
     parser.add_argument("--iterations", type=int, default=500)
     parser.add_argument("--work", type=Path, default=None, help="where the data and runs go (default: a temp dir)")
+    parser.add_argument("--note", default=None, help="a remark stored with the full-data part (e.g. a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     work = args.work or Path(tempfile.mkdtemp(prefix="activeseg-pipeline-"))
@@ -159,6 +160,8 @@ def main() -> None:
     result["cases"] = len(ids)
     if "full" in args.parts:
         result["full"] = bench_full(clinical, native, work, args.iterations)
+        if args.note:
+            result["full"]["note"] = args.note
     if "speed" in args.parts:
         result["speed"] = bench_speed(clinical, work)
     path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

@@ -418,7 +418,12 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
                     for name, r in (("native", native), ("clinical-shape", clinical))
                 ],
             ),
-            ("p", f"Clinical − native: **{full['difference']:+.4f}** (acceptance: within 0.03)."),
+            (
+                "p",
+                f"Clinical − native: **{full['difference']:+.4f}** (acceptance: within 0.03: "
+                f"{'met' if abs(full['difference']) <= 0.03 else 'not met'})."
+                + (f" Note: {full['note']}." if "note" in full else ""),
+            ),
         ]
     if pipeline and "speed" in pipeline:
         speed = pipeline["speed"]
