@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The units benchmark over seeds on CPU, two seeds at a time on a 2-core machine (one torch thread each): 400 iterations
-# per round (the GPU runs' training; at the default 150, random patches underfit: seed 0 stays at 0.30-0.40 Dice),
+# per round (the GPU runs' training; at the default 150, random patches underfit at 0.30-0.47 Dice),
 # 6 MC-dropout samples, and the strategies that answer "do partial labels train, and do they beat whole volumes":
-# patches by random, foreground-random and BALD, random slices, random volumes (about 30 minutes per seed). Each seed's run directories go to
-# $UNITS_OUT/seed-N (default /tmp/activeseg-units-cpu; the script resumes) and its units.json and figure to
-# benchmarks/results/cpu-units/seed-N/; `python benchmarks/run_benchmarks.py --render-only` summarises the seeds.
+# patches by random, foreground-random and BALD, random slices, random volumes (about 20 minutes per seed).
+# Each seed's run directories go to $UNITS_OUT/seed-N (default /tmp/activeseg-units-cpu; the script resumes) and its
+# units.json and figure to benchmarks/results/cpu-units/seed-N/; `python benchmarks/run_benchmarks.py --render-only` summarises the seeds.
 #   bash benchmarks/cpu_units.sh 0 1 2 3 4
 set -euo pipefail
 cd "$(dirname "$0")/.."

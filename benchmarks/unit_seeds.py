@@ -95,10 +95,14 @@ PROVENANCE = {
         "`summary.json`).",
     ),
     "cpu": (
-        "on CPU (the CPU size)",
-        "(two seeds at a time, one torch thread each). Produced by `bash benchmarks/cpu_units.sh 0 1 2 3 4` "
-        "(`units_benchmark.py --seed N` at its defaults); summarised by `python benchmarks/run_benchmarks.py "
-        "--render-only` into `benchmarks/results/cpu-units/` (one `seed-N/units.json` per seed and `summary.json`).",
+        "on CPU",
+        "(two seeds at a time, one torch thread each, about 20 minutes per seed). Produced by `bash "
+        "benchmarks/cpu_units.sh 0 1 2 3 4` (`units_benchmark.py --seed N --iterations 400 --strategies random "
+        "foreground-random bald`: the GPU runs' training length; at the default 150 iterations random patches "
+        "underfit); summarised by `python benchmarks/run_benchmarks.py --render-only` into "
+        "`benchmarks/results/cpu-units/` (one `seed-N/units.json` per seed and `summary.json`). Runs with the "
+        "planned pipeline: partial labels train with batch Dice and a forced-foreground share drawn from labelled "
+        "units (the GPU section below predates both).",
     ),
 }
 """Per device: the section title's suffix and how its runs were produced."""
