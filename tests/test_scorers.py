@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from activeseg.acquisition.moments import Moments
+from activeseg.acquisition.registry import STRATEGIES
 from activeseg.acquisition.scorers import (
     SCORERS,
     bald,
     class_predictive_entropy,
     expected_entropy,
+    foreground_entropy,
     make_reduction,
     margin,
     predictive_entropy,
@@ -49,6 +51,7 @@ def reference(name: str, probs: torch.Tensor) -> np.ndarray:
     ordered = np.sort(mean, axis=0)
     maps: dict[str, np.ndarray] = {
         "predictive_entropy": pe,
+        "foreground_entropy": entropy_np(mean[1:], axis=0),  # MONAI Label: the background channel dropped
         "expected_entropy": ee,
         "bald": pe - ee,
         "variance": p.var(axis=0).mean(axis=0),
@@ -204,3 +207,16 @@ def test_aubc_against_hand_computed_areas() -> None:
     assert aubc([5], [0.7]) == pytest.approx(0.7)
     with pytest.raises(ValueError, match="increase"):
         aubc([5, 5], [0.1, 0.2])
+
+
+def test_epistemic_is_monai_labels_foreground_entropy_and_ranks_unlike_full_entropy() -> None:
+    # two classes, one voxel each: p̄₁ = 0.5 maximises the full entropy, p̄₁ = 1/e MONAI Label's foreground term
+    half, e_inv = 0.5, float(np.exp(-1.0))
+    probs = torch.tensor([[1 - half, half], [1 - e_inv, e_inv]], dtype=torch.float32).T.reshape(1, 2, 2, 1, 1)
+    moments = Moments.of(probs)
+    monai_label = -(np.array([half, e_inv]) * np.log([half, e_inv]))  # their numpy formula on the foreground channel
+    np.testing.assert_allclose(foreground_entropy(moments).double().numpy().ravel(), monai_label, atol=1e-6)
+    assert float(foreground_entropy(moments).ravel()[1]) > float(foreground_entropy(moments).ravel()[0])
+    assert float(predictive_entropy(moments).ravel()[0]) > float(predictive_entropy(moments).ravel()[1])
+    assert STRATEGIES["epistemic"].scorer == "foreground_entropy"
+    assert STRATEGIES["entropy"].scorer == "predictive_entropy"

@@ -106,3 +106,27 @@ def test_beta_schedules() -> None:
     assert config.strategy.beta_at(1, 4) == pytest.approx(2.0)
     with pytest.raises(ConfigError, match="beta_end: is needed by beta_schedule=sigmoid"):
         config_from_dict({"strategy": {"beta_schedule": "sigmoid"}})
+
+
+def test_power_sampling_never_draws_a_zero_score_before_a_positive_one() -> None:
+    scores = np.array([0.0, 0.5, 0.0, 1.0, 0.2, 0.0, 0.05])
+    positive = {1, 3, 4, 6}
+    for seed in range(300):
+        for beta in (0.05, 0.1, 1.0):
+            drawn = stochastic_batch(scores, 6, beta, "power", np.random.default_rng(seed))
+            assert set(drawn[:4]) == positive  # every positive score first, whatever the noise
+            assert set(drawn[4:]) <= {0, 2, 5}
+    probabilities = sampling_probabilities(scores, 0.1, "power")
+    assert probabilities[[0, 2, 5]].sum() == 0.0
+    np.testing.assert_allclose(
+        probabilities[[1, 3, 4, 6]], scores[[1, 3, 4, 6]] ** 0.1 / (scores[scores > 0] ** 0.1).sum()
+    )
+
+
+def test_power_sampling_of_all_zero_scores_is_uniform_and_seeded() -> None:
+    zeros = np.zeros(6)
+    np.testing.assert_allclose(sampling_probabilities(zeros, 0.5, "power"), np.full(6, 1 / 6))
+    first = [int(stochastic_batch(zeros, 1, 0.5, "power", np.random.default_rng(seed))[0]) for seed in range(600)]
+    assert set(first) == set(range(6)) and max(np.bincount(first)) < 150  # about 100 each
+    again = [int(stochastic_batch(zeros, 1, 0.5, "power", np.random.default_rng(seed))[0]) for seed in range(600)]
+    assert first == again

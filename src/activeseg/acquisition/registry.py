@@ -153,8 +153,8 @@ register(
     Strategy(
         name="entropy",
         description="Top-k predictive entropy of the MC-dropout mean, reduced per volume.",
-        source="Shannon 1948; with MC dropout as in Gal et al., ICML 2017. With reduction=mean this is "
-        "MONAI Label's 'epistemic' score, but selected as a top-k batch instead of one volume.",
+        source="Shannon 1948; with MC dropout as in Gal et al., ICML 2017. Entropy over every class, background "
+        "included (MONAI Label's 'epistemic' drops the background: see `epistemic`).",
         scorer="predictive_entropy",
         selector=select_top_k,
     )
@@ -171,10 +171,12 @@ register(
 register(
     Strategy(
         name="epistemic",
-        description="MONAI Label's 'epistemic': predictive entropy of the MC-dropout mean (use reduction=mean), top-k.",
-        source="MONAI Label (Project-MONAI), EpistemicScoring. MONAI Label hands out one volume at a time; here the "
-        "batch is the top-k of the same score, computed from seeded, batched MC passes.",
-        scorer="predictive_entropy",
+        description="MONAI Label's 'epistemic': entropy terms of the foreground classes of the MC-dropout mean "
+        "(use reduction=mean), top-k.",
+        source="MONAI Label (Project-MONAI), monailabel/tasks/scoring/epistemic.py: −Σ_{c≥1} p̄_c log p̄_c, "
+        "background dropped. MONAI Label hands out one volume at a time; here the batch is the top-k of the same "
+        "score, computed from seeded, batched MC passes.",
+        scorer="foreground_entropy",
         selector=select_top_k,
     )
 )

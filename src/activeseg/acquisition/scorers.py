@@ -37,6 +37,12 @@ def predictive_entropy(moments: Moments) -> Tensor:
     return sample_entropy(moments.mean_probs_C_D_H_W, dim=0)
 
 
+def foreground_entropy(moments: Moments) -> Tensor:
+    """MONAI Label's epistemic voxel score: −Σ_{c ≥ 1} p̄_c log p̄_c, the entropy terms of the foreground classes of
+    the mean prediction only (the background channel is dropped, so the terms need not sum to H[p̄])."""
+    return sample_entropy(moments.mean_probs_C_D_H_W[1:], dim=0)
+
+
 def expected_entropy(moments: Moments) -> Tensor:
     """Mean entropy of the individual predictions, per voxel: mean_k H[p_k] (a copy)."""
     return moments.mean_entropy_D_H_W.clone()
@@ -113,6 +119,7 @@ def reduce_sum(score_D_H_W: Tensor, mean_probs_C_D_H_W: Tensor) -> float:
 
 SCORERS: dict[str, VoxelScorer] = {
     "predictive_entropy": predictive_entropy,
+    "foreground_entropy": foreground_entropy,
     "expected_entropy": expected_entropy,
     "bald": bald,
     "variance": variance,

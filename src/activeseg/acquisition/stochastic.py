@@ -20,11 +20,14 @@ import numpy as np
 
 Weighting = Literal["power", "softmax", "softrank"]
 WEIGHTINGS: tuple[Weighting, ...] = ("power", "softmax", "softrank")
-_TINY = 1e-12
 
 
 def log_weights(scores_N: np.ndarray, beta: float, weighting: Weighting) -> np.ndarray:
-    """Unnormalised log sampling weights of each unit (float64)."""
+    """Unnormalised log sampling weights of each unit (float64).
+
+    Power sampling gives a score of exactly 0 the weight 0 (log weight −inf): such a unit is drawn only after every
+    positive one. If every score is 0 (or β = 0) all weights are equal.
+    """
     if beta < 0 or not np.isfinite(beta):
         raise ValueError(f"beta must be a finite number >= 0, got {beta}")
     scores = np.asarray(scores_N, dtype=np.float64)
@@ -33,7 +36,10 @@ def log_weights(scores_N: np.ndarray, beta: float, weighting: Weighting) -> np.n
     if weighting == "power":
         if np.any(scores < 0):
             raise ValueError("power sampling needs non-negative scores")
-        return beta * np.log(np.maximum(scores, _TINY))
+        if beta == 0 or not np.any(scores > 0):
+            return np.zeros(len(scores))
+        with np.errstate(divide="ignore"):
+            return np.asarray(beta * np.log(scores))
     if weighting == "softmax":
         return beta * scores
     if weighting == "softrank":
@@ -53,11 +59,14 @@ def sampling_probabilities(scores_N: np.ndarray, beta: float, weighting: Weighti
 def stochastic_batch(
     scores_N: np.ndarray, k: int, beta: float, weighting: Weighting, rng: np.random.Generator
 ) -> np.ndarray:
-    """Indices of k units sampled without replacement ∝ the weights, in draw order."""
+    """Indices of k units sampled without replacement ∝ the weights, in draw order. Units of weight 0 come after
+    every positive one, uniformly among themselves."""
     if not 0 < k <= len(scores_N):
         raise ValueError(f"k must be in [1, {len(scores_N)}], got {k}")
-    perturbed = log_weights(scores_N, beta, weighting) + rng.gumbel(size=len(scores_N))
-    return np.argsort(-perturbed, kind="stable")[:k]
+    logw, gumbel = log_weights(scores_N, beta, weighting), rng.gumbel(size=len(scores_N))
+    possible = np.isfinite(logw)
+    perturbed = np.where(possible, logw, 0.0) + gumbel
+    return np.lexsort((-perturbed, ~possible))[:k]
 
 
 def scheduled_beta(schedule: str, start: float, end: float | None, round_index: int, rounds: int) -> float:
