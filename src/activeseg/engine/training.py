@@ -36,8 +36,8 @@ class PartialDiceCELoss(nn.Module):
 
     ``batch_dice`` is nnU-Net's Dice for partial labels: foreground classes only, their voxels summed over the batch
     before the ratio. Per sample, a labelled unit that holds no voxel of a class asks for no prediction of that class
-    anywhere in the sample; with random patches most units hold none, and a class can collapse (measured on
-    hippocampus, 128 random patches, seed 0: posterior Dice 0.14 per sample, mean 0.77 with batch Dice).
+    anywhere in the sample; with random patches most units hold none, and a class can collapse (hippocampus, 128
+    random patches, seed 0: per-sample Dice gave posterior 0.14 and mean 0.38 test Dice; batch Dice gave 0.77).
     """
 
     def __init__(self, batch_dice: bool = False) -> None:
