@@ -188,9 +188,11 @@ class StrategyConfig:
     """β in the last acquisition round when ``beta_schedule`` is not constant (noise decays as β grows)."""
     beta_schedule: Literal["constant", "exponential", "sigmoid"] = "constant"
     sketch_sites: int = 16
-    """BatchBALD: voxel sites per unit (its highest-BALD voxels) whose joint labels stand for the unit's outcome."""
+    """BatchBALD: voxel sites per unit (its highest-BALD voxels); the unit's outcome is the class of one of them,
+    drawn uniformly."""
     joint_configurations: int = 1000
-    """BatchBALD: sampled label configurations that estimate the batch's joint entropy."""
+    """BatchBALD: the batch's outcome configurations are enumerated while there are at most this many (C^batch),
+    else this many are sampled to estimate its joint entropy."""
 
     def __post_init__(self) -> None:
         require(

@@ -300,10 +300,12 @@ register(
 register(
     Strategy(
         name="batchbald",
-        description="BatchBALD for volumes: greedy joint MI over each volume's highest-BALD voxel sites.",
-        source="Kirsch, van Amersfoort & Gal, NeurIPS 2019. Approximation (activeseg): a unit's outcome is its "
-        "strategy.sketch_sites (16) most uncertain voxels, independent given the model; joint entropy estimated "
-        "from strategy.joint_configurations (1000) sampled label configurations.",
+        description="BatchBALD for units: greedy joint MI, a unit's outcome being the class of one of its "
+        "highest-BALD voxel sites.",
+        source="Kirsch, van Amersfoort & Gal, NeurIPS 2019. Approximation (activeseg): a unit's outcome is the class "
+        "of a voxel drawn uniformly from its strategy.sketch_sites (16) most uncertain voxels, so one unit carries "
+        "far less than the log K cap; the batch's configurations are enumerated while there are at most "
+        "strategy.joint_configurations (1000), else that many are sampled.",
         scorer="bald",
         selector=select_batchbald,
         sketch="sites",

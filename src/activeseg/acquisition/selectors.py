@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from activeseg.acquisition.batchbald import greedy_batchbald
+from activeseg.acquisition.batchbald import greedy_batchbald, unit_outcomes
 from activeseg.acquisition.diversity import k_center_greedy, kmeans_pp_seeding, kmeans_top_per_cluster
 from activeseg.acquisition.stochastic import Weighting, stochastic_batch
 from activeseg.acquisition.units import parse_key
@@ -53,7 +53,8 @@ class SelectionContext:
     sketches: Mapping[str, np.ndarray] | None = None
     """Per-candidate summaries of the K samples (``Strategy.sketch``), for joint selection."""
     configurations: int = BATCHBALD_CONFIGURATIONS
-    """Joint selection (BatchBALD): sampled label configurations for the joint-entropy estimate."""
+    """Joint selection (BatchBALD): the batch's label configurations are enumerated while there are at most this
+    many, else this many are sampled for the joint-entropy estimate."""
 
 
 Selector = Callable[[Sequence[str], Mapping[str, ScoreVector] | None, int, SelectionContext], list[Choice]]
@@ -183,11 +184,10 @@ def select_strided(
 def select_batchbald(
     candidates: Sequence[str], scores: Mapping[str, ScoreVector] | None, k: int, context: SelectionContext
 ) -> list[Choice]:
-    """Greedy joint-MI selection over each candidate's most uncertain voxel sites (see ``batchbald``)."""
+    """Greedy joint-MI selection; a candidate's outcome is the class of one of its sketch's sites (``batchbald``)."""
     assert scores is not None and context.sketches is not None
-    picked, gains = greedy_batchbald(
-        [context.sketches[c] for c in candidates], k, context.rng, configurations=context.configurations
-    )
+    outcomes_N_K_C = unit_outcomes([context.sketches[c] for c in candidates])
+    picked, gains = greedy_batchbald(outcomes_N_K_C, k, context.rng, configurations=context.configurations)
     del gains
     return [Choice(candidates[i], scores[candidates[i]][0], rank) for rank, i in enumerate(picked)]
 
