@@ -1,8 +1,9 @@
 """The clinical-size pipeline on clinical-shape scans, on CPU: does it find the structure, and how fast is it?
 
-A clinical-shape set (``data.clinical``: hippocampus crops pasted voxel-wise into 192×192×48–80 CT-like fields with
-0.7–1.0 mm in-plane and 2–4 mm slice spacing, in five orientations, a few oblique) is planned and trained on, and
-compared with the same cases at their native size (the hippocampus files themselves):
+A clinical-shape set (``data.clinical``: hippocampus crops resampled to and pasted into 192×192×48–80 CT-like fields
+with 0.7–1.0 mm in-plane and 2–4 mm slice spacing, in five orientations, a few oblique; ``--paste voxel`` copies them
+voxel-wise instead, so their size in millimetres varies with the spacing) is planned and trained on, and compared
+with the same cases at their native size (the hippocampus files themselves):
 
 - ``full``: the full-data bound on both sets with the same model and training budget (iterations, batch), Dice on
   the same 10 test cases, each on its own native grid;
@@ -10,7 +11,7 @@ compared with the same cases at their native size (the hippocampus files themsel
   patch sampling, DataLoader) against the same network's bare step on synthetic tensors of the same shape, and the
   median sliding-window scoring time per volume (K = 8 MC dropout, BALD).
 
-    python benchmarks/pipeline_benchmark.py [--parts full speed] [--cases 40] [--iterations 500]
+    python benchmarks/pipeline_benchmark.py [--parts full speed] [--cases 40] [--iterations 500] [--paste world]
 
 writes ``benchmarks/results/pipeline.json`` (with the machine); ``render_benchmarks.py`` puts it in BENCHMARKS.md.
 """
@@ -143,21 +144,23 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", choices=["full", "speed"], default=["full", "speed"])
     parser.add_argument("--cases", type=int, default=40)
     parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--paste", choices=["world", "voxel"], default="world", help="how crops enter the fields")
     parser.add_argument("--work", type=Path, default=None, help="where the data and runs go (default: a temp dir)")
     parser.add_argument("--note", default=None, help="a remark stored with the full-data part (e.g. a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     work = args.work or Path(tempfile.mkdtemp(prefix="activeseg-pipeline-"))
     source = find_hippocampus()
-    clinical = work / "clinical"
+    clinical = work / f"clinical-{args.paste}"
     if not (clinical / "dataset.json").exists():
-        make_clinical_dataset(source, clinical, n_cases=args.cases, seed=0)
+        make_clinical_dataset(source, clinical, n_cases=args.cases, seed=0, paste=args.paste)
     ids = sorted(json.loads((clinical / "dataset.json").read_text())["clinical"])
     native = native_subset(source, ids, work / "native")
     path = RESULTS / "pipeline.json"
     result = json.loads(path.read_text()) if path.exists() else {}
     result["machine"] = machine()
     result["cases"] = len(ids)
+    result["paste"] = args.paste
     if "full" in args.parts:
         result["full"] = bench_full(clinical, native, work, args.iterations)
         if args.note:

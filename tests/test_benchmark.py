@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
 import sqlite3
 import sys
@@ -76,6 +77,18 @@ def test_config_round_trips_and_plans_a_paired_grid(tmp_path: Path) -> None:
     assert runs[0].config.train.iterations == 4 and runs[0].out_dir.name == "seed-0"
 
 
+def test_strategy_overrides_change_only_their_strategy(tmp_path: Path) -> None:
+    schedule = {"strategy.beta_end": 100.0, "strategy.beta_schedule": "exponential"}
+    config = benchmark_from_dict(tiny_benchmark(tmp_path, strategy_overrides={"bald": schedule}))
+    assert benchmark_from_dict(config.to_dict()) == config
+    setting = config.settings[0]
+    bald, other = (config.run_config(setting, s, 0) for s in ("bald", "foreground-random"))
+    assert (bald.strategy.beta_end, bald.strategy.beta_schedule) == (100.0, "exponential")
+    assert (other.strategy.beta_end, other.strategy.beta_schedule) == (None, "constant")
+    assert bald.strategy.beta_at(3, 4) == pytest.approx(100.0)  # the last of four acquisition rounds
+    assert config.round_zero_config(setting, 0).train == bald.train  # round 0 is shared, whatever the strategy
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -90,6 +103,9 @@ def test_config_round_trips_and_plans_a_paired_grid(tmp_path: Path) -> None:
         ({"ray": {"adress": "auto"}}, "unknown key 'adress' in ray; valid keys: enabled, address"),
         ({"workers": 0}, "workers: must be at least 1"),
         ({"stats": {"confidence": 1.5}}, "stats.confidence: must be in"),
+        ({"strategy_overrides": {"clasp-pe": {"strategy.beta": 2}}}, "'clasp-pe' is not in strategies"),
+        ({"strategy_overrides": {"bald": {"train.iterations": 2}}}, "bald.train.iterations: only strategy.*"),
+        ({"strategy_overrides": {"bald": {"strategy.beta": -1}}}, "strategy.beta: must be >= 0"),
     ],
 )
 def test_invalid_benchmark_configs_name_the_key(tmp_path: Path, change: dict[str, Any], message: str) -> None:
@@ -196,9 +212,19 @@ def test_grid_runs_paired_and_reports_from_stored_results(grid: tuple[Path, Path
     assert bald["mean_difference"] == pytest.approx(sum(by["bald", s] - by["foreground-random", s] for s in SEEDS) / 2)
     ranks = summary["ranking"]["aubc"]["mean_rank"]
     assert sorted(ranks) == sorted(STRATEGIES) and sum(ranks.values()) == pytest.approx(3.0)
+    # One family per (baseline, metric): here a single comparison, so Holm leaves its p-value as it is.
+    assert bald["family_size"] == 1 and bald["t_p_holm"] == bald["t_p"]
+    # FG-Eff needs the pool's foreground (from each full-data run) and the labelled foreground per round.
+    for seed in SEEDS:
+        record = json.loads((results / "full-data" / f"seed-{seed}" / "full_data.json").read_text())
+        assert record["pool_foreground_voxels"] > 0
+        with (run_dir(results, "4+3x1", seed, "bald") / "curve.csv").open() as handle:
+            labelled = [float(r["cost_foreground"]) for r in csv.DictReader(handle)]
+        assert 0 < labelled[0] < labelled[1] < record["pool_foreground_voxels"]
+    assert all(isinstance(r["fg_eff"], float) and math.isfinite(r["fg_eff"]) for r in summary["per_strategy"])
 
     report = (results / "report.md").read_text()
-    for needle in ("AUBC [95% CI]", "Wilcoxon p", "paired t p", "## Ranking", "foreground-random", "Full-data upper"):
+    for needle in ("AUBC [95% CI]", "Wilcoxon p", "t p (Holm)", "## Ranking", "foreground-random", "Full-data upper"):
         assert needle in report
     assert "![learning curves 4+3x1](./curves-4+3x1.png)" in report
     assert (results / "curves-4+3x1.png").read_bytes()[:4] == b"\x89PNG"

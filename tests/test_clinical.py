@@ -1,4 +1,5 @@
-"""Clinical-shape datasets: hippocampus crops pasted voxel-wise into CT-like fields, stored in mixed orientations."""
+"""Clinical-shape datasets: hippocampus crops pasted into CT-like fields (resampled to the field's spacing, or
+voxel-wise), stored in mixed orientations."""
 
 from __future__ import annotations
 
@@ -48,6 +49,12 @@ def meta(dataset: Path) -> dict[str, Any]:
     return loaded
 
 
+@pytest.fixture(scope="module")
+def voxel_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("clinical") / "voxel"
+    return make_clinical_dataset(hippocampus_root(), out, n_cases=2, paste="voxel", **ARGS)
+
+
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -76,8 +83,34 @@ def test_deterministic_and_independent_of_n_cases(dataset: Path, tmp_path: Path)
     assert first == json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))["clinical"]["hippocampus_004"]
 
 
-def test_labels_pasted_voxel_wise_at_the_recorded_offset(dataset: Path, meta: dict[str, Any]) -> None:
+def test_labels_pasted_in_world_space_keep_their_size_and_place_in_millimetres(
+    dataset: Path, meta: dict[str, Any]
+) -> None:
     for case_id, drawn in meta["clinical"].items():
+        assert drawn["paste"] == "world"
+        source, source_affine, _ = _load(hippocampus_root() / "labelsTr" / f"{case_id}.nii.gz")
+        source_mm = np.linalg.norm(source_affine[:3, :3], axis=0)
+        canon, _ = _canonical(dataset / "labelsTr" / f"{case_id}.nii.gz")
+        spacing = np.asarray(drawn["ras_spacing"])
+        box = tuple(slice(o, o + n) for o, n in zip(drawn["offset"], drawn["crop_shape"], strict=True))
+        assert int((canon[box] > 0).sum()) == int((canon > 0).sum())  # nothing outside the pasted crop
+        extent_error = np.abs(np.asarray(drawn["crop_shape"]) * spacing - np.asarray(source.shape) * source_mm)
+        assert np.all(extent_error <= spacing / 2 + 1e-6)  # the crop's extent in mm, rounded to whole field voxels
+        for value in (1, 2):
+            # Each class keeps its volume in mm³ (within 12%: a 2-4 mm slice cannot follow every boundary) ...
+            volume = (canon == value).sum() * spacing.prod()
+            assert volume == pytest.approx((source == value).sum() * source_mm.prod(), rel=0.12)
+            # ... and its centre, in millimetres from the crop's corner, to within one field voxel.
+            centre = (np.argwhere(canon[box] == value).mean(axis=0) + 0.5) * spacing
+            source_centre = (np.argwhere(source == value).mean(axis=0) + 0.5) * source_mm
+            assert np.all(np.abs(centre - source_centre) <= spacing)
+
+
+def test_labels_pasted_voxel_wise_at_the_recorded_offset(voxel_dataset: Path) -> None:
+    meta = json.loads((voxel_dataset / "dataset.json").read_text(encoding="utf-8"))
+    dataset = voxel_dataset
+    for case_id, drawn in meta["clinical"].items():
+        assert drawn["paste"] == "voxel"
         source, _, _ = _load(hippocampus_root() / "labelsTr" / f"{case_id}.nii.gz")
         label, affine, _ = _load(dataset / "labelsTr" / f"{case_id}.nii.gz")
         assert label.dtype == np.uint8
@@ -153,3 +186,5 @@ def test_rejects_bad_arguments(tmp_path: Path) -> None:
         make_clinical_dataset(hippocampus_root(), tmp_path / "y", case_ids=["nope"])
     with pytest.raises(ValueError, match="too small"):
         make_clinical_dataset(hippocampus_root(), tmp_path / "z", n_cases=1, field_shape=(40, 40, (40, 56)))
+    with pytest.raises(ValueError, match="paste must be 'world' or 'voxel'"):
+        make_clinical_dataset(hippocampus_root(), tmp_path / "w", n_cases=1, paste="pixel")  # type: ignore[arg-type]

@@ -123,7 +123,13 @@ def clinical(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six clinical-shape cases: hippocampus crops pasted into anisotropic CT-like fields in mixed orientations."""
     out = tmp_path_factory.mktemp("clinical") / "data"
     return make_clinical_dataset(
-        hippocampus_root(), out, n_cases=6, seed=1, field_shape=(80, 80, (24, 32)), slice_spacing=(3.0, 4.0)
+        hippocampus_root(),
+        out,
+        n_cases=6,
+        seed=1,
+        field_shape=(80, 80, (24, 32)),
+        in_plane_spacing=(0.9, 1.0),
+        slice_spacing=(3.0, 4.0),
     )
 
 

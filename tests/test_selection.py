@@ -11,7 +11,7 @@ import torch
 from activeseg.acquisition.moments import Moments
 from activeseg.acquisition.registry import get_strategy
 from activeseg.acquisition.scorers import predictive_entropy, strategy_maps
-from activeseg.acquisition.selectors import SelectionContext, clasp_quotas
+from activeseg.acquisition.selectors import SelectionContext, clasp_quotas, select_top_k, spread_selector
 from activeseg.acquisition.stochastic import WEIGHTINGS, sampling_probabilities, scheduled_beta, stochastic_batch
 from activeseg.config import ConfigError, config_from_dict
 
@@ -130,3 +130,37 @@ def test_power_sampling_of_all_zero_scores_is_uniform_and_seeded() -> None:
     assert set(first) == set(range(6)) and max(np.bincount(first)) < 150  # about 100 each
     again = [int(stochastic_batch(zeros, 1, 0.5, "power", np.random.default_rng(seed))[0]) for seed in range(600)]
     assert first == again
+
+
+def _patch(case: str, z: int) -> str:
+    return f"{case}@patch:{z}-{z + 4}:0-4:0-4"
+
+
+def test_spread_takes_one_unit_per_case_before_a_second_from_any() -> None:
+    # Case a holds the four best patches, b the next two, c one: top-k would take a's four.
+    values = {("a", 0): 0.9, ("a", 4): 0.8, ("a", 8): 0.7, ("a", 12): 0.6, ("b", 0): 0.5, ("b", 4): 0.4, ("c", 0): 0.1}
+    scores = {_patch(case, z): (v,) for (case, z), v in values.items()}
+    candidates = sorted(scores)
+    context = SelectionContext(rng=np.random.default_rng(0))
+    assert [c.unit for c in select_top_k(candidates, scores, 3, context)] == [_patch("a", z) for z in (0, 4, 8)]
+    spread = spread_selector(select_top_k)
+    chosen = [c.unit for c in spread(candidates, scores, 5, context)]
+    # Round one: the best of each case (a, b, c); then the cap rises and the next best of a and b follow.
+    assert chosen == [_patch("a", 0), _patch("b", 0), _patch("c", 0), _patch("a", 4), _patch("b", 4)]
+    assert [c.rank for c in spread(candidates, scores, 5, context)] == list(range(5))
+    assert len(spread(candidates, scores, 7, context)) == 7  # every candidate, once
+    volumes = {"x": (0.3,), "y": (0.9,), "z": (0.5,)}  # one unit per case: exactly the base selector's batch
+    assert [c.unit for c in spread(sorted(volumes), volumes, 2, context)] == ["y", "z"]
+
+
+def test_spread_clasp_pe_is_deterministic_given_the_generator_and_spreads_over_cases() -> None:
+    rng = np.random.default_rng(3)
+    keys = [_patch(f"case_{i}", z) for i in range(6) for z in (0, 4, 8, 12)]
+    scores = {k: tuple(float(v) for v in rng.uniform(0.01, 1.0, 3)) for k in keys}
+    strategy = get_strategy("spread-clasp-pe")
+    runs = [
+        [c.unit for c in strategy.select(keys, scores, 6, SelectionContext(rng=np.random.default_rng(7), beta=1.0))]
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1]
+    assert sorted(k.partition("@")[0] for k in runs[0]) == [f"case_{i}" for i in range(6)]

@@ -8,7 +8,16 @@ import math
 import numpy as np
 import pytest
 
-from activeseg.bench.stats import aubc, bootstrap_ci, budget_to_reach, curve_band, mean_ranks, paired_test
+from activeseg.bench.stats import (
+    aubc,
+    bootstrap_ci,
+    budget_to_reach,
+    curve_band,
+    foreground_efficiency,
+    holm,
+    mean_ranks,
+    paired_test,
+)
 
 
 def test_aubc_by_hand() -> None:
@@ -112,3 +121,30 @@ def test_curve_band_uses_common_budgets() -> None:
     assert band.mean == pytest.approx([0.6, 0.7])
     assert all(lo <= m <= hi for lo, m, hi in zip(band.low, band.mean, band.high, strict=True))
     assert band.low[0] == pytest.approx(0.5) and band.high[0] == pytest.approx(0.7)  # two values: [min, max]
+
+
+def test_holm_by_hand() -> None:
+    # m = 4 defined p-values, sorted 0.005, 0.01, 0.03, 0.04 → 4·0.005 = 0.02, 3·0.01 = 0.03, 2·0.03 = 0.06,
+    # 1·0.04 = 0.04 raised to the running maximum 0.06; None is not part of the family.
+    assert holm([0.01, 0.04, 0.03, None, 0.005]) == pytest.approx([0.03, 0.06, 0.06, None, 0.02])
+    assert holm([0.5, 0.9]) == [1.0, 1.0]  # capped at 1
+    assert holm([0.2]) == [0.2] and holm([]) == [] and holm([None]) == [None]
+    # Holm never rejects fewer than Bonferroni and never more than the unadjusted test.
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 0.1, 12).tolist()
+    adjusted = holm(p)
+    for raw, adj in zip(p, adjusted, strict=True):
+        assert adj is not None and raw <= adj <= min(1.0, 12 * raw)
+
+
+def test_foreground_efficiency_recovers_the_rate_of_a_known_curve() -> None:
+    c, start_dice, x0 = 0.85, 0.50, 2.0
+    x = np.array([2.0, 6.0, 10.0, 20.0, 40.0] * 3)
+    noise = np.random.default_rng(1).normal(0, 0.002, len(x))
+    rates = {}
+    for b in (0.05, 0.2):
+        y = c - (c - start_dice) * np.exp(-b * (x - x0)) + noise
+        rates[b] = foreground_efficiency(x.tolist(), y.tolist(), c, start_dice, x0)
+    assert rates[0.05] == pytest.approx(0.05, rel=0.05) and rates[0.2] == pytest.approx(0.2, rel=0.05)
+    assert foreground_efficiency([1.0], [0.5], c, start_dice, x0) is None  # one point fits nothing
+    assert foreground_efficiency([1.0, float("nan")], [0.5, 0.6], c, start_dice, x0) is None

@@ -128,6 +128,7 @@ def test_costs_worked_out_by_hand() -> None:
         "slices": 4.0,
         "voxels": 96.0,
         "foreground_voxels": 90 + FOREGROUND_WEIGHT * 6,
+        "foreground": 6.0,
         "native_voxels": 288.0,
         "mm3": 144.0,
     }
@@ -136,6 +137,7 @@ def test_costs_worked_out_by_hand() -> None:
         "slices": 1.0,
         "voxels": 64.0,
         "foreground_voxels": 62 + FOREGROUND_WEIGHT * 2,  # slice h=3 crosses the block at d=1..2, w=1
+        "foreground": 2.0,
         "native_voxels": 64.0,
         "mm3": 64.0,
     }

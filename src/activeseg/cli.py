@@ -239,6 +239,7 @@ def benchmark(
         Path | None, typer.Option("--results-dir", help="Default: runs/benchmark-<name>. Rerunning resumes.")
     ] = None,
     data: DataOption = None,
+    test_data: TestDataOption = None,
     ray: Annotated[bool, typer.Option("--ray", help="Each (strategy, seed) run is a task on a local Ray.")] = False,
     ray_address: Annotated[
         str | None, typer.Option("--ray-address", help="Attach to an existing Ray cluster (implies --ray).")
@@ -252,6 +253,8 @@ def benchmark(
         changes: dict[str, object] = {}
         if data is not None:
             changes["run.data.root"] = data
+        if test_data is not None:
+            changes["run.data.test_root"] = test_data
         if workers is not None:
             changes["workers"] = workers
         if ray or ray_address:

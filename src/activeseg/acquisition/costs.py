@@ -59,12 +59,21 @@ def _native_voxels(c: CostContext) -> float:
     return _mm3(c) / c.native_voxel_mm3
 
 
-def _foreground_voxels(c: CostContext) -> float:
+def _labelled_foreground(c: CostContext) -> tuple[int, int]:
+    """(voxels, foreground voxels) of the unit's label; 255 (unlabelled) is not foreground."""
     if c.label_D_H_W is None:
-        raise ValueError(f"the foreground-weighted cost of {c.unit.key} needs its label")
+        raise ValueError(f"the foreground cost of {c.unit.key} needs its label")
     inside = c.label_D_H_W[c.unit.region(c.shape)]
-    foreground = int(((inside > 0) & (inside < 255)).sum())
-    return float(inside.size - foreground) + FOREGROUND_WEIGHT * foreground
+    return int(inside.size), int(((inside > 0) & (inside < 255)).sum())
+
+
+def _foreground_voxels(c: CostContext) -> float:
+    voxels, foreground = _labelled_foreground(c)
+    return float(voxels - foreground) + FOREGROUND_WEIGHT * foreground
+
+
+def _foreground(c: CostContext) -> float:
+    return float(_labelled_foreground(c)[1])
 
 
 COSTS: dict[str, CostModel] = {
@@ -72,11 +81,13 @@ COSTS: dict[str, CostModel] = {
     "slices": _slices,
     "voxels": _voxels,
     "foreground_voxels": _foreground_voxels,
+    "foreground": _foreground,
     "native_voxels": _native_voxels,
     "mm3": _mm3,
 }
 """Every cost model; each labelled unit records all of them, so any curve can be drawn against any cost. Voxels
-are the planned grid's; ``native_voxels`` are the image's own (the planned volume in the native voxel size)."""
+are the planned grid's; ``native_voxels`` are the image's own (the planned volume in the native voxel size).
+``foreground`` counts only the labelled foreground voxels: nnActive's x-axis for foreground efficiency."""
 
 LABEL_FREE_COSTS = ("volumes", "slices", "voxels", "native_voxels", "mm3")
 """Costs known before labelling (the foreground-weighted cost depends on the label drawn)."""

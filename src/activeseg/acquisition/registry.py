@@ -38,6 +38,7 @@ from activeseg.acquisition.selectors import (
     select_random,
     select_strided,
     select_top_k,
+    spread_selector,
     stochastic_selector,
 )
 
@@ -233,6 +234,25 @@ register(
         "patches); β follows strategy.beta / beta_end / beta_schedule.",
         scorer="clasp",
         selector=select_clasp,
+    )
+)
+register(
+    Strategy(
+        name="spread-clasp-pe",
+        description="ClaSP PE whose batch is spread over cases: one unit per case until every case has given one.",
+        source="activeseg (docs/design.md, 'Spread ClaSP PE'): ClaSP PE (Lüth et al., 2026) with a per-case cap, "
+        "since uncertainty-chosen patches pile up in a few hard cases while random units cover many.",
+        scorer="clasp",
+        selector=spread_selector(select_clasp),
+    )
+)
+register(
+    Strategy(
+        name="spread-power-entropy",
+        description="PowerPE whose batch is spread over cases (spread-clasp-pe without class stratification).",
+        source="activeseg: ablation of spread-clasp-pe; PowerPE from Kirsch et al., TMLR 2023.",
+        scorer="predictive_entropy",
+        selector=spread_selector(stochastic_selector("power")),
     )
 )
 register(

@@ -16,7 +16,7 @@ import numpy as np
 from activeseg.acquisition.batchbald import greedy_batchbald, unit_outcomes
 from activeseg.acquisition.diversity import k_center_greedy, kmeans_pp_seeding, kmeans_top_per_cluster
 from activeseg.acquisition.stochastic import Weighting, stochastic_batch
-from activeseg.acquisition.units import parse_key
+from activeseg.acquisition.units import case_of, parse_key
 
 BATCHBALD_SITES = 16
 BATCHBALD_CONFIGURATIONS = 1000
@@ -222,3 +222,37 @@ def select_clasp(
         picked += [(c, scores[c][column]) for c in chosen]
         remaining = [c for c in remaining if c not in set(chosen)]
     return [Choice(c, score, rank) for rank, (c, score) in enumerate(picked)]
+
+
+def spread_selector(base: Selector, per_case: int = 1) -> Selector:
+    """``base`` with its batch spread over cases: no case gives more than ``per_case`` units until every case with
+    candidates left has given that many (then the cap rises by ``per_case``).
+
+    ``base`` chooses from the cases still under the cap; its choices are taken in rank order while their case is
+    under the cap, the rest stay candidates, and ``base`` is asked again for what is missing. Whole volumes (one
+    unit per case) are unaffected.
+    """
+
+    def select(
+        candidates: Sequence[str], scores: Mapping[str, ScoreVector] | None, k: int, context: SelectionContext
+    ) -> list[Choice]:
+        picked: list[Choice] = []
+        taken: dict[str, int] = {}
+        remaining = list(candidates)
+        cap = per_case
+        while len(picked) < k and remaining:
+            open_cases = [c for c in remaining if taken.get(case_of(c), 0) < cap]
+            if not open_cases:
+                cap += per_case
+                continue
+            for choice in base(open_cases, scores, min(k - len(picked), len(open_cases)), context):
+                case = case_of(choice.unit)
+                if taken.get(case, 0) < cap:
+                    taken[case] = taken.get(case, 0) + 1
+                    picked.append(choice)
+            chosen = {c.unit for c in picked}
+            remaining = [c for c in remaining if c not in chosen]
+        return [Choice(c.unit, c.score, rank) for rank, c in enumerate(picked)]
+
+    select.__doc__ = f"{(base.__doc__ or '').strip()} Spread: at most {per_case} unit(s) per case while others remain."
+    return select

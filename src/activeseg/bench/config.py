@@ -104,6 +104,9 @@ class BenchmarkConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     settings: tuple[Setting, ...] = (Setting("default"),)
     """In YAML a mapping ``name: {dotted.key: value}``; default one setting without overrides."""
+    strategy_overrides: tuple[Setting, ...] = ()
+    """Per-strategy ``strategy.*`` overrides, in YAML a mapping ``strategy: {strategy.key: value}`` (e.g. ClaSP PE's
+    β schedule beside PowerBALD's constant β). They never touch round 0, which every strategy shares."""
     full_data: FullDataConfig = field(default_factory=FullDataConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     workers: int = 1
@@ -124,6 +127,11 @@ class BenchmarkConfig:
         require(len(set(names)) == len(names), "settings", "names a setting twice")
         require(self.workers >= 1, "workers", "must be at least 1")
         require(self.threads >= 1, "threads", "must be at least 1")
+        for variant in self.strategy_overrides:
+            require(variant.name in self.strategies, "strategy_overrides", f"{variant.name!r} is not in strategies")
+            for key, _ in variant.overrides:
+                allowed = key.startswith("strategy.") and key != "strategy.name"
+                require(allowed, f"strategy_overrides.{variant.name}.{key}", "only strategy.* keys may differ")
         for setting in self.settings:
             require(_safe_name(setting.name), "settings", f"{setting.name!r} must be a plain folder name")
             for key, _ in setting.overrides:
@@ -141,6 +149,7 @@ class BenchmarkConfig:
     def run_config(self, setting: Setting, strategy: str, seed: int) -> RunConfig:
         """The run config of one cell of the grid."""
         changes: dict[str, Any] = dict(setting.overrides)
+        changes |= next((dict(v.overrides) for v in self.strategy_overrides if v.name == strategy), {})
         changes |= {"name": f"{setting.name}-seed{seed}-{strategy}", "seed": seed, "strategy.name": strategy}
         return self.run.override(changes)
 
@@ -161,6 +170,7 @@ class BenchmarkConfig:
         """Plain YAML-safe data that :func:`benchmark_from_dict` reads back to an equal config."""
         raw = typing.cast(dict[str, Any], plain(dataclasses.asdict(self)))
         raw["settings"] = {s.name: {k: plain(v) for k, v in s.overrides} for s in self.settings}
+        raw["strategy_overrides"] = {s.name: {k: plain(v) for k, v in s.overrides} for s in self.strategy_overrides}
         return raw
 
     def grid_identity(self) -> dict[str, Any]:
@@ -191,24 +201,29 @@ def benchmark_from_dict(raw: Any, base_dir: Path | None = None) -> BenchmarkConf
             raise ConfigError(f"run: run config {path} not found") from None
         raw["run"] = run
     settings = raw.pop("settings", None)
+    variants = raw.pop("strategy_overrides", None)
     config = typing.cast(BenchmarkConfig, build(BenchmarkConfig, raw, ""))
-    if settings is not None:
-        config = dataclasses.replace(config, settings=_settings(settings))
+    if settings is not None or variants:
+        config = dataclasses.replace(
+            config,
+            settings=config.settings if settings is None else _settings(settings, "settings"),
+            strategy_overrides=_settings(variants or {}, "strategy_overrides"),
+        )
     return config
 
 
-def _settings(raw: Any) -> tuple[Setting, ...]:
+def _settings(raw: Any, section: str) -> tuple[Setting, ...]:
     if not isinstance(raw, dict):
-        raise ConfigError("settings: expected a mapping of setting name to {dotted.key: value} overrides")
+        raise ConfigError(f"{section}: expected a mapping of a name to {{dotted.key: value}} overrides")
     out = []
     for name, overrides in raw.items():
         if overrides is None:
             overrides = {}
         if not isinstance(name, str) or not isinstance(overrides, dict):
-            raise ConfigError(f"settings.{name}: expected a mapping of dotted run-config keys to values")
+            raise ConfigError(f"{section}.{name}: expected a mapping of dotted run-config keys to values")
         bad = [k for k in overrides if not isinstance(k, str)]
         if bad:
-            raise ConfigError(f"settings.{name}: keys must be dotted strings such as loop.per_round, got {bad}")
+            raise ConfigError(f"{section}.{name}: keys must be dotted strings such as loop.per_round, got {bad}")
         out.append(Setting(name, tuple(sorted((k, _frozen(v)) for k, v in overrides.items()))))
     return tuple(out)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from activeseg.artifacts import write_bytes_atomic, write_json_atomic, write_text_atomic
-from activeseg.bench.results import METRICS, SUMMARY_FILE, summarise
+from activeseg.bench.results import METRICS, SUMMARY_FILE, add_holm, summarise
 from activeseg.plots import band_png
 
 FOREGROUND_RANDOM = "foreground-random"
@@ -34,6 +34,10 @@ def _p(value: float | None) -> str:
     return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
 
 
+def _fg_eff(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
 def _budgets(reach: dict[str, int | None]) -> str:
     return ", ".join("—" if v is None else str(v) for _, v in sorted(reach.items(), key=lambda kv: int(kv[0])))
 
@@ -44,22 +48,24 @@ def _grid(run: dict[str, Any]) -> str:
 
 
 def verdict(summary: dict[str, Any], baseline: str = FOREGROUND_RANDOM) -> str:
-    """A plain sentence: does any strategy beat ``baseline`` on AUBC (paired t, at the configured α)?"""
+    """A plain sentence: does any strategy beat ``baseline`` on AUBC (paired t, Holm-corrected, at the configured α)?"""
     alpha = summary["stats"]["alpha"]
     rows = [p for p in summary["paired"] if p["baseline"] == baseline and p["metric"] == "aubc"]
     if not rows:
         return f"`{baseline}` was not run, so nothing is compared with it."
-    better = [p for p in rows if p["mean_difference"] > 0 and p["t_p"] is not None and p["t_p"] < alpha]
-    worse = [p for p in rows if p["mean_difference"] < 0 and p["t_p"] is not None and p["t_p"] < alpha]
+    better = [p for p in rows if p["mean_difference"] > 0 and p["t_p_holm"] is not None and p["t_p_holm"] < alpha]
+    worse = [p for p in rows if p["mean_difference"] < 0 and p["t_p_holm"] is not None and p["t_p_holm"] < alpha]
     n = sorted({p["n"] for p in rows})
+    test = f"paired t-test, Holm-corrected over the {len(rows)} AUBC comparisons with it"
     seeds = f"n = {', '.join(map(str, n))} paired seeds"
     if better:
         names = ", ".join(
-            f"`{p['strategy']}` ({p['setting']}, +{p['mean_difference']:.4f}, p = {_p(p['t_p'])})" for p in better
+            f"`{p['strategy']}` ({p['setting']}, +{p['mean_difference']:.4f}, adjusted p = {_p(p['t_p_holm'])})"
+            for p in better
         )
-        text = f"**Yes**: {names} beat `{baseline}` on AUBC (paired t-test, p < {alpha}, {seeds})."
+        text = f"**Yes**: {names} beat `{baseline}` on AUBC ({test}, p < {alpha}, {seeds})."
     else:
-        text = f"**No** strategy beats `{baseline}` on AUBC at p < {alpha} (paired t-test, {seeds})."
+        text = f"**No** strategy beats `{baseline}` on AUBC at p < {alpha} ({test}, {seeds})."
     if worse:
         text += " Significantly worse than it: " + ", ".join(f"`{p['strategy']}` ({p['setting']})" for p in worse) + "."
     return text
@@ -68,6 +74,8 @@ def verdict(summary: dict[str, Any], baseline: str = FOREGROUND_RANDOM) -> str:
 def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> list[Block]:
     """The report's content; ``level`` is the title's heading level (2 inside BENCHMARKS.md)."""
     out: list[Block] = []
+    if any("t_p_holm" not in p for p in summary["paired"]):  # summaries stored before Holm correction
+        add_holm(summary["paired"])
     run = summary["run"]
     conf = summary["stats"]
     confidence = f"{round(conf['confidence'] * 100)}%"
@@ -90,6 +98,19 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
             f"{', '.join(ex['backends']) or '—'}, {ex['workers']} run(s) at once, {ex['threads']} thread(s) per run.",
         )
     )
+    variants = run.get("strategy_overrides") or {}
+    if variants:
+        out.append(
+            (
+                "p",
+                "Per-strategy settings: "
+                + "; ".join(
+                    f"`{name}`: " + ", ".join(f"{k.removeprefix('strategy.')} = {v}" for k, v in keys.items())
+                    for name, keys in variants.items()
+                )
+                + ".",
+            )
+        )
     full = summary["full_data"]
     if full["estimate"]:
         per_seed = ", ".join(f"seed {k}: {v:.4f}" for k, v in full["per_seed"].items())
@@ -140,10 +161,12 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
                 )
             )
         reach = f"budget to {round(conf['reach'] * 100)}% of full data (per seed)"
+        fg_eff = any(r.get("fg_eff") is not None for r in rows)
         out.append(
             (
                 "table",
-                ["strategy", "seeds", f"AUBC [{confidence} CI]", f"final Dice [{confidence} CI]", reach],
+                ["strategy", "seeds", f"AUBC [{confidence} CI]", f"final Dice [{confidence} CI]", reach]
+                + (["FG-Eff"] if fg_eff else []),
                 [
                     [
                         f"`{r['strategy']}`",
@@ -152,23 +175,46 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
                         _ci(r["final_dice"]),
                         _budgets(r["reach_budget"]) or "—",
                     ]
+                    + ([_fg_eff(r.get("fg_eff"))] if fg_eff else [])
                     for r in rows
                 ],
             )
         )
+        if fg_eff:
+            out.append(
+                (
+                    "p",
+                    "FG-Eff is nnActive's foreground efficiency: the rate b of Dice = c − a·exp(−b (x − x₀)) fitted "
+                    "to every round of every seed, x the labelled share of the pool's foreground voxels in percent, "
+                    "c the full-data Dice, (x₀, c − a) the mean first round. Higher reaches full-data Dice with less "
+                    "labelled foreground.",
+                )
+            )
         tests = [p for p in summary["paired"] if p["setting"] == setting]
         if tests:
             out.append(
                 (
                     "p",
                     f"Paired differences (strategy − baseline, same seed, so the same split and round 0), mean with "
-                    f"{confidence} bootstrap CI, two-sided Wilcoxon signed-rank and paired t-test p-values:",
+                    f"{confidence} bootstrap CI, two-sided Wilcoxon signed-rank and paired t-test p-values, and the "
+                    "t-test's p Holm-adjusted over its family (every strategy × setting compared with the same "
+                    "baseline on the same metric):",
                 )
             )
             out.append(
                 (
                     "table",
-                    ["strategy", "baseline", "metric", "n", "difference [CI]", "wins", "Wilcoxon p", "paired t p"],
+                    [
+                        "strategy",
+                        "baseline",
+                        "metric",
+                        "n",
+                        "difference [CI]",
+                        "wins",
+                        "Wilcoxon p",
+                        "paired t p",
+                        "t p (Holm)",
+                    ],
                     [
                         [
                             f"`{p['strategy']}`",
@@ -179,6 +225,7 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
                             f"{p['wins']}/{p['n']}",
                             _p(p["wilcoxon_p"]),
                             _p(p["t_p"]),
+                            _p(p["t_p_holm"]),
                         ]
                         for p in tests
                     ],
@@ -218,8 +265,7 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
             (
                 "p",
                 f"With {min(pairs)} pairs the exact two-sided Wilcoxon test cannot go below p = "
-                f"{2 / 2 ** min(pairs):.3g}, so only the t-test can reach significance here. P-values are not "
-                "corrected for multiple comparisons.",
+                f"{2 / 2 ** min(pairs):.3g}, so only the t-test can reach significance here.",
             )
         )
     return out

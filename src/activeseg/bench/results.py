@@ -12,10 +12,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from activeseg.bench.config import BenchmarkConfig, load_benchmark
 from activeseg.bench.grid import BENCHMARK_FILE, full_data_dir, read_executions, run_dir
-from activeseg.bench.stats import aubc, bootstrap_ci, budget_to_reach, curve_band, mean_ranks, paired_test
-from activeseg.engine.full_data import full_data_dice
+from activeseg.bench.stats import (
+    aubc,
+    bootstrap_ci,
+    budget_to_reach,
+    curve_band,
+    foreground_efficiency,
+    holm,
+    mean_ranks,
+    paired_test,
+)
+from activeseg.engine.full_data import full_data_dice, pool_foreground
 from activeseg.rundir.curves import read_curve
 from activeseg.rundir.layout import FullDataLayout, RunLayout
 
@@ -34,6 +45,8 @@ class RunResult:
     stop_reason: str | None
     n_labelled: list[int]
     mean_dice: list[float]
+    foreground: list[float] | None = None
+    """Labelled foreground voxels at each round (the ``foreground`` cost; None in runs that predate it)."""
 
     @property
     def aubc(self) -> float:
@@ -44,8 +57,9 @@ class RunResult:
         return self.mean_dice[-1]
 
 
-def collect(results_dir: Path) -> tuple[BenchmarkConfig, list[RunResult], dict[int, float]]:
-    """The benchmark config, every run that has evaluated a round, and the full-data Dice of each finished seed."""
+def collect(results_dir: Path) -> tuple[BenchmarkConfig, list[RunResult], dict[int, float], dict[int, int]]:
+    """The benchmark config, every run that has evaluated a round, and the full-data Dice and pool foreground
+    voxels of each finished seed (the latter where the full-data run recorded it)."""
     results_dir = Path(results_dir)
     if not (results_dir / BENCHMARK_FILE).exists():
         raise FileNotFoundError(f"{results_dir} is not a benchmark results directory (no {BENCHMARK_FILE})")
@@ -61,17 +75,23 @@ def collect(results_dir: Path) -> tuple[BenchmarkConfig, list[RunResult], dict[i
                 with layout.open_ledger() as ledger:
                     reason = ledger.stop_reason()
                 curve = read_curve(path)
+                finished = reason is not None
+                foreground = curve.costs.get("foreground")
                 runs.append(
                     RunResult(
-                        setting.name, strategy, seed, reason is not None, reason, curve.n_labelled, curve.mean_dice
+                        setting.name, strategy, seed, finished, reason, curve.n_labelled, curve.mean_dice, foreground
                     )
                 )
-    full = {}
+    full: dict[int, float] = {}
+    pool: dict[int, int] = {}
     for seed in config.seeds:
         folder = full_data_dir(results_dir, seed)
         if FullDataLayout(folder).finished():
             full[seed] = full_data_dice(folder)
-    return config, runs, full
+            voxels = pool_foreground(folder)
+            if voxels:
+                pool[seed] = voxels
+    return config, runs, full, pool
 
 
 def _estimate(values: Sequence[float], config: BenchmarkConfig) -> dict[str, float]:
@@ -81,7 +101,7 @@ def _estimate(values: Sequence[float], config: BenchmarkConfig) -> dict[str, flo
 
 def summarise(results_dir: Path) -> dict[str, Any]:
     """Every statistic of the report, as plain JSON-able data computed from the stored results."""
-    config, runs, full = collect(results_dir)
+    config, runs, full, pool = collect(results_dir)
     s = config.stats
     finished = [r for r in runs if r.finished]
     present = sorted({r.strategy for r in finished}, key=config.strategies.index)
@@ -112,6 +132,7 @@ def summarise(results_dir: Path) -> dict[str, Any]:
     bands: dict[str, dict[str, Any]] = {}
     for setting in config.settings:
         bands[setting.name] = {}
+        fg_eff = _foreground_efficiencies([r for r in finished if r.setting == setting.name], full, pool)
         for strategy in present:
             mine = [by_key[k] for k in sorted(by_key) if k[0] == setting.name and k[1] == strategy]
             if not mine:
@@ -127,6 +148,7 @@ def summarise(results_dir: Path) -> dict[str, Any]:
                     "reach_budget": {
                         str(r.seed): reach[(setting.name, strategy, r.seed)] for r in mine if r.seed in full
                     },
+                    "fg_eff": fg_eff.get(strategy),
                 }
             )
             band = curve_band(
@@ -160,6 +182,7 @@ def summarise(results_dir: Path) -> dict[str, Any]:
                         | {"seeds": seeds}
                     )
 
+    add_holm(paired)
     ranking: dict[str, Any] = {}
     for metric, _ in METRICS:
         table = {
@@ -202,6 +225,44 @@ def summarise(results_dir: Path) -> dict[str, Any]:
     }
 
 
+def add_holm(paired: list[dict[str, Any]]) -> None:
+    """Add ``t_p_holm`` and ``wilcoxon_p_holm`` to every paired row: Holm-adjusted over its family, all the rows
+    with the same baseline and metric (every strategy × setting compared with that baseline)."""
+    families: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in paired:
+        families.setdefault((row["baseline"], row["metric"]), []).append(row)
+    for rows in families.values():
+        for test in ("t_p", "wilcoxon_p"):
+            for row, adjusted in zip(rows, holm([r[test] for r in rows]), strict=True):
+                row[f"{test}_holm"] = adjusted
+                row["family_size"] = len(rows)
+
+
+def _foreground_efficiencies(
+    runs: Sequence[RunResult], full: dict[int, float], pool: dict[int, int]
+) -> dict[str, float | None]:
+    """nnActive's FG-Eff of each strategy in one setting (``stats.foreground_efficiency``); empty without the pool's
+    foreground, the full-data Dice or the runs' foreground counts.
+
+    x is the labelled share of the pool's foreground (percent, per seed); the curve's start (x₀, mean Dice there)
+    is the mean over runs of their first evaluated round, shared by every strategy.
+    """
+    usable = [r for r in runs if r.foreground is not None and r.seed in pool and r.seed in full]
+    if not usable:
+        return {}
+    pct = {id(r): [100.0 * f / pool[r.seed] for f in r.foreground or []] for r in usable}
+    start_pct = float(np.mean([pct[id(r)][0] for r in usable]))
+    start_dice = float(np.mean([r.mean_dice[0] for r in usable]))
+    full_dice = float(np.mean([full[s] for s in {r.seed for r in usable}]))
+    out: dict[str, float | None] = {}
+    for strategy in sorted({r.strategy for r in usable}):
+        mine = [r for r in usable if r.strategy == strategy]
+        xs = [x for r in mine for x in pct[id(r)]]
+        ys = [y for r in mine for y in r.mean_dice]
+        out[strategy] = foreground_efficiency(xs, ys, full_dice, start_dice, start_pct)
+    return out
+
+
 def _describe_run(config: BenchmarkConfig) -> dict[str, Any]:
     run = config.run
     return {
@@ -214,6 +275,7 @@ def _describe_run(config: BenchmarkConfig) -> dict[str, Any]:
         "mc_samples": run.strategy.mc_samples,
         "uncertainty": run.strategy.uncertainty,
         "reduction": run.strategy.reduction,
+        "strategy_overrides": {v.name: dict(v.overrides) for v in config.strategy_overrides},
         "loop": {
             st.name: {
                 k: getattr(config.run_config(st, config.strategies[0], config.seeds[0]).loop, k)

@@ -3,9 +3,12 @@
 - :func:`aubc`: area under the budget curve, normalised to [0, 1] on the budget axis (trapezoid rule);
 - :func:`bootstrap_ci`: the mean with a percentile-bootstrap confidence interval (seeded numpy ``Generator``);
 - :func:`paired_test`: paired differences ``a - b`` with a bootstrap CI, Wilcoxon signed-rank and paired t p-values;
+- :func:`holm`: Holm's step-down adjustment of a family of p-values;
 - :func:`mean_ranks`: nnActive-style ranking, rank 1 best within each block (a seed and setting), ties averaged;
 - :func:`budget_to_reach`: the first budget at which a curve reaches a target Dice;
-- :func:`curve_band`: the mean learning curve over seeds with a bootstrap band per budget.
+- :func:`curve_band`: the mean learning curve over seeds with a bootstrap band per budget;
+- :func:`foreground_efficiency`: nnActive's FG-Eff, the rate at which Dice approaches the full-data Dice as
+  labelled foreground grows.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import optimize
 from scipy import stats as scipy_stats
 
 
@@ -104,6 +108,22 @@ def paired_test(
     return PairedTest(len(d), ci.mean, ci.low, ci.high, wilcoxon_p, t_p, int(np.sum(d > 0)))
 
 
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm-adjusted p-values, in the input order (None stays None and is not counted in the family).
+
+    With the m defined p-values sorted, p_(1) ≤ … ≤ p_(m), the adjusted value of p_(i) is
+    max_{j ≤ i} min(1, (m − j + 1) · p_(j)). Rejecting where the adjusted p < α controls the family-wise error at α.
+    """
+    defined = [(p, i) for i, p in enumerate(p_values) if p is not None]
+    m = len(defined)
+    out: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(sorted(defined)):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
 def mean_ranks(table: Mapping[str, Mapping[Any, float]]) -> tuple[dict[str, float], int]:
     """Mean rank of each strategy over the blocks every strategy has (rank 1 = highest value, ties averaged).
 
@@ -163,3 +183,28 @@ def curve_band(
         [e.high for e in estimates],
         len(curves),
     )
+
+
+def foreground_efficiency(
+    foreground_pct: Sequence[float], dice: Sequence[float], full_dice: float, start_dice: float, start_pct: float
+) -> float | None:
+    """nnActive's foreground efficiency (FG-Eff): the rate b of Dice(x) = c − a·exp(−b (x − x₀)), least squares.
+
+    ``foreground_pct`` is x, the labelled share of the pool's foreground voxels in percent, at each point (every
+    round of every seed of one strategy); c = ``full_dice``; x₀ = ``start_pct`` and a = c − ``start_dice`` are
+    shared by every strategy of the setting (its smallest x and the mean Dice there), so only b differs: higher b
+    reaches full-data Dice with less labelled foreground. None if the fit fails or there are fewer than 2 points.
+    """
+    x, y = np.asarray(foreground_pct, dtype=np.float64), np.asarray(dice, dtype=np.float64)
+    if x.shape != y.shape or len(x) < 2 or not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return None
+    a, c = full_dice - start_dice, full_dice
+
+    def curve(xs: np.ndarray, b: float) -> np.ndarray:
+        return np.asarray(c - a * np.exp(-b * (xs - start_pct)))
+
+    try:
+        (b,), _ = optimize.curve_fit(curve, x, y, p0=[0.1])
+    except (RuntimeError, ValueError, optimize.OptimizeWarning):
+        return None
+    return float(b) if math.isfinite(b) else None

@@ -1,7 +1,12 @@
 """Clinical-shape datasets: real hippocampus cases pasted into large, anisotropic CT-like fields.
 
-Each source case (an MSD-layout image/label pair) is copied voxel-wise, without resampling, into a
-field of CT-like intensities (Hounsfield units, int16): air around an elliptical body of soft tissue
+Each source case (an MSD-layout image/label pair) is pasted into a field of CT-like intensities. With
+``paste="world"`` (the default) the crop is first resampled from its own voxel size to the field's, so the
+structure keeps its size in millimetres, as anatomy does: the image with cubic splines, the label by linear
+interpolation of each class's indicator (the class covering most of a coarse voxel wins). With
+``paste="voxel"`` it is copied voxel-wise, so its size in millimetres scales with the drawn spacing (up to 2×
+between cases along the slice axis): a shape no scanner produces, kept for tests of exact placement. The field
+holds (Hounsfield units, int16): air around an elliptical body of soft tissue
 with a subcutaneous fat rim, fat pockets and a few bone-like structures. The field is generated in
 RAS voxel order, then stored in a drawn orientation (array transposed/flipped, affine adjusted, so
 every voxel keeps its world position); a fraction of the cases also get a small oblique rotation in
@@ -16,7 +21,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import nibabel.orientations
 import numpy as np
@@ -45,6 +50,7 @@ def make_clinical_dataset(
     orientations: Sequence[str] = ("RAS", "LAS", "LPS", "RPI", "ASR"),
     oblique_fraction: float = 0.1,
     case_ids: Sequence[str] | None = None,
+    paste: Literal["world", "voxel"] = "world",
 ) -> Path:
     """Write CT-like cases to ``out/imagesTr``, ``out/labelsTr`` and ``out/dataset.json``; returns ``out``.
 
@@ -52,13 +58,16 @@ def make_clinical_dataset(
     ``field_shape[2]`` but raised to fit the crop's depth plus margins. dataset.json's ``"clinical"``
     maps each id to what was drawn: ``offset`` (of the crop in the RAS-ordered field, i.e. the
     ``as_closest_canonical`` grid), ``ras_shape``/``ras_spacing`` (that grid), ``orientation``,
-    ``shape``/``spacing`` (as stored), ``oblique_degrees`` (0.0 if none), ``oblique_axis`` and ``source``.
+    ``shape``/``spacing`` (as stored), ``oblique_degrees`` (0.0 if none), ``oblique_axis``, ``source``, and
+    ``crop_shape`` (the pasted crop, in field voxels; the source's shape with ``paste="voxel"``).
     """
     source, out = Path(source), Path(out)
     if not 0.0 <= oblique_fraction <= 1.0:
         raise ValueError(f"oblique_fraction must lie in [0, 1], got {oblique_fraction}")
     if not orientations:
         raise ValueError("orientations must name at least one axis code")
+    if paste not in ("world", "voxel"):
+        raise ValueError(f"paste must be 'world' or 'voxel', got {paste!r}")
     codes = [_check_code(code) for code in orientations]
     images, labels = _index(source / "imagesTr"), _index(source / "labelsTr")
     if case_ids is None:
@@ -85,7 +94,10 @@ def make_clinical_dataset(
         label = np.asarray(src_label.array)
         if not np.array_equal(label, label.astype(np.uint8)):
             raise ValueError(f"{case_id}: label values must be integers in 0..255")
+        source_spacing = np.linalg.norm(np.asarray(src_image.affine)[:3, :3], axis=0)
         crop = tuple(int(n) for n in label.shape)
+        if paste == "world":  # the deepest the crop can get, at the finest slice spacing that may be drawn
+            crop = (*crop[:2], int(np.ceil(crop[2] * source_spacing[2] / slice_spacing[0])))
         lo = max(field_shape[2][0], crop[2] + 2 * _MARGIN)
         shape = (field_shape[0], field_shape[1], int(rng.integers(lo, max(field_shape[2][1], lo) + 1)))
         if min(shape[0] - crop[0], shape[1] - crop[1]) < 2 * _MARGIN:
@@ -98,7 +110,13 @@ def make_clinical_dataset(
         axis = rng.normal(size=3)
         axis = axis / np.linalg.norm(axis)
 
-        image, offset = _ct_field(rng, shape, spacing, np.asarray(src_image.array, dtype=np.float64))
+        crop_image, label = np.asarray(src_image.array, dtype=np.float64), label.astype(np.uint8)
+        if paste == "world":
+            crop_image, label = _resample_crop(crop_image, label, source_spacing / spacing)
+            crop = tuple(int(n) for n in label.shape)
+            if min(shape[0] - crop[0], shape[1] - crop[1]) < 2 * _MARGIN:
+                raise ValueError(f"{case_id}: field {shape} too small for crop {crop} plus {_MARGIN}-voxel margins")
+        image, offset = _ct_field(rng, shape, spacing, crop_image)
         field_label = np.zeros(shape, dtype=np.uint8)
         field_label[tuple(slice(o, o + n) for o, n in zip(offset, crop, strict=True))] = label.astype(np.uint8)
 
@@ -119,11 +137,13 @@ def make_clinical_dataset(
             "oblique_degrees": degrees,
             "oblique_axis": [round(float(a), 6) for a in axis] if oblique else None,
             "source": str(images[case_id]),
+            "paste": paste,
+            "crop_shape": list(crop),
         }
 
     meta = {
         "name": "ClinicalHippocampus",
-        "description": "MSD hippocampus crops pasted into CT-like fields (activeseg.data.clinical)",
+        "description": f"MSD hippocampus crops pasted into CT-like fields, {paste}-wise (activeseg.data.clinical)",
         "tensorImageSize": "3D",
         "modality": {"0": "CT"},
         "channel_names": {"0": "CT"},
@@ -227,6 +247,20 @@ def _ct_field(
     field[box] = (1.0 - weight) * field[box] + weight * hu_crop
     field += rng.normal(0.0, 8.0, shape).astype(np.float32)
     return np.clip(np.rint(field), -1024, 3071).astype(np.int16), offset
+
+
+def _resample_crop(
+    image: npt.NDArray[np.float64], label: npt.NDArray[np.uint8], zoom: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.uint8]]:
+    """``image`` and ``label`` resampled by ``zoom`` (source voxel size / field voxel size), voxel areas aligned."""
+    shape = tuple(max(1, round(n * z)) for n, z in zip(image.shape, zoom, strict=True))
+    factors = [m / n for m, n in zip(shape, image.shape, strict=True)]
+    resampled = ndimage.zoom(image, factors, order=3, mode="nearest", grid_mode=True)
+    indicators = [
+        ndimage.zoom((label == c).astype(np.float32), factors, order=1, mode="nearest", grid_mode=True)
+        for c in range(int(label.max()) + 1)
+    ]
+    return np.asarray(resampled), np.argmax(np.stack(indicators), axis=0).astype(np.uint8)
 
 
 def _smooth_noise(

@@ -49,9 +49,17 @@ def full_data_run(
     result = evaluate_on(model, data, config.inference, amp, reporter, "full data")
     record = metrics_record(result, n_labelled=len(examples), round_index=None)
     record["train_seconds"] = seconds
+    record["pool_foreground_voxels"] = sum(sum(len(v) for v in e.foreground.values()) for e in examples)
     write_json_atomic(layout.record, record)
     reporter.info(f"full data ({len(examples)} volumes): mean foreground Dice {result.mean_foreground_dice:.4f}")
     return record
+
+
+def pool_foreground(path: Path) -> int | None:
+    """The pool's labelled foreground voxels on the planned grid, from a full-data run (None if not recorded)."""
+    record = FullDataLayout(path).record if path.is_dir() else path
+    value = read_json(record).get("pool_foreground_voxels")
+    return None if value is None else int(value)
 
 
 def full_data_dice(path: Path) -> float:
