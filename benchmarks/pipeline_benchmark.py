@@ -12,6 +12,7 @@ with the same cases at their native size (the hippocampus files themselves):
   median sliding-window scoring time per volume (K = 8 MC dropout, BALD).
 
     python benchmarks/pipeline_benchmark.py [--parts full speed] [--cases 40] [--iterations 500] [--paste world]
+        [--largest-component]
 
 writes ``benchmarks/results/pipeline.json`` (with the machine); ``render_benchmarks.py`` puts it in BENCHMARKS.md.
 """
@@ -45,7 +46,7 @@ from activeseg.progress import RichReporter, SilentReporter
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def config(root: Path, cache: Path, iterations: int) -> RunConfig:
+def config(root: Path, cache: Path, iterations: int, largest_component: bool = False) -> RunConfig:
     """The run config both sets train with: the demo's U-Net, 10 test cases, a CPU budget."""
     return config_from_dict(
         {
@@ -53,6 +54,7 @@ def config(root: Path, cache: Path, iterations: int) -> RunConfig:
             "data": {"root": str(root), "test_size": 10, "cache_dir": str(cache)},
             "model": {"channels": [8, 16, 32, 64], "num_res_units": 1, "dropout": 0.1},
             "train": {"iterations": iterations, "batch_size": 2, "learning_rate": 0.005, "device": "cpu"},
+            "inference": {"largest_component": largest_component},
         }
     )
 
@@ -68,13 +70,16 @@ def native_subset(source: Path, ids: list[str], out: Path) -> Path:
     return out
 
 
-def bench_full(clinical: Path, native: Path, work: Path, iterations: int) -> dict[str, Any]:
+def bench_full(
+    clinical: Path, native: Path, work: Path, iterations: int, largest_component: bool = False
+) -> dict[str, Any]:
     """Full-data Dice of both sets with the same budget."""
-    out: dict[str, Any] = {"iterations": iterations}
+    out: dict[str, Any] = {"iterations": iterations, "largest_component": largest_component}
     for name, root in (("native", native), ("clinical", clinical)):
-        run_config = config(root, work / "cache", iterations)
+        run_config = config(root, work / "cache", iterations, largest_component)
         data = open_data(run_config, RichReporter())
-        record = full_data_run(run_config, work / f"full-{name}", RichReporter(), data=data)
+        out_dir = work / f"full-{name}-{iterations}{'-lcc' if largest_component else ''}"
+        record = full_data_run(run_config, out_dir, RichReporter(), data=data)
         out[name] = {
             "dice": record["dice"],
             "train_seconds": record["train_seconds"],
@@ -145,26 +150,48 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=40)
     parser.add_argument("--iterations", type=int, default=500)
     parser.add_argument("--paste", choices=["world", "voxel"], default="world", help="how crops enter the fields")
+    parser.add_argument(
+        "--largest-component", action="store_true", help="both sets keep only the largest foreground region"
+    )
+    parser.add_argument("--in-plane", type=float, nargs=2, default=(0.7, 1.0), help="in-plane spacing range (mm)")
+    parser.add_argument("--slices", type=float, nargs=2, default=(2.0, 4.0), help="slice spacing range (mm)")
+    parser.add_argument(
+        "--label", default=None, help="store the full part under variants.LABEL (a diagnostic) instead of full"
+    )
     parser.add_argument("--work", type=Path, default=None, help="where the data and runs go (default: a temp dir)")
     parser.add_argument("--note", default=None, help="a remark stored with the full-data part (e.g. a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     work = args.work or Path(tempfile.mkdtemp(prefix="activeseg-pipeline-"))
     source = find_hippocampus()
-    clinical = work / f"clinical-{args.paste}"
+    spacing = (*args.in_plane, *args.slices)
+    default = spacing == (0.7, 1.0, 2.0, 4.0)
+    clinical = work / (f"clinical-{args.paste}" + ("" if default else "-" + "-".join(map(str, spacing))))
     if not (clinical / "dataset.json").exists():
-        make_clinical_dataset(source, clinical, n_cases=args.cases, seed=0, paste=args.paste)
+        make_clinical_dataset(
+            source,
+            clinical,
+            n_cases=args.cases,
+            seed=0,
+            paste=args.paste,
+            in_plane_spacing=tuple(args.in_plane),
+            slice_spacing=tuple(args.slices),
+        )
     ids = sorted(json.loads((clinical / "dataset.json").read_text())["clinical"])
     native = native_subset(source, ids, work / "native")
     path = RESULTS / "pipeline.json"
     result = json.loads(path.read_text()) if path.exists() else {}
     result["machine"] = machine()
     result["cases"] = len(ids)
-    result["paste"] = args.paste
     if "full" in args.parts:
-        result["full"] = bench_full(clinical, native, work, args.iterations)
+        full = bench_full(clinical, native, work, args.iterations, args.largest_component)
+        full |= {"paste": args.paste, "in_plane_mm": list(args.in_plane), "slices_mm": list(args.slices)}
         if args.note:
-            result["full"]["note"] = args.note
+            full["note"] = args.note
+        if args.label:
+            result.setdefault("variants", {})[args.label] = full
+        else:
+            result["full"] = full
     if "speed" in args.parts:
         result["speed"] = bench_speed(clinical, work)
     path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

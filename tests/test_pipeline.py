@@ -21,7 +21,7 @@ from activeseg.data.io import read_volume, write_volume
 from activeseg.data.plan import read_plan
 from activeseg.data.preprocess import prepare_case
 from activeseg.data.splits import open_data
-from activeseg.engine.inference import predict_label
+from activeseg.engine.inference import largest_component, predict_label
 from activeseg.engine.model import build_model
 from activeseg.engine.run import start_run
 from activeseg.engine.training import seed_everything
@@ -182,3 +182,17 @@ def test_a_las_copy_predicts_the_same_in_world_space_as_its_ras_original(clinica
         copy, copy_affine = predicted_world(copies / f"{codes}.nii.gz", copies / f"{codes}-label.nii.gz")
         np.testing.assert_allclose(copy_affine, affine, atol=1e-5)
         assert np.array_equal(copy, original), codes
+
+
+def test_largest_component_keeps_the_biggest_foreground_region_with_its_classes() -> None:
+    label = np.zeros((6, 6, 6), dtype=np.uint8)
+    label[0:2, 0:2, 0:2] = 1  # 8 voxels of class 1 ...
+    label[2, 0:2, 0:2] = 2  # ... touching 4 of class 2 by faces: one region of 12
+    label[4:6, 4:6, 5] = 1  # a region of 4
+    label[3, 2, 2] = 2  # touches the first region only by a corner: a region of its own
+    kept = largest_component(label)
+    expected = np.zeros_like(label)
+    expected[0:3, 0:2, 0:2] = label[0:3, 0:2, 0:2]
+    np.testing.assert_array_equal(kept, expected)
+    assert largest_component(np.zeros((3, 3, 3), dtype=np.uint8)).sum() == 0
+    assert config_from_dict({"inference": {"largest_component": True}}).inference.largest_component

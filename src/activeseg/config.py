@@ -154,6 +154,10 @@ class InferenceConfig:
 
     overlap: float = 0.5
     windows_per_batch: int = 4
+    largest_component: bool = False
+    """Keep only the largest connected region of all foreground classes together in predicted label maps
+    (evaluation, export), as nnU-Net's postprocessing does where it helps: right for one structure per scan, wrong
+    for several apart (two kidneys)."""
 
     def __post_init__(self) -> None:
         require(0 <= self.overlap < 1, "inference.overlap", "must be in [0, 1)")

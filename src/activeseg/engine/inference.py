@@ -6,6 +6,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from monai.inferers import sliding_window_inference
+from scipy import ndimage
 from torch import nn
 
 from activeseg.config import InferenceConfig
@@ -54,5 +55,18 @@ def predict_label(
     inference: InferenceConfig,
     amp: bool = False,
 ) -> npt.NDArray[np.uint8]:
-    """The predicted label map of a planned volume (argmax of :func:`predict_volume`)."""
-    return predict_volume(model, image_C_D_H_W, roi, inference, amp).argmax(dim=0).numpy().astype(np.uint8)
+    """The predicted label map of a planned volume (argmax of :func:`predict_volume`), with only its largest
+    connected foreground region kept when ``inference.largest_component`` says so."""
+    label_D_H_W = predict_volume(model, image_C_D_H_W, roi, inference, amp).argmax(dim=0).numpy().astype(np.uint8)
+    return largest_component(label_D_H_W) if inference.largest_component else label_D_H_W
+
+
+def largest_component(label_D_H_W: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """nnU-Net's postprocessing: foreground outside the largest face-connected region of all foreground classes
+    together becomes background; the kept voxels keep their class. (scipy's labelling: MONAI's
+    ``KeepLargestConnectedComponent`` would add scikit-image for this alone.)"""
+    regions_D_H_W, count = ndimage.label(label_D_H_W > 0)
+    if count <= 1:
+        return label_D_H_W
+    largest = 1 + int(np.argmax(np.bincount(regions_D_H_W.reshape(-1))[1:]))
+    return np.where(regions_D_H_W == largest, label_D_H_W, 0).astype(np.uint8)
