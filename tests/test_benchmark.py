@@ -222,6 +222,12 @@ def test_grid_runs_paired_and_reports_from_stored_results(grid: tuple[Path, Path
             labelled = [float(r["cost_foreground"]) for r in csv.DictReader(handle)]
         assert 0 < labelled[0] < labelled[1] < record["pool_foreground_voxels"]
     assert all(isinstance(r["fg_eff"], float) and math.isfinite(r["fg_eff"]) for r in summary["per_strategy"])
+    pool_size = 14 - 4  # max_cases minus the test split; whole volumes, so the share is volumes / pool
+    for row in summary["runs"]:
+        if row["reach_budget"] is None:
+            assert row["reach_share"] is None
+        else:
+            assert row["reach_share"] == pytest.approx(row["reach_budget"] / pool_size)
 
     report = (results / "report.md").read_text()
     for needle in ("AUBC [95% CI]", "Wilcoxon p", "t p (Holm)", "## Ranking", "foreground-random", "Full-data upper"):

@@ -42,6 +42,10 @@ def _budgets(reach: dict[str, int | None]) -> str:
     return ", ".join("—" if v is None else str(v) for _, v in sorted(reach.items(), key=lambda kv: int(kv[0])))
 
 
+def _shares(reach: dict[str, float | None]) -> str:
+    return ", ".join("—" if v is None else f"{v:.1%}" for _, v in sorted(reach.items(), key=lambda kv: int(kv[0])))
+
+
 def _grid(run: dict[str, Any]) -> str:
     """What the network saw: the planned patch, or the fixed volume shape of summaries made before planning."""
     return f"volumes {run['shape']}" if "shape" in run else f"patch {run['patch']}"
@@ -162,10 +166,12 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
             )
         reach = f"budget to {round(conf['reach'] * 100)}% of full data (per seed)"
         fg_eff = any(r.get("fg_eff") is not None for r in rows)
+        shares = any(v is not None for r in rows for v in (r.get("reach_share") or {}).values())
         out.append(
             (
                 "table",
                 ["strategy", "seeds", f"AUBC [{confidence} CI]", f"final Dice [{confidence} CI]", reach]
+                + (["labelled share of the pool there"] if shares else [])
                 + (["FG-Eff"] if fg_eff else []),
                 [
                     [
@@ -175,6 +181,7 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
                         _ci(r["final_dice"]),
                         _budgets(r["reach_budget"]) or "—",
                     ]
+                    + ([_shares(r["reach_share"])] if shares else [])
                     + ([_fg_eff(r.get("fg_eff"))] if fg_eff else [])
                     for r in rows
                 ],

@@ -47,6 +47,8 @@ class RunResult:
     mean_dice: list[float]
     foreground: list[float] | None = None
     """Labelled foreground voxels at each round (the ``foreground`` cost; None in runs that predate it)."""
+    pool_share: list[float] | None = None
+    """The labelled share of the pool at each round: Σ (unit voxels / its volume's voxels) over the pool's volumes."""
 
     @property
     def aubc(self) -> float:
@@ -74,12 +76,23 @@ def collect(results_dir: Path) -> tuple[BenchmarkConfig, list[RunResult], dict[i
                     continue
                 with layout.open_ledger() as ledger:
                     reason = ledger.stop_reason()
+                    pool_size = len(ledger.split("pool"))
                 curve = read_curve(path)
+                volumes = curve.costs.get("volumes")
+                share = [v / pool_size for v in volumes] if volumes and pool_size else None
                 finished = reason is not None
                 foreground = curve.costs.get("foreground")
                 runs.append(
                     RunResult(
-                        setting.name, strategy, seed, finished, reason, curve.n_labelled, curve.mean_dice, foreground
+                        setting.name,
+                        strategy,
+                        seed,
+                        finished,
+                        reason,
+                        curve.n_labelled,
+                        curve.mean_dice,
+                        foreground,
+                        share,
                     )
                 )
     full: dict[int, float] = {}
@@ -123,9 +136,11 @@ def summarise(results_dir: Path) -> dict[str, Any]:
                 "aubc": r.aubc,
                 "final_dice": r.final_dice,
                 "reach_budget": None if target is None else budget_to_reach(r.n_labelled, r.mean_dice, target),
+                "reach_share": None if target is None else _share_at_reach(r, target),
             }
         )
     reach = {(row["setting"], row["strategy"], row["seed"]): row["reach_budget"] for row in run_rows}
+    reach_share = {(row["setting"], row["strategy"], row["seed"]): row["reach_share"] for row in run_rows}
 
     per_strategy = []
     paired = []
@@ -149,6 +164,9 @@ def summarise(results_dir: Path) -> dict[str, Any]:
                         str(r.seed): reach[(setting.name, strategy, r.seed)] for r in mine if r.seed in full
                     },
                     "fg_eff": fg_eff.get(strategy),
+                    "reach_share": {
+                        str(r.seed): reach_share[(setting.name, strategy, r.seed)] for r in mine if r.seed in full
+                    },
                 }
             )
             band = curve_band(
@@ -223,6 +241,13 @@ def summarise(results_dir: Path) -> dict[str, Any]:
             "threads": config.threads,
         },
     }
+
+
+def _share_at_reach(run: RunResult, target: float) -> float | None:
+    """The labelled share of the pool at the first round whose Dice reaches ``target`` (None: never, or unknown)."""
+    if run.pool_share is None:
+        return None
+    return next((x for x, d in zip(run.pool_share, run.mean_dice, strict=True) if d >= target), None)
 
 
 def add_holm(paired: list[dict[str, Any]]) -> None:
