@@ -534,6 +534,24 @@ SECTIONS: dict[str, Callable[[dict[str, Any], str], list[Block]]] = {
 """The parts whose section needs only their own stored result (hippocampus and units fold in the GPU runs)."""
 
 
+def render_regimes(name: str, result: dict[str, Any], where: str) -> list[Block]:
+    """A label-regime benchmark (``benchmarks/regimes/``): the report's blocks from its stored summary."""
+    content = blocks(result, level=2, figure_prefix=f"{name}-")
+    write_images(content, RESULTS)
+    config = f"benchmarks/regimes/{name.removeprefix('regimes-')}.yaml"
+    cpu = result["run"]["iterations"] < 1000
+    sized = " Sized for 2 CPU cores (see the config): not the GPU protocol." if cpu else ""
+    intro: list[Block] = [
+        (
+            "p",
+            f"Machine: {where}. `activeseg benchmark {config} --data HIPPOCAMPUS --results-dir DIR`, then "
+            f"`python benchmarks/run_benchmarks.py --render-only --regime-results DIR` (summary stored as "
+            f"`benchmarks/results/{name}.json`).{sized}",
+        )
+    ]
+    return [content[0], *intro, *content[1:]]
+
+
 def render(results: dict[str, dict[str, Any]]) -> str:
     """BENCHMARKS.md from stored results."""
     content: list[Block] = [
@@ -570,6 +588,9 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             content += SECTIONS[part](result, where)
         if part == "full":
             content += render_pipeline(results)
+        if part == "hippocampus":
+            for name in sorted(n for n in results if n.startswith("regimes-")):
+                content += render_regimes(name, results[name], describe(results[name]["machine"]))
     if "gpu" in results:
         content += render_gpu(results["gpu"])
     return render_markdown(content, image_dir=IMAGE_DIR)
@@ -580,6 +601,7 @@ def stored_results() -> dict[str, dict[str, Any]]:
     files = {p: RESULTS / f"{p}.json" for p in (*PARTS, *CLINICAL, "gpu", "hippocampus-gpu")}
     files["units-gpu"] = GPU_UNITS / "summary.json"
     files["units-cpu"] = CPU_UNITS / "summary.json"
+    files |= {path.stem: path for path in sorted(RESULTS.glob("regimes-*.json"))}
     return {p: read_json(f) for p, f in files.items() if f.exists()}
 
 

@@ -312,8 +312,18 @@ def main() -> None:
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument("--bench-dir", type=Path, default=BENCH_DIR, help="hippocampus benchmark results")
     parser.add_argument("--gpu-results", type=Path, default=None, help="an unpacked gpu_check.sh results.tar.gz")
+    parser.add_argument(
+        "--regime-results",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="results dirs of benchmarks/regimes/*.yaml runs; each summary is stored as results/<name>.json",
+    )
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    for directory in args.regime_results:
+        summary = summarise(directory) | {"machine": machine()}
+        write_json_atomic(RESULTS / f"{summary['name']}.json", summary)
     if args.gpu_results is not None:
         store_gpu_results(args.gpu_results)
     if not args.render_only:
