@@ -155,9 +155,8 @@ class InferenceConfig:
     overlap: float = 0.5
     windows_per_batch: int = 4
     largest_component: bool = False
-    """Keep only the largest connected region of all foreground classes together in predicted label maps
-    (evaluation, export), as nnU-Net's postprocessing does where it helps: right for one structure per scan, wrong
-    for several apart (two kidneys)."""
+    """Keep only the largest connected foreground region of predicted label maps (nnU-Net's postprocessing): right
+    for one structure per scan, wrong for several apart (two kidneys)."""
 
     def __post_init__(self) -> None:
         require(0 <= self.overlap < 1, "inference.overlap", "must be in [0, 1)")
@@ -192,11 +191,9 @@ class StrategyConfig:
     """β in the last acquisition round when ``beta_schedule`` is not constant (noise decays as β grows)."""
     beta_schedule: Literal["constant", "exponential", "sigmoid"] = "constant"
     sketch_sites: int = 16
-    """BatchBALD: voxel sites per unit (its highest-BALD voxels); the unit's outcome is the class of one of them,
-    drawn uniformly."""
+    """BatchBALD: voxel sites per unit (its highest-BALD voxels); its outcome is the class of one, drawn uniformly."""
     joint_configurations: int = 1000
-    """BatchBALD: the batch's outcome configurations are enumerated while there are at most this many (C^batch),
-    else this many are sampled to estimate its joint entropy."""
+    """BatchBALD: a batch's C^batch configurations are enumerated while at most this many, else this many sampled."""
 
     def __post_init__(self) -> None:
         require(

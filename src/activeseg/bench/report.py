@@ -38,12 +38,10 @@ def _fg_eff(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
-def _budgets(reach: dict[str, int | None]) -> str:
-    return ", ".join("—" if v is None else str(v) for _, v in sorted(reach.items(), key=lambda kv: int(kv[0])))
-
-
-def _shares(reach: dict[str, float | None]) -> str:
-    return ", ".join("—" if v is None else f"{v:.1%}" for _, v in sorted(reach.items(), key=lambda kv: int(kv[0])))
+def _per_seed(values: dict[str, Any], form: str = "{}") -> str:
+    """``values`` (seed → value or None) in seed order, each written with ``form``."""
+    ordered = sorted(values.items(), key=lambda kv: int(kv[0]))
+    return ", ".join("—" if v is None else form.format(v) for _, v in ordered)
 
 
 def _grid(run: dict[str, Any]) -> str:
@@ -79,6 +77,7 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
     """The report's content; ``level`` is the title's heading level (2 inside BENCHMARKS.md)."""
     out: list[Block] = []
     if any("t_p_holm" not in p for p in summary["paired"]):  # summaries stored before Holm correction
+        summary = summary | {"paired": [dict(p) for p in summary["paired"]]}
         add_holm(summary["paired"])
     run = summary["run"]
     conf = summary["stats"]
@@ -179,9 +178,9 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
                         str(r["n"]),
                         _ci(r["aubc"]),
                         _ci(r["final_dice"]),
-                        _budgets(r["reach_budget"]) or "—",
+                        _per_seed(r["reach_budget"]) or "—",
                     ]
-                    + ([_shares(r["reach_share"])] if shares else [])
+                    + ([_per_seed(r["reach_share"], "{:.1%}")] if shares else [])
                     + ([_fg_eff(r.get("fg_eff"))] if fg_eff else [])
                     for r in rows
                 ],

@@ -139,8 +139,7 @@ def summarise(results_dir: Path) -> dict[str, Any]:
                 "reach_share": None if target is None else _share_at_reach(r, target),
             }
         )
-    reach = {(row["setting"], row["strategy"], row["seed"]): row["reach_budget"] for row in run_rows}
-    reach_share = {(row["setting"], row["strategy"], row["seed"]): row["reach_share"] for row in run_rows}
+    row_of = {(row["setting"], row["strategy"], row["seed"]): row for row in run_rows}
 
     per_strategy = []
     paired = []
@@ -161,11 +160,15 @@ def summarise(results_dir: Path) -> dict[str, Any]:
                     "aubc": _estimate([r.aubc for r in mine], config),
                     "final_dice": _estimate([r.final_dice for r in mine], config),
                     "reach_budget": {
-                        str(r.seed): reach[(setting.name, strategy, r.seed)] for r in mine if r.seed in full
+                        str(r.seed): row_of[(setting.name, strategy, r.seed)]["reach_budget"]
+                        for r in mine
+                        if r.seed in full
                     },
                     "fg_eff": fg_eff.get(strategy),
                     "reach_share": {
-                        str(r.seed): reach_share[(setting.name, strategy, r.seed)] for r in mine if r.seed in full
+                        str(r.seed): row_of[(setting.name, strategy, r.seed)]["reach_share"]
+                        for r in mine
+                        if r.seed in full
                     },
                 }
             )
@@ -260,7 +263,8 @@ def add_holm(paired: list[dict[str, Any]]) -> None:
         for test in ("t_p", "wilcoxon_p"):
             for row, adjusted in zip(rows, holm([r[test] for r in rows]), strict=True):
                 row[f"{test}_holm"] = adjusted
-                row["family_size"] = len(rows)
+        for row in rows:
+            row["family_size"] = len(rows)
 
 
 def _foreground_efficiencies(

@@ -100,8 +100,6 @@ def make_clinical_dataset(
             crop = (*crop[:2], int(np.ceil(crop[2] * source_spacing[2] / slice_spacing[0])))
         lo = max(field_shape[2][0], crop[2] + 2 * _MARGIN)
         shape = (field_shape[0], field_shape[1], int(rng.integers(lo, max(field_shape[2][1], lo) + 1)))
-        if min(shape[0] - crop[0], shape[1] - crop[1]) < 2 * _MARGIN:
-            raise ValueError(f"{case_id}: field {shape} too small for crop {crop} plus {_MARGIN}-voxel margins")
         pixel = round(float(rng.uniform(*in_plane_spacing)), 3)
         spacing = np.array([pixel, pixel, round(float(rng.uniform(*slice_spacing)), 1)])
         code = codes[int(rng.integers(len(codes)))]
@@ -114,11 +112,11 @@ def make_clinical_dataset(
         if paste == "world":
             crop_image, label = _resample_crop(crop_image, label, source_spacing / spacing)
             crop = tuple(int(n) for n in label.shape)
-            if min(shape[0] - crop[0], shape[1] - crop[1]) < 2 * _MARGIN:
-                raise ValueError(f"{case_id}: field {shape} too small for crop {crop} plus {_MARGIN}-voxel margins")
+        if min(shape[0] - crop[0], shape[1] - crop[1]) < 2 * _MARGIN:
+            raise ValueError(f"{case_id}: field {shape} too small for crop {crop} plus {_MARGIN}-voxel margins")
         image, offset = _ct_field(rng, shape, spacing, crop_image)
         field_label = np.zeros(shape, dtype=np.uint8)
-        field_label[tuple(slice(o, o + n) for o, n in zip(offset, crop, strict=True))] = label.astype(np.uint8)
+        field_label[tuple(slice(o, o + n) for o, n in zip(offset, crop, strict=True))] = label
 
         affine = np.diag([*spacing, 1.0])
         affine[:3, 3] = -(np.asarray(shape) - 1) / 2 * spacing  # the field's centre at the world origin
