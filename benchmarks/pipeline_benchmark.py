@@ -74,7 +74,11 @@ def bench_full(
     clinical: Path, native: Path, work: Path, iterations: int, largest_component: bool = False
 ) -> dict[str, Any]:
     """Full-data Dice of both sets with the same budget."""
-    out: dict[str, Any] = {"iterations": iterations, "largest_component": largest_component}
+    out: dict[str, Any] = {
+        "iterations": iterations,
+        "largest_component": largest_component,
+        "native_export": "linear probabilities",  # how predictions reach the native grid (evaluation.evaluate)
+    }
     for name, root in (("native", native), ("clinical", clinical)):
         run_config = config(root, work / "cache", iterations, largest_component)
         data = open_data(run_config, RichReporter())

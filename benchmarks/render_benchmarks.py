@@ -45,6 +45,31 @@ def where_of(result: dict[str, Any]) -> str:
     return describe(result["machine"]) if "machine" in result else "AMD EPYC, 2 torch threads (not recorded)"
 
 
+def export_of(full: dict[str, Any]) -> str:
+    """How a pipeline run's predictions reached the native grid (runs before it was recorded copied label maps)."""
+    way = full.get("native_export", "nearest labels")
+    return "argmax of linearly resampled probabilities" if way == "linear probabilities" else "nearest-neighbour labels"
+
+
+def ranking_text(ranking: dict[str, Any]) -> str:
+    """The bf16 ranking check of ``score_speed.py``, against other dropout masks where it was measured."""
+    text = (
+        f"bf16 ranking check: the demo model trained on 20 hippocampus volumes scores the other {ranking['pool']} "
+        f"(BALD, mean) in float32 and in bf16 with the same dropout masks: top 5 shared {ranking['top5_overlap']}/5 "
+        f"(same order: {ranking['top5_order_same']}), top 20 shared {ranking['top20_overlap']}/20, Spearman ρ "
+        f"{ranking['spearman']:.4f}, largest score difference {ranking['max_abs_score_difference']:.1e} (top score "
+        f"{ranking['max_score']:.4f})."
+    )
+    noise = ranking.get("other_dropout_masks")
+    if noise:
+        text += (
+            f" Float32 with other dropout masks, the noise every run has: top 5 shared {noise['top5_overlap']}/5, "
+            f"top 20 shared {noise['top20_overlap']}/20, Spearman ρ {noise['spearman']:.4f}. Within that noise: "
+            f"{'yes' if ranking['within_noise'] else 'no'}."
+        )
+    return text
+
+
 def figure(alt: str, name: str) -> Block:
     """A figure stored in ``benchmarks/results`` by the part that measured it."""
     return ("p", f"![{alt}]({IMAGE_DIR}/{name})")
@@ -403,7 +428,7 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
                 "CT-like fields (0.7–1.0 mm in-plane, 2–4 mm slices, five orientations, some oblique; "
                 "`activeseg.data.clinical`), and the same cases at their native size. Both train the demo's U-Net for "
                 f"{full['iterations']} iterations (batch 2) on all but 10 cases; Dice on the same 10 test cases, "
-                "each on its own native grid"
+                f"each on its own native grid ({export_of(full)})"
                 + (", keeping the largest connected foreground region of each prediction." if lcc else "."),
             ),
             (
@@ -447,6 +472,7 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
                     "clinical",
                     "native",
                     "clinical − native",
+                    "to the native grid",
                 ],
                 [
                     [
@@ -457,6 +483,7 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
                         f"{v['clinical']['dice']['mean_foreground']:.4f}",
                         f"{v['native']['dice']['mean_foreground']:.4f}",
                         f"{v['difference']:+.4f}",
+                        export_of(v),
                     ]
                     for name, v in variants.items()
                 ],
@@ -519,9 +546,18 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
             (
                 "p",
                 f"Goal: {speed_vs['goal_speedup']:.0f}x. bf16 adopted: {speed_vs.get('bf16_adopted', False)} "
-                f"({speed_vs.get('note', '')}).",
+                f"({speed_vs.get('note', '')})."
+                + (
+                    " On a CPU the engine scores as `ours_channels_last`, and as `ours_bf16_channels_last` with "
+                    "`strategy.cpu_bf16: true`."
+                    if "ours_bf16_channels_last" in res
+                    else ""
+                ),
             ),
         ]
+        ranking = speed_vs.get("bf16_ranking")
+        if ranking:
+            out.append(("p", ranking_text(ranking)))
     return out
 
 
@@ -534,6 +570,15 @@ SECTIONS: dict[str, Callable[[dict[str, Any], str], list[Block]]] = {
 """The parts whose section needs only their own stored result (hippocampus and units fold in the GPU runs)."""
 
 
+REGIME_NOTES = {
+    "regimes-patch-cpu-ssl": " Round 0, the full-data bound and the foreground-random runs are those of "
+    "`regimes-patch-cpu` (copied into the results dir before the run: same config, seeds and code path for them), "
+    "so the wall time counts only the clasp-pe and +pl runs. clasp-pe was rerun because its MC-dropout masks "
+    "changed since (see CHANGELOG).",
+}
+"""What a regime's summary cannot say about how it was run."""
+
+
 def render_regimes(name: str, result: dict[str, Any], where: str) -> list[Block]:
     """A label-regime benchmark (``benchmarks/regimes/``): the report's blocks from its stored summary."""
     content = blocks(result, level=2, figure_prefix=f"{name}-")
@@ -541,6 +586,7 @@ def render_regimes(name: str, result: dict[str, Any], where: str) -> list[Block]
     config = f"benchmarks/regimes/{name.removeprefix('regimes-')}.yaml"
     cpu = result["run"]["iterations"] < 1000
     sized = " Sized for 2 CPU cores (see the config): not the GPU protocol." if cpu else ""
+    sized += REGIME_NOTES.get(name, "")
     intro: list[Block] = [
         (
             "p",

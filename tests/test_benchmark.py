@@ -27,7 +27,7 @@ from activeseg.bench.stats import aubc
 from activeseg.cli import app
 from activeseg.config import ConfigError
 
-from _support import requires_hippocampus, tiny_config
+from _support import REPO, requires_hippocampus, tiny_config
 
 runner = CliRunner()
 STRATEGIES = ["foreground-random", "bald"]
@@ -89,6 +89,20 @@ def test_strategy_overrides_change_only_their_strategy(tmp_path: Path) -> None:
     assert config.round_zero_config(setting, 0).train == bald.train  # round 0 is shared, whatever the strategy
 
 
+def test_a_new_arm_runs_a_registered_strategy_with_its_own_training(tmp_path: Path) -> None:
+    arm = {"strategy.name": "bald", "train.pseudo_label_threshold": 0.95}
+    raw = tiny_benchmark(tmp_path, strategies=["foreground-random", "bald", "bald+pl"])
+    config = benchmark_from_dict(raw | {"strategy_overrides": {"bald+pl": arm}})
+    assert benchmark_from_dict(config.to_dict()) == config
+    setting = config.settings[0]
+    bald, with_pl = (config.run_config(setting, s, 1) for s in ("bald", "bald+pl"))
+    assert with_pl.strategy == bald.strategy and with_pl.name.endswith("-bald+pl")
+    assert (bald.train.pseudo_label_threshold, with_pl.train.pseudo_label_threshold) == (None, 0.95)
+    assert config.round_zero_config(setting, 1).train == bald.train  # round 0 never pseudo-labels
+    _, runs = plan(config, tmp_path / "results")
+    assert [t.out_dir.name for t in runs if t.seed == 0 and t.strategy] == ["foreground-random", "bald", "bald+pl"]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -104,7 +118,14 @@ def test_strategy_overrides_change_only_their_strategy(tmp_path: Path) -> None:
         ({"workers": 0}, "workers: must be at least 1"),
         ({"stats": {"confidence": 1.5}}, "stats.confidence: must be in"),
         ({"strategy_overrides": {"clasp-pe": {"strategy.beta": 2}}}, "'clasp-pe' is not in strategies"),
-        ({"strategy_overrides": {"bald": {"train.iterations": 2}}}, "bald.train.iterations: only strategy.*"),
+        ({"strategy_overrides": {"bald": {"loop.rounds": 2}}}, "bald.loop.rounds: only strategy.* and train.*"),
+        ({"strategy_overrides": {"bald": {"strategy.name": "entropy"}}}, "bald.strategy.name: only strategy.*"),
+        ({"strategy_overrides": {"foreground-random": {"train.iterations": 2}}}, "round 0 is trained with the first"),
+        ({"strategies": ["bald", "bald+pl"]}, "unknown ['bald+pl']; registered:"),
+        (
+            {"strategies": ["bald", "bald+pl"], "strategy_overrides": {"bald+pl": {"train.iterations": 2}}},
+            "strategy_overrides.bald+pl: a new arm names its strategy.name",
+        ),
         ({"strategy_overrides": {"bald": {"strategy.beta": -1}}}, "strategy.beta: must be >= 0"),
     ],
 )
@@ -112,6 +133,16 @@ def test_invalid_benchmark_configs_name_the_key(tmp_path: Path, change: dict[str
     with pytest.raises(ConfigError) as err:
         benchmark_from_dict(tiny_benchmark(tmp_path, **change))
     assert message in str(err.value)
+
+
+def test_every_shipped_benchmark_config_is_valid() -> None:
+    shipped = [
+        p for p in sorted((REPO / "benchmarks").rglob("*.yaml")) if "strategies" in yaml.safe_load(p.read_text())
+    ]
+    assert len(shipped) >= 6
+    for path in shipped:
+        config = load_benchmark(path)
+        assert config.run_config(config.settings[0], config.strategies[-1], config.seeds[0]).seed == config.seeds[0]
 
 
 def test_run_config_may_be_a_path_relative_to_the_benchmark_file(tmp_path: Path) -> None:

@@ -163,7 +163,7 @@ def test_exported_uncertainty_comes_from_the_runs_own_source(
 
     def windowed_bald(kind: Source) -> np.ndarray:
         k, batch, flips = settings.mc_samples, settings.mc_batch_size, config.train.flip_indices
-        sampler = make_window_sampler(kind, models[0], k, batch, flips, False, models[1:])
+        sampler = make_window_sampler(kind, models[0], k, batch, flips, False, models[1:], channels_last=True)  # CPU
         moments = sliding_moments(image, sampler, roi, inference.overlap, inference.windows_per_batch, seed)
         return bald(moments).numpy().astype(np.float32)
 

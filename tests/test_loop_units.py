@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from activeseg.acquisition.units import disjoint, unit_from_key
+from activeseg.acquisition.units import IGNORE, disjoint, unit_from_key
 from activeseg.config import ConfigError, RunConfig
 from activeseg.data.splits import RunData, open_data
-from activeseg.engine.loop import RunError
+from activeseg.engine.loop import ActiveLearningLoop, RunError
 from activeseg.engine.pool import labelled_voxels
-from activeseg.engine.run import create_run, resume_run, start_run
+from activeseg.engine.run import adopt_round_zero, create_run, make_oracle, resume_run, start_run
 from activeseg.plots import plot_curves
 from activeseg.progress import SilentReporter
 from activeseg.rundir.curves import read_curve
+from activeseg.rundir.layout import RunLayout
 from activeseg.rundir.ledger import Ledger
 
 from _support import requires_hippocampus, tiny_config
@@ -124,6 +125,35 @@ def test_no_label_outside_the_queried_units_reaches_training(patch_run: Path, ca
         clean = torch.load(patch_run / name / "model.pt", weights_only=True)
         dirty = torch.load(run_dir / name / "model.pt", weights_only=True)
         assert all(torch.equal(clean[k], dirty[k]) for k in clean)
+
+
+def test_pseudo_labels_change_only_the_rounds_after_round_0(patch_run: Path, cache: Path, tmp_path: Path) -> None:
+    config = patch_config(cache, train={"pseudo_label_threshold": 0.5})
+    run_dir, _ = create_run(config, tmp_path / "pseudo")
+    assert adopt_round_zero(patch_run, run_dir)  # the threshold cannot change round 0, so its model is shared
+    resume_run(run_dir)
+    layout, data = RunLayout(run_dir), open_data(config, SilentReporter())
+    with layout.open_ledger() as ledger:
+        loop = ActiveLearningLoop(
+            config, layout, data, ledger, make_oracle(config, layout, data, ledger), SilentReporter()
+        )
+        labelled = ledger.labelled_ids()
+        given = [loop.example(c) for c in labelled]
+        trained = loop.training_examples(2, labelled)  # taught by round 1's model
+        before_round_1 = loop.training_examples(0, labelled)
+    added = 0
+    for g, t, zero in zip(given, trained, before_round_1, strict=True):
+        known = g.label_D_H_W != IGNORE
+        np.testing.assert_array_equal(t.label_D_H_W[known], g.label_D_H_W[known])  # the annotator's voxels kept
+        np.testing.assert_array_equal(zero.label_D_H_W, g.label_D_H_W)  # no teacher in round 0
+        added += int((t.label_D_H_W != IGNORE).sum() - known.sum())
+    assert added > 0  # the teacher is at least half sure somewhere
+    assert (run_dir / "rounds/round_000/metrics.json").read_bytes() == (
+        patch_run / "rounds/round_000/metrics.json"
+    ).read_bytes()
+    clean = torch.load(patch_run / "rounds/round_001/model.pt", weights_only=True)
+    pseudo = torch.load(run_dir / "rounds/round_001/model.pt", weights_only=True)
+    assert not all(torch.equal(clean[k], pseudo[k]) for k in clean)
 
 
 def test_slice_queries_with_a_multi_map_strategy_and_a_voxel_budget(cache: Path, tmp_path: Path) -> None:

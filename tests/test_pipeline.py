@@ -21,7 +21,7 @@ from activeseg.data.io import read_volume, write_volume
 from activeseg.data.plan import read_plan
 from activeseg.data.preprocess import prepare_case
 from activeseg.data.splits import open_data
-from activeseg.engine.inference import largest_component, predict_label
+from activeseg.engine.inference import largest_component, predict_native_label, predict_volume
 from activeseg.engine.model import build_model
 from activeseg.engine.run import start_run
 from activeseg.engine.training import seed_everything
@@ -171,8 +171,9 @@ def test_a_las_copy_predicts_the_same_in_world_space_as_its_ras_original(clinica
 
     def predicted_world(image: Path, label: Path) -> tuple[Any, Any]:
         prepared = prepare_case(type(case)(case.case_id, image, label), data.plan)
-        planned = predict_label(model, prepared.image_C_D_H_W, data.plan.patch_size, config.inference)
-        native = prepared.geometry.to_native(planned[None], label=True)[0]
+        native = predict_native_label(
+            model, prepared.image_C_D_H_W, prepared.geometry, data.plan.patch_size, config.inference
+        )
         canonical = nib.as_closest_canonical(nib.Nifti1Image(native, read_volume(image).affine))
         return np.asarray(canonical.dataobj), canonical.affine
 
@@ -182,6 +183,29 @@ def test_a_las_copy_predicts_the_same_in_world_space_as_its_ras_original(clinica
         copy, copy_affine = predicted_world(copies / f"{codes}.nii.gz", copies / f"{codes}-label.nii.gz")
         np.testing.assert_allclose(copy_affine, affine, atol=1e-5)
         assert np.array_equal(copy, original), codes
+
+
+def test_native_predictions_are_the_argmax_of_probabilities_resampled_to_the_native_grid(
+    clinical: Path, tmp_path: Path
+) -> None:
+    config = run_config(clinical, tmp_path / "cache", data={"test_size": 2})
+    data = open_data(config, SilentReporter())
+    seed_everything(0)
+    model = build_model(config.model, data.plan).eval()
+    torch.nn.init.normal_(next(model.parameters()), std=0.5)
+    roi = data.plan.patch_size
+    case_id = next(c for c in data.pool.ids if data.geometry(c).resampled)
+    image, geometry = data.image(case_id), data.geometry(case_id)
+    probs = predict_volume(model, image, roi, config.inference).numpy()
+    native_probs = np.stack([geometry.to_native(p[None])[0] for p in probs])  # all classes at once, float32
+    inside = native_probs.sum(axis=0) > 0
+    expected = np.where(inside, native_probs.argmax(axis=0), 0)
+    got = predict_native_label(model, image, geometry, roi, config.inference)
+    assert got.shape == geometry.native_shape and got.dtype == np.uint8
+    assert 0 < np.count_nonzero(got) < got.size
+    np.testing.assert_array_equal(got, expected)
+    nearest = geometry.to_native(probs.argmax(axis=0).astype(np.uint8)[None], label=True)[0]
+    assert not np.array_equal(got, nearest)  # interpolating probabilities is not copying labels
 
 
 def test_largest_component_keeps_the_biggest_foreground_region_with_its_classes() -> None:

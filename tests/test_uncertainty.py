@@ -19,11 +19,13 @@ from activeseg.acquisition.sliding import WindowGrid, score_pool, site_probs, sl
 from activeseg.acquisition.uncertainty import (
     WindowSampler,
     draw_augmentations,
+    keep_mask,
     make_window_sampler,
+    quantised_p,
     seeded_dropout,
 )
-from activeseg.config import ModelConfig
-from activeseg.engine.model import build_model, network_plan
+from activeseg.config import ModelConfig, config_from_dict
+from activeseg.engine.model import build_model, network_plan, scoring_amp
 
 from _support import REPO
 
@@ -98,6 +100,30 @@ def test_mc_dropout_varies_is_seeded_and_independent_of_its_batch() -> None:
     torch.testing.assert_close(plain(model, windows), plain(model, windows))
 
 
+def test_cpu_bf16_scoring_is_opt_in_and_stays_close_to_float32() -> None:
+    cpu = torch.device("cpu")
+    assert scoring_amp(config_from_dict({"strategy": {"cpu_bf16": True}}), cpu)
+    assert not scoring_amp(config_from_dict({}), cpu)
+    model = unet()
+    windows = image(16, 16, 16, seed=3)[None]
+    full = make_window_sampler("mc_dropout", model, 4, 4, (), amp=False)(windows, [5])
+    half = make_window_sampler("mc_dropout", model, 4, 4, (), amp=True)(windows, [5])
+    assert half.dtype == torch.float32 and not torch.equal(half, full)  # bf16 compute, float32 probabilities
+    torch.testing.assert_close(half, full, atol=0.03, rtol=0)  # the same dropout masks, rounded arithmetic
+    assert torch.equal(half, make_window_sampler("mc_dropout", model, 4, 4, (), amp=True)(windows, [5]))  # replays
+
+
+def test_channels_last_sampling_gives_the_same_samples_and_leaves_the_model_alone() -> None:
+    model = unet()
+    windows = torch.stack([image(16, 16, 16, seed=s) for s in (3, 4)])
+    plain_probs = make_window_sampler("mc_dropout", model, 4, 4, (), amp=False)(windows, [5, 6])
+    sampler = make_window_sampler("mc_dropout", model, 4, 4, (), amp=False, channels_last=True)
+    assert sampler.channels_last and sampler.models[0] is not model
+    torch.testing.assert_close(sampler(windows, [5, 6]), plain_probs, atol=1e-5, rtol=0)
+    weight = next(p for p in model.parameters() if p.dim() == 5)
+    assert weight.is_contiguous()  # the caller's model is not converted
+
+
 def test_seeded_dropout_drops_like_dropout() -> None:
     ones = torch.ones(4, 8, 16, 16, 16)
     for layer, channelwise in ((nn.Dropout(0.25), False), (nn.Dropout3d(0.25), True)):
@@ -107,11 +133,27 @@ def test_seeded_dropout_drops_like_dropout() -> None:
         model = nn.Sequential(identity, layer)
         with seeded_dropout(model, [1, 2, 3, 4]), torch.no_grad():
             out = model(ones)
-        assert bool(((out == 0) | torch.isclose(out, torch.tensor(1 / 0.75))).all())
+        assert bool(((out == 0) | (out == 1 / (1 - quantised_p(0.25)))).all())
         assert abs(float((out == 0).float().mean()) - 0.25) < (0.2 if channelwise else 0.01)
         if channelwise:  # whole channels are dropped
             assert torch.equal(out.amax(dim=(2, 3, 4)), out.amin(dim=(2, 3, 4)))
         assert not torch.equal(out[0], out[1])
+
+
+def test_keep_masks_drop_at_the_quantised_rate_in_every_word_position_and_replay_by_seed() -> None:
+    assert quantised_p(0.1) == 6554 / 65536 and quantised_p(0.25) == 0.25 and quantised_p(0.0) == 0.0
+    shape = (3, 101, 997)  # 302,091 elements: not a multiple of the four 16-bit words in each 64-bit draw
+    for p in (0.1, 0.25, 0.5):
+        keep = keep_mask(shape, p, torch.Generator().manual_seed(7), torch.device("cpu"))
+        assert keep.shape == shape and keep.dtype == torch.bool
+        dropped = (~keep).reshape(-1).double()
+        n = dropped.numel()
+        bound = 5 * (p * (1 - p) / (n / 4)) ** 0.5  # 5 standard errors of a quarter of the elements
+        for position in range(4):  # each of a draw's four words is unbiased (the sign bit included)
+            assert abs(float(dropped[position::4].mean()) - quantised_p(p)) < bound, (p, position)
+        again = keep_mask(shape, p, torch.Generator().manual_seed(7), torch.device("cpu"))
+        assert torch.equal(keep, again)
+        assert not torch.equal(keep, keep_mask(shape, p, torch.Generator().manual_seed(8), torch.device("cpu")))
 
 
 def test_ensemble_gives_one_plain_prediction_per_member_in_order() -> None:

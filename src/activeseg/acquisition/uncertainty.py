@@ -19,6 +19,7 @@ Any sampler combines with any scorer (through ``moments`` and ``sliding``).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,10 +53,32 @@ def _dropout_layers(model: nn.Module) -> list[nn.modules.dropout._DropoutNd]:
     return layers
 
 
+def keep_mask(shape: Sequence[int], p: float, generator: torch.Generator, device: torch.device) -> Tensor:
+    """A dropout keep-mask of ``shape`` (bool) whose elements are kept with probability ``1 - p``, to a resolution
+    of 2⁻¹⁶ (:func:`quantised_p`), drawn from ``generator`` (on ``device``).
+
+    Each element compares one 16-bit word of uniform random bits with a threshold: four elements per 64-bit draw,
+    about 5× cheaper than a float32 ``uniform_`` per element on a CPU generator.
+    """
+    count = int(np.prod(shape))
+    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device)
+    words.random_(-(2**63), None, generator=generator)  # every bit uniform, the sign bit too
+    threshold = round(p * 2**16) - 2**15  # P(word < threshold) = quantised_p(p)
+    return words.view(torch.int16)[:count].reshape(tuple(shape)).ge(threshold)
+
+
+def quantised_p(p: float) -> float:
+    """The drop probability :func:`keep_mask` realises: ``p`` rounded to a multiple of 2⁻¹⁶ (0.1 → 0.100006)."""
+    return round(p * 2**16) / 2**16
+
+
 @contextmanager
 def seeded_dropout(model: nn.Module, row_seeds: Sequence[int]) -> Iterator[None]:
     """Within the block, ``model`` is in eval mode and each dropout layer drops row i of its batch with masks drawn
-    from a generator seeded by ``row_seeds[i]`` (one generator per row, shared by the layers in call order)."""
+    from a generator seeded by ``row_seeds[i]`` (one generator per row, shared by the layers in call order).
+
+    Kept activations are scaled by 1 / (1 - p') with p' = :func:`quantised_p`, so the mean is preserved exactly.
+    """
     device = next(model.parameters()).device
     generators = [torch.Generator(device=device).manual_seed(s) for s in row_seeds]
 
@@ -66,12 +89,9 @@ def seeded_dropout(model: nn.Module, row_seeds: Sequence[int]) -> Iterator[None]
         if output.shape[0] != len(generators):
             raise ValueError(f"batch of {output.shape[0]} rows, but {len(generators)} row seeds")
         channelwise = isinstance(module, _CHANNELWISE)
-        shape = (*output.shape[:2], *[1] * (output.dim() - 2)) if channelwise else output.shape
-        scaled_mask = torch.empty(shape, device=output.device)  # float32 whatever the autocast dtype
-        for row, generator in zip(scaled_mask, generators, strict=True):
-            row.uniform_(generator=generator)
-        scaled_mask.ge_(p).mul_(1.0 / (1.0 - p))  # 0 or 1 / (1 - p), in place: one volume-sized buffer per layer
-        return output * scaled_mask if channelwise else scaled_mask.mul_(output)
+        row_shape = (output.shape[1], *[1] * (output.dim() - 2)) if channelwise else output.shape[1:]
+        keep = torch.stack([keep_mask(row_shape, p, g, output.device) for g in generators])
+        return output.mul(keep).mul_(1.0 / (1.0 - quantised_p(p)))
 
     model.eval()
     hooks = [layer.register_forward_hook(drop) for layer in _dropout_layers(model)]
@@ -176,13 +196,18 @@ def make_window_sampler(
     flip_axes: Sequence[int],
     amp: bool,
     members: Sequence[nn.Module] = (),
+    channels_last: bool = False,
 ) -> WindowSampler:
     """The uncertainty source called ``source`` bound to a trained model (and, for ``ensemble``, its other
-    ``members``; K is then ``1 + len(members)``)."""
+    ``members``; K is then ``1 + len(members)``). With ``channels_last`` the sampler holds channels-last (NDHWC)
+    copies of the models, which oneDNN convolves faster on a CPU; the models passed in are left as they are."""
     if source not in SOURCES:
         raise ValueError(f"unknown uncertainty source {source!r}; valid: {', '.join(SOURCES)}")
+    if source == "ensemble" and not members:
+        raise ValueError("an ensemble sampler needs at least one member besides the round model")
+    models = (model, *members) if source == "ensemble" else (model,)
+    if channels_last:
+        models = tuple(copy.deepcopy(m).to(memory_format=torch.channels_last_3d) for m in models)  # type: ignore[call-overload]
     if source == "ensemble":
-        if not members:
-            raise ValueError("an ensemble sampler needs at least one member besides the round model")
-        return WindowSampler(source, (model, *members), 1 + len(members), batch_size, amp=amp)
-    return WindowSampler(source, (model,), samples, batch_size, tuple(flip_axes), amp)
+        return WindowSampler(source, models, len(models), batch_size, amp=amp, channels_last=channels_last)
+    return WindowSampler(source, models, samples, batch_size, tuple(flip_axes), amp, channels_last)

@@ -30,8 +30,9 @@ from activeseg.artifacts import write_bytes_atomic
 from activeseg.config import RunConfig, load_config
 from activeseg.data.io import nifti_gz, read_volume
 from activeseg.data.splits import RunData, open_data
-from activeseg.engine.inference import predict_label
+from activeseg.engine.inference import predict_native_label
 from activeseg.engine.loop import RunError, load_round_model
+from activeseg.engine.model import scoring_amp
 from activeseg.oracles.label_files import native_region, safe_name
 from activeseg.progress import Reporter, SilentReporter
 from activeseg.rundir.label_store import LabelStore, Queue, QueueItem
@@ -111,8 +112,16 @@ def chooser_sampler(run: HumanRun, chooser: int) -> tuple[WindowSampler, torch.n
     members = range(settings.ensemble_size if settings.uncertainty == "ensemble" else 1)
     models = [load_round_model(run.config, run.layout, run.data, chooser, m) for m in members]
     flips = run.config.train.flip_indices
-    sampler = make_window_sampler(
-        settings.uncertainty, models[0], settings.mc_samples, settings.mc_batch_size, flips, False, models[1:]
+    device = next(models[0].parameters()).device
+    sampler = make_window_sampler(  # as the pool was scored
+        settings.uncertainty,
+        models[0],
+        settings.mc_samples,
+        settings.mc_batch_size,
+        flips,
+        scoring_amp(run.config, device),
+        models[1:],
+        channels_last=device.type == "cpu",
     )
     return sampler, models[0]
 
@@ -132,12 +141,11 @@ def write_package(
     geometry = run.data.geometry(item.case_id)
     image_C_D_H_W = run.data.image(item.case_id)
     roi, inference = run.data.plan.patch_size, run.config.inference
-    prediction_D_H_W = predict_label(model, image_C_D_H_W, roi, inference)
     moments = sliding_moments(image_C_D_H_W, sampler, roi, inference.overlap, inference.windows_per_batch, seed)
     uncertainty_D_H_W = strategy_maps(scorer or "predictive_entropy", moments)[0]
     affine = native.affine
     write_bytes_atomic(out / "image.nii.gz", nifti_gz(native.array, affine))
-    prediction = geometry.to_native(prediction_D_H_W[None], label=True)[0]
+    prediction = predict_native_label(model, image_C_D_H_W, geometry, roi, inference)
     write_bytes_atomic(out / "prediction.nii.gz", nifti_gz(prediction, affine))
     uncertainty = geometry.to_native(uncertainty_D_H_W.numpy().astype(np.float32)[None])[0]
     top = float(uncertainty.max())

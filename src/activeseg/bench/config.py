@@ -23,6 +23,8 @@ from activeseg.validation import ConfigError, build, plain, require
 
 FIXED_KEYS = ("name", "seed", "strategy.name")
 """Dotted keys a setting may not override: the grid's axes. No ``data.*`` key either: one split for the grid."""
+ARM_KEYS = "only strategy.* and train.* keys may differ (and strategy.name, in an arm with a new name)"
+FIRST_ARM = "round 0 is trained with the first arm's config, so it takes no train.* key; list another arm first"
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,10 @@ class BenchmarkConfig:
     settings: tuple[Setting, ...] = (Setting("default"),)
     """In YAML a mapping ``name: {dotted.key: value}``; default one setting without overrides."""
     strategy_overrides: tuple[Setting, ...] = ()
-    """Per-strategy ``strategy.*`` overrides, in YAML a mapping ``strategy: {strategy.key: value}`` (e.g. ClaSP PE's
-    β schedule beside PowerBALD's constant β). They never touch round 0, which every strategy shares."""
+    """Per-arm overrides, in YAML a mapping ``arm: {dotted.key: value}``. An arm named after a registered strategy
+    takes ``strategy.*`` keys (e.g. ClaSP PE's β schedule beside PowerBALD's constant β); an arm with a new name
+    also sets its ``strategy.name`` and may set ``train.*`` keys (e.g. ClaSP PE trained with pseudo-labels).
+    Round 0, which every arm shares, is trained with the first arm's config, so that arm takes no ``train.*`` key."""
     full_data: FullDataConfig = field(default_factory=FullDataConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     workers: int = 1
@@ -117,8 +121,13 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         require(bool(self.strategies), "strategies", "needs at least one strategy")
-        unknown = [s for s in self.strategies if s not in STRATEGIES]
-        require(not unknown, "strategies", f"unknown {unknown}; registered: {', '.join(sorted(STRATEGIES))}")
+        arms = {variant.name: dict(variant.overrides) for variant in self.strategy_overrides}
+        unknown = [s for s in self.strategies if s not in STRATEGIES and s not in arms]
+        require(
+            not unknown,
+            "strategies",
+            f"unknown {unknown}; registered: {', '.join(sorted(STRATEGIES))} (or an arm in strategy_overrides)",
+        )
         require(len(set(self.strategies)) == len(self.strategies), "strategies", "lists a strategy twice")
         require(bool(self.seeds), "seeds", "needs at least one seed")
         require(len(set(self.seeds)) == len(self.seeds), "seeds", "lists a seed twice")
@@ -127,11 +136,17 @@ class BenchmarkConfig:
         require(len(set(names)) == len(names), "settings", "names a setting twice")
         require(self.workers >= 1, "workers", "must be at least 1")
         require(self.threads >= 1, "threads", "must be at least 1")
-        for variant in self.strategy_overrides:
-            require(variant.name in self.strategies, "strategy_overrides", f"{variant.name!r} is not in strategies")
-            for key, _ in variant.overrides:
-                allowed = key.startswith("strategy.") and key != "strategy.name"
-                require(allowed, f"strategy_overrides.{variant.name}.{key}", "only strategy.* keys may differ")
+        for name, overrides in arms.items():
+            where = f"strategy_overrides.{name}"
+            require(name in self.strategies, "strategy_overrides", f"{name!r} is not in strategies")
+            registered = name in STRATEGIES
+            require(_safe_name(name), where, "must be a plain folder name")
+            require(registered or "strategy.name" in overrides, where, "a new arm names its strategy.name")
+            for key in overrides:
+                allowed = key.startswith("train.") or (key.startswith("strategy.") and key != "strategy.name")
+                require(allowed or (key == "strategy.name" and not registered), f"{where}.{key}", ARM_KEYS)
+            first = name == self.strategies[0]
+            require(not (first and any(k.startswith("train.") for k in overrides)), where, FIRST_ARM)
         for setting in self.settings:
             require(_safe_name(setting.name), "settings", f"{setting.name!r} must be a plain folder name")
             for key, _ in setting.overrides:
@@ -149,8 +164,9 @@ class BenchmarkConfig:
     def run_config(self, setting: Setting, strategy: str, seed: int) -> RunConfig:
         """The run config of one cell of the grid."""
         changes: dict[str, Any] = dict(setting.overrides)
-        changes |= next((dict(v.overrides) for v in self.strategy_overrides if v.name == strategy), {})
-        changes |= {"name": f"{setting.name}-seed{seed}-{strategy}", "seed": seed, "strategy.name": strategy}
+        arm = next((dict(v.overrides) for v in self.strategy_overrides if v.name == strategy), {})
+        changes |= {"strategy.name": strategy} | arm
+        changes |= {"name": f"{setting.name}-seed{seed}-{strategy}", "seed": seed}
         return self.run.override(changes)
 
     def round_zero_config(self, setting: Setting, seed: int) -> RunConfig:
@@ -202,10 +218,16 @@ def benchmark_from_dict(raw: Any, base_dir: Path | None = None) -> BenchmarkConf
         raw["run"] = run
     settings = raw.pop("settings", None)
     variants = raw.pop("strategy_overrides", None)
+    strategies = raw.pop("strategies", None)  # may name arms of strategy_overrides: checked with them, below
     config = typing.cast(BenchmarkConfig, build(BenchmarkConfig, raw, ""))
-    if settings is not None or variants:
+    if strategies is not None and not (
+        isinstance(strategies, list | tuple) and all(isinstance(s, str) for s in strategies)
+    ):
+        raise ConfigError(f"strategies: expected a list of strategy names, got {strategies!r}")
+    if settings is not None or variants or strategies is not None:
         config = dataclasses.replace(
             config,
+            strategies=config.strategies if strategies is None else tuple(strategies),
             settings=config.settings if settings is None else _settings(settings, "settings"),
             strategy_overrides=_settings(variants or {}, "strategy_overrides"),
         )

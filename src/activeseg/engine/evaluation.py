@@ -1,7 +1,8 @@
 """Evaluation: Dice of the round's model on fully labelled test (or validation) cases, on each image's own grid.
 
-Every case is predicted by sliding windows on its planned grid, the label map is brought back to the native grid
-(nearest neighbours, through the case's geometry) and compared with the label file there. A class absent from a
+Every case is predicted by sliding windows on its planned grid, its class probabilities are brought back to the
+native grid (linear, through the case's geometry; nnU-Net's export), and the argmax there is compared with the label
+file. A class absent from a
 case's reference has no Dice in that case (MONAI's ``ignore_empty``); a class absent from every case of the split
 has none at all, and a round whose mean is undefined is an error that says why instead of a silent 0 or NaN.
 """
@@ -18,7 +19,7 @@ from torch import nn
 
 from activeseg.config import InferenceConfig
 from activeseg.data.splits import RunData
-from activeseg.engine.inference import predict_label
+from activeseg.engine.inference import predict_native_label
 from activeseg.progress import Reporter
 
 Progress = Callable[[int], None]
@@ -60,8 +61,7 @@ def evaluate(
     per_case: dict[str, list[float]] = {}
     roi = data.plan.patch_size
     for case_id in cases:
-        planned = predict_label(model, data.image(case_id), roi, inference, amp)
-        native = data.geometry(case_id).to_native(planned[None], label=True)[0]
+        native = predict_native_label(model, data.image(case_id), data.geometry(case_id), roi, inference, amp)
         per_case[case_id] = dice_per_class(native, data.native_label(case_id), data.num_classes)
         if progress:
             progress(1)

@@ -10,6 +10,7 @@ from scipy import ndimage
 from torch import nn
 
 from activeseg.config import InferenceConfig
+from activeseg.data.geometry import Geometry
 
 
 @torch.inference_mode()
@@ -59,6 +60,32 @@ def predict_label(
     connected foreground region kept when ``inference.largest_component`` says so."""
     label_D_H_W = predict_volume(model, image_C_D_H_W, roi, inference, amp).argmax(dim=0).numpy().astype(np.uint8)
     return largest_component(label_D_H_W) if inference.largest_component else label_D_H_W
+
+
+def predict_native_label(
+    model: nn.Module,
+    image_C_D_H_W: npt.NDArray[np.float32],
+    geometry: Geometry,
+    roi: tuple[int, int, int],
+    inference: InferenceConfig,
+    amp: bool = False,
+) -> npt.NDArray[np.uint8]:
+    """The predicted label map on the image's own (native) grid, as nnU-Net exports it: a resampled case has its
+    class probabilities interpolated back (linear) and the argmax taken there, not its planned label map copied to
+    the nearest native voxels; ``inference.largest_component`` then applies on the native grid. One class at a
+    time, so memory is a few native volumes whatever the number of classes. Voxels outside the crop box are
+    background."""
+    probs_C_D_H_W = predict_volume(model, image_C_D_H_W, roi, inference, amp).numpy()
+    if not geometry.resampled:
+        label = geometry.to_native(probs_C_D_H_W.argmax(axis=0).astype(np.uint8)[None], label=True)[0]
+    else:
+        best = geometry.to_native(probs_C_D_H_W[:1], fill=1.0)[0]  # outside the box: certain background
+        label = np.zeros(best.shape, dtype=np.uint8)
+        for c in range(1, probs_C_D_H_W.shape[0]):
+            native_c = geometry.to_native(probs_C_D_H_W[c : c + 1])[0]
+            higher = native_c > best
+            label[higher], best[higher] = c, native_c[higher]
+    return largest_component(label) if inference.largest_component else label
 
 
 def largest_component(label_D_H_W: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:

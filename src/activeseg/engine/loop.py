@@ -27,9 +27,11 @@ from activeseg.artifacts import read_json, stage, write_json_atomic
 from activeseg.config import RunConfig
 from activeseg.data.splits import RunData
 from activeseg.engine.evaluation import evaluate_on, metrics_record
+from activeseg.engine.inference import predict_volume
 from activeseg.engine.model import build_model, load_weights, save_model, select_device, use_amp
 from activeseg.engine.patches import Example
 from activeseg.engine.pool import Candidates, Pool
+from activeseg.engine.pseudo import with_pseudo_labels
 from activeseg.engine.stopping import stop_reason
 from activeseg.engine.training import seed_everything, train
 from activeseg.oracles.base import LabelsPending, Oracle
@@ -88,7 +90,7 @@ class ActiveLearningLoop:
         self.strategy = get_strategy(config.strategy.name)
         self.device = select_device(config.train)
         self.amp = use_amp(config.train, self.device)
-        self.pool = Pool(config, layout, data, ledger, self.strategy, reporter, self.amp)
+        self.pool = Pool(config, layout, data, ledger, self.strategy, reporter)
 
     def run(self) -> str:
         """Run rounds until a stop reason is recorded and return it, or return the waiting status of a human oracle
@@ -146,7 +148,7 @@ class ActiveLearningLoop:
             halt_point(f"round {r}: training")
             if self.config.train.warm_start and r > 0:
                 load_weights(model, self.layout.model(r - 1, member))
-            examples = [self.example(c) for c in labelled]
+            examples = self.training_examples(r, labelled)
             task = f"round {r}: training" + (f" ensemble member {member}" if member else "")
             with self.reporter.progress(task, self.config.train.iterations) as advance:
                 train(
@@ -160,6 +162,27 @@ class ActiveLearningLoop:
             lambda path, m: save_model(m, path),
             lambda path: load_weights(model, path),
         )
+
+    def training_examples(self, r: int, labelled: list[str]) -> list[Example]:
+        """Round r's training set: every labelled case, its unlabelled voxels pseudo-labelled by round r - 1's model
+        when ``train.pseudo_label_threshold`` is set (from round 1)."""
+        examples = [self.example(c) for c in labelled]
+        threshold = self.config.train.pseudo_label_threshold
+        if threshold is None or r == 0 or all(e.boxes is None for e in examples):
+            return examples
+        with torch.random.fork_rng(devices=[]):  # building the teacher leaves the student's random stream alone
+            teacher = build_model(self.config.model, self.data.plan).to(self.device)
+        load_weights(teacher, self.layout.model(r - 1, 0))
+        roi, inference = self.data.plan.patch_size, self.config.inference
+        out = []
+        with self.reporter.progress(f"round {r}: pseudo-labelling", len(examples)) as advance:
+            for example in examples:
+                if example.boxes is not None:  # partly labelled: fill in the rest
+                    probs = predict_volume(teacher, example.image_C_D_H_W, roi, inference, self.amp).numpy()
+                    example = with_pseudo_labels(example, probs, threshold)
+                out.append(example)
+                advance(1)
+        return out
 
     def example(self, case_id: str) -> Example:
         """A labelled case for training: its label from the oracle, and the boxes of its labelled units."""

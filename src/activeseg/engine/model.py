@@ -11,7 +11,7 @@ from monai.networks.nets import DynUNet, UNet
 from torch import nn
 
 from activeseg.artifacts import write_atomic
-from activeseg.config import ModelConfig, TrainConfig
+from activeseg.config import ModelConfig, RunConfig, TrainConfig
 from activeseg.data.plan import Normalisation, Plan
 
 
@@ -65,6 +65,11 @@ def select_device(config: TrainConfig) -> torch.device:
 def use_amp(config: TrainConfig, device: torch.device) -> bool:
     """Mixed precision only on CUDA: CPU runs stay in float32 and bit-reproducible."""
     return config.amp and device.type == "cuda"
+
+
+def scoring_amp(config: RunConfig, device: torch.device) -> bool:
+    """Autocast while scoring the pool: ``train.amp``'s float16 on CUDA, bfloat16 on CPU with ``strategy.cpu_bf16``."""
+    return use_amp(config.train, device) or (config.strategy.cpu_bf16 and device.type == "cpu")
 
 
 def save_model(model: nn.Module, path: Path) -> None:

@@ -7,6 +7,7 @@ benchmark grid and the units benchmark all go through it, so strategy comparison
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -136,7 +137,9 @@ def adopt_round_zero(source: Path, target: Path) -> bool:
     """
     source_layout, target_layout = RunLayout(source), RunLayout(target)
     configs = [load_config(layout.config) for layout in (source_layout, target_layout)]
-    same_inputs = len({(c.seed, c.data, c.plan, c.model, c.train, c.inference) for c in configs}) == 1
+    round_zero_train = [dataclasses.replace(c.train, pseudo_label_threshold=None) for c in configs]  # used from 1
+    inputs = [(c.seed, c.data, c.plan, c.model, t, c.inference) for c, t in zip(configs, round_zero_train, strict=True)]
+    same_inputs = len(set(inputs)) == 1
     same_inputs = same_inputs and source_layout.plan.read_bytes() == target_layout.plan.read_bytes()
     with source_layout.open_ledger() as a, target_layout.open_ledger() as b:
         same_labels = a.labelled_units(0) == b.labelled_units(0) and a.split("test") == b.split("test")
