@@ -128,7 +128,7 @@ def bench_speed(clinical: Path, work: Path, steps: int = 12) -> dict[str, Any]:
         optimiser.step()
         bare.append(time.perf_counter() - start)
     bare_step = statistics.median(bare[2:])
-    sampler = make_window_sampler("mc_dropout", model, 8, 8, (), amp=False)
+    sampler = make_window_sampler("mc_dropout", model, 8, 8, (), amp=False, channels_last=True)  # as pool.py on CPU
     scoring = []
     for case_id in pool[:3]:
         start = time.perf_counter()
