@@ -571,10 +571,10 @@ SECTIONS: dict[str, Callable[[dict[str, Any], str], list[Block]]] = {
 
 
 REGIME_NOTES = {
-    "regimes-patch-cpu-ssl": " Round 0, the full-data bound and the foreground-random runs are those of "
-    "`regimes-patch-cpu` (copied into the results dir before the run: same config, seeds and code path for them), "
-    "so the wall time counts only the clasp-pe and +pl runs. clasp-pe was rerun because its MC-dropout masks "
-    "changed since (see CHANGELOG).",
+    "regimes-patch-cpu-ssl": " The full-data bound, and in the medium setting round 0 and the foreground-random "
+    "runs, are those of `regimes-patch-cpu` (copied into the results dir before the run: same config, seeds and "
+    "code path for them), so the wall time does not count them. clasp-pe was rerun because its MC-dropout masks "
+    "changed since (see CHANGELOG); the low setting ran entirely here.",
 }
 """What a regime's summary cannot say about how it was run."""
 
