@@ -24,7 +24,7 @@ import torch
 from activeseg.acquisition.registry import get_strategy
 from activeseg.acquisition.scorers import strategy_maps
 from activeseg.acquisition.sliding import sliding_moments
-from activeseg.acquisition.uncertainty import WindowSampler, make_window_sampler
+from activeseg.acquisition.uncertainty import WindowSampler
 from activeseg.acquisition.units import is_whole_volume
 from activeseg.artifacts import write_bytes_atomic
 from activeseg.config import RunConfig, load_config
@@ -32,7 +32,7 @@ from activeseg.data.io import nifti_gz, read_volume
 from activeseg.data.splits import RunData, open_data
 from activeseg.engine.inference import predict_native_label
 from activeseg.engine.loop import RunError, load_round_model
-from activeseg.engine.model import scoring_amp
+from activeseg.engine.model import scoring_sampler
 from activeseg.oracles.label_files import native_region, safe_name
 from activeseg.progress import Reporter, SilentReporter
 from activeseg.rundir.label_store import LabelStore, Queue, QueueItem
@@ -111,19 +111,7 @@ def chooser_sampler(run: HumanRun, chooser: int) -> tuple[WindowSampler, torch.n
     settings = run.config.strategy
     members = range(settings.ensemble_size if settings.uncertainty == "ensemble" else 1)
     models = [load_round_model(run.config, run.layout, run.data, chooser, m) for m in members]
-    flips = run.config.train.flip_indices
-    device = next(models[0].parameters()).device
-    sampler = make_window_sampler(  # as the pool was scored
-        settings.uncertainty,
-        models[0],
-        settings.mc_samples,
-        settings.mc_batch_size,
-        flips,
-        scoring_amp(run.config, device),
-        models[1:],
-        channels_last=device.type == "cpu",
-    )
-    return sampler, models[0]
+    return scoring_sampler(run.config, models[0], models[1:]), models[0]  # as the pool was scored
 
 
 def write_package(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -10,6 +11,7 @@ import torch
 from monai.networks.nets import DynUNet, UNet
 from torch import nn
 
+from activeseg.acquisition.uncertainty import WindowSampler, make_window_sampler
 from activeseg.artifacts import write_atomic
 from activeseg.config import ModelConfig, RunConfig, TrainConfig
 from activeseg.data.plan import Normalisation, Plan
@@ -70,6 +72,23 @@ def use_amp(config: TrainConfig, device: torch.device) -> bool:
 def scoring_amp(config: RunConfig, device: torch.device) -> bool:
     """Autocast while scoring the pool: ``train.amp``'s float16 on CUDA, bfloat16 on CPU with ``strategy.cpu_bf16``."""
     return use_amp(config.train, device) or (config.strategy.cpu_bf16 and device.type == "cpu")
+
+
+def scoring_sampler(config: RunConfig, model: nn.Module, members: Sequence[nn.Module] = ()) -> WindowSampler:
+    """The uncertainty source that scores a round's pool, and so the maps the human loop exports: the config's
+    source bound to the round's model (and ensemble ``members``), autocast as :func:`scoring_amp` says, and on a CPU
+    through channels-last copies (oneDNN's faster layout; BENCHMARKS.md: score_speed)."""
+    settings, device = config.strategy, next(model.parameters()).device
+    return make_window_sampler(
+        settings.uncertainty,
+        model,
+        settings.mc_samples,
+        settings.mc_batch_size,
+        config.train.flip_indices,
+        scoring_amp(config, device),
+        members,
+        channels_last=device.type == "cpu",
+    )
 
 
 def save_model(model: nn.Module, path: Path) -> None:

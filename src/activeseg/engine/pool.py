@@ -24,7 +24,6 @@ from activeseg.acquisition.registry import Strategy
 from activeseg.acquisition.scorers import SKETCHES, make_reduction, strategy_maps, top_sites
 from activeseg.acquisition.selectors import ScoreVector, SelectionContext
 from activeseg.acquisition.sliding import score_pool
-from activeseg.acquisition.uncertainty import make_window_sampler
 from activeseg.acquisition.units import (
     UnitSpec,
     best_disjoint,
@@ -37,7 +36,7 @@ from activeseg.acquisition.units import (
 from activeseg.artifacts import stage, write_atomic, write_text_atomic
 from activeseg.config import RunConfig
 from activeseg.data.splits import RunData
-from activeseg.engine.model import scoring_amp
+from activeseg.engine.model import scoring_sampler
 from activeseg.oracles.simulated import SimulatedOracle
 from activeseg.progress import Reporter
 from activeseg.rundir.layout import RunLayout
@@ -152,17 +151,7 @@ class Pool:
 
     def _score(self, r: int, model: nn.Module, members: list[nn.Module], cases: list[str], seed: int) -> Candidates:
         settings = self.config.strategy
-        device = next(model.parameters()).device
-        sampler = make_window_sampler(
-            settings.uncertainty,
-            model,
-            settings.mc_samples,
-            settings.mc_batch_size,
-            self.config.train.flip_indices,
-            scoring_amp(self.config, device),
-            members,
-            channels_last=device.type == "cpu",  # oneDNN's faster layout (BENCHMARKS.md: score_speed)
-        )
+        sampler = scoring_sampler(self.config, model, members)
         sketch = None if self.strategy.sketch is None else SKETCHES[self.strategy.sketch]
         scorer = self.strategy.scorer
         assert scorer is not None
