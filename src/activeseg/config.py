@@ -8,7 +8,6 @@ activeseg validates configuration: code downstream trusts these objects.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import yaml
 from activeseg.acquisition.costs import COSTS, LABEL_FREE_COSTS
 from activeseg.acquisition.registry import STRATEGIES
 from activeseg.acquisition.stochastic import scheduled_beta
+from activeseg.oracles.config import OracleConfig
 from activeseg.validation import ConfigError, build, plain, require
 
 __all__ = ["AXES", "ConfigError", "RunConfig", "config_from_dict", "load_config", "save_config"]  # and the sections
@@ -27,9 +27,6 @@ __all__ = ["AXES", "ConfigError", "RunConfig", "config_from_dict", "load_config"
 
 MAX_BATCH_SIZE = 256
 """The largest batch of volumes (training, evaluation, stochastic passes): more is a typo, not a setting."""
-MAX_UPLOAD_MB = 4096.0
-"""The largest ``oracle.max_upload_mb``."""
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
@@ -291,40 +288,6 @@ class LoopConfig:
         require(self.rounds >= 0, "loop.rounds", "must be >= 0")
         require(self.plateau_patience is None or self.plateau_patience >= 1, "loop.plateau_patience", "must be >= 1")
         require(self.plateau_min_delta >= 0, "loop.plateau_min_delta", "must be >= 0")
-
-
-@dataclass(frozen=True)
-class OracleConfig:
-    """Who labels the queried volumes: ground truth revealed at once (benchmarks), or a person (see ``human.py``)."""
-
-    kind: Literal["simulated", "human"] = "simulated"
-    advance: Literal["all", "manual"] = "all"
-    """Human oracle: the next round starts once every queried label has arrived (``all``; the user may still
-    accept a partial set explicitly), or when the user says so, with the labels that have arrived (``manual``)."""
-    token: str | None = None
-    """Bearer token of ``activeseg serve`` (at least 16 characters). Only its sha256 is kept: the loaded config holds
-    ``token_sha256`` and ``token: null``, so a run's config.yaml never holds the token itself. Default: the token
-    from ``--token-file`` or ``$ACTIVESEG_TOKEN``, else the one ``serve`` generated for the run."""
-    token_sha256: str | None = None
-    """The sha256 (hex) of the bearer token; set from ``token``, or directly."""
-    max_upload_mb: float = 64.0
-    """Largest label upload the server accepts (it also refuses anything larger than a label of the image can be)."""
-
-    def __post_init__(self) -> None:
-        require(self.token is None or len(self.token) >= 16, "oracle.token", "must be at least 16 characters")
-        require(
-            self.token_sha256 is None or bool(_SHA256_HEX.match(self.token_sha256)),
-            "oracle.token_sha256",
-            "must be 64 lower-case hex digits (the sha256 of the token)",
-        )
-        if self.token is not None:
-            digest = hashlib.sha256(self.token.encode()).hexdigest()
-            require(
-                self.token_sha256 in (None, digest), "oracle.token", "does not match oracle.token_sha256; set only one"
-            )
-            object.__setattr__(self, "token_sha256", digest)
-            object.__setattr__(self, "token", None)
-        require(0 < self.max_upload_mb <= MAX_UPLOAD_MB, "oracle.max_upload_mb", f"must be in (0, {MAX_UPLOAD_MB:g}]")
 
 
 @dataclass(frozen=True)
