@@ -3,10 +3,11 @@
 A clinical-shape set (``data.clinical``: hippocampus crops resampled to and pasted into 192×192×48–80 CT-like fields
 with 0.7–1.0 mm in-plane and 2–4 mm slice spacing, in five orientations, a few oblique; ``--paste voxel`` copies them
 voxel-wise instead, so their size in millimetres varies with the spacing) is planned and trained on, and compared
-with the same cases at their native size (the hippocampus files themselves):
+with the same cases at their native size (the hippocampus files themselves) and with the same clinical cases cut to
+the box their crop was pasted into (``data.clinical.crop_to_structure``: same voxels, spacing and noise, no field):
 
-- ``full``: the full-data bound on both sets with the same model and training budget (iterations, batch), Dice on
-  the same 10 test cases, each on its own native grid;
+- ``full``: the full-data bound on the three sets with the same model and training budget (iterations, batch),
+  Dice on the same 10 test cases, each on its own native grid;
 - ``speed``: on the clinical set, the median patch training step with the data path (memory-mapped cache,
   patch sampling, DataLoader) against the same network's bare step on synthetic tensors of the same shape, and the
   median sliding-window scoring time per volume (K = 8 MC dropout, BALD).
@@ -27,18 +28,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from run_benchmarks import machine
 
 from activeseg.acquisition.scorers import bald, reduce_mean
 from activeseg.acquisition.sliding import score_pool
 from activeseg.acquisition.uncertainty import make_window_sampler
-from activeseg.config import RunConfig, config_from_dict
-from activeseg.data.clinical import make_clinical_dataset
+from activeseg.config import RunConfig, config_from_dict, load_config
+from activeseg.data.clinical import crop_to_structure, make_clinical_dataset, paste_class_maps
 from activeseg.data.splits import open_data
 from activeseg.demo import find_hippocampus
+from activeseg.engine.evaluation import dice_per_class
 from activeseg.engine.full_data import full_data_run
-from activeseg.engine.model import build_model
+from activeseg.engine.inference import largest_component, predict_volume
+from activeseg.engine.model import build_model, load_weights
 from activeseg.engine.patches import Example
 from activeseg.engine.training import PartialDiceCELoss, train
 from activeseg.progress import RichReporter, SilentReporter
@@ -70,20 +74,32 @@ def native_subset(source: Path, ids: list[str], out: Path) -> Path:
     return out
 
 
+SETS = ("native", "cropped", "clinical")
+
+
 def bench_full(
-    clinical: Path, native: Path, work: Path, iterations: int, largest_component: bool = False
+    clinical: Path,
+    native: Path,
+    cropped: Path,
+    work: Path,
+    iterations: int,
+    largest_component: bool = False,
+    sets: tuple[str, ...] = SETS,
 ) -> dict[str, Any]:
-    """Full-data Dice of both sets with the same budget."""
+    """Full-data Dice of the three sets with the same budget (a run already finished in ``work`` with the same
+    config is read, not repeated)."""
     out: dict[str, Any] = {
         "iterations": iterations,
         "largest_component": largest_component,
         "native_export": "linear probabilities",  # how predictions reach the native grid (evaluation.evaluate)
     }
-    for name, root in (("native", native), ("clinical", clinical)):
+    roots = {"native": native, "cropped": cropped, "clinical": clinical}
+    for name, root in ((name, roots[name]) for name in sets):
         run_config = config(root, work / "cache", iterations, largest_component)
         data = open_data(run_config, RichReporter())
-        out_dir = work / f"full-{name}-{iterations}{'-lcc' if largest_component else ''}"
-        record = full_data_run(run_config, out_dir, RichReporter(), data=data)
+        suffix = "" if name == "native" else variant_suffix(clinical)  # the native set is the same for all
+        out_dir = work / f"full-{name}{suffix}-{iterations}{'-lcc' if largest_component else ''}"
+        record = finished_run(out_dir, run_config) or full_data_run(run_config, out_dir, RichReporter(), data=data)
         out[name] = {
             "dice": record["dice"],
             "train_seconds": record["train_seconds"],
@@ -93,8 +109,54 @@ def bench_full(
             "strides": [list(s) for s in data.plan.strides],
             "normalisation": [n.scheme for n in data.plan.normalisation],
         }
-    out["difference"] = out["clinical"]["dice"]["mean_foreground"] - out["native"]["dice"]["mean_foreground"]
+    dice = {name: out[name]["dice"]["mean_foreground"] for name in sets}
+    if "clinical" in dice and "native" in dice:
+        out["difference"] = dice["clinical"] - dice["native"]
+    if "clinical" in dice and "cropped" in dice:
+        out["difference_to_cropped"] = dice["clinical"] - dice["cropped"]
+    if "cropped" in dice and "native" in dice:
+        out["cropped_minus_native"] = dice["cropped"] - dice["native"]
     return out
+
+
+def variant_suffix(clinical: Path) -> str:
+    """What tells a run on a non-default clinical set (e.g. ``clinical-world-1.0-1.0-1.0-1.0``) from the default's."""
+    return clinical.name.removeprefix("clinical-world")
+
+
+def finished_run(out_dir: Path, run_config: RunConfig) -> dict[str, Any] | None:
+    """The record of a full-data run already finished in ``out_dir`` with this very config, else None."""
+    record, saved = out_dir / "full_data.json", out_dir / "config.yaml"
+    if record.exists() and saved.exists() and load_config(saved) == run_config:
+        loaded: dict[str, Any] = json.loads(record.read_text())
+        return loaded
+    return None
+
+
+def bench_ceiling(clinical: Path, native_run: Path) -> dict[str, Any]:
+    """Does the clinical labels' coarse grid itself cap Dice? The native (1 mm) full-data model's probabilities of
+    each test case, carried into its clinical field the way the generator pastes the label
+    (``clinical.paste_class_maps``), argmax and largest component there, Dice against the clinical label."""
+    config_ = load_config(native_run / "config.yaml")
+    data = open_data(config_, SilentReporter())
+    model = load_weights(build_model(config_.model, data.plan), native_run / "model.pt").eval()
+    drawn = json.loads((clinical / "dataset.json").read_text())["clinical"]
+    per_case: dict[str, list[float]] = {}
+    for case_id in data.test.ids:
+        probs_C = predict_volume(model, data.image(case_id), data.plan.patch_size, config_.inference).numpy()
+        native_C = data.geometry(case_id).to_native(probs_C, fill=0.0)
+        reference = data.native_label(case_id)
+        indicators_C = np.stack([(reference == c).astype(np.float32) for c in range(data.num_classes)])
+        zoom = np.asarray(data.geometry(case_id).native_spacing) / np.asarray(drawn[case_id]["ras_spacing"])
+        carried = paste_class_maps(native_C, zoom).argmax(axis=0).astype(np.uint8)
+        label = paste_class_maps(indicators_C, zoom).argmax(axis=0).astype(np.uint8)
+        per_case[case_id] = dice_per_class(largest_component(carried), label, data.num_classes)
+    table = np.array(list(per_case.values()))
+    return {
+        "native_run": str(native_run),
+        "mean_foreground": float(np.nanmean(np.nanmean(table, axis=0))),
+        "per_case": per_case,
+    }
 
 
 def bench_speed(clinical: Path, work: Path, steps: int = 12) -> dict[str, Any]:
@@ -150,7 +212,10 @@ def bench_speed(clinical: Path, work: Path, steps: int = 12) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", choices=["full", "speed"], default=["full", "speed"])
+    parser.add_argument("--parts", nargs="+", choices=["full", "ceiling", "speed"], default=["full", "speed"])
+    parser.add_argument(
+        "--sets", nargs="+", choices=SETS, default=list(SETS), help="which sets the full part trains (a diagnostic)"
+    )
     parser.add_argument("--cases", type=int, default=40)
     parser.add_argument("--iterations", type=int, default=500)
     parser.add_argument("--paste", choices=["world", "voxel"], default="world", help="how crops enter the fields")
@@ -188,7 +253,10 @@ def main() -> None:
     result["machine"] = machine()
     result["cases"] = len(ids)
     if "full" in args.parts:
-        full = bench_full(clinical, native, work, args.iterations, args.largest_component)
+        cropped = work / f"{clinical.name}-cropped"
+        if not (cropped / "dataset.json").exists():
+            crop_to_structure(clinical, cropped)
+        full = bench_full(clinical, native, cropped, work, args.iterations, args.largest_component, tuple(args.sets))
         full |= {"paste": args.paste, "in_plane_mm": list(args.in_plane), "slices_mm": list(args.slices)}
         if args.note:
             full["note"] = args.note
@@ -196,6 +264,9 @@ def main() -> None:
             result.setdefault("variants", {})[args.label] = full
         else:
             result["full"] = full
+    if "ceiling" in args.parts:
+        native_run = work / f"full-native-{args.iterations}{'-lcc' if args.largest_component else ''}"
+        result["ceiling"] = bench_ceiling(clinical, native_run)
     if "speed" in args.parts:
         result["speed"] = bench_speed(clinical, work)
     path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

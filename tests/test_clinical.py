@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from activeseg.data.clinical import make_clinical_dataset, reoriented_copy
+from activeseg.data.clinical import crop_to_structure, make_clinical_dataset, reoriented_copy
 
 from _support import hippocampus_root, requires_hippocampus
 
@@ -177,6 +177,29 @@ def test_reoriented_copy_keeps_world_positions(dataset: Path, meta: dict[str, An
             (a, a_affine), (b, b_affine) = _canonical(original), _canonical(copy)
             np.testing.assert_array_equal(a, b)
             np.testing.assert_allclose(a_affine, b_affine, atol=1e-4)
+
+
+def test_crop_to_structure_keeps_every_labelled_voxel_at_its_world_place(
+    dataset: Path, meta: dict[str, Any], tmp_path: Path
+) -> None:
+    cropped = crop_to_structure(dataset, tmp_path / "cropped")
+    for case_id, drawn in meta["clinical"].items():
+        for folder in ("imagesTr", "labelsTr"):
+            cut, cut_affine, _ = _load(cropped / folder / f"{case_id}.nii.gz")
+            field, field_affine = _canonical(dataset / folder / f"{case_id}.nii.gz")
+            assert cut.shape == tuple(drawn["crop_shape"]) and cut.dtype == field.dtype
+            assert "".join(_nib.aff2axcodes(cut_affine)) == "RAS"
+            # the box's voxels, at the same world positions: voxel (i, j, k) of the cut is offset + (i, j, k)
+            offset = np.asarray(drawn["offset"])
+            np.testing.assert_array_equal(
+                cut, field[tuple(slice(o, o + n) for o, n in zip(offset, cut.shape, strict=True))]
+            )
+            np.testing.assert_allclose(_world(np.zeros((1, 3)), cut_affine), _world(offset[None], field_affine))
+            if folder == "labelsTr":  # nothing labelled lies outside the box
+                assert np.count_nonzero(cut) == np.count_nonzero(field) > 0
+    assert json.loads((cropped / "dataset.json").read_text())["clinical"] == meta["clinical"]
+    with pytest.raises(FileExistsError, match="not empty"):
+        crop_to_structure(dataset, tmp_path / "cropped")
 
 
 def test_rejects_bad_arguments(tmp_path: Path) -> None:

@@ -60,11 +60,21 @@ def keep_mask(shape: Sequence[int], p: float, generator: torch.Generator, device
     Each element compares one 16-bit word of uniform random bits with a threshold: four elements per 64-bit draw,
     about 5× cheaper than a float32 ``uniform_`` per element on a CPU generator.
     """
-    count = int(np.prod(shape))
-    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device)
-    words.random_(-(2**63), None, generator=generator)  # every bit uniform, the sign bit too
+    return keep_masks(shape, p, [generator], device)[0]
+
+
+def keep_masks(
+    row_shape: Sequence[int], p: float, generators: Sequence[torch.Generator], device: torch.device
+) -> Tensor:
+    """One :func:`keep_mask` of ``row_shape`` per generator, stacked (bool, rows first): the same bits as drawing
+    them one by one, without a per-row tensor and a stacking copy."""
+    count = int(np.prod(row_shape))
+    words_R_W = torch.empty((len(generators), (count + 3) // 4), dtype=torch.int64, device=device)
+    for row, generator in zip(words_R_W, generators, strict=True):
+        row.random_(-(2**63), None, generator=generator)  # every bit uniform, the sign bit too
     threshold = round(p * 2**16) - 2**15  # P(word < threshold) = quantised_p(p)
-    return words.view(torch.int16)[:count].reshape(tuple(shape)).ge(threshold)
+    words_R_N = words_R_W.view(torch.int16)[:, :count]
+    return words_R_N.ge(threshold).reshape(len(generators), *row_shape)
 
 
 def quantised_p(p: float) -> float:
@@ -90,8 +100,8 @@ def seeded_dropout(model: nn.Module, row_seeds: Sequence[int]) -> Iterator[None]
             raise ValueError(f"batch of {output.shape[0]} rows, but {len(generators)} row seeds")
         channelwise = isinstance(module, _CHANNELWISE)
         row_shape = (output.shape[1], *[1] * (output.dim() - 2)) if channelwise else output.shape[1:]
-        keep = torch.stack([keep_mask(row_shape, p, g, output.device) for g in generators])
-        return output.mul(keep).mul_(1.0 / (1.0 - quantised_p(p)))
+        keep = keep_masks(row_shape, p, generators, output.device)
+        return torch.where(keep, output * (1.0 / (1.0 - quantised_p(p))), 0)  # no bool-to-float copy of the mask
 
     model.eval()
     hooks = [layer.register_forward_hook(drop) for layer in _dropout_layers(model)]
@@ -185,7 +195,8 @@ class WindowSampler:
             rows = rows.contiguous(memory_format=torch.channels_last_3d)
         with torch.inference_mode(), torch.autocast(device.type, enabled=self.amp):
             logits = model(rows)
-        return torch.softmax(logits.float(), dim=1).cpu().contiguous()
+        # one copy to float32 in the standard layout (softmax would otherwise copy a channels-last input again)
+        return torch.softmax(logits.to(torch.float32, memory_format=torch.contiguous_format), dim=1).cpu()
 
 
 def make_window_sampler(

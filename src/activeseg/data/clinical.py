@@ -155,6 +155,36 @@ def make_clinical_dataset(
     return out
 
 
+def crop_to_structure(clinical: Path, out: Path) -> Path:
+    """The same clinical cases cut to the box their crop was pasted into: same voxels, intensities, noise and
+    affine (translated), without the field around them. A reference for what the large field itself costs.
+
+    Each stored case is read back in RAS voxel order (the grid ``offset`` refers to), cut to ``offset`` +
+    ``crop_shape`` and written in RAS order; dataset.json is copied with those ids. Returns ``out``.
+    """
+    clinical, out = Path(clinical), Path(out)
+    meta = json.loads((clinical / "dataset.json").read_text(encoding="utf-8"))
+    if "clinical" not in meta:
+        raise ValueError(f"{clinical / 'dataset.json'}: not a clinical-shape set (no 'clinical' record)")
+    for folder in ("imagesTr", "labelsTr"):
+        if (out / folder).exists() and any((out / folder).iterdir()):
+            raise FileExistsError(f"{out / folder} is not empty; cropped cases are only written to empty folders")
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    for case_id, drawn in meta["clinical"].items():
+        box = tuple(slice(o, o + n) for o, n in zip(drawn["offset"], drawn["crop_shape"], strict=True))
+        shift = np.eye(4)
+        shift[:3, 3] = drawn["offset"]
+        for folder in ("imagesTr", "labelsTr"):
+            stored = read_volume(clinical / folder / f"{case_id}.nii.gz")
+            ornt = _nio.ornt_transform(_nio.io_orientation(stored.affine), _nio.axcodes2ornt("RAS"))
+            ras = np.asarray(_nio.apply_orientation(stored.array, ornt))
+            ras_affine = stored.affine @ _nio.inv_ornt_aff(ornt, stored.array.shape)
+            write_volume(out / folder / f"{case_id}.nii.gz", ras[box], ras_affine @ shift)
+    meta["description"] = f"{meta['description']}, cut to the pasted boxes (activeseg.data.clinical.crop_to_structure)"
+    (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
 def reoriented_copy(image: Path, label: Path, out_image: Path, out_label: Path, codes: str = "LAS") -> None:
     """Write ``image`` and ``label`` stored in orientation ``codes``: same voxels at the same world places."""
     img, lab = read_volume(Path(image)), read_volume(Path(label))
@@ -251,14 +281,26 @@ def _resample_crop(
     image: npt.NDArray[np.float64], label: npt.NDArray[np.uint8], zoom: npt.NDArray[np.float64]
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.uint8]]:
     """``image`` and ``label`` resampled by ``zoom`` (source voxel size / field voxel size), voxel areas aligned."""
-    shape = tuple(max(1, round(n * z)) for n, z in zip(image.shape, zoom, strict=True))
-    factors = [m / n for m, n in zip(shape, image.shape, strict=True)]
+    factors = _paste_factors(image.shape, zoom)
     resampled = ndimage.zoom(image, factors, order=3, mode="nearest", grid_mode=True)
-    indicators = [
-        ndimage.zoom((label == c).astype(np.float32), factors, order=1, mode="nearest", grid_mode=True)
-        for c in range(int(label.max()) + 1)
-    ]
-    return np.asarray(resampled), np.argmax(np.stack(indicators), axis=0).astype(np.uint8)
+    indicators_C = np.stack([(label == c).astype(np.float32) for c in range(int(label.max()) + 1)])
+    return np.asarray(resampled), np.argmax(paste_class_maps(indicators_C, zoom), axis=0).astype(np.uint8)
+
+
+def paste_class_maps(maps_C_X_Y_Z: npt.NDArray[Any], zoom: npt.ArrayLike) -> FloatArray:
+    """Per-class maps (indicators or probabilities) of a source crop resampled by ``zoom`` (source voxel size /
+    field voxel size) the way ``paste="world"`` resamples the crop's label: linear, voxel areas aligned. The argmax
+    of the result is the pasted label (of indicators) or a 1 mm prediction carried into the field (of
+    probabilities)."""
+    factors = _paste_factors(maps_C_X_Y_Z.shape[1:], np.asarray(zoom, dtype=np.float64))
+    return np.stack(
+        [ndimage.zoom(m.astype(np.float32), factors, order=1, mode="nearest", grid_mode=True) for m in maps_C_X_Y_Z]
+    )
+
+
+def _paste_factors(shape: tuple[int, ...], zoom: npt.NDArray[np.float64]) -> list[float]:
+    pasted = tuple(max(1, round(n * z)) for n, z in zip(shape, zoom, strict=True))
+    return [m / n for m, n in zip(pasted, shape, strict=True)]
 
 
 def _smooth_noise(
