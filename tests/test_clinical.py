@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from activeseg.data.clinical import crop_to_structure, make_clinical_dataset, reoriented_copy
+from activeseg.data.clinical import crop_to_structure, make_clinical_dataset, paste_class_maps, reoriented_copy
 
 from _support import hippocampus_root, requires_hippocampus
 
@@ -104,6 +104,12 @@ def test_labels_pasted_in_world_space_keep_their_size_and_place_in_millimetres(
             centre = (np.argwhere(canon[box] == value).mean(axis=0) + 0.5) * spacing
             source_centre = (np.argwhere(source == value).mean(axis=0) + 0.5) * source_mm
             assert np.all(np.abs(centre - source_centre) <= spacing)
+        # the pasted label is the argmax of the class indicators carried by paste_class_maps (as a 1 mm
+        # prediction's probabilities are carried into the field by pipeline_benchmark's ceiling)
+        indicators = np.stack([(source == c).astype(np.float32) for c in range(3)])
+        carried = paste_class_maps(indicators, source_mm / spacing)
+        assert carried.shape[1:] == tuple(drawn["crop_shape"])
+        np.testing.assert_array_equal(carried.argmax(axis=0), canon[box])
 
 
 def test_labels_pasted_voxel_wise_at_the_recorded_offset(voxel_dataset: Path) -> None:

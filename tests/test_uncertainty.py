@@ -20,6 +20,7 @@ from activeseg.acquisition.uncertainty import (
     WindowSampler,
     draw_augmentations,
     keep_mask,
+    keep_masks,
     make_window_sampler,
     quantised_p,
     seeded_dropout,
@@ -154,6 +155,11 @@ def test_keep_masks_drop_at_the_quantised_rate_in_every_word_position_and_replay
         again = keep_mask(shape, p, torch.Generator().manual_seed(7), torch.device("cpu"))
         assert torch.equal(keep, again)
         assert not torch.equal(keep, keep_mask(shape, p, torch.Generator().manual_seed(8), torch.device("cpu")))
+    # a batch's rows drawn together are each row's own mask, whatever the other rows
+    rows = keep_masks(shape, 0.1, [torch.Generator().manual_seed(s) for s in (7, 9, 7)], torch.device("cpu"))
+    assert rows.shape == (3, *shape)
+    assert torch.equal(rows[0], keep_mask(shape, 0.1, torch.Generator().manual_seed(7), torch.device("cpu")))
+    assert torch.equal(rows[0], rows[2]) and not torch.equal(rows[0], rows[1])
 
 
 def test_ensemble_gives_one_plain_prediction_per_member_in_order() -> None:
