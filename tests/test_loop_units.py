@@ -13,7 +13,9 @@ import torch
 from activeseg.acquisition.units import IGNORE, disjoint, unit_from_key
 from activeseg.config import ConfigError, RunConfig
 from activeseg.data.splits import RunData, open_data
+from activeseg.engine.inference import predict_volume
 from activeseg.engine.loop import ActiveLearningLoop, RunError
+from activeseg.engine.model import build_model, load_weights
 from activeseg.engine.pool import labelled_voxels
 from activeseg.engine.run import adopt_round_zero, create_run, make_oracle, resume_run, start_run
 from activeseg.plots import plot_curves
@@ -154,6 +156,35 @@ def test_pseudo_labels_change_only_the_rounds_after_round_0(patch_run: Path, cac
     clean = torch.load(patch_run / "rounds/round_001/model.pt", weights_only=True)
     pseudo = torch.load(run_dir / "rounds/round_001/model.pt", weights_only=True)
     assert not all(torch.equal(clean[k], pseudo[k]) for k in clean)
+
+
+def test_pool_pseudo_labels_add_every_unlabelled_case_from_round_1(
+    patch_run: Path, cache: Path, tmp_path: Path
+) -> None:
+    config = patch_config(cache, train={"pseudo_label_threshold": 0.5, "pseudo_label_pool": True})
+    run_dir, _ = create_run(config, tmp_path / "pool")
+    assert adopt_round_zero(patch_run, run_dir)  # the pool's pseudo-labels cannot change round 0 either
+    resume_run(run_dir)
+    assert not list(run_dir.glob("rounds/*/pseudo-labels"))  # removed once each round has trained
+    layout, data = RunLayout(run_dir), open_data(config, SilentReporter())
+    with layout.open_ledger() as ledger:
+        loop = ActiveLearningLoop(
+            config, layout, data, ledger, make_oracle(config, layout, data, ledger), SilentReporter()
+        )
+        labelled = ledger.labelled_ids()
+        trained = loop.training_examples(2, labelled)  # taught by round 1's model
+        assert len(loop.training_examples(0, labelled)) == len(labelled)  # no teacher in round 0
+    unlabelled = [c for c in data.pool.ids if c not in labelled]
+    assert unlabelled and len(trained) == len(labelled) + len(unlabelled)
+    teacher = build_model(config.model, data.plan)
+    load_weights(teacher, layout.model(1))
+    for case_id, example in zip(unlabelled, trained[len(labelled) :], strict=True):
+        assert isinstance(example.label_D_H_W, np.memmap)  # read from disk, not held in memory
+        probs = predict_volume(teacher, data.image(case_id), data.plan.patch_size, config.inference).numpy()
+        expected = np.where(probs.max(axis=0) >= 0.5, probs.argmax(axis=0), IGNORE)
+        np.testing.assert_array_equal(example.label_D_H_W, expected)  # the teacher's confident voxels, nothing else
+    with pytest.raises(ConfigError, match="pseudo_label_threshold"):
+        patch_config(cache, train={"pseudo_label_pool": True})
 
 
 def test_slice_queries_with_a_multi_map_strategy_and_a_voxel_budget(cache: Path, tmp_path: Path) -> None:

@@ -133,11 +133,19 @@ class TrainConfig:
     pseudo_label_threshold: float | None = None
     """Semi-supervised rounds: from round 1, the unlabelled voxels of every partly labelled case train on the
     previous round's prediction wherever its top class probability reaches this (FixMatch: 0.95). None: off."""
+    pseudo_label_pool: bool = False
+    """With ``pseudo_label_threshold``: every pool case nobody labelled also trains, on the same teacher's confident
+    voxels (each case is sampled as often as a labelled one)."""
 
     def __post_init__(self) -> None:
         require(self.iterations >= 1, "train.iterations", "must be at least 1")
         if self.pseudo_label_threshold is not None:
             require(0.5 <= self.pseudo_label_threshold < 1, "train.pseudo_label_threshold", "must be in [0.5, 1)")
+        require(
+            not self.pseudo_label_pool or self.pseudo_label_threshold is not None,
+            "train.pseudo_label_pool",
+            "needs train.pseudo_label_threshold (the confidence its pseudo-labels must reach)",
+        )
         require(2 <= self.batch_size <= MAX_BATCH_SIZE, "train.batch_size", f"must be between 2 and {MAX_BATCH_SIZE}")
         require(0 < self.learning_rate <= 10, "train.learning_rate", "must be in (0, 10]")
         require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from activeseg.engine.inference import predict_volume
 from activeseg.engine.model import build_model, load_weights, save_model, select_device, use_amp
 from activeseg.engine.patches import Example
 from activeseg.engine.pool import Candidates, Pool
-from activeseg.engine.pseudo import with_pseudo_labels
+from activeseg.engine.pseudo import pseudo_labelled_case, with_pseudo_labels
 from activeseg.engine.stopping import stop_reason
 from activeseg.engine.training import seed_everything, train
 from activeseg.oracles.base import LabelsPending, Oracle
@@ -154,6 +155,8 @@ class ActiveLearningLoop:
                 train(
                     model, examples, self.data.plan.patch_size, self.config.train, self.device, seed, self.amp, advance
                 )
+            del examples  # the pool's pseudo-labels are memory-mapped: close them before their files go
+            shutil.rmtree(self.layout.round_dir(r) / "pseudo-labels", ignore_errors=True)  # rebuilt if ever needed
             return model
 
         return stage(
@@ -165,22 +168,33 @@ class ActiveLearningLoop:
 
     def training_examples(self, r: int, labelled: list[str]) -> list[Example]:
         """Round r's training set: every labelled case, its unlabelled voxels pseudo-labelled by round r - 1's model
-        when ``train.pseudo_label_threshold`` is set (from round 1)."""
+        when ``train.pseudo_label_threshold`` is set (from round 1), and with ``train.pseudo_label_pool`` every pool
+        case nobody labelled, on that model's confident voxels alone."""
         examples = [self.example(c) for c in labelled]
-        threshold = self.config.train.pseudo_label_threshold
-        if threshold is None or r == 0 or all(e.boxes is None for e in examples):
+        train = self.config.train
+        threshold = train.pseudo_label_threshold
+        unlabelled = [c for c in self.data.pool.ids if c not in set(labelled)] if train.pseudo_label_pool else []
+        if threshold is None or r == 0 or (all(e.boxes is None for e in examples) and not unlabelled):
             return examples
         with torch.random.fork_rng(devices=[]):  # building the teacher leaves the student's random stream alone
             teacher = build_model(self.config.model, self.data.plan).to(self.device)
         load_weights(teacher, self.layout.model(r - 1, 0))
         roi, inference = self.data.plan.patch_size, self.config.inference
+
+        def teacher_probs(image_C_D_H_W: Any) -> Any:
+            return predict_volume(teacher, image_C_D_H_W, roi, inference, self.amp).numpy()
+
         out = []
-        with self.reporter.progress(f"round {r}: pseudo-labelling", len(examples)) as advance:
+        store = self.layout.round_dir(r) / "pseudo-labels"
+        with self.reporter.progress(f"round {r}: pseudo-labelling", len(examples) + len(unlabelled)) as advance:
             for example in examples:
                 if example.boxes is not None:  # partly labelled: fill in the rest
-                    probs = predict_volume(teacher, example.image_C_D_H_W, roi, inference, self.amp).numpy()
-                    example = with_pseudo_labels(example, probs, threshold)
+                    example = with_pseudo_labels(example, teacher_probs(example.image_C_D_H_W), threshold)
                 out.append(example)
+                advance(1)
+            for case_id in unlabelled:
+                image = self.data.image(case_id)
+                out.append(pseudo_labelled_case(image, teacher_probs(image), threshold, store / f"{case_id}.npy"))
                 advance(1)
         return out
 

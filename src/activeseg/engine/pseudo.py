@@ -4,10 +4,14 @@ Self-training with a confidence threshold (Lee, ICML-W 2013; FixMatch's threshol
 teacher being the previous round's model: its class probabilities are predicted once per round (dropout off), and
 a voxel outside every labelled unit takes the teacher's class where the top probability reaches the threshold,
 else stays ``IGNORE``. Labels the annotator gave are never overwritten. The cost is one sliding-window prediction
-per labelled case and no extra training; a whole-volume label has nothing to fill.
+per labelled case and no extra training; a whole-volume label has nothing to fill. With ``train.pseudo_label_pool``
+every case nobody labelled trains too, on the teacher's confident voxels alone (:func:`pseudo_labelled_case`); its
+label is written to a ``.npy`` file and read memory-mapped, so a pool of large scans does not fill the memory.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -37,3 +41,19 @@ def with_pseudo_labels(example: Example, teacher_probs_C_D_H_W: npt.NDArray[np.f
     label = pseudo_label_map(np.asarray(example.label_D_H_W), teacher_probs_C_D_H_W, threshold)
     whole = ((0, example.shape[0]), (0, example.shape[1]), (0, example.shape[2]))
     return Example(example.image_C_D_H_W, label, (whole,))
+
+
+def pseudo_labelled_case(
+    image_C_D_H_W: npt.NDArray[np.float32],
+    teacher_probs_C_D_H_W: npt.NDArray[np.float32],
+    threshold: float,
+    store: Path,
+) -> Example:
+    """An unlabelled case as a training example: the teacher's class where its top probability reaches
+    ``threshold``, ``IGNORE`` elsewhere; the label is saved to ``store`` (``.npy``) and opened memory-mapped."""
+    unlabelled = np.full(teacher_probs_C_D_H_W.shape[1:], IGNORE, dtype=np.uint8)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    np.save(store, pseudo_label_map(unlabelled, teacher_probs_C_D_H_W, threshold))
+    label = np.load(store, mmap_mode="r")
+    whole = ((0, label.shape[0]), (0, label.shape[1]), (0, label.shape[2]))
+    return Example(image_C_D_H_W, label, (whole,))
