@@ -617,9 +617,44 @@ REGIME_NOTES = {
     "regimes-patch-cpu-ssl": " The full-data bound, and in the medium setting round 0 and the foreground-random "
     "runs, are those of `regimes-patch-cpu` (copied into the results dir before the run: same config, seeds and "
     "code path for them), so the wall time does not count them. clasp-pe was rerun because its MC-dropout masks "
-    "changed since (see CHANGELOG); the low setting ran entirely here.",
+    "changed since (see CHANGELOG); the low setting ran entirely here. The high setting and the clasp-pe+pool-pl "
+    "arm ran in a later session (2026-11-29), after a scoring change that keeps every dropout mask and reorders "
+    "float32 sums (see CHANGELOG); the results dir's benchmark.yaml was replaced by the grown config each time.",
 }
 """What a regime's summary cannot say about how it was run."""
+
+
+VERDICTS = {"regimes-patch-cpu-ssl": (("clasp-pe+pl", "clasp-pe+pool-pl"), ("foreground-random", "clasp-pe"))}
+"""Issue 14's acceptance, per regime benchmark: (activeseg's arms, the baselines each must beat)."""
+
+
+def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str, ...]) -> str:
+    """Issue 14's acceptance read from a summary: in how many settings an arm beats every baseline on AUBC with a
+    Holm-adjusted paired t p < 0.05, and in how many it is significantly worse than one."""
+    settings = sorted({row["setting"] for row in result["paired"]})
+    rows = {(r["strategy"], r["baseline"], r["setting"]): r for r in result["paired"] if r["metric"] == "aubc"}
+
+    def significant(arm: str, baseline: str, setting: str, sign: int) -> bool:
+        row = rows.get((arm, baseline, setting))
+        return row is not None and row["t_p_holm"] < 0.05 and sign * row["mean_difference"] > 0
+
+    parts, met = [], False
+    for arm in arms:
+        wins = [s for s in settings if all(significant(arm, b, s, +1) for b in baselines)]
+        losses = [s for s in settings if any(significant(arm, b, s, -1) for b in baselines)]
+        met = met or (len(wins) >= 2 and not losses)
+        parts.append(
+            f"`{arm}` beats {' and '.join(f'`{b}`' for b in baselines)} (AUBC, Holm-adjusted t p < 0.05) in "
+            f"{len(wins)} of {len(settings)} settings{' (' + ', '.join(wins) + ')' if wins else ''} and is "
+            f"significantly worse than one of them in {len(losses)}"
+        )
+    return (
+        "**Acceptance (issue 14: beat both in at least 2 of the 3 patch regimes): "
+        + ("met" if met else "not met")
+        + ".** "
+        + "; ".join(parts)
+        + "."
+    )
 
 
 def render_regimes(name: str, result: dict[str, Any], where: str) -> list[Block]:
@@ -638,6 +673,8 @@ def render_regimes(name: str, result: dict[str, Any], where: str) -> list[Block]
             f"`benchmarks/results/{name}.json`).{sized}",
         )
     ]
+    if name in VERDICTS:
+        intro.append(("p", verdict(result, *VERDICTS[name])))
     return [content[0], *intro, *content[1:]]
 
 
