@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -173,7 +175,8 @@ class ActiveLearningLoop:
         examples = [self.example(c) for c in labelled]
         train = self.config.train
         threshold = train.pseudo_label_threshold
-        unlabelled = [c for c in self.data.pool.ids if c not in set(labelled)] if train.pseudo_label_pool else []
+        known = set(labelled)
+        unlabelled = [c for c in self.data.pool.ids if c not in known] if train.pseudo_label_pool else []
         if threshold is None or r == 0 or (all(e.boxes is None for e in examples) and not unlabelled):
             return examples
         with torch.random.fork_rng(devices=[]):  # building the teacher leaves the student's random stream alone
@@ -181,8 +184,11 @@ class ActiveLearningLoop:
         load_weights(teacher, self.layout.model(r - 1, 0))
         roi, inference = self.data.plan.patch_size, self.config.inference
 
-        def teacher_probs(image_C_D_H_W: Any) -> Any:
-            return predict_volume(teacher, image_C_D_H_W, roi, inference, self.amp).numpy()
+        def teacher_probs(image_C_D_H_W: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+            probs_C_D_H_W: npt.NDArray[np.float32] = predict_volume(
+                teacher, image_C_D_H_W, roi, inference, self.amp
+            ).numpy()
+            return probs_C_D_H_W
 
         out = []
         store = self.layout.round_dir(r) / "pseudo-labels"
