@@ -97,8 +97,7 @@ def bench_full(
     for name, root in ((name, roots[name]) for name in sets):
         run_config = config(root, work / "cache", iterations, largest_component)
         data = open_data(run_config, RichReporter())
-        suffix = "" if name == "native" else variant_suffix(clinical)  # the native set is the same for all
-        out_dir = work / f"full-{name}{suffix}-{iterations}{'-lcc' if largest_component else ''}"
+        out_dir = full_run_dir(work, name, clinical, iterations, largest_component)
         record = finished_run(out_dir, run_config) or full_data_run(run_config, out_dir, RichReporter(), data=data)
         out[name] = {
             "dice": record["dice"],
@@ -119,9 +118,11 @@ def bench_full(
     return out
 
 
-def variant_suffix(clinical: Path) -> str:
-    """What tells a run on a non-default clinical set (e.g. ``clinical-world-1.0-1.0-1.0-1.0``) from the default's."""
-    return clinical.name.removeprefix("clinical-world")
+def full_run_dir(work: Path, name: str, clinical: Path, iterations: int, largest_component: bool) -> Path:
+    """Where the full-data run of set ``name`` goes: the native set is the same for every clinical set, the others
+    carry what tells a non-default clinical set (e.g. ``clinical-world-1.0-1.0-1.0-1.0``) from the default's."""
+    suffix = "" if name == "native" else clinical.name.removeprefix("clinical-world")
+    return work / f"full-{name}{suffix}-{iterations}{'-lcc' if largest_component else ''}"
 
 
 def finished_run(out_dir: Path, run_config: RunConfig) -> dict[str, Any] | None:
@@ -265,7 +266,7 @@ def main() -> None:
         else:
             result["full"] = full
     if "ceiling" in args.parts:
-        native_run = work / f"full-native-{args.iterations}{'-lcc' if args.largest_component else ''}"
+        native_run = full_run_dir(work, "native", clinical, args.iterations, args.largest_component)
         result["ceiling"] = bench_ceiling(clinical, native_run)
     if "speed" in args.parts:
         result["speed"] = bench_speed(clinical, work)

@@ -19,7 +19,6 @@ from activeseg.acquisition.sliding import WindowGrid, score_pool, site_probs, sl
 from activeseg.acquisition.uncertainty import (
     WindowSampler,
     draw_augmentations,
-    keep_mask,
     keep_masks,
     make_window_sampler,
     quantised_p,
@@ -141,24 +140,28 @@ def test_seeded_dropout_drops_like_dropout() -> None:
         assert not torch.equal(out[0], out[1])
 
 
+def one_mask(shape: tuple[int, ...], p: float, seed: int) -> torch.Tensor:
+    return keep_masks(shape, p, [torch.Generator().manual_seed(seed)], torch.device("cpu"))[0]
+
+
 def test_keep_masks_drop_at_the_quantised_rate_in_every_word_position_and_replay_by_seed() -> None:
     assert quantised_p(0.1) == 6554 / 65536 and quantised_p(0.25) == 0.25 and quantised_p(0.0) == 0.0
     shape = (3, 101, 997)  # 302,091 elements: not a multiple of the four 16-bit words in each 64-bit draw
     for p in (0.1, 0.25, 0.5):
-        keep = keep_mask(shape, p, torch.Generator().manual_seed(7), torch.device("cpu"))
+        keep = one_mask(shape, p, 7)
         assert keep.shape == shape and keep.dtype == torch.bool
         dropped = (~keep).reshape(-1).double()
         n = dropped.numel()
         bound = 5 * (p * (1 - p) / (n / 4)) ** 0.5  # 5 standard errors of a quarter of the elements
         for position in range(4):  # each of a draw's four words is unbiased (the sign bit included)
             assert abs(float(dropped[position::4].mean()) - quantised_p(p)) < bound, (p, position)
-        again = keep_mask(shape, p, torch.Generator().manual_seed(7), torch.device("cpu"))
+        again = one_mask(shape, p, 7)
         assert torch.equal(keep, again)
-        assert not torch.equal(keep, keep_mask(shape, p, torch.Generator().manual_seed(8), torch.device("cpu")))
+        assert not torch.equal(keep, one_mask(shape, p, 8))
     # a batch's rows drawn together are each row's own mask, whatever the other rows
     rows = keep_masks(shape, 0.1, [torch.Generator().manual_seed(s) for s in (7, 9, 7)], torch.device("cpu"))
     assert rows.shape == (3, *shape)
-    assert torch.equal(rows[0], keep_mask(shape, 0.1, torch.Generator().manual_seed(7), torch.device("cpu")))
+    assert torch.equal(rows[0], one_mask(shape, 0.1, 7))
     assert torch.equal(rows[0], rows[2]) and not torch.equal(rows[0], rows[1])
 
 

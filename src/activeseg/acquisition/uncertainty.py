@@ -53,21 +53,15 @@ def _dropout_layers(model: nn.Module) -> list[nn.modules.dropout._DropoutNd]:
     return layers
 
 
-def keep_mask(shape: Sequence[int], p: float, generator: torch.Generator, device: torch.device) -> Tensor:
-    """A dropout keep-mask of ``shape`` (bool) whose elements are kept with probability ``1 - p``, to a resolution
-    of 2⁻¹⁶ (:func:`quantised_p`), drawn from ``generator`` (on ``device``).
-
-    Each element compares one 16-bit word of uniform random bits with a threshold: four elements per 64-bit draw,
-    about 5× cheaper than a float32 ``uniform_`` per element on a CPU generator.
-    """
-    return keep_masks(shape, p, [generator], device)[0]
-
-
 def keep_masks(
     row_shape: Sequence[int], p: float, generators: Sequence[torch.Generator], device: torch.device
 ) -> Tensor:
-    """One :func:`keep_mask` of ``row_shape`` per generator, stacked (bool, rows first): the same bits as drawing
-    them one by one, without a per-row tensor and a stacking copy."""
+    """Dropout keep-masks, one of ``row_shape`` per generator (bool, rows first), whose elements are kept with
+    probability ``1 - p`` to a resolution of 2⁻¹⁶ (:func:`quantised_p`); row i depends only on ``generators[i]``.
+
+    Each element compares one 16-bit word of uniform random bits with a threshold: four elements per 64-bit draw,
+    about 5× cheaper than a float32 ``uniform_`` per element on a CPU generator. The rows are drawn into one buffer.
+    """
     count = int(np.prod(row_shape))
     words_R_W = torch.empty((len(generators), (count + 3) // 4), dtype=torch.int64, device=device)
     for row, generator in zip(words_R_W, generators, strict=True):
@@ -78,7 +72,7 @@ def keep_masks(
 
 
 def quantised_p(p: float) -> float:
-    """The drop probability :func:`keep_mask` realises: ``p`` rounded to a multiple of 2⁻¹⁶ (0.1 → 0.100006)."""
+    """The drop probability :func:`keep_masks` realises: ``p`` rounded to a multiple of 2⁻¹⁶ (0.1 → 0.100006)."""
     return round(p * 2**16) / 2**16
 
 

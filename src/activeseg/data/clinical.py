@@ -176,9 +176,7 @@ def crop_to_structure(clinical: Path, out: Path) -> Path:
         shift[:3, 3] = drawn["offset"]
         for folder in ("imagesTr", "labelsTr"):
             stored = read_volume(clinical / folder / f"{case_id}.nii.gz")
-            ornt = _nio.ornt_transform(_nio.io_orientation(stored.affine), _nio.axcodes2ornt("RAS"))
-            ras = np.asarray(_nio.apply_orientation(stored.array, ornt))
-            ras_affine = stored.affine @ _nio.inv_ornt_aff(ornt, stored.array.shape)
+            ras, ras_affine = _reorient(stored.array, stored.affine, "RAS")
             write_volume(out / folder / f"{case_id}.nii.gz", ras[box], ras_affine @ shift)
     meta["description"] = f"{meta['description']}, cut to the pasted boxes (activeseg.data.clinical.crop_to_structure)"
     (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
