@@ -9,8 +9,9 @@ the box their crop was pasted into (``data.clinical.crop_to_structure``: same vo
 - ``full``: the full-data bound on the three sets with the same model and training budget (iterations, batch),
   Dice on the same 10 test cases, each on its own native grid;
 - ``speed``: on the clinical set, the median patch training step with the data path (memory-mapped cache,
-  patch sampling, DataLoader) against the same network's bare step on synthetic tensors of the same shape, and the
-  median sliding-window scoring time per volume (K = 8 MC dropout, BALD).
+  patch sampling, DataLoader) against the same network's bare step on synthetic tensors of the same shape, the
+  median sliding-window scoring time per volume (K = 8 MC dropout, BALD), and MONAI Label's epistemic path against
+  ours scoring the same score on the same volumes (``score_speed.monailabel_epistemic``, the plan's window).
 
     python benchmarks/pipeline_benchmark.py [--parts full speed] [--cases 40] [--iterations 500] [--paste world]
         [--largest-component]
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from run_benchmarks import machine
+from score_speed import monailabel_epistemic, ours
 
 from activeseg.acquisition.scorers import bald, reduce_mean
 from activeseg.acquisition.sliding import score_pool
@@ -198,6 +200,7 @@ def bench_speed(clinical: Path, work: Path, steps: int = 12) -> dict[str, Any]:
         list(score_pool([(case_id, data.image(case_id))], sampler, bald, reduce_mean, lambda c: 0, plan.patch_size))
         scoring.append(time.perf_counter() - start)
     shapes = [list(data.shape_of(c)) for c in pool[:3]]
+    versus = versus_monailabel(model, [data.image(c) for c in pool[:3]], plan.patch_size)
     return {
         "patch": list(plan.patch_size),
         "batch": plan.batch_size,
@@ -208,6 +211,35 @@ def bench_speed(clinical: Path, work: Path, steps: int = 12) -> dict[str, Any]:
         "scored_shapes": shapes,
         "mc_samples": 8,
         "threads": torch.get_num_threads(),
+        "versus_monailabel": versus,
+    }
+
+
+def versus_monailabel(model: torch.nn.Module, images: list[np.ndarray], roi: tuple[int, int, int]) -> dict[str, Any]:
+    """MONAI Label's epistemic path against ours computing the same score (foreground entropy of the mean, K = 8,
+    the same model and windows, overlap 0.5) on the same volumes: the median seconds per volume of each path, the
+    paths interleaved volume by volume after one untimed call each."""
+    paths = {
+        "monailabel": lambda image: monailabel_epistemic(model, image, roi),
+        **{
+            name: ours(make_window_sampler("mc_dropout", model, 8, 8, (), amp, channels_last=True), roi=roi)
+            for name, amp in (("ours_channels_last", False), ("ours_bf16_channels_last", True))
+        },
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in paths}
+    scores = {name: path(images[0]) for name, path in paths.items()}
+    for image in images:
+        for name, path in paths.items():
+            start = time.perf_counter()
+            scores[name] = path(image)
+            seconds[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(s) for name, s in seconds.items()}
+    return {
+        "volumes": len(images),
+        "roi": list(roi),
+        "median_s": medians,
+        "speedup_vs_monailabel": {name: medians["monailabel"] / m for name, m in medians.items()},
+        "last_mean_score": scores,
     }
 
 

@@ -7,8 +7,11 @@ One synthetic 192x192x64 CT-like volume, the same U-Net (channels 8-16-32-64, st
   passes with dropout on (``sw_batch_size`` 1), the K×C×volume softmax outputs stacked in memory, then numpy
   entropy of the mean over the foreground channels, and its mean;
 - ``ours``: ``sliding.sliding_moments`` (the K passes of a window batched in one model call, torch.inference_mode,
-  moments fused instead of K volumes), then predictive entropy and its mean; and variants: channels-last (NDHWC)
-  windows and weights, bf16 autocast (``strategy.cpu_bf16``), and both.
+  moments fused instead of K volumes), then the same score, MONAI Label's (``foreground_entropy``, the ``epistemic``
+  strategy's scorer), and its mean; and variants: channels-last (NDHWC) windows and weights, bf16 autocast
+  (``strategy.cpu_bf16``), and both. Like the engine, it computes only the moments the scorer reads (p̄ here);
+- ``ours_bf16_channels_last_bald``: the fastest path scoring BALD instead, which also needs each sample's entropy
+  (MONAI Label has no BALD; this row shows what the per-sample entropy costs).
 
 bf16 counts only if it moves the hippocampus ranking no more than the noise every run already has: the ranking check
 trains the demo model on 20 hippocampus volumes and scores the other 140 (BALD, mean reduction) in float32 and in
@@ -38,7 +41,7 @@ from scipy.stats import spearmanr
 from score_memory import ct_like
 from torch import Tensor, nn
 
-from activeseg.acquisition.scorers import bald, predictive_entropy, reduce_mean
+from activeseg.acquisition.scorers import NEEDS, SCORERS, bald, reduce_mean
 from activeseg.acquisition.sliding import score_pool, sliding_moments
 from activeseg.acquisition.uncertainty import WindowSampler, enable_mc_dropout, make_window_sampler
 from activeseg.config import ModelConfig
@@ -58,9 +61,15 @@ OVERLAP = 0.5
 SAMPLES = 8
 
 
-def monailabel_epistemic(model: nn.Module, image_1_D_H_W: np.ndarray) -> float:
+def monailabel_epistemic(
+    model: nn.Module,
+    image_1_D_H_W: np.ndarray,
+    roi: tuple[int, ...] = ROI,
+    samples: int = SAMPLES,
+    overlap: float = OVERLAP,
+) -> float:
     """MONAI Label's path: K full sliding-window passes with dropout on, stacked; numpy entropy of the mean."""
-    inputs = torch.from_numpy(image_1_D_H_W)[None]
+    inputs = torch.from_numpy(np.array(image_1_D_H_W, dtype=np.float32))[None]
 
     def predictor(window: Tensor) -> Tensor:
         return torch.softmax(model(window), dim=1)
@@ -68,9 +77,9 @@ def monailabel_epistemic(model: nn.Module, image_1_D_H_W: np.ndarray) -> float:
     enable_mc_dropout(model)
     try:
         outputs = []
-        for _ in range(SAMPLES):
+        for _ in range(samples):
             with torch.no_grad():
-                out = sliding_window_inference(inputs, ROI, 1, predictor, overlap=OVERLAP, mode="gaussian")
+                out = sliding_window_inference(inputs, roi, 1, predictor, overlap=overlap, mode="gaussian")
             assert isinstance(out, Tensor)
             outputs.append(out[0])
     finally:
@@ -79,17 +88,19 @@ def monailabel_epistemic(model: nn.Module, image_1_D_H_W: np.ndarray) -> float:
     accum_K_C_D_H_W[accum_K_C_D_H_W <= 0] = 0.00005
     entropy_D_H_W = np.zeros(accum_K_C_D_H_W.shape[2:], dtype=np.float32)
     for c in range(accum_K_C_D_H_W.shape[1]):
-        mean = accum_K_C_D_H_W[:, c].sum(axis=0) / SAMPLES
+        mean = accum_K_C_D_H_W[:, c].sum(axis=0) / samples
         entropy_D_H_W += -mean * np.log(mean)
     return float(np.nanmean(entropy_D_H_W))
 
 
-def ours(sampler: WindowSampler, windows_per_batch: int) -> Callable[[np.ndarray], float]:
-    """sliding_moments with this sampler, then the mean predictive entropy."""
+def ours(
+    sampler: WindowSampler, scorer: str = "foreground_entropy", roi: tuple[int, ...] = ROI
+) -> Callable[[np.ndarray], float]:
+    """sliding_moments with this sampler (one window per batch, as MONAI Label), then the scorer's mean."""
 
     def score(image_1_D_H_W: np.ndarray) -> float:
-        moments = sliding_moments(image_1_D_H_W, sampler, ROI, OVERLAP, windows_per_batch, seed=0)
-        return reduce_mean(predictive_entropy(moments), moments.mean_probs_C_D_H_W)
+        moments = sliding_moments(image_1_D_H_W, sampler, roi, OVERLAP, 1, seed=0, needs=NEEDS[scorer])
+        return reduce_mean(SCORERS[scorer](moments), moments.mean_probs_C_D_H_W)
 
     return score
 
@@ -177,10 +188,11 @@ def main() -> None:
 
     variants: dict[str, Callable[[np.ndarray], float]] = {
         "monailabel": lambda x: monailabel_epistemic(model, x),
-        "ours": ours(sampler(False, False), 1),
-        "ours_channels_last": ours(sampler(False, True), 1),
-        "ours_bf16": ours(sampler(True, False), 1),
-        "ours_bf16_channels_last": ours(sampler(True, True), 1),
+        "ours": ours(sampler(False, False)),
+        "ours_channels_last": ours(sampler(False, True)),
+        "ours_bf16": ours(sampler(True, False)),
+        "ours_bf16_channels_last": ours(sampler(True, True)),
+        "ours_bf16_channels_last_bald": ours(sampler(True, True), "bald"),
     }
     results = timed(variants, image, args.runs)
     baseline = results["monailabel"]["median_s"]
@@ -196,8 +208,9 @@ def main() -> None:
         "bf16_ranking": ranking,
         "bf16_adopted": bool(ranking is not None and ranking["within_noise"]),
         "note": "the bf16 paths (strategy.cpu_bf16) count only when bf16_adopted: bf16 moves the hippocampus ranking "
-        "no more than drawing other dropout masks in float32 does (top-5 and top-20 overlap, Spearman); the mean "
-        "entropies differ because MONAI Label's drops the background channel",
+        "no more than drawing other dropout masks in float32 does (top-5 and top-20 overlap, Spearman); every path "
+        "but the _bald one computes MONAI Label's score (foreground entropy of the mean), so the mean entropies "
+        "differ only by the dropout masks drawn",
         "machine": machine(),
         "goal_speedup": 3.0,
         "command": "python benchmarks/score_speed.py",

@@ -7,16 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from activeseg.acquisition.moments import Moments
+from activeseg.acquisition.moments import MissingMomentError, MomentName, Moments
 from activeseg.acquisition.registry import STRATEGIES
 from activeseg.acquisition.scorers import (
+    NEEDS,
     SCORERS,
+    SKETCHES,
     bald,
     class_predictive_entropy,
     expected_entropy,
     foreground_entropy,
     make_reduction,
     margin,
+    moments_needed,
     predictive_entropy,
     reduce_foreground,
     reduce_mean,
@@ -87,8 +90,42 @@ def test_moments_of_samples_against_numpy() -> None:
     assert moments.shape == (4, 5, 3) and moments.num_classes == 3
     cropped = moments.crop((slice(1, 3), slice(None), slice(2, 3)))
     torch.testing.assert_close(cropped.mean_entropy_D_H_W, moments.mean_entropy_D_H_W[1:3, :, 2:3])
-    with pytest.raises(ValueError, match="2C \\+ 1"):
+    with pytest.raises(ValueError, match="4 moment channels do not fit"):
         Moments.from_channels(torch.zeros(4, 2, 2, 2))
+
+
+@pytest.mark.parametrize("needs", [frozenset(), frozenset({"entropy"}), frozenset({"squares"})])
+def test_moments_computed_only_as_needed_are_those_of_every_moment(needs: frozenset[MomentName]) -> None:
+    probs = random_probs(4)
+    every, some = Moments.of(probs), Moments.of(probs, needs)
+    torch.testing.assert_close(some.mean_probs_C_D_H_W, every.mean_probs_C_D_H_W, atol=0, rtol=0)
+    for name, read in [("entropy", lambda m: m.mean_entropy_D_H_W), ("squares", lambda m: m.mean_sq_probs_C_D_H_W)]:
+        if name in needs:
+            torch.testing.assert_close(read(some), read(every), atol=0, rtol=0)
+            torch.testing.assert_close(read(some.crop((slice(1, 3),) * 3)), read(every)[..., 1:3, 1:3, 1:3])
+        else:
+            with pytest.raises(MissingMomentError, match=f"the {name} moment was not computed"):
+                read(some)
+
+
+@pytest.mark.parametrize("name", sorted(SCORERS))
+def test_each_scorer_reads_only_the_moments_it_declares(name: str) -> None:
+    """A scorer given only p̄ and its declared moments scores exactly as with every moment (a scorer that read an
+    undeclared moment would raise MissingMomentError)."""
+    probs = random_probs(5)
+    declared = Moments.of(probs, moments_needed(name))
+    torch.testing.assert_close(strategy_maps(name, declared), strategy_maps(name, Moments.of(probs)), atol=0, rtol=0)
+
+
+def test_every_sketch_declares_its_moments_and_nothing_else_is_declared() -> None:
+    assert set(NEEDS) == set(SCORERS) | set(SKETCHES)
+    probs = random_probs(6)
+    for name, choose in SKETCHES.items():
+        region = (slice(0, 3), slice(None), slice(1, None))
+        got = choose(Moments.of(probs, moments_needed("margin", name)), region, 5)
+        torch.testing.assert_close(got, choose(Moments.of(probs), region, 5), atol=0, rtol=0)
+    with pytest.raises(KeyError, match="no moments declared for 'entropy_of_nothing'"):
+        moments_needed("entropy_of_nothing")
 
 
 @pytest.mark.parametrize("name", sorted(SCORERS))

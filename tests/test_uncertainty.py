@@ -219,6 +219,15 @@ def test_windows_of_a_pointwise_model_fuse_to_its_whole_volume_moments() -> None
     torch.testing.assert_close(got.mean_sq_probs_C_D_H_W, expected.mean_sq_probs_C_D_H_W, atol=2e-6, rtol=0)
 
 
+def test_windows_fuse_only_the_moments_asked_for_and_the_same_mean() -> None:
+    volume = image(30, 20, 9)
+    sampler = make_window_sampler("mc_dropout", unet(), 4, 4, (), amp=False)
+    every = sliding_moments(volume, sampler, (16, 16, 16), seed=3)
+    only_mean = sliding_moments(volume, sampler, (16, 16, 16), seed=3, needs=frozenset())
+    assert torch.equal(only_mean.mean_probs_C_D_H_W, every.mean_probs_C_D_H_W)
+    assert only_mean.mean_entropy is None and only_mean.mean_sq_probs is None
+
+
 def fused_samples(volume: Tensor, sampler: WindowSampler, roi: tuple[int, int, int], seed: int) -> Tensor:
     """Reference: every sample fused by MONAI itself, K×C channels at once: probs_K_C_D_H_W (small volumes only)."""
 

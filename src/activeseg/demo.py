@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from activeseg.acquisition.registry import get_strategy
-from activeseg.acquisition.scorers import strategy_maps
+from activeseg.acquisition.scorers import moments_needed, strategy_maps
 from activeseg.acquisition.sliding import sliding_moments
 from activeseg.acquisition.uncertainty import make_window_sampler
 from activeseg.acquisition.units import case_of
@@ -144,7 +144,8 @@ def selection_montage(
     for case_id in chosen:
         image = data.image(case_id)
         seed = derive_seed(mc_seed, case_id)
-        moments = sliding_moments(image, sampler, roi, inference.overlap, inference.windows_per_batch, seed)
+        needs = moments_needed(shown.scorer)
+        moments = sliding_moments(image, sampler, roi, inference.overlap, inference.windows_per_batch, seed, needs)
         uncertainty = strategy_maps(shown.scorer, moments)[0]
         prediction = predict_label(model, image, roi, inference)
         rows.append((case_id, image[0], prediction, uncertainty.numpy(), data.ground_truth(case_id)))

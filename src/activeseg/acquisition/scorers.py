@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from activeseg.acquisition.moments import Moments, sample_entropy
+from activeseg.acquisition.moments import MomentName, Moments, sample_entropy
 
 VoxelScorer = Callable[[Moments], Tensor]
 """moments -> score_D_H_W (or score_M_D_H_W)"""
@@ -127,6 +127,27 @@ SCORERS: dict[str, VoxelScorer] = {
     "clasp": clasp_maps,
 }
 """The voxel scorers a strategy names (``registry.Strategy.scorer``); ``clasp`` gives M = C maps, the others one."""
+
+NEEDS: dict[str, frozenset[MomentName]] = {
+    "predictive_entropy": frozenset(),
+    "foreground_entropy": frozenset(),
+    "expected_entropy": frozenset({"entropy"}),
+    "bald": frozenset({"entropy"}),
+    "variance": frozenset({"squares"}),
+    "margin": frozenset(),
+    "clasp": frozenset(),
+    "sites": frozenset({"entropy"}),  # the sketch: top_sites ranks voxels by BALD
+}
+"""The optional moments each scorer (and each sketch of :data:`SKETCHES`) reads besides p̄: the scoring pass computes
+only these (``moments`` explains why)."""
+
+
+def moments_needed(scorer: str, sketch: str | None = None) -> frozenset[MomentName]:
+    """The optional moments the scorer called ``scorer`` and the sketch called ``sketch`` read."""
+    try:
+        return NEEDS[scorer] | (NEEDS[sketch] if sketch is not None else frozenset())
+    except KeyError as unknown:
+        raise KeyError(f"no moments declared for {unknown.args[0]!r}; declared: {', '.join(sorted(NEEDS))}") from None
 
 
 def strategy_maps(scorer: str, moments: Moments) -> Tensor:

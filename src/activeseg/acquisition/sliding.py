@@ -1,12 +1,13 @@
 """Windowed uncertainty: per-voxel moments of K samples, fused over Gaussian-weighted sliding windows, and pool scoring.
 
 :func:`sliding_moments` runs MONAI's ``sliding_window_inference`` (``mode="gaussian"``) with a predictor that draws a
-window's K samples in groups and returns their moments (``moments.moment_channels``, 2C + 1 channels), which MONAI
-fuses. Peak memory is one volume of 2C + 2 float32 channels (the fused moments and MONAI's weight map) plus one
-group of samples of one batch of windows: it does not grow with K. Every window's samples are seeded from ``seed``
-and the window's start (in MONAI's padded coordinates), so a second pass re-draws exactly the same samples:
-:func:`site_probs` re-runs only the windows that contain the given voxels and fuses each sample there with the same
-Gaussian weights (the K×V×C sketch of BatchBALD). :func:`score_pool` streams a pool one volume at a time.
+window's K samples in groups and returns their moments (``moments.moment_channels``: up to 2C + 1 channels, only those
+the scorer needs), which MONAI fuses. Peak memory is one volume of at most 2C + 2 float32 channels (the fused moments
+and MONAI's weight map) plus one group of samples of one batch of windows: it does not grow with K. Every window's
+samples are seeded from ``seed`` and the window's start (in MONAI's padded coordinates), so a second pass re-draws
+exactly the same samples: :func:`site_probs` re-runs only the windows that contain the given voxels and fuses each
+sample there with the same Gaussian weights (the K×V×C sketch of BatchBALD). :func:`score_pool` streams a pool one
+volume at a time.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers import sliding_window_inference
 from torch import Tensor
 
-from activeseg.acquisition.moments import Moments, moment_channels
+from activeseg.acquisition.moments import EVERY_MOMENT, MomentName, Moments, moment_channels
 from activeseg.acquisition.scorers import Reduction, SiteChooser, as_map_stack, top_sites
 from activeseg.acquisition.uncertainty import WindowSampler
 from activeseg.seeds import derive_seed
@@ -88,8 +89,10 @@ def sliding_moments(
     overlap: float = 0.5,
     windows_per_batch: int = 1,
     seed: int = 0,
+    needs: frozenset[MomentName] = EVERY_MOMENT,
 ) -> Moments:
-    """The moments of ``sampler``'s K samples over the whole volume, fused over Gaussian-weighted windows (CPU).
+    """The moments of ``sampler``'s K samples over the whole volume, fused over Gaussian-weighted windows (CPU):
+    p̄ and the optional moments in ``needs``.
 
     K×C×volume is never materialised: each batch of ``windows_per_batch`` windows yields its samples in groups that
     are reduced to moment channels at once. A volume smaller than the roi is zero-padded by MONAI and cropped back.
@@ -98,7 +101,7 @@ def sliding_moments(
 
     def predictor(windows_B_Cin_d_h_w: Tensor, coordinates: list[list[slice]]) -> Tensor:
         seeds = [window_seed(seed, [s.start for s in window[2:]]) for window in coordinates]
-        return moment_channels(sampler.chunks(windows_B_Cin_d_h_w, seeds))
+        return moment_channels(sampler.chunks(windows_B_Cin_d_h_w, seeds), needs)
 
     with torch.no_grad():
         fused = sliding_window_inference(
@@ -112,7 +115,7 @@ def sliding_moments(
             with_coord=True,
         )
     assert isinstance(fused, Tensor)
-    return Moments.from_channels(fused[0])
+    return Moments.from_channels(fused[0], needs)
 
 
 def site_probs(
@@ -197,11 +200,13 @@ def score_pool(
     sketch_sites: int | None = None,
     units: UnitSummary | None = None,
     choose_sites: SiteChooser = top_sites,
+    needs: frozenset[MomentName] = EVERY_MOMENT,
 ) -> Iterator[UnitScore]:
     """Score volumes one at a time with :func:`sliding_moments`; only the scalars (and sketches) outlive a volume,
     so memory is flat in pool size.
 
-    ``scorer`` maps the moments to score_D_H_W or score_M_D_H_W. By default each volume is one unit and each of its
+    ``scorer`` maps the moments (p̄ and those in ``needs``, which must cover what ``scorer`` and ``choose_sites``
+    read) to score_D_H_W or score_M_D_H_W. By default each volume is one unit and each of its
     M maps is reduced to one number by ``reduction``; ``units`` instead turns a volume's maps into its candidate
     slices or patches (see ``pooling.unit_scores``). With ``sketch_sites`` = V, each unit also gets the K×V×C
     samples of its V sites (``choose_sites``), read by one :func:`site_probs` pass over the volume's units.
@@ -209,7 +214,7 @@ def score_pool(
     everything: tuple[slice, ...] = (slice(None),) * 3
     for case_id, image_C_D_H_W in volumes:
         seed = seed_for(case_id)
-        moments = sliding_moments(image_C_D_H_W, sampler, roi_size, overlap, windows_per_batch, seed)
+        moments = sliding_moments(image_C_D_H_W, sampler, roi_size, overlap, windows_per_batch, seed, needs)
         score_M_D_H_W = as_map_stack(scorer(moments), moments)
         if units is None:
             scores = tuple(reduction(score_D_H_W, moments.mean_probs_C_D_H_W) for score_D_H_W in score_M_D_H_W)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from activeseg.acquisition.registry import get_strategy
-from activeseg.acquisition.scorers import strategy_maps
+from activeseg.acquisition.scorers import moments_needed, strategy_maps
 from activeseg.acquisition.sliding import sliding_moments
 from activeseg.acquisition.uncertainty import WindowSampler
 from activeseg.acquisition.units import is_whole_volume
@@ -129,8 +129,10 @@ def write_package(
     geometry = run.data.geometry(item.case_id)
     image_C_D_H_W = run.data.image(item.case_id)
     roi, inference = run.data.plan.patch_size, run.config.inference
-    moments = sliding_moments(image_C_D_H_W, sampler, roi, inference.overlap, inference.windows_per_batch, seed)
-    uncertainty_D_H_W = strategy_maps(scorer or "predictive_entropy", moments)[0]
+    shown = scorer or "predictive_entropy"
+    needs = moments_needed(shown)
+    moments = sliding_moments(image_C_D_H_W, sampler, roi, inference.overlap, inference.windows_per_batch, seed, needs)
+    uncertainty_D_H_W = strategy_maps(shown, moments)[0]
     affine = native.affine
     write_bytes_atomic(out / "image.nii.gz", nifti_gz(native.array, affine))
     prediction = predict_native_label(model, image_C_D_H_W, geometry, roi, inference)

@@ -21,7 +21,7 @@ from activeseg.acquisition.costs import CostContext
 from activeseg.acquisition.embeddings import embed_volumes
 from activeseg.acquisition.pooling import unit_scores
 from activeseg.acquisition.registry import Strategy
-from activeseg.acquisition.scorers import SKETCHES, make_reduction, strategy_maps, top_sites
+from activeseg.acquisition.scorers import SKETCHES, make_reduction, moments_needed, strategy_maps, top_sites
 from activeseg.acquisition.selectors import ScoreVector, SelectionContext
 from activeseg.acquisition.sliding import score_pool
 from activeseg.acquisition.units import (
@@ -176,6 +176,7 @@ class Pool:
                 sketch_sites=None if sketch is None else settings.sketch_sites,
                 units=None if self.units.kind == "volume" else self.unit_candidates,
                 choose_sites=sketch or top_sites,
+                needs=moments_needed(scorer, self.strategy.sketch),
             ):
                 scores[item.key] = item.scores
                 if item.sketch is not None:
