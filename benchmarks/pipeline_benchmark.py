@@ -193,7 +193,7 @@ def bench_speed(clinical: Path, work: Path, steps: int = 12) -> dict[str, Any]:
         optimiser.step()
         bare.append(time.perf_counter() - start)
     bare_step = statistics.median(bare[2:])
-    sampler = make_window_sampler("mc_dropout", model, 8, 8, (), amp=False, channels_last=True)  # as pool.py on CPU
+    sampler = make_window_sampler("mc_dropout", model, 8, None, (), amp=False, channels_last=True)  # as pool.py
     scoring = []
     for case_id in pool[:3]:
         start = time.perf_counter()
@@ -222,8 +222,12 @@ def versus_monailabel(model: torch.nn.Module, images: list[np.ndarray], roi: tup
     paths = {
         "monailabel": lambda image: monailabel_epistemic(model, image, roi),
         **{
-            name: ours(make_window_sampler("mc_dropout", model, 8, 8, (), amp, channels_last=True), roi=roi)
-            for name, amp in (("ours_channels_last", False), ("ours_bf16_channels_last", True))
+            name: ours(make_window_sampler("mc_dropout", model, 8, rows, (), amp, channels_last=True), roi=roi)
+            for name, amp, rows in (
+                ("ours_channels_last", False, None),
+                ("ours_bf16_channels_last", True, None),
+                ("ours_bf16_channels_last_rows8", True, 8),
+            )
         },
     }
     seconds: dict[str, list[float]] = {name: [] for name in paths}

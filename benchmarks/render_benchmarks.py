@@ -553,6 +553,24 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
                 ],
             )
         ]
+        versus = speed.get("versus_monailabel")
+        if versus:
+            out += [
+                (
+                    "p",
+                    f"MONAI Label's epistemic path beside ours on {versus['volumes']} volumes of the clinical-shape "
+                    f"set (the same model and {'×'.join(map(str, versus['roi']))} windows, K = 8, overlap 0.5, both "
+                    "scoring MONAI Label's foreground entropy of the mean; median seconds per volume):",
+                ),
+                (
+                    "table",
+                    ["path", "median s per volume", "speed-up"],
+                    [
+                        [name, f"{seconds:.1f}", f"{versus['speedup_vs_monailabel'][name]:.2f}x"]
+                        for name, seconds in versus["median_s"].items()
+                    ],
+                ),
+            ]
     memory = results.get("score_memory")
     if memory:
         k8, k32 = memory["K=8"], memory["K=32"]

@@ -39,7 +39,8 @@ HERE = Path(__file__).resolve().parent
 RESULT = HERE / "results" / "score_memory.json"
 CHANNELS = (8, 16, 32, 64)
 BATCH_SIZE = 8
-"""Forward rows per model call (``strategy.mc_batch_size``'s default)."""
+"""Forward rows per model call: 8, at least as many as ``strategy.mc_batch_size``'s automatic CPU choice
+(``uncertainty.rows_per_call``) for these windows, so the peak is an upper bound for the default."""
 
 
 def peak_rss_gb() -> float:

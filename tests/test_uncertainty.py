@@ -13,15 +13,18 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from torch import Tensor, nn
 
+from activeseg.acquisition import uncertainty
 from activeseg.acquisition.moments import Moments
 from activeseg.acquisition.scorers import bald, reduce_mean, top_sites
 from activeseg.acquisition.sliding import WindowGrid, score_pool, site_probs, sliding_moments, window_seed
 from activeseg.acquisition.uncertainty import (
+    DEVICE_ROWS,
     WindowSampler,
     draw_augmentations,
     keep_masks,
     make_window_sampler,
     quantised_p,
+    rows_per_call,
     seeded_dropout,
 )
 from activeseg.config import ModelConfig, config_from_dict
@@ -98,6 +101,20 @@ def test_mc_dropout_varies_is_seeded_and_independent_of_its_batch() -> None:
     )
     assert not model.training  # left in eval mode, without the sampling hooks
     torch.testing.assert_close(plain(model, windows), plain(model, windows))
+
+
+def test_automatic_rows_per_call_fill_the_cpu_voxel_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert rows_per_call(3, 10**9, torch.device("cpu")) == 3  # a batch size given is kept
+    assert rows_per_call(None, 96 * 96 * 64, torch.device("cpu")) == 2  # 1.5 million voxels: two such windows
+    assert rows_per_call(None, 10**8, torch.device("cpu")) == 1  # at least one row
+    assert rows_per_call(None, 10**8, torch.device("cuda")) == DEVICE_ROWS
+    model, windows, seeds = unet(), torch.stack([image(8, 8, 8, seed=s) for s in range(2)]), [5, 6]
+    monkeypatch.setattr(uncertainty, "CPU_ROW_VOXELS", 4 * 8**3)  # room for 4 rows: 2 passes of both windows
+    auto = make_window_sampler("mc_dropout", model, 5, None, (), amp=False)
+    groups = [chunk.shape[0] for chunk in auto.chunks(windows, seeds)]
+    assert groups == [2, 2, 1]
+    fixed = make_window_sampler("mc_dropout", model, 5, 10, (), amp=False)
+    torch.testing.assert_close(auto(windows, seeds), fixed(windows, seeds), atol=1e-6, rtol=0)  # the same samples
 
 
 def test_cpu_bf16_scoring_is_opt_in_and_stays_close_to_float32() -> None:

@@ -193,8 +193,9 @@ class StrategyConfig:
     """Stochastic predictions (K) per volume for MC dropout and TTA."""
     ensemble_size: int = 4
     """Models in a deep ensemble, the evaluated round model included; the others are trained only for scoring."""
-    mc_batch_size: int = 8
-    """Predictions computed together in one batch."""
+    mc_batch_size: int | None = None
+    """Forward rows (window × pass) per model call when scoring; None: as many as fill about 1.5 million voxels
+    on a CPU (cache-sized: larger batches run slower per row there) and 8 on CUDA (``uncertainty.rows_per_call``)."""
     beta: float = 1.0
     """Sharpness of the stochastic strategies (power-*, softmax-*, softrank-*, clasp-pe): 0 is uniform."""
     beta_end: float | None = None
@@ -217,9 +218,9 @@ class StrategyConfig:
         require(0.0 < self.top_q <= 1.0, "strategy.top_q", "must be in (0, 1]")
         require(self.mc_samples >= 2, "strategy.mc_samples", "must be at least 2 for a spread of predictions")
         require(
-            1 <= self.mc_batch_size <= MAX_BATCH_SIZE,
+            self.mc_batch_size is None or 1 <= self.mc_batch_size <= MAX_BATCH_SIZE,
             "strategy.mc_batch_size",
-            f"must be between 1 and {MAX_BATCH_SIZE}",
+            f"must be between 1 and {MAX_BATCH_SIZE}, or null (chosen by the device)",
         )
         require(self.ensemble_size >= 2, "strategy.ensemble_size", "must be at least 2 for a spread of predictions")
         require(self.sketch_sites >= 1, "strategy.sketch_sites", "must be at least 1")

@@ -5,9 +5,9 @@ streams it as groups of samples (:meth:`WindowSampler.chunks`) so that memory is
 sources:
 
 - MC dropout (Gal & Ghahramani, ICML 2016): dropout on, normalisation in eval mode, K passes ``batch_size`` forward
-  rows at a time. Each (window, pass) row draws its dropout masks from its own generator, seeded from the window's
-  seed and the pass index, so a window's samples do not depend on the batch size, nor on which windows share its
-  batch or in which order.
+  rows at a time (:func:`rows_per_call` when None). Each (window, pass) row draws its dropout masks from its own
+  generator, seeded from the window's seed and the pass index, so a window's samples do not depend on the batch
+  size, nor on which windows share its batch or in which order.
 - Test-time augmentation (Wang et al., Neurocomputing 2019): K seeded augmented copies of each window (flips on the
   allowed axes, small intensity scale and shift; the first copy is the plain window), dropout off, each prediction
   flipped back.
@@ -129,6 +129,22 @@ def _flip(window_Cin_d_h_w: Tensor, axes: tuple[int, ...]) -> Tensor:
     return torch.flip(window_Cin_d_h_w, [1 + axis for axis in axes]) if axes else window_Cin_d_h_w
 
 
+CPU_ROW_VOXELS = 1_500_000
+"""Voxels of the forward rows one model call runs on a CPU when the batch size is automatic (two 96×96×64 windows):
+per row, a batch much larger than the cache runs slower than a small one (BENCHMARKS.md: the ``_rows8`` rows of
+the scoring speed tables, 8 rows per call against this)."""
+DEVICE_ROWS = 8
+"""Forward rows per model call on an accelerator when the batch size is automatic."""
+
+
+def rows_per_call(batch_size: int | None, window_voxels: int, device: torch.device) -> int:
+    """Forward rows per model call: ``batch_size`` if given, else :data:`CPU_ROW_VOXELS` worth of windows on a CPU
+    (at least one) and :data:`DEVICE_ROWS` elsewhere."""
+    if batch_size is not None:
+        return batch_size
+    return max(1, CPU_ROW_VOXELS // window_voxels) if device.type == "cpu" else DEVICE_ROWS
+
+
 @dataclass(frozen=True)
 class WindowSampler:
     """K stochastic softmax predictions of each window in a batch, from one uncertainty source."""
@@ -138,8 +154,9 @@ class WindowSampler:
     """The round model, then (ensembles only) the other members."""
     samples: int
     """K (for an ensemble: the number of models)."""
-    batch_size: int
-    """Forward rows per model call (MC dropout, TTA): each call runs max(1, batch_size // B) passes of B windows."""
+    batch_size: int | None
+    """Forward rows per model call (MC dropout, TTA): each call runs max(1, rows // B) passes of B windows, with rows
+    = :func:`rows_per_call` (``batch_size``, or chosen by the device when None)."""
     flip_axes: tuple[int, ...] = ()
     amp: bool = False
     channels_last: bool = False
@@ -150,7 +167,7 @@ class WindowSampler:
         return torch.cat(list(self.chunks(windows_B_Cin_d_h_w, seeds)))
 
     def chunks(self, windows_B_Cin_d_h_w: Tensor, seeds: Sequence[int]) -> Iterator[Tensor]:
-        """The K samples as consecutive groups probs_k_B_C_d_h_w (k <= max(1, batch_size // B)), in sample order."""
+        """The K samples as consecutive groups probs_k_B_C_d_h_w (k <= max(1, rows // B)), in sample order."""
         if len(seeds) != windows_B_Cin_d_h_w.shape[0]:
             raise ValueError(f"{windows_B_Cin_d_h_w.shape[0]} windows but {len(seeds)} seeds")
         if self.source == "ensemble":
@@ -158,7 +175,9 @@ class WindowSampler:
                 member.eval()
                 yield self._softmax(member, windows_B_Cin_d_h_w).unsqueeze(0)
             return
-        per_call = max(1, self.batch_size // len(seeds))
+        device = next(self.models[0].parameters()).device
+        rows = rows_per_call(self.batch_size, windows_B_Cin_d_h_w[0, 0].numel(), device)
+        per_call = max(1, rows // len(seeds))
         drawn = [draw_augmentations(self.samples, self.flip_axes, s) for s in seeds] if self.source == "tta" else []
         for first in range(0, self.samples, per_call):
             passes = range(first, min(first + per_call, self.samples))
@@ -197,7 +216,7 @@ def make_window_sampler(
     source: Source,
     model: nn.Module,
     samples: int,
-    batch_size: int,
+    batch_size: int | None,
     flip_axes: Sequence[int],
     amp: bool,
     members: Sequence[nn.Module] = (),
