@@ -17,6 +17,7 @@ from activeseg.engine.inference import predict_volume
 from activeseg.engine.loop import ActiveLearningLoop, RunError
 from activeseg.engine.model import build_model, load_weights
 from activeseg.engine.pool import labelled_voxels
+from activeseg.engine.pseudo import threshold_ladder
 from activeseg.engine.run import adopt_round_zero, create_run, make_oracle, resume_run, start_run
 from activeseg.plots import plot_curves
 from activeseg.progress import SilentReporter
@@ -185,6 +186,64 @@ def test_pool_pseudo_labels_add_every_unlabelled_case_from_round_1(
         np.testing.assert_array_equal(example.label_D_H_W, expected)  # the teacher's confident voxels, nothing else
     with pytest.raises(ConfigError, match="pseudo_label_threshold"):
         patch_config(cache, train={"pseudo_label_pool": True})
+
+
+def new_voxels(ledger: Ledger, case_id: str, shape: tuple[int, ...], r: int) -> np.ndarray:
+    """The voxels of ``case_id`` labelled in round r."""
+    new: np.ndarray = labelled_voxels(ledger, case_id, shape, r) & ~labelled_voxels(ledger, case_id, shape, r - 1)
+    return new
+
+
+def test_calibrated_pseudo_labels_are_checked_against_the_units_each_round_labels(
+    patch_run: Path, cache: Path, tmp_path: Path
+) -> None:
+    config = patch_config(cache, train={"pseudo_label_threshold": 0.5, "pseudo_label_calibrate": True})
+    run_dir, _ = create_run(config, tmp_path / "calibrated")
+    assert adopt_round_zero(patch_run, run_dir)
+    resume_run(run_dir)
+    layout, data = RunLayout(run_dir), open_data(config, SilentReporter())
+    for r in (1, 2):
+        check = json.loads(layout.calibration(r).read_text())
+        assert check["thresholds"] == pytest.approx(threshold_ladder(0.5))
+        with layout.open_ledger() as ledger:
+            new = [record for record in ledger.labels(r) if record.round == r]
+            checked = {
+                c: labelled_voxels(ledger, c, data.shape_of(c), r)
+                & ~labelled_voxels(ledger, c, data.shape_of(c), r - 1)
+                for c in {record.case_id for record in new}
+            }
+        assert check["units"] == len(new) == 6
+        teacher = build_model(config.model, data.plan)
+        load_weights(teacher, layout.model(r - 1))
+        sure, said, truth = [], [], []  # the teacher's confidence and class, and the annotator's, on the new units
+        for case_id, mask in sorted(checked.items()):
+            probs = predict_volume(teacher, data.image(case_id), data.plan.patch_size, config.inference).double()
+            sure.append(probs.numpy().max(axis=0)[mask])
+            said.append(probs.numpy().argmax(axis=0)[mask])
+            truth.append(np.asarray(data.ground_truth(case_id))[mask])
+        top, teacher_class, annotator_class = (np.concatenate(v) for v in (sure, said, truth))
+        for t, threshold in enumerate(check["thresholds"]):
+            keep = top >= threshold
+            for c in (1, 2):
+                a, b = teacher_class[keep] == c, annotator_class[keep] == c
+                recorded = check["dice"][t][c]
+                if a.sum() + b.sum() == 0:
+                    assert recorded is None
+                else:
+                    assert recorded == pytest.approx(2 * (a & b).sum() / (a.sum() + b.sum()), abs=1e-9)
+        passing = [
+            threshold
+            for t, threshold in enumerate(check["thresholds"])
+            if all(d is None or d >= 0.5 for d in check["dice"][t][1:])
+        ]
+        has_foreground = bool((annotator_class[top >= 0.5] > 0).any())
+        assert check["threshold"] == (min(passing) if passing and has_foreground else None)
+    clean = torch.load(patch_run / "rounds/round_001/model.pt", weights_only=True)
+    calibrated = torch.load(run_dir / "rounds/round_001/model.pt", weights_only=True)
+    round_1 = json.loads(layout.calibration(1).read_text())["threshold"]
+    assert all(torch.equal(clean[k], calibrated[k]) for k in clean) == (round_1 is None)  # no check passed: no labels
+    with pytest.raises(ConfigError, match="pseudo_label_calibrate"):
+        patch_config(cache, train={"pseudo_label_calibrate": True})
 
 
 def test_slice_queries_with_a_multi_map_strategy_and_a_voxel_budget(cache: Path, tmp_path: Path) -> None:

@@ -8,7 +8,13 @@ import pytest
 from activeseg.acquisition.units import IGNORE
 from activeseg.config import ConfigError, config_from_dict
 from activeseg.engine.patches import Example
-from activeseg.engine.pseudo import pseudo_label_map, with_pseudo_labels
+from activeseg.engine.pseudo import (
+    agreement_counts,
+    calibrated_threshold,
+    pseudo_label_map,
+    threshold_ladder,
+    with_pseudo_labels,
+)
 
 
 def teacher(*columns: tuple[float, float, float]) -> np.ndarray:
@@ -53,3 +59,55 @@ def test_the_threshold_is_validated() -> None:
     for bad in (0.3, 1.0):
         with pytest.raises(ConfigError, match=r"train\.pseudo_label_threshold: must be in"):
             config_from_dict({"train": {"pseudo_label_threshold": bad}})
+
+
+def test_the_ladder_raises_the_threshold_towards_one() -> None:
+    np.testing.assert_allclose(threshold_ladder(0.95), [0.95, 0.975, 0.99, 0.995, 0.999])
+    np.testing.assert_allclose(threshold_ladder(0.5), [0.5, 0.75, 0.9, 0.95, 0.99])
+
+
+def test_agreement_counts_only_checked_labelled_voxels_the_teacher_is_sure_of() -> None:
+    label = np.array([[[0, 1, 1, 2, 2, 1, IGNORE]]], dtype=np.uint8)
+    probs = teacher(
+        (0.98, 0.01, 0.01),  # background, sure and right
+        (0.97, 0.02, 0.01),  # anterior called background at 0.97: a confident false negative
+        (0.01, 0.99, 0.00),  # anterior, sure and right
+        (0.10, 0.05, 0.85),  # posterior, not sure at 0.95
+        (0.00, 0.00, 1.00),  # posterior, sure and right
+        (0.00, 1.00, 0.00),  # not checked (labelled in an earlier round)
+        (0.00, 1.00, 0.00),  # checked but unlabelled: ignored
+    )
+    checked = np.array([[[True, True, True, True, True, False, True]]])
+    counts = agreement_counts(probs, label, checked, [0.95, 0.975])
+    # threshold 0.95: sure voxels are 0-2 and 4; the teacher says 0, 0, 1, 2 and the annotator 0, 1, 1, 2
+    np.testing.assert_array_equal(counts[0], [[1, 1, 1], [2, 1, 1], [1, 2, 1]])
+    # threshold 0.975: voxel 1 (0.97) drops out, and with it the false negative
+    np.testing.assert_array_equal(counts[1], [[1, 1, 1], [1, 1, 1], [1, 1, 1]])
+
+
+def test_the_lowest_threshold_at_which_every_foreground_class_agrees_is_chosen() -> None:
+    label = np.array([[[0, 1, 1, 2, 2]]], dtype=np.uint8)
+    probs = teacher((0.98, 0.01, 0.01), (0.97, 0.02, 0.01), (0.01, 0.99, 0.00), (0.10, 0.05, 0.85), (0, 0, 1))
+    checked = np.ones(label.shape, dtype=bool)
+    ladder = threshold_ladder(0.95)
+    counts = agreement_counts(probs, label, checked, ladder)
+    chosen, dice = calibrated_threshold(counts, ladder, 0.95)
+    assert chosen == pytest.approx(0.975)  # at 0.95 anterior agrees at Dice 2·1/(1 + 2) = 0.67 only
+    np.testing.assert_allclose(dice[0], [2 / 3, 2 / 3, 1.0])
+    np.testing.assert_allclose(dice[1], [1.0, 1.0, 1.0])
+    # a teacher wrong even when sure: no threshold passes, no pseudo-labels
+    wrong = teacher((0.98, 0.01, 0.01), (1.0, 0, 0), (0, 0, 1.0), (0.10, 0.05, 0.85), (0, 0, 1))
+    assert calibrated_threshold(agreement_counts(wrong, label, checked, ladder), ladder, 0.95)[0] is None
+    # nothing to check against: the checked voxels hold no foreground
+    background = np.zeros(label.shape, dtype=np.uint8)
+    assert calibrated_threshold(agreement_counts(probs, background, checked, ladder), ladder, 0.95)[0] is None
+    # a class with no sure voxel on either side cannot disagree (NaN Dice passes)
+    only_posterior = np.array([[[0, 0, 0, 2, 2]]], dtype=np.uint8)
+    sure = teacher((1, 0, 0), (1, 0, 0), (1, 0, 0), (0, 0, 1), (0, 0, 1))
+    chosen, dice = calibrated_threshold(agreement_counts(sure, only_posterior, checked, ladder), ladder, 0.95)
+    assert chosen == pytest.approx(0.95) and np.isnan(dice[0, 1])
+
+
+def test_calibration_needs_a_threshold() -> None:
+    with pytest.raises(ConfigError, match="pseudo_label_calibrate"):
+        config_from_dict({"train": {"pseudo_label_calibrate": True}})

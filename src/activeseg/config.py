@@ -136,6 +136,9 @@ class TrainConfig:
     pseudo_label_pool: bool = False
     """With ``pseudo_label_threshold``: every pool case nobody labelled also trains, on the same teacher's confident
     voxels (each case is sampled as often as a labelled one)."""
+    pseudo_label_calibrate: bool = False
+    """With ``pseudo_label_threshold``: each round raises the threshold until the teacher agrees with the units
+    labelled that round (Dice ≥ the threshold in every foreground class), or uses no pseudo-labels (``pseudo``)."""
 
     def __post_init__(self) -> None:
         require(self.iterations >= 1, "train.iterations", "must be at least 1")
@@ -145,6 +148,11 @@ class TrainConfig:
             not self.pseudo_label_pool or self.pseudo_label_threshold is not None,
             "train.pseudo_label_pool",
             "needs train.pseudo_label_threshold (the confidence its pseudo-labels must reach)",
+        )
+        require(
+            not self.pseudo_label_calibrate or self.pseudo_label_threshold is not None,
+            "train.pseudo_label_calibrate",
+            "needs train.pseudo_label_threshold (the lowest threshold, and the agreement it must show)",
         )
         require(2 <= self.batch_size <= MAX_BATCH_SIZE, "train.batch_size", f"must be between 2 and {MAX_BATCH_SIZE}")
         require(0 < self.learning_rate <= 10, "train.learning_rate", "must be in (0, 10]")

@@ -12,7 +12,7 @@ import dataclasses
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,14 @@ from activeseg.engine.evaluation import evaluate_on, metrics_record
 from activeseg.engine.inference import predict_volume
 from activeseg.engine.model import build_model, load_weights, save_model, select_device, use_amp
 from activeseg.engine.patches import Example
-from activeseg.engine.pool import Candidates, Pool
-from activeseg.engine.pseudo import pseudo_labelled_case, with_pseudo_labels
+from activeseg.engine.pool import Candidates, Pool, labelled_voxels
+from activeseg.engine.pseudo import (
+    agreement_counts,
+    calibrated_threshold,
+    pseudo_labelled_case,
+    threshold_ladder,
+    with_pseudo_labels,
+)
 from activeseg.engine.stopping import stop_reason
 from activeseg.engine.training import seed_everything, train
 from activeseg.oracles.base import LabelsPending, Oracle
@@ -190,6 +196,17 @@ class ActiveLearningLoop:
             ).numpy()
             return probs_C_D_H_W
 
+        if train.pseudo_label_calibrate:
+            floor = threshold
+            checked = stage(
+                self.layout.calibration(r),
+                lambda: self.pseudo_label_check(r, floor, teacher_probs),
+                write_json_atomic,
+                lambda path: dict(read_json(path)),
+            )
+            if checked["threshold"] is None:
+                return examples
+            threshold = checked["threshold"]
         out = []
         store = self.layout.round_dir(r) / "pseudo-labels"
         with self.reporter.progress(f"round {r}: pseudo-labelling", len(examples) + len(unlabelled)) as advance:
@@ -203,6 +220,29 @@ class ActiveLearningLoop:
                 out.append(pseudo_labelled_case(image, teacher_probs(image), threshold, store / f"{case_id}.npy"))
                 advance(1)
         return out
+
+    def pseudo_label_check(
+        self, r: int, threshold: float, teacher_probs: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
+    ) -> dict[str, Any]:
+        """The threshold round r pseudo-labels with, checked against the units labelled in round r, which the teacher
+        (round r - 1's model) never saw (``pseudo.calibrated_threshold``)."""
+        thresholds = threshold_ladder(threshold)
+        new_units = [record for record in self.ledger.labels(r) if record.round == r]
+        cases = sorted({record.case_id for record in new_units})
+        counts_T_3_C = None
+        for case_id in cases:
+            shape = self.data.shape_of(case_id)
+            checked = labelled_voxels(self.ledger, case_id, shape, r) & ~labelled_voxels(
+                self.ledger, case_id, shape, r - 1
+            )
+            label = np.asarray(self.oracle.label(case_id))
+            counts = agreement_counts(teacher_probs(self.data.image(case_id)), label, checked, thresholds)
+            counts_T_3_C = counts if counts_T_3_C is None else counts_T_3_C + counts
+        if counts_T_3_C is None:
+            return {"threshold": None, "thresholds": list(thresholds), "units": 0, "dice": []}
+        chosen, dice_T_C = calibrated_threshold(counts_T_3_C, thresholds, threshold)
+        dice = [[None if np.isnan(d) else float(d) for d in row] for row in dice_T_C]
+        return {"threshold": chosen, "thresholds": list(thresholds), "units": len(new_units), "dice": dice}
 
     def example(self, case_id: str) -> Example:
         """A labelled case for training: its label from the oracle, and the boxes of its labelled units."""

@@ -7,10 +7,18 @@ else stays ``IGNORE``. Labels the annotator gave are never overwritten. The cost
 per labelled case and no extra training; a whole-volume label has nothing to fill. With ``train.pseudo_label_pool``
 every case nobody labelled trains too, on the teacher's confident voxels alone (:func:`pseudo_labelled_case`); its
 label is written to a ``.npy`` file and read memory-mapped, so a pool of large scans does not fill the memory.
+
+With ``train.pseudo_label_calibrate`` the threshold is checked every round against labels the teacher never saw: the
+units labelled in this round. A threshold τ passes when, on their voxels where the teacher is at least τ sure, its
+class agrees with the annotator's at Dice ≥ the configured threshold for every foreground class (a class with no
+such voxel on either side cannot disagree). The round uses the lowest passing τ of :func:`threshold_ladder`, or no
+pseudo-labels when none passes (:func:`calibrated_threshold`). The check counts a teacher's confident false
+negatives (a foreground voxel it calls background), which a per-class precision would miss.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +65,53 @@ def pseudo_labelled_case(
     label = np.load(store, mmap_mode="r")
     whole = ((0, label.shape[0]), (0, label.shape[1]), (0, label.shape[2]))
     return Example(image_C_D_H_W, label, (whole,))
+
+
+LADDER_FRACTIONS = (1.0, 0.5, 0.2, 0.1, 0.02)
+"""The calibration ladder as fractions of the configured 1 - threshold (0.95: 0.95, 0.975, 0.99, 0.995, 0.999)."""
+
+
+def threshold_ladder(threshold: float) -> tuple[float, ...]:
+    """The thresholds a calibrated round may use, lowest first: 1 - (1 - threshold) · f for f in LADDER_FRACTIONS."""
+    return tuple(1.0 - (1.0 - threshold) * f for f in LADDER_FRACTIONS)
+
+
+def agreement_counts(
+    teacher_probs_C_D_H_W: npt.NDArray[np.float32],
+    label_D_H_W: npt.NDArray[np.uint8],
+    checked_D_H_W: npt.NDArray[np.bool_],
+    thresholds: Sequence[float],
+) -> npt.NDArray[np.int64]:
+    """counts_T_3_C: for each threshold and class, over the checked voxels where the teacher's top probability
+    reaches the threshold, the voxels both call the class, the teacher calls it, and the annotator calls it."""
+    classes = teacher_probs_C_D_H_W.shape[0]
+    checked_D_H_W = checked_D_H_W & (label_D_H_W != IGNORE)
+    top_N = teacher_probs_C_D_H_W.max(axis=0)[checked_D_H_W]
+    teacher_N = teacher_probs_C_D_H_W.argmax(axis=0)[checked_D_H_W]
+    annotator_N = label_D_H_W[checked_D_H_W].astype(np.int64)
+    counts_T_3_C = np.zeros((len(thresholds), 3, classes), dtype=np.int64)
+    for t, threshold in enumerate(thresholds):
+        sure_N = top_N >= threshold
+        both_N = sure_N & (teacher_N == annotator_N)
+        counts_T_3_C[t, 0] = np.bincount(annotator_N[both_N], minlength=classes)
+        counts_T_3_C[t, 1] = np.bincount(teacher_N[sure_N], minlength=classes)
+        counts_T_3_C[t, 2] = np.bincount(annotator_N[sure_N], minlength=classes)
+    return counts_T_3_C
+
+
+def calibrated_threshold(
+    counts_T_3_C: npt.NDArray[np.int64], thresholds: Sequence[float], target: float
+) -> tuple[float | None, npt.NDArray[np.float64]]:
+    """The lowest threshold whose confident voxels reach Dice ≥ ``target`` in every foreground class, and dice_T_C
+    (NaN where a class has no confident voxel on either side). None if no threshold passes, or if the annotator's
+    labels hold no foreground among the voxels confident at the lowest threshold: nothing to check against."""
+    both, teacher, annotator = counts_T_3_C[:, 0], counts_T_3_C[:, 1], counts_T_3_C[:, 2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice_T_C = np.where(teacher + annotator > 0, 2.0 * both / (teacher + annotator), np.nan)
+    if annotator[0, 1:].sum() == 0:
+        return None, dice_T_C
+    for t, threshold in enumerate(thresholds):
+        foreground = dice_T_C[t, 1:]
+        if np.all(np.isnan(foreground) | (foreground >= target)):
+            return float(threshold), dice_T_C
+    return None, dice_T_C

@@ -138,7 +138,8 @@ def adopt_round_zero(source: Path, target: Path) -> bool:
     source_layout, target_layout = RunLayout(source), RunLayout(target)
     configs = [load_config(layout.config) for layout in (source_layout, target_layout)]
     round_zero_train = [  # pseudo-labels are used from round 1
-        dataclasses.replace(c.train, pseudo_label_threshold=None, pseudo_label_pool=False) for c in configs
+        dataclasses.replace(c.train, pseudo_label_threshold=None, pseudo_label_pool=False, pseudo_label_calibrate=False)
+        for c in configs
     ]
     inputs = [(c.seed, c.data, c.plan, c.model, t, c.inference) for c, t in zip(configs, round_zero_train, strict=True)]
     same_inputs = len(set(inputs)) == 1

@@ -93,6 +93,10 @@ class RunLayout:
     def scores(self, r: int) -> Path:
         return self.round_dir(r) / "scores.csv"
 
+    def calibration(self, r: int) -> Path:
+        """Round r's pseudo-label threshold and the agreement it was chosen by (``pseudo.calibrated_threshold``)."""
+        return self.round_dir(r) / "pseudo-label-check.json"
+
     def sketches(self, r: int) -> Path:
         return self.round_dir(r) / "sketches.npz"
 
