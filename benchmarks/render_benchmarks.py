@@ -637,12 +637,19 @@ REGIME_NOTES = {
     "code path for them), so the wall time does not count them. clasp-pe was rerun because its MC-dropout masks "
     "changed since (see CHANGELOG); the low setting ran entirely here. The high setting and the clasp-pe+pool-pl "
     "arm ran in a later session (2026-11-29), after a scoring change that keeps every dropout mask and reorders "
-    "float32 sums (see CHANGELOG); the results dir's benchmark.yaml was replaced by the grown config each time.",
+    "float32 sums (see CHANGELOG); the two +cal-pl arms ran in the session after that, where scoring skips the "
+    "moments ClaSP PE does not read (its mean prediction is bit-identical). The results dir's benchmark.yaml was "
+    "replaced by the grown config each time.",
 }
 """What a regime's summary cannot say about how it was run."""
 
 
-VERDICTS = {"regimes-patch-cpu-ssl": (("clasp-pe+pl", "clasp-pe+pool-pl"), ("foreground-random", "clasp-pe"))}
+VERDICTS = {
+    "regimes-patch-cpu-ssl": (
+        ("clasp-pe+pl", "clasp-pe+pool-pl", "clasp-pe+cal-pl"),
+        ("foreground-random", "clasp-pe"),
+    )
+}
 """Issue 14's acceptance, per regime benchmark: (activeseg's arms, the baselines each must beat)."""
 
 
