@@ -6,10 +6,11 @@ One synthetic 192x192x64 CT-like volume, the same U-Net (channels 8-16-32-64, st
 - ``monailabel``: what MONAI Label's ``EpistemicScoring`` does: K sequential full ``sliding_window_inference``
   passes with dropout on (``sw_batch_size`` 1), the K×C×volume softmax outputs stacked in memory, then numpy
   entropy of the mean over the foreground channels, and its mean;
-- ``ours``: ``sliding.sliding_moments`` (the K passes of a window batched in one model call, torch.inference_mode,
-  moments fused instead of K volumes), then the same score, MONAI Label's (``foreground_entropy``, the ``epistemic``
-  strategy's scorer), and its mean; and variants: channels-last (NDHWC) windows and weights, bf16 autocast
-  (``strategy.cpu_bf16``), and both. Like the engine, it computes only the moments the scorer reads (p̄ here);
+- ``ours``: ``sliding.sliding_moments`` (a window's K passes batched into model calls of the automatic rows per call,
+  torch.inference_mode, moments fused instead of K volumes), then the same score, MONAI Label's
+  (``foreground_entropy``, the ``epistemic`` strategy's scorer), and its mean; and variants: channels-last (NDHWC)
+  windows and weights, bf16 autocast (``strategy.cpu_bf16``), and both. Like the engine, it computes only the
+  moments the scorer reads (p̄ here);
 - ``ours_bf16_channels_last_bald``: the fastest path scoring BALD instead, which also needs each sample's entropy
   (MONAI Label has no BALD; this row shows what the per-sample entropy costs);
 - the ``_rows8`` rows: the K = 8 passes of a window in one model call (``strategy.mc_batch_size: 8``, the default
@@ -43,7 +44,7 @@ from scipy.stats import spearmanr
 from score_memory import ct_like
 from torch import Tensor, nn
 
-from activeseg.acquisition.scorers import NEEDS, SCORERS, bald, reduce_mean
+from activeseg.acquisition.scorers import bald, moments_needed, reduce_mean, strategy_maps
 from activeseg.acquisition.sliding import score_pool, sliding_moments
 from activeseg.acquisition.uncertainty import WindowSampler, enable_mc_dropout, make_window_sampler
 from activeseg.config import ModelConfig
@@ -101,8 +102,8 @@ def ours(
     """sliding_moments with this sampler (one window per batch, as MONAI Label), then the scorer's mean."""
 
     def score(image_1_D_H_W: np.ndarray) -> float:
-        moments = sliding_moments(image_1_D_H_W, sampler, roi, OVERLAP, 1, seed=0, needs=NEEDS[scorer])
-        return reduce_mean(SCORERS[scorer](moments), moments.mean_probs_C_D_H_W)
+        moments = sliding_moments(image_1_D_H_W, sampler, roi, OVERLAP, 1, seed=0, needs=moments_needed(scorer))
+        return reduce_mean(strategy_maps(scorer, moments)[0], moments.mean_probs_C_D_H_W)
 
     return score
 

@@ -140,11 +140,10 @@ def selection_montage(
     sampler = make_window_sampler(
         s.uncertainty, model, s.mc_samples, s.mc_batch_size, config.train.flip_indices, amp=False
     )
-    roi, inference = data.plan.patch_size, config.inference
+    roi, inference, needs = data.plan.patch_size, config.inference, moments_needed(shown.scorer)
     for case_id in chosen:
         image = data.image(case_id)
         seed = derive_seed(mc_seed, case_id)
-        needs = moments_needed(shown.scorer)
         moments = sliding_moments(image, sampler, roi, inference.overlap, inference.windows_per_batch, seed, needs)
         uncertainty = strategy_maps(shown.scorer, moments)[0]
         prediction = predict_label(model, image, roi, inference)
