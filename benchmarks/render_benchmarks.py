@@ -638,19 +638,22 @@ REGIME_NOTES = {
     "changed since (see CHANGELOG); the low setting ran entirely here. The high setting and the clasp-pe+pool-pl "
     "arm ran in a later session (2026-11-29), after a scoring change that keeps every dropout mask and reorders "
     "float32 sums (see CHANGELOG); the two +cal-pl arms ran in the session after that, where scoring skips the "
-    "moments ClaSP PE does not read (its mean prediction is bit-identical). The results dir's benchmark.yaml was "
-    "replaced by the grown config each time.",
+    "moments ClaSP PE does not read (its mean prediction is bit-identical), and the three +warm arms in the "
+    "session after that, with no change to the code they run. The results dir's benchmark.yaml was replaced by the "
+    "grown config each time.",
 }
 """What a regime's summary cannot say about how it was run."""
 
 
 VERDICTS = {
     "regimes-patch-cpu-ssl": (
-        ("clasp-pe+pl", "clasp-pe+pool-pl", "clasp-pe+cal-pl"),
+        ("clasp-pe+pl", "clasp-pe+pool-pl", "clasp-pe+cal-pl", "clasp-pe+cal-pl+warm"),
         ("foreground-random", "clasp-pe"),
     )
 }
 """Issue 14's acceptance, per regime benchmark: (activeseg's arms, the baselines each must beat)."""
+SAME_TRAINING = {"clasp-pe+cal-pl+warm": "foreground-random+cal-pl+warm"}
+"""An arm's fair baseline where the summary compares them: foreground-random trained the same way (issue 14)."""
 
 
 def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str, ...]) -> str:
@@ -673,6 +676,13 @@ def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str,
             f"{len(wins)} of {len(settings)} settings{' (' + ', '.join(wins) + ')' if wins else ''} and is "
             f"significantly worse than one of them in {len(losses)}"
         )
+        fair = SAME_TRAINING.get(arm)
+        if fair is not None and any((arm, fair, s) in rows for s in settings):
+            fair_wins = [s for s in settings if significant(arm, fair, s, +1)]
+            parts[-1] += (
+                f", but beats `{fair}` (the same training without ClaSP PE) significantly in only "
+                f"{len(fair_wins)} of {len(settings)}"
+            )
     return (
         "**Acceptance (issue 14: beat both in at least 2 of the 3 patch regimes): "
         + ("met" if met else "not met")
