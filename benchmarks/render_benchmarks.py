@@ -680,7 +680,7 @@ def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str,
         if fair is not None and any((arm, fair, s) in rows for s in settings):
             fair_wins = [s for s in settings if significant(arm, fair, s, +1)]
             parts[-1] += (
-                f", but beats `{fair}` (the same training without ClaSP PE) significantly in only "
+                f"; against `{fair}` (the same training without ClaSP PE) it is significantly better in "
                 f"{len(fair_wins)} of {len(settings)}"
             )
     return (
