@@ -147,7 +147,9 @@ def test_refuses_to_overwrite_or_resume_a_non_run(reference_run: Path, cache: Pa
 def test_round_zero_is_shared_only_between_equivalent_runs(reference_run: Path, cache: Path, tmp_path: Path) -> None:
     random_run, _ = create_run(tiny_config(cache, strategy={"name": "random"}), tmp_path / "random")
     other_seed, _ = create_run(tiny_config(cache, seed=8), tmp_path / "seed8")
+    warm, _ = create_run(tiny_config(cache, train={"warm_start": True}), tmp_path / "warm")
     assert not adopt_round_zero(reference_run, other_seed)
+    assert adopt_round_zero(reference_run, warm)  # warm start acts from round 1
     assert adopt_round_zero(reference_run, random_run)
     assert not adopt_round_zero(reference_run, random_run)  # only into a fresh run
     resume_run(random_run)

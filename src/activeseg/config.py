@@ -165,6 +165,13 @@ class TrainConfig:
         """The planned grid's axis indices of ``flip_axes``."""
         return tuple(AXES.index(axis) for axis in self.flip_axes)
 
+    def round_zero(self) -> TrainConfig:
+        """These options as round 0 uses them: those that act only from round 1 (a teacher's pseudo-labels, the
+        previous round's weights) off, so runs differing only in them train the same round 0."""
+        return dataclasses.replace(
+            self, warm_start=False, pseudo_label_threshold=None, pseudo_label_pool=False, pseudo_label_calibrate=False
+        )
+
 
 @dataclass(frozen=True)
 class InferenceConfig:

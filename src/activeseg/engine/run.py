@@ -7,7 +7,6 @@ benchmark grid and the units benchmark all go through it, so strategy comparison
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -137,11 +136,7 @@ def adopt_round_zero(source: Path, target: Path) -> bool:
     """
     source_layout, target_layout = RunLayout(source), RunLayout(target)
     configs = [load_config(layout.config) for layout in (source_layout, target_layout)]
-    round_zero_train = [  # pseudo-labels are used from round 1
-        dataclasses.replace(c.train, pseudo_label_threshold=None, pseudo_label_pool=False, pseudo_label_calibrate=False)
-        for c in configs
-    ]
-    inputs = [(c.seed, c.data, c.plan, c.model, t, c.inference) for c, t in zip(configs, round_zero_train, strict=True)]
+    inputs = [(c.seed, c.data, c.plan, c.model, c.train.round_zero(), c.inference) for c in configs]
     same_inputs = len(set(inputs)) == 1
     same_inputs = same_inputs and source_layout.plan.read_bytes() == target_layout.plan.read_bytes()
     with source_layout.open_ledger() as a, target_layout.open_ledger() as b:
