@@ -658,9 +658,34 @@ SAME_TRAINING = {"clasp-pe+cal-pl+warm": "foreground-random+cal-pl+warm"}
 
 def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str, ...]) -> str:
     """Issue 14's acceptance read from a summary: in how many settings an arm beats every baseline on AUBC with a
-    Holm-adjusted paired t p < 0.05, and in how many it is significantly worse than one."""
+    Holm-adjusted paired t p < 0.05, and in how many it is significantly worse than one; then the same count on the
+    labelled-voxel axis (``aubc_voxels``), where the summary has it."""
+    met, parts = verdict_on(result, "aubc", arms, baselines)
+    text = (
+        "**Acceptance (issue 14: beat both in at least 2 of the 3 patch regimes): "
+        + ("met" if met else "not met")
+        + ".** "
+        + "; ".join(parts)
+        + "."
+    )
+    if any(row["metric"] == "aubc_voxels" for row in result["paired"]):
+        voxel_met, voxel_parts = verdict_on(result, "aubc_voxels", arms, baselines)
+        text += (
+            " **On the labelled-voxel axis** (AUBC over labelled voxels, so that bigger units buy nothing): "
+            + ("met" if voxel_met else "not met")
+            + ". "
+            + "; ".join(voxel_parts)
+            + "."
+        )
+    return text
+
+
+def verdict_on(
+    result: dict[str, Any], metric: str, arms: tuple[str, ...], baselines: tuple[str, ...]
+) -> tuple[bool, list[str]]:
+    """Whether some arm meets issue 14's acceptance on ``metric``, and one sentence per arm."""
     settings = sorted({row["setting"] for row in result["paired"]})
-    rows = {(r["strategy"], r["baseline"], r["setting"]): r for r in result["paired"] if r["metric"] == "aubc"}
+    rows = {(r["strategy"], r["baseline"], r["setting"]): r for r in result["paired"] if r["metric"] == metric}
 
     def significant(arm: str, baseline: str, setting: str, sign: int) -> bool:
         row = rows.get((arm, baseline, setting))
@@ -672,7 +697,7 @@ def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str,
         losses = [s for s in settings if any(significant(arm, b, s, -1) for b in baselines)]
         met = met or (len(wins) >= 2 and not losses)
         parts.append(
-            f"`{arm}` beats {' and '.join(f'`{b}`' for b in baselines)} (AUBC, Holm-adjusted t p < 0.05) in "
+            f"`{arm}` beats {' and '.join(f'`{b}`' for b in baselines)} (Holm-adjusted t p < 0.05) in "
             f"{len(wins)} of {len(settings)} settings{' (' + ', '.join(wins) + ')' if wins else ''} and is "
             f"significantly worse than one of them in {len(losses)}"
         )
@@ -683,13 +708,7 @@ def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str,
                 f"; against `{fair}` (the same training without ClaSP PE) it is significantly better in "
                 f"{len(fair_wins)} of {len(settings)}"
             )
-    return (
-        "**Acceptance (issue 14: beat both in at least 2 of the 3 patch regimes): "
-        + ("met" if met else "not met")
-        + ".** "
-        + "; ".join(parts)
-        + "."
-    )
+    return met, parts
 
 
 def render_regimes(name: str, result: dict[str, Any], where: str) -> list[Block]:

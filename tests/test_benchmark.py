@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import ray
 import yaml
@@ -237,8 +238,29 @@ def test_grid_runs_paired_and_reports_from_stored_results(grid: tuple[Path, Path
         assert n == [4, 7] and row["finished"]
         assert row["aubc"] == pytest.approx((dice[0] + dice[1]) / 2) == aubc(n, dice)
         assert row["final_dice"] == dice[1]
+    # AUBC over labelled voxels: each run's mean Dice over the voxel range every run covers (whole volumes differ
+    # in size, so strategies label different voxel counts per round), checked by sampling the curve finely.
+    curves = {}
+    for row in summary["runs"]:
+        with (run_dir(results, row["setting"], row["seed"], row["strategy"]) / "curve.csv").open() as handle:
+            curve = list(csv.DictReader(handle))
+        curves[row["strategy"], row["seed"]] = (
+            [float(r["cost_voxels"]) for r in curve],
+            [float(r["mean_dice"]) for r in curve],
+        )
+    low, high = max(v[0] for v, _ in curves.values()), min(v[-1] for v, _ in curves.values())
+    assert summary["voxel_interval"]["4+3x1"] == [low, high] and low < high
+    fine = np.linspace(low, high, 200_001)
+    for row in summary["runs"]:
+        voxels, dice = curves[row["strategy"], row["seed"]]
+        assert row["aubc_voxels"] == pytest.approx(float(np.interp(fine, voxels, dice).mean()), abs=1e-6)
     (bald,) = [p for p in summary["paired"] if p["strategy"] == "bald" and p["metric"] == "aubc"]
     assert bald["baseline"] == "foreground-random" and bald["n"] == 2 and bald["seeds"] == SEEDS
+    (bald_voxels,) = [p for p in summary["paired"] if p["strategy"] == "bald" and p["metric"] == "aubc_voxels"]
+    by_voxels = {(r["strategy"], r["seed"]): r["aubc_voxels"] for r in summary["runs"]}
+    assert bald_voxels["mean_difference"] == pytest.approx(
+        sum(by_voxels["bald", s] - by_voxels["foreground-random", s] for s in SEEDS) / 2
+    )
     by = {(r["strategy"], r["seed"]): r["aubc"] for r in summary["runs"]}
     assert bald["mean_difference"] == pytest.approx(sum(by["bald", s] - by["foreground-random", s] for s in SEEDS) / 2)
     ranks = summary["ranking"]["aubc"]["mean_rank"]
@@ -261,7 +283,15 @@ def test_grid_runs_paired_and_reports_from_stored_results(grid: tuple[Path, Path
             assert row["reach_share"] == pytest.approx(row["reach_budget"] / pool_size)
 
     report = (results / "report.md").read_text()
-    for needle in ("AUBC [95% CI]", "Wilcoxon p", "t p (Holm)", "## Ranking", "foreground-random", "Full-data upper"):
+    for needle in (
+        "AUBC [95% CI]",
+        "AUBC over labelled voxels [95% CI]",
+        "Wilcoxon p",
+        "t p (Holm)",
+        "## Ranking",
+        "foreground-random",
+        "Full-data upper",
+    ):
         assert needle in report
     assert "![learning curves 4+3x1](./curves-4+3x1.png)" in report
     assert (results / "curves-4+3x1.png").read_bytes()[:4] == b"\x89PNG"

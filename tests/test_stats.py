@@ -15,6 +15,7 @@ from activeseg.bench.stats import (
     curve_band,
     foreground_efficiency,
     holm,
+    mean_over,
     mean_ranks,
     paired_test,
 )
@@ -27,6 +28,21 @@ def test_aubc_by_hand() -> None:
     assert aubc([5], [0.42]) == 0.42
     with pytest.raises(ValueError, match="increase"):
         aubc([5, 5], [0.1, 0.2])
+
+
+def test_mean_over_an_interval_by_hand_and_against_fine_sampling() -> None:
+    budget, dice = [100, 200, 400], [0.5, 0.7, 0.8]
+    assert mean_over(budget, dice, 100, 400) == pytest.approx(aubc(budget, dice))  # the whole curve: its AUBC
+    # [150, 300]: Dice 0.6 at 150 and 0.75 at 300; trapezoids 50 * (0.6 + 0.7) / 2 = 32.5 and
+    # 100 * (0.7 + 0.75) / 2 = 72.5, over a width of 150 → 0.7
+    assert mean_over(budget, dice, 150, 300) == pytest.approx(0.7, abs=1e-15)
+    fine = np.linspace(150, 300, 300_001)
+    assert mean_over(budget, dice, 150, 300) == pytest.approx(float(np.interp(fine, budget, dice).mean()), abs=1e-6)
+    assert mean_over(budget, dice, 250, 350) == pytest.approx(0.75)  # a straight piece: the Dice at its middle
+    with pytest.raises(ValueError, match="not inside"):
+        mean_over(budget, dice, 50, 300)
+    with pytest.raises(ValueError, match="increasing"):
+        mean_over([1, 1], [0.1, 0.2], 1, 1)
 
 
 def exact_bootstrap_quantile(values: list[float], q: float) -> float:

@@ -166,10 +166,13 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
         reach = f"budget to {round(conf['reach'] * 100)}% of full data (per seed)"
         fg_eff = any(r.get("fg_eff") is not None for r in rows)
         shares = any(v is not None for r in rows for v in (r.get("reach_share") or {}).values())
+        voxel_axis = all(r.get("aubc_voxels") for r in rows)
         out.append(
             (
                 "table",
-                ["strategy", "seeds", f"AUBC [{confidence} CI]", f"final Dice [{confidence} CI]", reach]
+                ["strategy", "seeds", f"AUBC [{confidence} CI]"]
+                + ([f"AUBC over labelled voxels [{confidence} CI]"] if voxel_axis else [])
+                + [f"final Dice [{confidence} CI]", reach]
                 + (["labelled share of the pool there"] if shares else [])
                 + (["FG-Eff"] if fg_eff else []),
                 [
@@ -177,15 +180,26 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
                         f"`{r['strategy']}`",
                         str(r["n"]),
                         _ci(r["aubc"]),
-                        _ci(r["final_dice"]),
-                        _per_seed(r["reach_budget"]) or "—",
                     ]
+                    + ([_ci(r["aubc_voxels"])] if voxel_axis else [])
+                    + [_ci(r["final_dice"]), _per_seed(r["reach_budget"]) or "—"]
                     + ([_per_seed(r["reach_share"], "{:.1%}")] if shares else [])
                     + ([_fg_eff(r.get("fg_eff"))] if fg_eff else [])
                     for r in rows
                 ],
             )
         )
+        interval = (summary.get("voxel_interval") or {}).get(setting)
+        if voxel_axis and interval:
+            out.append(
+                (
+                    "p",
+                    f"AUBC counts rounds (units) on its budget axis, as nnActive does. Units clipped at a volume's "
+                    f"edge hold fewer voxels, so strategies label different amounts per round; AUBC over labelled "
+                    f"voxels is each run's mean Dice over {interval[0]:,.0f}–{interval[1]:,.0f} labelled voxels, "
+                    f"the range every finished run of this setting covers.",
+                )
+            )
         if fg_eff:
             out.append(
                 (

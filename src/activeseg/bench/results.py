@@ -8,7 +8,7 @@ read only the summary, so BENCHMARKS.md can be regenerated from a stored summary
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from activeseg.bench.stats import (
     curve_band,
     foreground_efficiency,
     holm,
+    mean_over,
     mean_ranks,
     paired_test,
 )
@@ -31,7 +32,10 @@ from activeseg.rundir.curves import read_curve
 from activeseg.rundir.layout import FullDataLayout, RunLayout
 
 SUMMARY_FILE = "summary.json"
-METRICS = (("aubc", "AUBC"), ("final_dice", "final Dice"))
+METRICS = (("aubc", "AUBC"), ("aubc_voxels", "AUBC over labelled voxels"), ("final_dice", "final Dice"))
+"""The per-run metrics compared between strategies. ``aubc`` is over rounds (units), as nnActive's; ``aubc_voxels``
+is the mean Dice over the labelled voxels that every finished run of the setting covers, so a strategy that picks
+bigger units (whole lattice boxes rather than ones clipped at a volume's edge) gains nothing from their size."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,10 @@ class RunResult:
     """Labelled foreground voxels at each round (the ``foreground`` cost; None in runs that predate it)."""
     pool_share: list[float] | None = None
     """The labelled share of the pool at each round: Σ (unit voxels / its volume's voxels) over the pool's volumes."""
+    voxels: list[float] | None = None
+    """Labelled voxels at each round (the ``voxels`` cost)."""
+    aubc_voxels: float | None = None
+    """Mean Dice over the setting's shared interval of labelled voxels (:func:`with_voxel_aubc`)."""
 
     @property
     def aubc(self) -> float:
@@ -82,6 +90,7 @@ def collect(results_dir: Path) -> tuple[BenchmarkConfig, list[RunResult], dict[i
                 share = [v / pool_size for v in volumes] if volumes and pool_size else None
                 finished = reason is not None
                 foreground = curve.costs.get("foreground")
+                voxels = curve.costs.get("voxels")
                 runs.append(
                     RunResult(
                         setting.name,
@@ -93,6 +102,7 @@ def collect(results_dir: Path) -> tuple[BenchmarkConfig, list[RunResult], dict[i
                         curve.mean_dice,
                         foreground,
                         share,
+                        voxels,
                     )
                 )
     full: dict[int, float] = {}
@@ -101,10 +111,30 @@ def collect(results_dir: Path) -> tuple[BenchmarkConfig, list[RunResult], dict[i
         folder = full_data_dir(results_dir, seed)
         if FullDataLayout(folder).finished():
             full[seed] = full_data_dice(folder)
-            voxels = pool_foreground(folder)
-            if voxels:
-                pool[seed] = voxels
+            foreground_voxels = pool_foreground(folder)
+            if foreground_voxels:
+                pool[seed] = foreground_voxels
     return config, runs, full, pool
+
+
+def voxel_interval(runs: Sequence[RunResult]) -> tuple[float, float] | None:
+    """The labelled-voxel interval every finished run covers: [largest first budget, smallest last budget]; None
+    when a run lacks the ``voxels`` cost or the runs share no interval."""
+    done = [r for r in runs if r.finished]
+    if not done or any(r.voxels is None or len(r.voxels) < 2 for r in done):
+        return None
+    low, high = max(r.voxels[0] for r in done if r.voxels), min(r.voxels[-1] for r in done if r.voxels)
+    return (low, high) if low < high else None
+
+
+def with_voxel_aubc(runs: Sequence[RunResult], interval: tuple[float, float] | None) -> list[RunResult]:
+    """The runs with ``aubc_voxels`` set: each finished run's mean Dice over ``interval`` of labelled voxels."""
+    if interval is None:
+        return list(runs)
+    return [
+        replace(r, aubc_voxels=mean_over(r.voxels, r.mean_dice, *interval)) if r.finished and r.voxels else r
+        for r in runs
+    ]
 
 
 def _estimate(values: Sequence[float], config: BenchmarkConfig) -> dict[str, float]:
@@ -115,6 +145,12 @@ def _estimate(values: Sequence[float], config: BenchmarkConfig) -> dict[str, flo
 def summarise(results_dir: Path) -> dict[str, Any]:
     """Every statistic of the report, as plain JSON-able data computed from the stored results."""
     config, runs, full, pool = collect(results_dir)
+    intervals = {st.name: voxel_interval([r for r in runs if r.setting == st.name]) for st in config.settings}
+    runs = [
+        r
+        for st in config.settings
+        for r in with_voxel_aubc([r for r in runs if r.setting == st.name], intervals[st.name])
+    ]
     s = config.stats
     finished = [r for r in runs if r.finished]
     present = sorted({r.strategy for r in finished}, key=config.strategies.index)
@@ -134,6 +170,7 @@ def summarise(results_dir: Path) -> dict[str, Any]:
                 "n_labelled": r.n_labelled,
                 "mean_dice": r.mean_dice,
                 "aubc": r.aubc,
+                "aubc_voxels": r.aubc_voxels,
                 "final_dice": r.final_dice,
                 "reach_budget": None if target is None else budget_to_reach(r.n_labelled, r.mean_dice, target),
                 "reach_share": None if target is None else _share_at_reach(r, target),
@@ -158,6 +195,11 @@ def summarise(results_dir: Path) -> dict[str, Any]:
                     "n": len(mine),
                     "seeds": [r.seed for r in mine],
                     "aubc": _estimate([r.aubc for r in mine], config),
+                    "aubc_voxels": (
+                        _estimate([r.aubc_voxels for r in mine if r.aubc_voxels is not None], config)
+                        if intervals[setting.name]
+                        else None
+                    ),
                     "final_dice": _estimate([r.final_dice for r in mine], config),
                     "reach_budget": {
                         str(r.seed): row_of[(setting.name, strategy, r.seed)]["reach_budget"]
@@ -190,6 +232,8 @@ def summarise(results_dir: Path) -> dict[str, Any]:
                 ours = [by_key[(setting.name, strategy, x)] for x in seeds]
                 theirs = [by_key[(setting.name, baseline, x)] for x in seeds]
                 for metric, _ in METRICS:
+                    if any(getattr(r, metric) is None for r in ours + theirs):
+                        continue  # runs that predate the voxels cost
                     test = paired_test(
                         [getattr(r, metric) for r in ours],
                         [getattr(r, metric) for r in theirs],
@@ -207,7 +251,11 @@ def summarise(results_dir: Path) -> dict[str, Any]:
     ranking: dict[str, Any] = {}
     for metric, _ in METRICS:
         table = {
-            strategy: {(r.setting, r.seed): getattr(r, metric) for r in finished if r.strategy == strategy}
+            strategy: {
+                (r.setting, r.seed): getattr(r, metric)
+                for r in finished
+                if r.strategy == strategy and getattr(r, metric) is not None
+            }
             for strategy in present
         }
         ranks, blocks = mean_ranks(table)
@@ -220,6 +268,7 @@ def summarise(results_dir: Path) -> dict[str, Any]:
         "seeds": list(config.seeds),
         "settings": {st.name: dict(st.overrides) for st in config.settings},
         "baselines": baselines,
+        "voxel_interval": {name: list(span) if span else None for name, span in intervals.items()},
         "run": _describe_run(config),
         "stats": asdict(s),
         "progress": {

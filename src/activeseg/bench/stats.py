@@ -1,6 +1,7 @@
 """Benchmark statistics: pure functions on numbers (no files, no models).
 
 - :func:`aubc`: area under the budget curve, normalised to [0, 1] on the budget axis (trapezoid rule);
+- :func:`mean_over`: a curve's mean over a fixed budget interval (AUBC on a shared axis, such as labelled voxels);
 - :func:`bootstrap_ci`: the mean with a percentile-bootstrap confidence interval (seeded numpy ``Generator``);
 - :func:`paired_test`: paired differences ``a - b`` with a bootstrap CI, Wilcoxon signed-rank and paired t p-values;
 - :func:`holm`: Holm's step-down adjustment of a family of p-values;
@@ -38,6 +39,21 @@ def aubc(n_labelled: Sequence[float], dice: Sequence[float]) -> float:
     steps = zip(n_labelled[:-1], n_labelled[1:], dice[:-1], dice[1:], strict=True)
     area = sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in steps)
     return float(area / span)
+
+
+def mean_over(budget: Sequence[float], dice: Sequence[float], low: float, high: float) -> float:
+    """The mean of the piecewise-linear curve through (budget, dice) over [low, high] (exact: its trapezoids,
+    with the ends interpolated): AUBC on an axis where runs stop at different budgets, such as labelled voxels,
+    taken over an interval every compared run covers."""
+    x, y = np.asarray(budget, dtype=np.float64), np.asarray(dice, dtype=np.float64)
+    if len(x) != len(y) or len(x) < 2 or np.any(np.diff(x) <= 0):
+        raise ValueError("need two or more points with increasing budgets")
+    if not x[0] <= low < high <= x[-1]:
+        raise ValueError(f"interval [{low}, {high}] is not inside the curve's budgets [{x[0]}, {x[-1]}]")
+    inside = x[(x > low) & (x < high)]
+    knots = np.concatenate([[low], inside, [high]])
+    values = np.interp(knots, x, y)
+    return float(np.sum(np.diff(knots) * (values[:-1] + values[1:]) / 2) / (high - low))
 
 
 @dataclass(frozen=True)
