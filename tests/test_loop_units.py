@@ -13,6 +13,7 @@ import torch
 from activeseg.acquisition.units import IGNORE, disjoint, unit_from_key
 from activeseg.config import ConfigError, RunConfig
 from activeseg.data.splits import RunData, open_data
+from activeseg.engine import loop as loop_module
 from activeseg.engine.inference import predict_volume
 from activeseg.engine.loop import ActiveLearningLoop, RunError
 from activeseg.engine.model import build_model, load_weights
@@ -195,20 +196,32 @@ def new_voxels(ledger: Ledger, case_id: str, shape: tuple[int, ...], r: int) -> 
 
 
 def test_calibrated_pseudo_labels_are_checked_against_the_units_each_round_labels(
-    patch_run: Path, cache: Path, tmp_path: Path
+    patch_run: Path, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = patch_config(cache, train={"pseudo_label_threshold": 0.5, "pseudo_label_calibrate": True})
     run_dir, _ = create_run(config, tmp_path / "calibrated")
     assert adopt_round_zero(patch_run, run_dir)
+    teacher_calls = []
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        teacher_calls.append(1)
+        return predict_volume(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "predict_volume", counted)
     resume_run(run_dir)
+    assert not list(run_dir.glob("rounds/*/teacher-votes"))  # scratch, removed once each round is done
     layout, data = RunLayout(run_dir), open_data(config, SilentReporter())
+    predictions_needed = 0
     for r in (1, 2):
         check = json.loads(layout.calibration(r).read_text())
         assert check["thresholds"] == pytest.approx(threshold_ladder(0.5))
         with layout.open_ledger() as ledger:
             new = [record for record in ledger.labels(r) if record.round == r]
             checked = {c: new_voxels(ledger, c, data.shape_of(c), r) for c in {record.case_id for record in new}}
+            labelled = {record.case_id for record in ledger.labels(r)}
         assert check["units"] == len(new) == 6
+        # the check's cases are labelled cases too: each is predicted once, for the check and its pseudo-labels
+        predictions_needed += len(checked) if check["threshold"] is None else len(labelled)
         teacher = build_model(config.model, data.plan)
         load_weights(teacher, layout.model(r - 1))
         sure, said, truth = [], [], []  # the teacher's confidence and class, and the annotator's, on the new units
@@ -234,6 +247,7 @@ def test_calibrated_pseudo_labels_are_checked_against_the_units_each_round_label
         ]
         has_foreground = bool((annotator_class[top >= 0.5] > 0).any())
         assert check["threshold"] == (min(passing) if passing and has_foreground else None)
+    assert len(teacher_calls) == predictions_needed
     clean = torch.load(patch_run / "rounds/round_001/model.pt", weights_only=True)
     calibrated = torch.load(run_dir / "rounds/round_001/model.pt", weights_only=True)
     round_1 = json.loads(layout.calibration(1).read_text())["threshold"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from activeseg.acquisition.units import IGNORE
 from activeseg.config import ConfigError, config_from_dict
 from activeseg.engine.patches import Example
 from activeseg.engine.pseudo import (
+    TeacherVote,
     agreement_counts,
     calibrated_threshold,
     pseudo_label_map,
@@ -17,9 +20,25 @@ from activeseg.engine.pseudo import (
 )
 
 
-def teacher(*columns: tuple[float, float, float]) -> np.ndarray:
-    """Class probabilities of a 1×1×N volume, one (p0, p1, p2) per voxel: probs_C_D_H_W."""
-    return np.array(columns, dtype=np.float32).T.reshape(3, 1, 1, len(columns))
+def teacher(*columns: tuple[float, float, float]) -> TeacherVote:
+    """The vote of a teacher predicting a 1×1×N volume, one (p0, p1, p2) per voxel."""
+    return TeacherVote.of(np.array(columns, dtype=np.float32).T.reshape(3, 1, 1, len(columns)))
+
+
+def test_a_vote_is_the_argmax_and_its_probability_and_round_trips_memory_mapped(tmp_path: Path) -> None:
+    probs = np.random.default_rng(0).dirichlet([1.0, 1.0, 1.0], size=(2, 3, 4)).transpose(3, 0, 1, 2)
+    vote = TeacherVote.of(probs.astype(np.float32))
+    np.testing.assert_array_equal(vote.class_D_H_W, probs.argmax(axis=0))
+    np.testing.assert_array_equal(vote.top_D_H_W, probs.astype(np.float32).max(axis=0))
+    assert vote.class_D_H_W.dtype == np.uint8 and vote.top_D_H_W.dtype == np.float32 and vote.shape == (2, 3, 4)
+    assert TeacherVote.load(tmp_path / "case") is None  # never saved
+    vote.save(tmp_path / "case")
+    again = TeacherVote.load(tmp_path / "case")
+    assert again is not None and isinstance(again.top_D_H_W, np.memmap)
+    np.testing.assert_array_equal(again.class_D_H_W, vote.class_D_H_W)
+    np.testing.assert_array_equal(again.top_D_H_W, vote.top_D_H_W)
+    (tmp_path / "case" / "top.npy").unlink()  # a save cut short before its last file: not a vote
+    assert TeacherVote.load(tmp_path / "case") is None
 
 
 def test_only_unlabelled_voxels_take_the_teachers_confident_class() -> None:
@@ -34,8 +53,8 @@ def test_only_unlabelled_voxels_take_the_teachers_confident_class() -> None:
     expected = np.array([[[1, 1, IGNORE, 0, 2]]], dtype=np.uint8)
     np.testing.assert_array_equal(pseudo_label_map(label, probs, 0.9), expected)
     np.testing.assert_array_equal(pseudo_label_map(label, probs, 0.999), label)  # nobody that sure: unchanged
-    with pytest.raises(ValueError, match="do not match"):
-        pseudo_label_map(label, probs[:, :, :, :4], 0.9)
+    with pytest.raises(ValueError, match="does not match"):
+        pseudo_label_map(label, TeacherVote(probs.class_D_H_W[:, :, :4], probs.top_D_H_W[:, :, :4]), 0.9)
 
 
 def test_partly_labelled_examples_train_on_the_whole_volume_and_whole_volumes_are_untouched() -> None:
@@ -45,7 +64,7 @@ def test_partly_labelled_examples_train_on_the_whole_volume_and_whole_volumes_ar
     truth[1:3, 1:3, 1:3] = 1
     partial = np.full_like(truth, IGNORE)
     partial[:2] = truth[:2]  # the annotator gave the first two slices
-    probs = np.stack([1.0 - truth, truth, np.zeros_like(truth)]).astype(np.float32) * 0.96 + 0.01  # a sure teacher
+    probs = TeacherVote.of(np.stack([1.0 - truth, truth, np.zeros_like(truth)]).astype(np.float32) * 0.96 + 0.01)
     filled = with_pseudo_labels(Example(image, partial, (((0, 2), (0, 4), (0, 4)),)), probs, 0.95)
     np.testing.assert_array_equal(filled.label_D_H_W, truth)
     assert filled.boxes == (((0, 4), (0, 4), (0, 4)),)  # patches may now be centred anywhere
@@ -78,7 +97,7 @@ def test_agreement_counts_only_checked_labelled_voxels_the_teacher_is_sure_of() 
         (0.00, 1.00, 0.00),  # checked but unlabelled: ignored
     )
     checked = np.array([[[True, True, True, True, True, False, True]]])
-    counts = agreement_counts(probs, label, checked, [0.95, 0.975])
+    counts = agreement_counts(probs, label, checked, [0.95, 0.975], 3)
     # threshold 0.95: sure voxels are 0-2 and 4; the teacher says 0, 0, 1, 2 and the annotator 0, 1, 1, 2
     np.testing.assert_array_equal(counts[0], [[1, 1, 1], [2, 1, 1], [1, 2, 1]])
     # threshold 0.975: voxel 1 (0.97) drops out, and with it the false negative
@@ -90,21 +109,21 @@ def test_the_lowest_threshold_at_which_every_foreground_class_agrees_is_chosen()
     probs = teacher((0.98, 0.01, 0.01), (0.97, 0.02, 0.01), (0.01, 0.99, 0.00), (0.10, 0.05, 0.85), (0, 0, 1))
     checked = np.ones(label.shape, dtype=bool)
     ladder = threshold_ladder(0.95)
-    counts = agreement_counts(probs, label, checked, ladder)
+    counts = agreement_counts(probs, label, checked, ladder, 3)
     chosen, dice = calibrated_threshold(counts, ladder, 0.95)
     assert chosen == pytest.approx(0.975)  # at 0.95 anterior agrees at Dice 2·1/(1 + 2) = 0.67 only
     np.testing.assert_allclose(dice[0], [2 / 3, 2 / 3, 1.0])
     np.testing.assert_allclose(dice[1], [1.0, 1.0, 1.0])
     # a teacher wrong even when sure: no threshold passes, no pseudo-labels
     wrong = teacher((0.98, 0.01, 0.01), (1.0, 0, 0), (0, 0, 1.0), (0.10, 0.05, 0.85), (0, 0, 1))
-    assert calibrated_threshold(agreement_counts(wrong, label, checked, ladder), ladder, 0.95)[0] is None
+    assert calibrated_threshold(agreement_counts(wrong, label, checked, ladder, 3), ladder, 0.95)[0] is None
     # nothing to check against: the checked voxels hold no foreground
     background = np.zeros(label.shape, dtype=np.uint8)
-    assert calibrated_threshold(agreement_counts(probs, background, checked, ladder), ladder, 0.95)[0] is None
+    assert calibrated_threshold(agreement_counts(probs, background, checked, ladder, 3), ladder, 0.95)[0] is None
     # a class with no sure voxel on either side cannot disagree (NaN Dice passes)
     only_posterior = np.array([[[0, 0, 0, 2, 2]]], dtype=np.uint8)
     sure = teacher((1, 0, 0), (1, 0, 0), (1, 0, 0), (0, 0, 1), (0, 0, 1))
-    chosen, dice = calibrated_threshold(agreement_counts(sure, only_posterior, checked, ladder), ladder, 0.95)
+    chosen, dice = calibrated_threshold(agreement_counts(sure, only_posterior, checked, ladder, 3), ladder, 0.95)
     assert chosen == pytest.approx(0.95) and np.isnan(dice[0, 1])
 
 

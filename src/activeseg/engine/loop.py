@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -35,6 +34,7 @@ from activeseg.engine.model import build_model, load_weights, save_model, select
 from activeseg.engine.patches import Example
 from activeseg.engine.pool import Candidates, Pool, labelled_voxels
 from activeseg.engine.pseudo import (
+    TeacherVote,
     agreement_counts,
     calibrated_threshold,
     pseudo_labelled_case,
@@ -140,6 +140,7 @@ class ActiveLearningLoop:
             halt_point(f"round {r}: selected")
             self.request(r + 1, choices)
         write_json_atomic(self.layout.timings(r), timer.seconds)
+        shutil.rmtree(self.layout.teacher_votes(r), ignore_errors=True)  # every model of round r is trained
 
     # --- the stages ---------------------------------------------------------------------------------------------
 
@@ -190,17 +191,24 @@ class ActiveLearningLoop:
         load_weights(teacher, self.layout.model(r - 1, 0))
         roi, inference = self.data.plan.patch_size, self.config.inference
 
-        def teacher_probs(image_C_D_H_W: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-            probs_C_D_H_W: npt.NDArray[np.float32] = predict_volume(
-                teacher, image_C_D_H_W, roi, inference, self.amp
-            ).numpy()
-            return probs_C_D_H_W
+        def vote(case_id: str, keep: bool = True) -> TeacherVote:
+            """The teacher's vote on a case; with ``keep`` saved (memory-mapped) until the round ends, so the check,
+            the pseudo-labels and each ensemble member predict a labelled case once."""
+            folder = self.layout.teacher_votes(r) / case_id
+            stored = TeacherVote.load(folder) if keep else None
+            if stored is not None:
+                return stored
+            probs = predict_volume(teacher, self.data.image(case_id), roi, inference, self.amp).numpy()
+            if not keep:
+                return TeacherVote.of(probs)
+            TeacherVote.of(probs).save(folder)
+            return TeacherVote.load(folder) or TeacherVote.of(probs)
 
         if train.pseudo_label_calibrate:
             floor = threshold
             checked = stage(
                 self.layout.calibration(r),
-                lambda: self.pseudo_label_check(r, floor, teacher_probs),
+                lambda: self.pseudo_label_check(r, floor, vote),
                 write_json_atomic,
                 lambda path: dict(read_json(path)),
             )
@@ -210,20 +218,18 @@ class ActiveLearningLoop:
         out = []
         store = self.layout.round_dir(r) / "pseudo-labels"
         with self.reporter.progress(f"round {r}: pseudo-labelling", len(examples) + len(unlabelled)) as advance:
-            for example in examples:
+            for case_id, example in zip(labelled, examples, strict=True):
                 if example.boxes is not None:  # partly labelled: fill in the rest
-                    example = with_pseudo_labels(example, teacher_probs(example.image_C_D_H_W), threshold)
+                    example = with_pseudo_labels(example, vote(case_id), threshold)
                 out.append(example)
                 advance(1)
-            for case_id in unlabelled:
+            for case_id in unlabelled:  # not kept: a large pool's votes would fill the disk
                 image = self.data.image(case_id)
-                out.append(pseudo_labelled_case(image, teacher_probs(image), threshold, store / f"{case_id}.npy"))
+                out.append(pseudo_labelled_case(image, vote(case_id, keep=False), threshold, store / f"{case_id}.npy"))
                 advance(1)
         return out
 
-    def pseudo_label_check(
-        self, r: int, threshold: float, teacher_probs: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
-    ) -> dict[str, Any]:
+    def pseudo_label_check(self, r: int, threshold: float, vote: Callable[[str], TeacherVote]) -> dict[str, Any]:
         """The threshold round r pseudo-labels with, checked against the units labelled in round r, which the teacher
         (round r - 1's model) never saw (``pseudo.calibrated_threshold``)."""
         thresholds = threshold_ladder(threshold)
@@ -236,7 +242,7 @@ class ActiveLearningLoop:
                 self.ledger, case_id, shape, r - 1
             )
             label = np.asarray(self.oracle.label(case_id))
-            counts = agreement_counts(teacher_probs(self.data.image(case_id)), label, checked, thresholds)
+            counts = agreement_counts(vote(case_id), label, checked, thresholds, self.data.plan.num_classes)
             counts_T_3_C = counts if counts_T_3_C is None else counts_T_3_C + counts
         if counts_T_3_C is None:
             return {"threshold": None, "thresholds": list(thresholds), "units": 0, "dice": []}

@@ -3,10 +3,12 @@
 Self-training with a confidence threshold (Lee, ICML-W 2013; FixMatch's threshold, Sohn et al., NeurIPS 2020), the
 teacher being the previous round's model: its class probabilities are predicted once per round (dropout off), and
 a voxel outside every labelled unit takes the teacher's class where the top probability reaches the threshold,
-else stays ``IGNORE``. Labels the annotator gave are never overwritten. The cost is one sliding-window prediction
-per labelled case and no extra training; a whole-volume label has nothing to fill. With ``train.pseudo_label_pool``
-every case nobody labelled trains too, on the teacher's confident voxels alone (:func:`pseudo_labelled_case`); its
-label is written to a ``.npy`` file and read memory-mapped, so a pool of large scans does not fill the memory.
+else stays ``IGNORE``. Labels the annotator gave are never overwritten. All of this reads only the teacher's
+:class:`TeacherVote` (its class and that class's probability per voxel). The cost is one sliding-window prediction
+per labelled case and round and no extra training; a whole-volume label has nothing to fill. With
+``train.pseudo_label_pool`` every case nobody labelled trains too, on the teacher's confident voxels alone
+(:func:`pseudo_labelled_case`); its label is written to a ``.npy`` file and read memory-mapped, so a pool of large
+scans does not fill the memory.
 
 With ``train.pseudo_label_calibrate`` the threshold is checked every round against labels the teacher never saw: the
 units labelled in this round. A threshold τ passes when, on their voxels where the teacher is at least τ sure, its
@@ -19,49 +21,73 @@ negatives (a foreground voxel it calls background), which a per-class precision 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from activeseg.acquisition.units import IGNORE
+from activeseg.artifacts import write_atomic
 from activeseg.engine.patches import Example
 
 
-def pseudo_label_map(
-    label_D_H_W: npt.NDArray[np.uint8], teacher_probs_C_D_H_W: npt.NDArray[np.float32], threshold: float
-) -> npt.NDArray[np.uint8]:
+@dataclass(frozen=True)
+class TeacherVote:
+    """A teacher's prediction as pseudo-labels read it: its class and that class's probability at every voxel (5
+    bytes a voxel, whatever the number of classes)."""
+
+    class_D_H_W: npt.NDArray[np.uint8]
+    top_D_H_W: npt.NDArray[np.float32]
+
+    @classmethod
+    def of(cls, probs_C_D_H_W: npt.NDArray[np.float32]) -> TeacherVote:
+        return cls(probs_C_D_H_W.argmax(axis=0).astype(np.uint8), probs_C_D_H_W.max(axis=0))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.class_D_H_W.shape)
+
+    def save(self, folder: Path) -> None:
+        """Write ``class.npy`` and ``top.npy`` into ``folder``, each atomically (``top.npy`` last)."""
+        write_atomic(folder / "class.npy", lambda handle: np.save(handle, self.class_D_H_W))
+        write_atomic(folder / "top.npy", lambda handle: np.save(handle, self.top_D_H_W))
+
+    @classmethod
+    def load(cls, folder: Path) -> TeacherVote | None:
+        """The vote saved in ``folder``, memory-mapped; None if it was never completely saved."""
+        if not (folder / "top.npy").exists():
+            return None
+        return cls(np.load(folder / "class.npy", mmap_mode="r"), np.load(folder / "top.npy", mmap_mode="r"))
+
+
+def pseudo_label_map(label_D_H_W: npt.NDArray[np.uint8], vote: TeacherVote, threshold: float) -> npt.NDArray[np.uint8]:
     """``label_D_H_W`` with each ``IGNORE`` voxel set to the teacher's class where its top probability reaches
     ``threshold``."""
-    if teacher_probs_C_D_H_W.shape[1:] != label_D_H_W.shape:
-        raise ValueError(f"teacher probabilities {teacher_probs_C_D_H_W.shape} do not match label {label_D_H_W.shape}")
-    confident_D_H_W = teacher_probs_C_D_H_W.max(axis=0) >= threshold
-    teacher_D_H_W = teacher_probs_C_D_H_W.argmax(axis=0).astype(np.uint8)
-    fill = (label_D_H_W == IGNORE) & confident_D_H_W
-    return np.where(fill, teacher_D_H_W, label_D_H_W).astype(np.uint8)
+    if vote.shape != label_D_H_W.shape:
+        raise ValueError(f"teacher vote {vote.shape} does not match label {label_D_H_W.shape}")
+    fill = (label_D_H_W == IGNORE) & (vote.top_D_H_W >= threshold)
+    return np.where(fill, vote.class_D_H_W, label_D_H_W).astype(np.uint8)
 
 
-def with_pseudo_labels(example: Example, teacher_probs_C_D_H_W: npt.NDArray[np.float32], threshold: float) -> Example:
+def with_pseudo_labels(example: Example, vote: TeacherVote, threshold: float) -> Example:
     """The example trained on its labels plus the teacher's confident voxels; patches may be centred anywhere in
     the volume (one box that covers it), and the loss stays the partial-label one."""
     if example.boxes is None:
         return example  # a whole-volume label: nothing to fill
-    label = pseudo_label_map(np.asarray(example.label_D_H_W), teacher_probs_C_D_H_W, threshold)
+    label = pseudo_label_map(np.asarray(example.label_D_H_W), vote, threshold)
     whole = ((0, example.shape[0]), (0, example.shape[1]), (0, example.shape[2]))
     return Example(example.image_C_D_H_W, label, (whole,))
 
 
 def pseudo_labelled_case(
-    image_C_D_H_W: npt.NDArray[np.float32],
-    teacher_probs_C_D_H_W: npt.NDArray[np.float32],
-    threshold: float,
-    store: Path,
+    image_C_D_H_W: npt.NDArray[np.float32], vote: TeacherVote, threshold: float, store: Path
 ) -> Example:
     """An unlabelled case as a training example: the teacher's class where its top probability reaches
     ``threshold``, ``IGNORE`` elsewhere; the label is saved to ``store`` (``.npy``) and opened memory-mapped."""
-    unlabelled = np.full(teacher_probs_C_D_H_W.shape[1:], IGNORE, dtype=np.uint8)
+    unlabelled = np.full(vote.shape, IGNORE, dtype=np.uint8)
     store.parent.mkdir(parents=True, exist_ok=True)
-    np.save(store, pseudo_label_map(unlabelled, teacher_probs_C_D_H_W, threshold))
+    np.save(store, pseudo_label_map(unlabelled, vote, threshold))
     label = np.load(store, mmap_mode="r")
     whole = ((0, label.shape[0]), (0, label.shape[1]), (0, label.shape[2]))
     return Example(image_C_D_H_W, label, (whole,))
@@ -77,17 +103,17 @@ def threshold_ladder(threshold: float) -> tuple[float, ...]:
 
 
 def agreement_counts(
-    teacher_probs_C_D_H_W: npt.NDArray[np.float32],
+    vote: TeacherVote,
     label_D_H_W: npt.NDArray[np.uint8],
     checked_D_H_W: npt.NDArray[np.bool_],
     thresholds: Sequence[float],
+    classes: int,
 ) -> npt.NDArray[np.int64]:
     """counts_T_3_C: for each threshold and class, over the checked voxels where the teacher's top probability
     reaches the threshold, the voxels both call the class, the teacher calls it, and the annotator calls it."""
-    classes = teacher_probs_C_D_H_W.shape[0]
     checked_D_H_W = checked_D_H_W & (label_D_H_W != IGNORE)
-    top_N = teacher_probs_C_D_H_W.max(axis=0)[checked_D_H_W]
-    teacher_N = teacher_probs_C_D_H_W.argmax(axis=0)[checked_D_H_W]
+    top_N = vote.top_D_H_W[checked_D_H_W]
+    teacher_N = vote.class_D_H_W[checked_D_H_W].astype(np.int64)
     annotator_N = label_D_H_W[checked_D_H_W].astype(np.int64)
     counts_T_3_C = np.zeros((len(thresholds), 3, classes), dtype=np.int64)
     for t, threshold in enumerate(thresholds):

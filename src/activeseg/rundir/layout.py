@@ -93,6 +93,11 @@ class RunLayout:
     def scores(self, r: int) -> Path:
         return self.round_dir(r) / "scores.csv"
 
+    def teacher_votes(self, r: int) -> Path:
+        """Round r - 1's model's votes on round r's labelled cases (``pseudo.TeacherVote``, one folder per case):
+        scratch kept while round r trains, so the threshold check and every ensemble member predict a case once."""
+        return self.round_dir(r) / "teacher-votes"
+
     def calibration(self, r: int) -> Path:
         """Round r's pseudo-label threshold and the agreement it was chosen by (``pseudo.calibrated_threshold``)."""
         return self.round_dir(r) / "pseudo-label-check.json"
