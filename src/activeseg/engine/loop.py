@@ -24,7 +24,7 @@ from torch import nn
 from activeseg.acquisition.costs import COSTS, LABEL_FREE_COSTS, unit_costs
 from activeseg.acquisition.registry import get_strategy
 from activeseg.acquisition.selectors import Choice
-from activeseg.acquisition.units import case_of, unit_from_key
+from activeseg.acquisition.units import case_of, labelled_mask, unit_from_key
 from activeseg.artifacts import read_json, stage, write_json_atomic
 from activeseg.config import RunConfig
 from activeseg.data.splits import RunData
@@ -32,7 +32,7 @@ from activeseg.engine.evaluation import evaluate_on, metrics_record
 from activeseg.engine.inference import predict_volume
 from activeseg.engine.model import build_model, load_weights, save_model, select_device, use_amp
 from activeseg.engine.patches import Example
-from activeseg.engine.pool import Candidates, Pool, labelled_voxels
+from activeseg.engine.pool import Candidates, Pool
 from activeseg.engine.pseudo import (
     TeacherVote,
     agreement_counts,
@@ -233,14 +233,15 @@ class ActiveLearningLoop:
         """The threshold round r pseudo-labels with, checked against the units labelled in round r, which the teacher
         (round r - 1's model) never saw (``pseudo.calibrated_threshold``)."""
         thresholds = threshold_ladder(threshold)
-        new_units = [record for record in self.ledger.labels(r) if record.round == r]
+        records = self.ledger.labels(r)  # read once: each case's units from before round r and from round r
+        new_units = [record for record in records if record.round == r]
         cases = sorted({record.case_id for record in new_units})
         counts_T_3_C = None
         for case_id in cases:
             shape = self.data.shape_of(case_id)
-            checked = labelled_voxels(self.ledger, case_id, shape, r) & ~labelled_voxels(
-                self.ledger, case_id, shape, r - 1
-            )
+            mine = [record for record in records if record.case_id == case_id]
+            new = labelled_mask([unit_from_key(x.unit, shape) for x in mine if x.round == r], shape)
+            checked = new & ~labelled_mask([unit_from_key(x.unit, shape) for x in mine if x.round < r], shape)
             label = np.asarray(self.oracle.label(case_id))
             counts = agreement_counts(vote(case_id), label, checked, thresholds, self.data.plan.num_classes)
             counts_T_3_C = counts if counts_T_3_C is None else counts_T_3_C + counts
