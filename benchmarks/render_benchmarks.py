@@ -638,77 +638,73 @@ REGIME_NOTES = {
     "changed since (see CHANGELOG); the low setting ran entirely here. The high setting and the clasp-pe+pool-pl "
     "arm ran in a later session (2026-11-29), after a scoring change that keeps every dropout mask and reorders "
     "float32 sums (see CHANGELOG); the two +cal-pl arms ran in the session after that, where scoring skips the "
-    "moments ClaSP PE does not read (its mean prediction is bit-identical), and the three +warm arms in the "
-    "session after that, with no change to the code they run. The results dir's benchmark.yaml was replaced by the "
-    "grown config each time.",
+    "moments ClaSP PE does not read (its mean prediction is bit-identical), the three +warm arms in the session "
+    "after that and foreground-random+warm in the one after that, each with no change to the code it runs. The "
+    "results dir's benchmark.yaml was replaced by the grown config each time (and once more when "
+    "foreground-random+warm became a baseline).",
 }
 """What a regime's summary cannot say about how it was run."""
 
 
 VERDICTS = {
     "regimes-patch-cpu-ssl": (
-        ("clasp-pe+pl", "clasp-pe+pool-pl", "clasp-pe+cal-pl", "clasp-pe+cal-pl+warm"),
+        ("clasp-pe+pl", "clasp-pe+pool-pl", "clasp-pe+cal-pl", "clasp-pe+cal-pl+warm", "clasp-pe+warm"),
         ("foreground-random", "clasp-pe"),
     )
 }
 """Issue 14's acceptance, per regime benchmark: (activeseg's arms, the baselines each must beat)."""
-SAME_TRAINING = {"clasp-pe+cal-pl+warm": "foreground-random+cal-pl+warm"}
+SAME_TRAINING = {
+    "clasp-pe+pl": "foreground-random+pl",
+    "clasp-pe+cal-pl": "foreground-random+cal-pl",
+    "clasp-pe+cal-pl+warm": "foreground-random+cal-pl+warm",
+    "clasp-pe+warm": "foreground-random+warm",
+}
 """An arm's fair baseline where the summary compares them: foreground-random trained the same way (issue 14)."""
 
 
-def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str, ...]) -> str:
-    """Issue 14's acceptance read from a summary: in how many settings an arm beats every baseline on AUBC with a
-    Holm-adjusted paired t p < 0.05, and in how many it is significantly worse than one; then the same count on the
-    labelled-voxel axis (``aubc_voxels``), where the summary has it."""
-    met, parts = verdict_on(result, "aubc", arms, baselines)
-    text = (
-        "**Acceptance (issue 14: beat both in at least 2 of the 3 patch regimes): "
-        + ("met" if met else "not met")
-        + ".** "
-        + "; ".join(parts)
-        + "."
-    )
-    if any(row["metric"] == "aubc_voxels" for row in result["paired"]):
-        voxel_met, voxel_parts = verdict_on(result, "aubc_voxels", arms, baselines)
-        text += (
-            " **On the labelled-voxel axis** (AUBC over labelled voxels, so that bigger units buy nothing): "
-            + ("met" if voxel_met else "not met")
-            + ". "
-            + "; ".join(voxel_parts)
-            + "."
-        )
-    return text
+AXES = (("aubc", "rounds"), ("aubc_voxels", "labelled voxels"))
+"""The budget axes issue 14's acceptance is read on: AUBC over rounds (the issue's), and over labelled voxels."""
 
 
-def verdict_on(
-    result: dict[str, Any], metric: str, arms: tuple[str, ...], baselines: tuple[str, ...]
-) -> tuple[bool, list[str]]:
-    """Whether some arm meets issue 14's acceptance on ``metric``, and one sentence per arm."""
+def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str, ...]) -> list[Block]:
+    """Issue 14's acceptance read from a summary, on each budget axis the summary has: in how many settings each arm
+    beats every baseline on AUBC with a Holm-adjusted paired t p < 0.05, in how many it is significantly worse than
+    one, and in how many it beats foreground-random trained the same way (``SAME_TRAINING``)."""
     settings = sorted({row["setting"] for row in result["paired"]})
-    rows = {(r["strategy"], r["baseline"], r["setting"]): r for r in result["paired"] if r["metric"] == metric}
+    axes = [(metric, name) for metric, name in AXES if any(r["metric"] == metric for r in result["paired"])]
+    rows = {(r["strategy"], r["baseline"], r["setting"], r["metric"]): r for r in result["paired"]}
 
-    def significant(arm: str, baseline: str, setting: str, sign: int) -> bool:
-        row = rows.get((arm, baseline, setting))
+    def significant(arm: str, baseline: str, setting: str, metric: str, sign: int) -> bool:
+        row = rows.get((arm, baseline, setting, metric))
         return row is not None and row["t_p_holm"] < 0.05 and sign * row["mean_difference"] > 0
 
-    parts, met = [], False
-    for arm in arms:
-        wins = [s for s in settings if all(significant(arm, b, s, +1) for b in baselines)]
-        losses = [s for s in settings if any(significant(arm, b, s, -1) for b in baselines)]
-        met = met or (len(wins) >= 2 and not losses)
-        parts.append(
-            f"`{arm}` beats {' and '.join(f'`{b}`' for b in baselines)} (Holm-adjusted t p < 0.05) in "
-            f"{len(wins)} of {len(settings)} settings{' (' + ', '.join(wins) + ')' if wins else ''} and is "
-            f"significantly worse than one of them in {len(losses)}"
-        )
-        fair = SAME_TRAINING.get(arm)
-        if fair is not None and any((arm, fair, s) in rows for s in settings):
-            fair_wins = [s for s in settings if significant(arm, fair, s, +1)]
-            parts[-1] += (
-                f"; against `{fair}` (the same training without ClaSP PE) it is significantly better in "
-                f"{len(fair_wins)} of {len(settings)}"
-            )
-    return met, parts
+    def count(hits: list[str]) -> str:
+        return f"{len(hits)} of {len(settings)}" + (f" ({', '.join(hits)})" if hits else "")
+
+    cells: dict[str, list[str]] = {arm: [f"`{arm}`"] for arm in arms}
+    met = dict.fromkeys((name for _, name in axes), False)
+    for metric, name in axes:
+        for arm in arms:
+            wins = [s for s in settings if all(significant(arm, b, s, metric, +1) for b in baselines)]
+            losses = [s for s in settings if any(significant(arm, b, s, metric, -1) for b in baselines)]
+            met[name] = met[name] or (len(wins) >= 2 and not losses)
+            fair = SAME_TRAINING.get(arm)
+            fair_wins = [s for s in settings if fair and significant(arm, fair, s, metric, +1)]
+            compared = fair is not None and any((arm, fair, s, metric) in rows for s in settings)
+            cells[arm] += [count(wins), count(losses), f"{count(fair_wins)} (`{fair}`)" if compared else "—"]
+    both = " and ".join(f"`{b}`" for b in baselines)
+    headline = (
+        f"**Acceptance (issue 14: beat {both}, Holm-adjusted paired t p < 0.05 on AUBC, in at least 2 of the "
+        f"{len(settings)} patch regimes, and be significantly worse in none): "
+        + "; ".join(f"{'met' if ok else 'not met'} on AUBC over {name}" for name, ok in met.items())
+        + ".** The last columns compare each arm with foreground-random trained the same way, where it ran."
+    )
+    header = ["arm"] + [
+        column
+        for _, name in axes
+        for column in (f"beats both ({name})", f"worse than one ({name})", f"beats the same training ({name})")
+    ]
+    return [("p", headline), ("table", header, list(cells.values()))]
 
 
 def render_regimes(name: str, result: dict[str, Any], where: str) -> list[Block]:
@@ -728,7 +724,7 @@ def render_regimes(name: str, result: dict[str, Any], where: str) -> list[Block]
         )
     ]
     if name in VERDICTS:
-        intro.append(("p", verdict(result, *VERDICTS[name])))
+        intro += verdict(result, *VERDICTS[name])
     return [content[0], *intro, *content[1:]]
 
 

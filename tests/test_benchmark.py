@@ -250,9 +250,11 @@ def test_grid_runs_paired_and_reports_from_stored_results(grid: tuple[Path, Path
         )
     low, high = max(v[0] for v, _ in curves.values()), min(v[-1] for v, _ in curves.values())
     assert summary["voxel_interval"]["4+3x1"] == [low, high] and low < high
+    assert summary["run"]["unit"] == {"4+3x1": "volume"}  # the curves' budget axis: labelled volumes
     fine = np.linspace(low, high, 200_001)
     for row in summary["runs"]:
         voxels, dice = curves[row["strategy"], row["seed"]]
+        assert row["voxels"] == voxels
         assert row["aubc_voxels"] == pytest.approx(float(np.interp(fine, voxels, dice).mean()), abs=1e-6)
     (bald,) = [p for p in summary["paired"] if p["strategy"] == "bald" and p["metric"] == "aubc"]
     assert bald["baseline"] == "foreground-random" and bald["n"] == 2 and bald["seeds"] == SEEDS

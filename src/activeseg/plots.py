@@ -97,9 +97,11 @@ def band_png(
     line style.
     """
     fig, ax = plt.subplots(figsize=(8.5, 5) if legend_beside else (7.5, 4.8), dpi=120)
-    for name, band in bands.items():
+    palette = plt.get_cmap("tab10" if len(bands) <= 10 else "tab20").colors  # type: ignore[attr-defined]
+    for index, (name, band) in enumerate(bands.items()):
         budget = [v / x_scale for v in band["n_labelled"]] if x_scale != 1.0 else band["n_labelled"]
         style: dict[str, Any] = {"linestyle": linestyles[name]} if linestyles else {}
+        style["color"] = palette[index % len(palette)]  # distinct colours for up to 20 curves
         (line,) = ax.plot(budget, band["mean"], marker="o", label=f"{name} (n={band['n']})", **style)
         ax.fill_between(budget, band["low"], band["high"], color=line.get_color(), alpha=0.12 if linestyles else 0.15)
     if full_data:

@@ -386,8 +386,15 @@ def summary_bands_png(summary: dict[str, Any], setting: str) -> bytes:
     """One setting's learning curves with their CI bands and the full-data bound, as PNG bytes."""
     bands = summary["bands"][setting]
     confidence = round(summary["stats"]["confidence"] * 100)
+    recorded = summary["run"].get("unit", {})  # absent in summaries written before it was: the setting or volumes
+    kind = recorded.get(setting) or summary["settings"].get(setting, {}).get("unit.kind", "volume")
     return band_png(
         {strategy: bands[strategy] for strategy in summary["strategies"] if strategy in bands},
         summary["full_data"]["estimate"],
         title=f"{summary['name']} · {setting}: mean over seeds, {confidence}% CI",
+        xlabel=f"labelled {UNIT_PLURALS[kind]}",
+        legend_beside=len(bands) > 6,
     )
+
+
+UNIT_PLURALS = {"volume": "volumes", "slice": "slices", "patch": "patches"}

@@ -168,6 +168,7 @@ def summarise(results_dir: Path) -> dict[str, Any]:
                 "finished": r.finished,
                 "stop_reason": r.stop_reason,
                 "n_labelled": r.n_labelled,
+                "voxels": r.voxels,
                 "mean_dice": r.mean_dice,
                 "aubc": r.aubc,
                 "aubc_voxels": r.aubc_voxels,
@@ -360,5 +361,8 @@ def _describe_run(config: BenchmarkConfig) -> dict[str, Any]:
                 for k in ("initial", "per_round", "rounds")
             }
             for st in config.settings
+        },
+        "unit": {
+            st.name: config.run_config(st, config.strategies[0], config.seeds[0]).unit.kind for st in config.settings
         },
     }

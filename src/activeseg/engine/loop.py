@@ -198,11 +198,10 @@ class ActiveLearningLoop:
             stored = TeacherVote.load(folder) if keep else None
             if stored is not None:
                 return stored
-            probs = predict_volume(teacher, self.data.image(case_id), roi, inference, self.amp).numpy()
-            if not keep:
-                return TeacherVote.of(probs)
-            TeacherVote.of(probs).save(folder)
-            return TeacherVote.load(folder) or TeacherVote.of(probs)
+            fresh = TeacherVote.of(predict_volume(teacher, self.data.image(case_id), roi, inference, self.amp).numpy())
+            if keep:
+                fresh.save(folder)
+            return fresh
 
         if train.pseudo_label_calibrate:
             floor = threshold
