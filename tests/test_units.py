@@ -22,6 +22,8 @@ from activeseg.acquisition.units import (
     slice_unit,
     unit_from_key,
 )
+from activeseg.config import ConfigError, config_from_dict
+from activeseg.engine.pool import unit_spec
 from activeseg.engine.training import PartialDiceCELoss
 from activeseg.oracles.base import OracleError
 from activeseg.oracles.simulated import SimulatedOracle
@@ -56,6 +58,27 @@ def test_lattices_cover_the_grid() -> None:
     assert [u.key for u in slices] == [f"c@slice:2:{i}" for i in range(8)]
 
 
+def test_shifted_edges_keep_every_patch_full_size() -> None:
+    clipped = UnitSpec("patch", patch_size=(5, 7, 3))
+    shifted = UnitSpec("patch", patch_size=(5, 7, 3), edge="shift")
+    assert clipped.starts(SHAPE) == [[0, 5], [0, 7], [0, 3, 6]]  # the last box on each axis is cut short
+    assert shifted.starts(SHAPE) == [[0, 3], [0, 5], [0, 3, 5]]  # ... or moved back inside the grid
+    for spec in (clipped, shifted):
+        covered = np.zeros(SHAPE, dtype=int)
+        for unit in spec.lattice("c", SHAPE):
+            covered[unit.region(SHAPE)] += 1
+        assert covered.min() == 1  # both cover every voxel
+    assert {u.voxels(SHAPE) for u in shifted.lattice("c", SHAPE)} == {5 * 7 * 3}
+    assert min(u.voxels(SHAPE) for u in clipped.lattice("c", SHAPE)) == 3 * 5 * 2
+    assert UnitSpec("patch", patch_size=(4, 6, 4), edge="shift").lattice("c", SHAPE) == UnitSpec(
+        "patch", patch_size=(4, 6, 4)
+    ).lattice("c", SHAPE)  # nothing to shift where the patches divide the grid
+    assert UnitSpec("slice", edge="shift").lattice("c", SHAPE) == UnitSpec("slice").lattice("c", SHAPE)
+    assert unit_spec(config_from_dict({"unit": {"kind": "patch", "edge": "shift"}})).edge == "shift"
+    with pytest.raises(ConfigError, match=r"unit\.edge: 'wrap' is not one of 'clip', 'shift'"):
+        config_from_dict({"unit": {"edge": "wrap"}})
+
+
 def brute_force(maps: np.ndarray, weight: np.ndarray, units: list[Unit], reduction: str) -> np.ndarray:
     """Each unit's score by explicit loops over its voxels, in float64."""
     rows = []
@@ -76,6 +99,9 @@ def brute_force(maps: np.ndarray, weight: np.ndarray, units: list[Unit], reducti
     [
         UnitSpec("patch", patch_size=(4, 6, 4)),
         UnitSpec("patch", patch_size=(4, 6, 4), stride=(2, 3, 2)),
+        UnitSpec("patch", patch_size=(5, 7, 3)),
+        UnitSpec("patch", patch_size=(5, 7, 3), edge="shift"),
+        UnitSpec("patch", patch_size=(5, 7, 3), stride=(2, 3, 2), edge="shift"),
         UnitSpec("slice"),
     ],
 )

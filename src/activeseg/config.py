@@ -264,6 +264,8 @@ class UnitConfig:
     stride: tuple[int, int, int] | None = None
     """Patch placement: None is a non-overlapping grid; a smaller stride places patches freely on that lattice
     (chosen patches never overlap labelled voxels or each other)."""
+    edge: Literal["clip", "shift"] = "clip"
+    """Where patches do not divide an axis: clip the last one (smaller), or shift it inside (all full-size)."""
     keep: int = 16
     """Best candidate units kept per volume while scoring (memory stays flat in pool size)."""
     cost: str = "volumes"

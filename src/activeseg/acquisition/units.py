@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 
 UnitKind = Literal["volume", "slice", "patch"]
+Edge = Literal["clip", "shift"]
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 """((d0, d1), (h0, h1), (w0, w1)): half-open voxel ranges on the training grid"""
 
@@ -130,6 +131,9 @@ class UnitSpec:
     stride: tuple[int, int, int] | None = None
     """Patch placement lattice: ``None`` is the non-overlapping grid (stride = size); a smaller stride places
     patches freely on a finer lattice, and non-maximum suppression keeps the chosen ones disjoint."""
+    edge: Edge = "clip"
+    """Where patches do not divide an axis: ``clip`` cuts the last patch at the grid's end (a smaller unit);
+    ``shift`` moves it back inside, so every patch is full-size and the last one overlaps its neighbour."""
 
     def window(self, shape: Sequence[int]) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
         """(kernel, stride) of the pooling that scores every lattice unit of a D×H×W grid at once."""
@@ -145,15 +149,28 @@ class UnitSpec:
         full = tuple(int(s) for s in shape)
         return full, full  # type: ignore[return-value]
 
+    def starts(self, shape: Sequence[int]) -> list[list[int]]:
+        """The first voxel of every lattice unit along each axis; a unit spans ``window(shape)[0]`` voxels from
+        there, cut at the grid's end (``clip``) or moved back inside it (``shift``, patches only)."""
+        kernel, stride = self.window(shape)
+        out = []
+        for n, k, st in zip((int(n) for n in shape), kernel, stride, strict=True):
+            if self.edge == "shift" and self.kind == "patch":
+                first = list(range(0, n - k + 1, st))
+                out.append(first + ([n - k] if first[-1] + k < n else []))
+            else:
+                out.append([start for start in range(0, n, st) if start == 0 or start + k - st < n])
+        return out
+
     def lattice(self, case_id: str, shape: Sequence[int]) -> list[Unit]:
         """Every lattice unit of a case, in the row-major order of the pooled score grid. The lattice covers the
-        whole grid: where the patches do not divide it, the last patch on an axis is clipped at the grid's end."""
+        whole grid (see ``edge`` for where the patches do not divide it)."""
         if self.kind == "volume":
             return [Unit(case_id)]
-        kernel, stride = self.window(shape)
+        kernel, _ = self.window(shape)
         ranges = [
-            [(start, min(start + k, int(n))) for start in range(0, int(n), st) if start == 0 or start + k - st < n]
-            for n, k, st in zip(shape, kernel, stride, strict=True)
+            [(start, min(start + k, int(n))) for start in first]
+            for n, k, first in zip(shape, kernel, self.starts(shape), strict=True)
         ]
         units = []
         for d in ranges[0]:

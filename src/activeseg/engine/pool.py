@@ -61,7 +61,7 @@ class Candidates:
 def unit_spec(config: RunConfig) -> UnitSpec:
     """The run's query units."""
     unit = config.unit
-    return UnitSpec(unit.kind, unit.axis, unit.patch_size, unit.stride)
+    return UnitSpec(unit.kind, unit.axis, unit.patch_size, unit.stride, unit.edge)
 
 
 def labelled_voxels(ledger: Ledger, case_id: str, shape: tuple[int, ...], up_to_round: int | None = None) -> np.ndarray:
