@@ -145,6 +145,7 @@ def test_pseudo_labels_change_only_the_rounds_after_round_0(patch_run: Path, cac
         given = [loop.example(c) for c in labelled]
         trained = loop.training_examples(2, labelled)  # taught by round 1's model
         before_round_1 = loop.training_examples(0, labelled)
+    assert not layout.teacher_votes(2).exists()  # read once per case, so not kept
     added = 0
     for g, t, zero in zip(given, trained, before_round_1, strict=True):
         known = g.label_D_H_W != IGNORE

@@ -190,10 +190,11 @@ class ActiveLearningLoop:
             teacher = build_model(self.config.model, self.data.plan).to(self.device)
         load_weights(teacher, self.layout.model(r - 1, 0))
         roi, inference = self.data.plan.patch_size, self.config.inference
+        reused = train.pseudo_label_calibrate or self.config.strategy.uncertainty == "ensemble"
 
-        def vote(case_id: str, keep: bool = True) -> TeacherVote:
-            """The teacher's vote on a case; with ``keep`` saved (memory-mapped) until the round ends, so the check,
-            the pseudo-labels and each ensemble member predict a labelled case once."""
+        def vote(case_id: str, keep: bool = reused) -> TeacherVote:
+            """The teacher's vote on a case; with ``keep`` (when the check or other ensemble members read it again)
+            saved memory-mapped until the round ends, so each labelled case is predicted once per round."""
             folder = self.layout.teacher_votes(r) / case_id
             stored = TeacherVote.load(folder) if keep else None
             if stored is not None:
