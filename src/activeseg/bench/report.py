@@ -194,10 +194,11 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
             out.append(
                 (
                     "p",
-                    f"AUBC counts rounds (units) on its budget axis, as nnActive does. Units clipped at a volume's "
-                    f"edge hold fewer voxels, so strategies label different amounts per round; AUBC over labelled "
-                    f"voxels is each run's mean Dice over {interval[0]:,.0f}–{interval[1]:,.0f} labelled voxels, "
-                    f"the range every finished run of this setting covers.",
+                    f"AUBC counts rounds (units) on its budget axis, as nnActive does. Units can differ in voxels "
+                    f"(volumes differ in size, and lattice patches are clipped at a volume's edge unless "
+                    f"`unit.edge` is `shift`), so strategies may label different amounts per round; AUBC over "
+                    f"labelled voxels is each run's mean Dice over {interval[0]:,.0f}–{interval[1]:,.0f} labelled "
+                    f"voxels, the range every finished run of this setting covers.",
                 )
             )
         if fg_eff:
