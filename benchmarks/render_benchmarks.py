@@ -651,11 +651,12 @@ REGIME_NOTES = {
 """What a regime's summary cannot say about how it was run."""
 
 
+_ATTEMPTS = ("clasp-pe+pl", "clasp-pe+pool-pl", "clasp-pe+cal-pl", "clasp-pe+cal-pl+warm", "clasp-pe+warm")
 VERDICTS = {
-    "regimes-patch-cpu-ssl": (
-        ("clasp-pe+pl", "clasp-pe+pool-pl", "clasp-pe+cal-pl", "clasp-pe+cal-pl+warm", "clasp-pe+warm"),
-        ("foreground-random", "clasp-pe"),
-    )
+    "regimes-patch": (("spread-clasp-pe", *_ATTEMPTS), ("foreground-random", "clasp-pe")),
+    "regimes-patch-cpu-ssl": (_ATTEMPTS, ("foreground-random", "clasp-pe")),
+    "regimes-patch-shift": (("clasp-pe+warm", "clasp-pe+cal-pl+warm"), ("foreground-random", "clasp-pe")),
+    "regimes-patch-cpu-shift": (("clasp-pe+cal-pl+warm",), ("foreground-random", "clasp-pe")),
 }
 """Issue 14's acceptance, per regime benchmark: (activeseg's arms, the baselines each must beat)."""
 SAME_TRAINING = {

@@ -1,0 +1,85 @@
+"""BENCHMARKS.md's issue-14 verdict (``benchmarks/render_benchmarks.py``) read from hand-made paired rows."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from _support import REPO
+
+
+@pytest.fixture(scope="module")
+def render() -> Iterator[ModuleType]:
+    sys.path.insert(0, str(REPO / "benchmarks"))  # the script imports its neighbours as it does when run
+    try:
+        yield importlib.import_module("render_benchmarks")
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+ARM, FAIR = "clasp-pe+cal-pl+warm", "foreground-random+cal-pl+warm"
+BASELINES = ("foreground-random", "clasp-pe")
+
+
+def row(baseline: str, setting: str, difference: float, p_holm: float, metric: str = "aubc") -> dict[str, Any]:
+    return {
+        "strategy": ARM,
+        "baseline": baseline,
+        "setting": setting,
+        "metric": metric,
+        "mean_difference": difference,
+        "t_p_holm": p_holm,
+    }
+
+
+def winning_rows() -> list[dict[str, Any]]:
+    """Beats both baselines in low and high; in medium it beats foreground-random only; beats its fair baseline in
+    low alone."""
+    return [
+        row("foreground-random", "low", 0.03, 0.01),
+        row("clasp-pe", "low", 0.02, 0.04),
+        row(FAIR, "low", 0.01, 0.03),
+        row("foreground-random", "medium", 0.03, 0.01),
+        row("clasp-pe", "medium", 0.02, 0.20),
+        row(FAIR, "medium", 0.01, 0.50),
+        row("foreground-random", "high", 0.02, 0.02),
+        row("clasp-pe", "high", 0.01, 0.049),
+        row(FAIR, "high", -0.01, 0.70),
+    ]
+
+
+def verdict(render: ModuleType, rows: list[dict[str, Any]]) -> tuple[str, list[str], list[list[str]]]:
+    """The verdict's headline, table header and table rows for ``ARM`` against ``BASELINES``."""
+    (_, headline), (_, header, cells) = render.verdict({"paired": rows}, (ARM,), BASELINES)
+    return headline, header, cells
+
+
+def test_two_significant_wins_over_both_baselines_and_no_loss_meet_the_acceptance(render: ModuleType) -> None:
+    headline, header, rows = verdict(render, winning_rows())
+    assert "met on AUBC over rounds" in headline and "not met" not in headline
+    assert header == ["arm", "beats both (rounds)", "worse than one (rounds)", "beats the same training (rounds)"]
+    assert rows == [[f"`{ARM}`", "2 of 3 (high, low)", "0 of 3", f"1 of 3 (low) (`{FAIR}`)"]]
+
+
+def test_a_significant_loss_anywhere_fails_the_acceptance(render: ModuleType) -> None:
+    rows = winning_rows()
+    rows[4] = row("clasp-pe", "medium", -0.02, 0.03)
+    headline, _, cells = verdict(render, rows)
+    assert "not met on AUBC over rounds" in headline
+    assert cells[0][1:3] == ["2 of 3 (high, low)", "1 of 3 (medium)"]
+
+
+def test_p_at_the_threshold_is_not_significant_and_each_budget_axis_is_read_alone(render: ModuleType) -> None:
+    rows = winning_rows() + [
+        {**r, "metric": "aubc_voxels", "t_p_holm": 0.05 if r["setting"] == "high" else r["t_p_holm"]}
+        for r in winning_rows()
+    ]
+    headline, header, cells = verdict(render, rows)
+    assert "met on AUBC over rounds; not met on AUBC over labelled voxels" in headline
+    assert len(header) == 7
+    assert cells[0][4] == "1 of 3 (low)"
