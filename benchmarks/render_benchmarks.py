@@ -642,11 +642,14 @@ REGIME_NOTES = {
     "after that and foreground-random+warm in the one after that, each with no change to the code it runs. The "
     "results dir's benchmark.yaml was replaced by the grown config each time (and once more when "
     "foreground-random+warm became a baseline).",
-    "regimes-patch-cpu-shift": " A pilot of two arms. The full-data bound is `regimes-patch-cpu-ssl`'s (copied into "
-    "the results dir before the run: the same run config but for unit.edge, which a full-data run does not read), so "
-    "the wall time does not count it. Most planned hippocampus volumes are shorter than two patches on every axis, so "
-    "their full-size patches all overlap and each such case yields one patch: the high setting runs out of pool after "
-    "204 patches from 160 cases, in its third acquisition round, in every run.",
+    "regimes-patch-cpu-shift": " The full-data bound is `regimes-patch-cpu-ssl`'s (copied into the results dir "
+    "before the run: the same run config but for unit.edge, which a full-data run does not read), so the wall time "
+    "does not count it. foreground-random and clasp-pe ran first as a two-arm pilot; the two +cal-pl+warm arms and "
+    "the clasp-pe and foreground-random+cal-pl+warm baselines were added to the config before either arm ran, in the "
+    "next session (2026-11-29), with no change to the code the pilot's arms run (the results dir's benchmark.yaml "
+    "was replaced by the grown config). Most planned hippocampus volumes are shorter than two patches on every axis, "
+    "so their full-size patches all overlap and each such case yields one patch: the high setting runs out of pool "
+    "after 204 patches from 160 cases, in its third acquisition round, in every run.",
 }
 """What a regime's summary cannot say about how it was run."""
 
