@@ -678,7 +678,8 @@ AXES = (("aubc", "rounds"), ("aubc_voxels", "labelled voxels"))
 def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str, ...]) -> list[Block]:
     """Issue 14's acceptance read from a summary, on each budget axis the summary has: in how many settings each arm
     beats every baseline on AUBC with a Holm-adjusted paired t p < 0.05, in how many it is significantly worse than
-    one, and in how many it beats foreground-random trained the same way (``SAME_TRAINING``)."""
+    one, and in how many it beats foreground-random trained the same way (``SAME_TRAINING``), with the seeds that
+    comparison would need for 80% power where the summary has them."""
     settings = sorted({row["setting"] for row in result["paired"]})
     axes = [(metric, name) for metric, name in AXES if any(r["metric"] == metric for r in result["paired"])]
     rows = {(r["strategy"], r["baseline"], r["setting"], r["metric"]): r for r in result["paired"]}
@@ -686,6 +687,14 @@ def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str,
     def significant(arm: str, baseline: str, setting: str, metric: str, sign: int) -> bool:
         row = rows.get((arm, baseline, setting, metric))
         return row is not None and row["t_p_holm"] < 0.05 and sign * row["mean_difference"] > 0
+
+    def power(arm: str, fair: str, metric: str) -> str:
+        needed = [
+            (s, rows[arm, fair, s, metric].get("seeds_for_power")) for s in settings if (arm, fair, s, metric) in rows
+        ]
+        if not any(n for _, n in needed):
+            return ""  # summaries stored before the planning figure
+        return "; seeds for 80% power: " + ", ".join(f"{s} {n or '—'}" for s, n in needed)
 
     def count(hits: list[str]) -> str:
         return f"{len(hits)} of {len(settings)}" + (f" ({', '.join(hits)})" if hits else "")
@@ -700,7 +709,8 @@ def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str,
             fair = SAME_TRAINING.get(arm)
             fair_wins = [s for s in settings if fair and significant(arm, fair, s, metric, +1)]
             compared = fair is not None and any((arm, fair, s, metric) in rows for s in settings)
-            cells[arm] += [count(wins), count(losses), f"{count(fair_wins)} (`{fair}`)" if compared else "—"]
+            fair_cell = f"{count(fair_wins)} (`{fair}`{power(arm, fair, metric)})" if fair and compared else "—"
+            cells[arm] += [count(wins), count(losses), fair_cell]
     both = " and ".join(f"`{b}`" for b in baselines)
     headline = (
         f"**Acceptance (issue 14: beat {both}, Holm-adjusted paired t p < 0.05 on AUBC, in at least 2 of the "

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from activeseg.bench.config import benchmark_from_dict, load_benchmark
 from activeseg.bench.grid import BenchmarkError, plan, ray_session, run_dir
-from activeseg.bench.stats import aubc
+from activeseg.bench.stats import aubc, seeds_for_power
 from activeseg.cli import app
 from activeseg.config import ConfigError
 
@@ -269,6 +269,9 @@ def test_grid_runs_paired_and_reports_from_stored_results(grid: tuple[Path, Path
     assert sorted(ranks) == sorted(STRATEGIES) and sum(ranks.values()) == pytest.approx(3.0)
     # One family per (baseline, metric): here a single comparison, so Holm leaves its p-value as it is.
     assert bald["family_size"] == 1 and bald["t_p_holm"] == bald["t_p"]
+    differences = [by["bald", s] - by["foreground-random", s] for s in SEEDS]
+    assert bald["sd"] == pytest.approx(float(np.std(differences, ddof=1)))
+    assert bald["seeds_for_power"] == seeds_for_power(bald["mean_difference"], bald["sd"], 0.05)  # a family of 1
     # FG-Eff needs the pool's foreground (from each full-data run) and the labelled foreground per round.
     for seed in SEEDS:
         record = json.loads((results / "full-data" / f"seed-{seed}" / "full_data.json").read_text())

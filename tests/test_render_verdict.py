@@ -66,6 +66,13 @@ def test_two_significant_wins_over_both_baselines_and_no_loss_meet_the_acceptanc
     assert rows == [[f"`{ARM}`", "2 of 3 (high, low)", "0 of 3", f"1 of 3 (low) (`{FAIR}`)"]]
 
 
+def test_the_fair_comparison_names_the_seeds_it_would_need(render: ModuleType) -> None:
+    needed = {"low": 6, "medium": 40, "high": None}
+    rows = [r | {"seeds_for_power": needed[r["setting"]]} if r["baseline"] == FAIR else r for r in winning_rows()]
+    _, _, cells = verdict(render, rows)
+    assert cells[0][3] == f"1 of 3 (low) (`{FAIR}`; seeds for 80% power: high —, low 6, medium 40)"
+
+
 def test_a_significant_loss_anywhere_fails_the_acceptance(render: ModuleType) -> None:
     rows = winning_rows()
     rows[4] = row("clasp-pe", "medium", -0.02, 0.03)

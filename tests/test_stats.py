@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from activeseg.bench.stats import (
     aubc,
@@ -18,6 +19,7 @@ from activeseg.bench.stats import (
     mean_over,
     mean_ranks,
     paired_test,
+    seeds_for_power,
 )
 
 
@@ -97,6 +99,7 @@ def test_paired_t_p_matches_the_closed_form_for_three_pairs() -> None:
     result = paired_test(a.tolist(), b.tolist())
     assert result.t_p == pytest.approx(closed_form, rel=1e-9)
     assert result.wilcoxon_p == pytest.approx(0.25)  # all three positive: the smallest p three pairs can give
+    assert result.sd == pytest.approx(float(np.std(d, ddof=1)))
     assert result.low <= result.mean_difference <= result.high
 
 
@@ -164,3 +167,34 @@ def test_foreground_efficiency_recovers_the_rate_of_a_known_curve() -> None:
     assert rates[0.05] == pytest.approx(0.05, rel=0.05) and rates[0.2] == pytest.approx(0.2, rel=0.05)
     assert foreground_efficiency([1.0], [0.5], c, start_dice, x0) is None  # one point fits nothing
     assert foreground_efficiency([1.0, float("nan")], [0.5, 0.6], c, start_dice, x0) is None
+
+
+@pytest.mark.parametrize(("effect", "pairs"), [(0.5, 34), (0.8, 15), (1.0, 10)])
+def test_seeds_for_power_matches_published_paired_t_sample_sizes(effect: float, pairs: int) -> None:
+    """Cohen's paired effect size d_z = mean / sd, two-sided α = 0.05, power 0.8: the sample sizes G*Power gives."""
+    assert seeds_for_power(effect * 0.004, 0.004, 0.05) == pairs
+    assert seeds_for_power(-effect, 1.0, 0.05) == pairs  # two-sided: the sign does not matter
+
+
+def test_seeds_for_power_agrees_with_simulated_paired_t_tests() -> None:
+    """Simulated experiments at the returned n reject at least 80% of the time, and at n − 1 less often."""
+    mean, sd, alpha = 0.0044, 0.0043, 0.05 / 3  # the shape of a fair comparison in BENCHMARKS.md, Bonferroni of 3
+    n = seeds_for_power(mean, sd, alpha)
+    assert n is not None and 5 < n < 40
+    rng = np.random.default_rng(0)
+
+    def rejection_rate(pairs: int) -> float:
+        d = rng.normal(mean, sd, size=(20_000, pairs))
+        return float(np.mean(scipy_stats.ttest_1samp(d, 0.0, axis=1).pvalue < alpha))
+
+    assert rejection_rate(n) >= 0.8 - 0.01  # 20,000 experiments: standard error about 0.003
+    assert rejection_rate(n - 1) < 0.8 + 0.01
+
+
+def test_seeds_for_power_edge_cases() -> None:
+    assert seeds_for_power(0.0, 0.01, 0.05) is None  # nothing to detect
+    assert seeds_for_power(0.01, 0.0, 0.05) == 2  # no spread: the smallest test detects it
+    assert seeds_for_power(0.001, 1.0, 0.05, most=50) is None  # needs far more than 50
+    for alpha, power, sd in ((0.0, 0.8, 1.0), (0.05, 1.0, 1.0), (0.05, 0.8, -1.0)):
+        with pytest.raises(ValueError):
+            seeds_for_power(0.1, sd, alpha, power)

@@ -212,6 +212,7 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
                 )
             )
         tests = [p for p in summary["paired"] if p["setting"] == setting]
+        powered = any("seeds_for_power" in p for p in tests)  # summaries stored before it have no column
         if tests:
             out.append(
                 (
@@ -219,23 +220,21 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
                     f"Paired differences (strategy − baseline, same seed, so the same split and round 0), mean with "
                     f"{confidence} bootstrap CI, two-sided Wilcoxon signed-rank and paired t-test p-values, and the "
                     "t-test's p Holm-adjusted over its family (every strategy × setting compared with the same "
-                    "baseline on the same metric):",
+                    "baseline on the same metric)"
+                    + (
+                        ", and the seeds a paired t-test at the family's Bonferroni level (α / family size) would "
+                        "need to detect a true difference of this mean and spread with 80% probability (a planning "
+                        "figure, as noisy as the spread measured on these seeds; — for no difference or over 1000):"
+                        if powered
+                        else ":"
+                    ),
                 )
             )
+            header = ["strategy", "baseline", "metric", "n", "difference [CI]", "wins", "Wilcoxon p", "paired t p"]
             out.append(
                 (
                     "table",
-                    [
-                        "strategy",
-                        "baseline",
-                        "metric",
-                        "n",
-                        "difference [CI]",
-                        "wins",
-                        "Wilcoxon p",
-                        "paired t p",
-                        "t p (Holm)",
-                    ],
+                    header + ["t p (Holm)"] + (["seeds for 80% power"] if powered else []),
                     [
                         [
                             f"`{p['strategy']}`",
@@ -248,6 +247,7 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
                             _p(p["t_p"]),
                             _p(p["t_p_holm"]),
                         ]
+                        + ([str(p.get("seeds_for_power") or "—")] if powered else [])
                         for p in tests
                     ],
                 )

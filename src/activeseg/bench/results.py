@@ -26,6 +26,7 @@ from activeseg.bench.stats import (
     mean_over,
     mean_ranks,
     paired_test,
+    seeds_for_power,
 )
 from activeseg.engine.full_data import full_data_dice, pool_foreground
 from activeseg.rundir.curves import read_curve
@@ -249,6 +250,7 @@ def summarise(results_dir: Path) -> dict[str, Any]:
                     )
 
     add_holm(paired)
+    add_power(paired, s.alpha)
     ranking: dict[str, Any] = {}
     for metric, _ in METRICS:
         table = {
@@ -315,6 +317,16 @@ def add_holm(paired: list[dict[str, Any]]) -> None:
                 row[f"{test}_holm"] = adjusted
         for row in rows:
             row["family_size"] = len(rows)
+
+
+def add_power(paired: list[dict[str, Any]], alpha: float, power: float = 0.8) -> None:
+    """Add ``seeds_for_power`` to every paired row with a spread: the seeds a paired t-test at the family's
+    Bonferroni level (alpha / family size, Holm's strictest step) needs to detect its mean difference with
+    probability ``power`` (:func:`~activeseg.bench.stats.seeds_for_power`)."""
+    for row in paired:
+        if row.get("sd") is not None:
+            level = alpha / row["family_size"]
+            row["seeds_for_power"] = seeds_for_power(row["mean_difference"], row["sd"], level, power)
 
 
 def _foreground_efficiencies(

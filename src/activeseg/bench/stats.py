@@ -5,6 +5,8 @@
 - :func:`bootstrap_ci`: the mean with a percentile-bootstrap confidence interval (seeded numpy ``Generator``);
 - :func:`paired_test`: paired differences ``a - b`` with a bootstrap CI, Wilcoxon signed-rank and paired t p-values;
 - :func:`holm`: Holm's step-down adjustment of a family of p-values;
+- :func:`seeds_for_power`: how many paired seeds a paired t-test needs to detect a difference of a given mean and
+  spread (noncentral t), the planning figure for a comparison that did not reach significance;
 - :func:`mean_ranks`: nnActive-style ranking, rank 1 best within each block (a seed and setting), ties averaged;
 - :func:`budget_to_reach`: the first budget at which a curve reaches a target Dice;
 - :func:`curve_band`: the mean learning curve over seeds with a bootstrap band per budget;
@@ -102,6 +104,8 @@ class PairedTest:
     t_p: float | None
     wins: int
     """Pairs in which ``a`` is strictly larger."""
+    sd: float | None = None
+    """The standard deviation of the differences (ddof 1; None below 2 pairs)."""
 
 
 def paired_test(
@@ -121,7 +125,8 @@ def paired_test(
         t_p = None
         if len(d) >= 2:  # without spread the t statistic is infinite: p = 0
             t_p = 0.0 if np.all(d == d[0]) else float(scipy_stats.ttest_rel(x, y).pvalue)
-    return PairedTest(len(d), ci.mean, ci.low, ci.high, wilcoxon_p, t_p, int(np.sum(d > 0)))
+    sd = float(np.std(d, ddof=1)) if len(d) >= 2 else None
+    return PairedTest(len(d), ci.mean, ci.low, ci.high, wilcoxon_p, t_p, int(np.sum(d > 0)), sd)
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:
@@ -138,6 +143,31 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
         running = max(running, min(1.0, (m - rank) * p))
         out[i] = running
     return out
+
+
+def seeds_for_power(
+    mean_difference: float, sd: float, alpha: float, power: float = 0.8, most: int = 1000
+) -> int | None:
+    """The fewest pairs (2 or more) at which a two-sided paired t-test at level ``alpha`` rejects with probability
+    at least ``power`` when the true differences have this mean and standard deviation; None for a zero mean or
+    beyond ``most`` pairs.
+
+    The power at n pairs is P(|T| > t_{1−α/2, n−1}) for T noncentral t with n − 1 degrees of freedom and
+    noncentrality mean / (sd / √n). Fed with a pilot's estimates it is a planning figure, as noisy as they are.
+    """
+    if not (0 < alpha < 1 and 0 < power < 1) or sd < 0:
+        raise ValueError("need 0 < alpha < 1, 0 < power < 1 and sd >= 0")
+    if mean_difference == 0:
+        return None
+    if sd == 0:
+        return 2
+    for n in range(2, most + 1):
+        df, noncentrality = n - 1, abs(mean_difference) / (sd / math.sqrt(n))
+        critical = scipy_stats.t.ppf(1 - alpha / 2, df)
+        reject = scipy_stats.nct.sf(critical, df, noncentrality) + scipy_stats.nct.cdf(-critical, df, noncentrality)
+        if reject >= power:
+            return n
+    return None
 
 
 def mean_ranks(table: Mapping[str, Mapping[Any, float]]) -> tuple[dict[str, float], int]:
