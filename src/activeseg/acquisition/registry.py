@@ -240,7 +240,7 @@ register(
     Strategy(
         name="spread-clasp-pe",
         description="ClaSP PE whose batch is spread over cases: one unit per case until every case has given one.",
-        source="activeseg (docs/design.md, 'Spread ClaSP PE'): ClaSP PE (Lüth et al., 2026) with a per-case cap, "
+        source="activeseg (docs/attempts.md, 'Spread ClaSP PE'): ClaSP PE (Lüth et al., 2026) with a per-case cap, "
         "since uncertainty-chosen patches pile up in a few hard cases while random units cover many.",
         scorer="clasp",
         selector=spread_selector(select_clasp),
