@@ -231,10 +231,11 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
                 )
             )
             header = ["strategy", "baseline", "metric", "n", "difference [CI]", "wins", "Wilcoxon p", "paired t p"]
+            header += ["t p (Holm)", *(["seeds for 80% power"] if powered else [])]
             out.append(
                 (
                     "table",
-                    header + ["t p (Holm)"] + (["seeds for 80% power"] if powered else []),
+                    header,
                     [
                         [
                             f"`{p['strategy']}`",
