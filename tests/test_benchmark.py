@@ -78,6 +78,22 @@ def test_config_round_trips_and_plans_a_paired_grid(tmp_path: Path) -> None:
     assert runs[0].config.train.iterations == 4 and runs[0].out_dir.name == "seed-0"
 
 
+def test_a_grid_can_run_one_setting_at_a_time(tmp_path: Path) -> None:
+    two = {"low": {"loop.initial": 4}, "high": {"loop.initial": 6}}
+    config = benchmark_from_dict(tiny_benchmark(tmp_path, settings=two, full_data={"enabled": False}))
+    whole = plan(config, tmp_path / "results")
+    low = plan(config, tmp_path / "results", only=["low"])
+    assert {t.setting for phase in low for t in phase} == {"low"}
+    assert [t for phase in whole for t in phase if t.setting == "low"] == [t for phase in low for t in phase]
+    with pytest.raises(BenchmarkError, match=r"no setting medium \(its settings: low, high\)"):
+        plan(config, tmp_path / "results", only=["low", "medium"])
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(config.to_dict()))
+    outcome = runner.invoke(app, ["benchmark", str(path), "--results-dir", str(tmp_path / "r"), "--setting", "mid"])
+    assert outcome.exit_code == 2 and "no setting mid" in outcome.output
+    assert not (tmp_path / "r").exists()  # refused before anything is written
+
+
 def test_strategy_overrides_change_only_their_strategy(tmp_path: Path) -> None:
     schedule = {"strategy.beta_end": 100.0, "strategy.beta_schedule": "exponential"}
     config = benchmark_from_dict(tiny_benchmark(tmp_path, strategy_overrides={"bald": schedule}))

@@ -245,6 +245,10 @@ def benchmark(
         str | None, typer.Option("--ray-address", help="Attach to an existing Ray cluster (implies --ray).")
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Runs at once in a local process pool (without Ray).")] = None,
+    setting: Annotated[
+        list[str] | None,
+        typer.Option(help="Run only this setting (repeatable); the rest of the grid waits for a later call."),
+    ] = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report afterwards.")] = True,
 ) -> None:
     """Run (or resume) a grid of strategies × seeds × settings, the full-data bound, and write the report."""
@@ -263,7 +267,7 @@ def benchmark(
             changes["ray.address"] = ray_address
         config = with_overrides(config, changes) if changes else config
         out = results_dir or Path("runs") / f"benchmark-{config.name}"
-        results = run_benchmark(config, out, RichReporter(console))
+        results = run_benchmark(config, out, RichReporter(console), only=setting)
         console.print(f"{sum(r.status != 'skipped' for r in results)} task(s) run, {len(results)} in the grid: {out}")
         if report:
             written = write_report(out)

@@ -99,9 +99,16 @@ class TaskResult:
     """The run's last mean foreground Dice (or the full-data Dice)."""
 
 
-def plan(config: BenchmarkConfig, results_dir: Path) -> tuple[list[Task], list[Task]]:
-    """The two phases: every (setting, seed) round 0, then every strategy run and full-data bound."""
+def plan(
+    config: BenchmarkConfig, results_dir: Path, only: Sequence[str] | None = None
+) -> tuple[list[Task], list[Task]]:
+    """The two phases: every (setting, seed) round 0, then every strategy run and full-data bound. ``only`` keeps
+    the settings it names (the full-data bound belongs to every setting, so it stays)."""
     results_dir = Path(results_dir).resolve()
+    unknown = sorted(set(only or ()) - {s.name for s in config.settings})
+    if unknown:
+        names = ", ".join(s.name for s in config.settings)
+        raise BenchmarkError(f"{config.name} has no setting {', '.join(unknown)} (its settings: {names})")
     first: list[Task] = []
     second: list[Task] = []
     if config.full_data.enabled:
@@ -110,6 +117,8 @@ def plan(config: BenchmarkConfig, results_dir: Path) -> tuple[list[Task], list[T
             for s in config.seeds
         ]
     for setting in config.settings:
+        if only and setting.name not in only:
+            continue
         for seed in config.seeds:
             zero = run_dir(results_dir, setting.name, seed, ROUND_ZERO)
             first.append(
@@ -275,17 +284,18 @@ def run_benchmark(
     reporter: Reporter | None = None,
     backend: Backend | None = None,
     on_result: Callable[[TaskResult], None] | None = None,
+    only: Sequence[str] | None = None,
 ) -> list[TaskResult]:
-    """Run (or resume) every task of the grid; returns what each task did."""
+    """Run (or resume) every task of the grid, or of the settings ``only`` names; returns what each task did."""
     reporter = reporter or SilentReporter()
     config = resolve_paths(config)
     results_dir = Path(results_dir).resolve()
     backend = backend or choose_backend(config)
     if config.run.data.root is None:
         raise BenchmarkError("no dataset: set run.data.root in the benchmark config or pass --data DIR")
+    phases = plan(config, results_dir, only)  # an unknown setting fails before anything is written
     prepare_results_dir(config, results_dir)
     _data(config.run)  # validate and preprocess once, before anything runs (fills the shared cache)
-    phases = plan(config, results_dir)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     tick = time.perf_counter()
     results: list[TaskResult] = []
