@@ -8,11 +8,13 @@ instance must give byte-identical artifacts, and an interrupted run resumes (ove
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import math
 import shutil
 import sqlite3
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -368,3 +370,49 @@ def test_a_results_dir_refuses_a_different_grid(grid: tuple[Path, Path], tmp_pat
     other.write_text(yaml.safe_dump(yaml.safe_load(config.read_text()) | {"seeds": [0, 1, 2]}))
     outcome = runner.invoke(app, ["benchmark", str(other), "--results-dir", str(results)])
     assert outcome.exit_code == 2 and "holds a different benchmark" in " ".join(outcome.output.split())
+
+
+@requires_hippocampus
+@pytest.mark.slow
+def test_an_archived_grid_resumes_where_it_stopped(grid: tuple[Path, Path], tmp_path: Path) -> None:
+    """``benchmarks/archive_results.py``: weights dropped, unfinished runs (and the round 0 they adopt) left out;
+    unpacked elsewhere, a rerun skips what finished and redoes the rest with the same bytes."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        archive_results = importlib.import_module("archive_results")
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    config, results = grid
+    whole, again = tmp_path / "whole.tar.xz", tmp_path / "again.tar.xz"
+    archive_results.pack(results, whole)
+    archive_results.pack(results, again)
+    assert whole.read_bytes() == again.read_bytes()  # deterministic: a grown archive is one changed file in git
+    with tarfile.open(whole) as tar:
+        names = tar.getnames()
+    assert not any(name.endswith((".pt", ".png", "plan.json")) for name in names)
+    assert "runs/4+3x1/seed-1/bald/ledger.sqlite" in names and "benchmark.yaml" in names
+
+    partial = tmp_path / "partial"
+    shutil.copytree(results, partial)
+    db = sqlite3.connect(run_dir(partial, "4+3x1", 1, "bald") / "ledger.sqlite")
+    db.execute("DELETE FROM stops")  # as if still running
+    db.commit()
+    db.close()
+    archive_results.pack(partial, tmp_path / "partial.tar.xz")
+    restored = tmp_path / "restored"
+    archive_results.unpack(tmp_path / "partial.tar.xz", restored)
+    assert not run_dir(restored, "4+3x1", 1, "bald").exists()
+    assert not run_dir(restored, "4+3x1", 1, "_round0").exists()  # the unfinished run adopts it: retrained
+    assert (run_dir(restored, "4+3x1", 0, "_round0") / "ledger.sqlite").exists()
+    outcome = runner.invoke(app, ["benchmark", str(config), "--results-dir", str(restored), "--workers", "1"])
+    assert outcome.exit_code == 0, outcome.output
+    last = json.loads((restored / "executions.jsonl").read_text().splitlines()[-1])
+    ran = sorted((t["kind"], t["seed"], t["strategy"]) for t in last["tasks"] if t["status"] != "skipped")
+    assert ran == [("round0", 1, None), ("run", 1, "bald")]
+    assert artifacts(restored) == artifacts(results) and all_ledgers(restored) == all_ledgers(results)
+    other = tmp_path / "other"
+    (other / "runs").mkdir(parents=True)
+    (other / "benchmark.yaml").write_text("name: other\n")
+    with pytest.raises(SystemExit, match="differs"):  # unpacking over other results refuses and writes nothing
+        archive_results.unpack(whole, other)
+    assert sorted(p.name for p in other.rglob("*")) == ["benchmark.yaml", "runs"]
