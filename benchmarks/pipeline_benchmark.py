@@ -16,7 +16,7 @@ the box their crop was pasted into (``data.clinical.crop_to_structure``: same vo
     python benchmarks/pipeline_benchmark.py [--parts full speed] [--cases 40] [--iterations 500] [--paste world]
         [--largest-component]
 
-writes ``benchmarks/results/pipeline.json`` (with the machine); ``render_benchmarks.py`` puts it in BENCHMARKS.md.
+writes ``benchmarks/results/pipeline.json`` (with the machine); ``render_pipeline.py`` puts it in BENCHMARKS.md.
 """
 
 from __future__ import annotations

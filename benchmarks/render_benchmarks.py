@@ -1,7 +1,8 @@
 """BENCHMARKS.md from the stored results in ``benchmarks/results/`` only (``run_benchmarks.py`` measures them).
 
 Every section is a list of ``activeseg.bench.report`` blocks, rendered by its ``render_markdown``; the hippocampus
-benchmark's sections are the report's own blocks (tables and figures) with an introduction.
+benchmark's sections are the report's own blocks (tables and figures) with an introduction. The clinical-size
+pipeline's section is ``render_pipeline``'s, the label regimes' and issue 14's verdict ``render_regimes``'.
 
     python benchmarks/run_benchmarks.py --render-only
 """
@@ -14,15 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from unit_seeds import render_unit_seeds  # this script's folder is on sys.path when it runs
+from render_common import HERE, IMAGE_DIR, RESULTS, describe, figure  # this script's folder is on sys.path
+from render_pipeline import render_pipeline
+from render_regimes import render_regimes
+from unit_seeds import render_unit_seeds
 
 from activeseg.artifacts import read_json, write_text_atomic
 from activeseg.bench.report import Block, blocks, render_markdown, write_images
 from activeseg.bench.stats import aubc
 from activeseg.demo import DEMO_STRATEGIES
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 OUTPUT = HERE.parent / "BENCHMARKS.md"
 PARTS = ("speed", "memory", "full", "demo", "hippocampus", "units")
 CLINICAL = ("pipeline", "score_memory", "score_speed")
@@ -31,57 +33,6 @@ GPU_UNITS = RESULTS / "gpu-units"
 """Per-seed summaries (``seed-N/units.json`` and curves) and ``summary.json`` of the GPU units benchmark."""
 CPU_UNITS = RESULTS / "cpu-units"
 """The same for the CPU-size seeds of ``cpu_units.sh``."""
-IMAGE_DIR = "benchmarks/results"
-"""Where BENCHMARKS.md finds the figures (relative to the repository root)."""
-
-
-def describe(m: dict[str, Any]) -> str:
-    """One line naming the machine of a result."""
-    return f"{m['cpu']}, {m['threads']} torch thread(s), GPU: {m['gpu']}, torch {m['torch']}, {m['date']}"
-
-
-def where_of(result: dict[str, Any]) -> str:
-    """The machine of a result that may predate recording it (measured on the same 2-core VM)."""
-    return describe(result["machine"]) if "machine" in result else "AMD EPYC, 2 torch threads (not recorded)"
-
-
-def export_of(full: dict[str, Any]) -> str:
-    """How a pipeline run's predictions reached the native grid (runs before it was recorded copied label maps)."""
-    way = full.get("native_export", "nearest labels")
-    return "argmax of linearly resampled probabilities" if way == "linear probabilities" else "nearest-neighbour labels"
-
-
-ISOTROPIC = "cropped-isotropic-1mm-3000"
-"""The pipeline variant that keeps the clinical image but not its thick slices (``--in-plane 1 1 --slices 1 1``)."""
-
-
-def dice_of(run: dict[str, Any], name: str) -> str:
-    """A pipeline variant's mean foreground Dice on set ``name``, or a dash where it did not train that set."""
-    return f"{run[name]['dice']['mean_foreground']:.4f}" if name in run else "–"
-
-
-def ranking_text(ranking: dict[str, Any]) -> str:
-    """The bf16 ranking check of ``score_speed.py``, against other dropout masks where it was measured."""
-    text = (
-        f"bf16 ranking check: the demo model trained on 20 hippocampus volumes scores the other {ranking['pool']} "
-        f"(BALD, mean) in float32 and in bf16 with the same dropout masks: top 5 shared {ranking['top5_overlap']}/5 "
-        f"(same order: {ranking['top5_order_same']}), top 20 shared {ranking['top20_overlap']}/20, Spearman ρ "
-        f"{ranking['spearman']:.4f}, largest score difference {ranking['max_abs_score_difference']:.1e} (top score "
-        f"{ranking['max_score']:.4f})."
-    )
-    noise = ranking.get("other_dropout_masks")
-    if noise:
-        text += (
-            f" Float32 with other dropout masks, the noise every run has: top 5 shared {noise['top5_overlap']}/5, "
-            f"top 20 shared {noise['top20_overlap']}/20, Spearman ρ {noise['spearman']:.4f}. Within that noise: "
-            f"{'yes' if ranking['within_noise'] else 'no'}."
-        )
-    return text
-
-
-def figure(alt: str, name: str) -> Block:
-    """A figure stored in ``benchmarks/results`` by the part that measured it."""
-    return ("p", f"![{alt}]({IMAGE_DIR}/{name})")
 
 
 def render_speed(result: dict[str, Any], where: str) -> list[Block]:
@@ -419,209 +370,6 @@ def render_units(result: dict[str, Any], where: str) -> list[Block]:
     ]
 
 
-def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
-    """The clinical-size pipeline: clinical-shape vs native full-data Dice and CPU speed (``pipeline_benchmark.py``),
-    peak memory on a 512×512×256 CT (``score_memory.py``) and pool scoring against MONAI Label (``score_speed.py``)."""
-    out: list[Block] = [("h", 2, "Clinical-size pipeline")]
-    pipeline = results.get("pipeline")
-    if pipeline and "full" in pipeline:
-        full = pipeline["full"]
-        native, clinical = full["native"], full["clinical"]
-        sets = [("native", native)] + ([("cropped to the pasted boxes", full["cropped"])] if "cropped" in full else [])
-        sets.append(("clinical-shape", clinical))
-        lcc = full.get("largest_component", False)
-        out += [
-            (
-                "p",
-                f"Machine: {describe(pipeline['machine'])}. `python benchmarks/pipeline_benchmark.py "
-                f"--iterations {full['iterations']}{' --largest-component' if lcc else ''}`: "
-                f"{pipeline['cases']} hippocampus cases resampled to and pasted at random offsets into 192×192×48–80 "
-                "CT-like fields (0.7–1.0 mm in-plane, 2–4 mm slices, five orientations, some oblique; "
-                "`activeseg.data.clinical`), the same cases at their native size, and the clinical cases cut to the "
-                "box their crop was pasted into (`clinical.crop_to_structure`: same voxels, spacing and noise, no "
-                "field). All train the demo's U-Net for "
-                f"{full['iterations']} iterations (batch 2) on all but 10 cases; Dice on the same 10 test cases, "
-                f"each on its own native grid ({export_of(full)})"
-                + (", keeping the largest connected foreground region of each prediction." if lcc else "."),
-            ),
-            (
-                "table",
-                ["set", "plan: spacing (mm)", "patch", "normalisation", "mean foreground Dice", "training"],
-                [
-                    [
-                        name,
-                        " × ".join(f"{v:.2f}" for v in r["target_spacing"]),
-                        "×".join(str(v) for v in r["patch"]),
-                        ", ".join(r["normalisation"]),
-                        f"{r['dice']['mean_foreground']:.4f}",
-                        f"{r['train_seconds']:.0f} s",
-                    ]
-                    for name, r in sets
-                ],
-            ),
-            (
-                "p",
-                f"Clinical − native: **{full['difference']:+.4f}** (acceptance: within 0.03: "
-                f"{'met' if abs(full['difference']) <= 0.03 else 'not met'})."
-                + (
-                    f" Clinical − the same clinical cases cut to their boxes: **{full['difference_to_cropped']:+.4f}**"
-                    ": the large field, the orientations and the planning cost nothing measurable. What separates "
-                    "both from the native crops is the image the generator makes, which the cut-out cases share"
-                    + (
-                        f"; the `{ISOTROPIC}` row below places it in the 2–4 mm slices: the same CT intensities and "
-                        "noise at 1 mm cost "
-                        f"{-pipeline['variants'][ISOTROPIC]['cropped_minus_native']:.4f}."
-                        if ISOTROPIC in pipeline.get("variants", {})
-                        else "."
-                    )
-                    if "difference_to_cropped" in full
-                    else ""
-                )
-                + (f" Note: {full['note']}." if "note" in full else ""),
-            ),
-        ]
-        ceiling = pipeline.get("ceiling")
-        if ceiling:
-            out.append(
-                (
-                    "p",
-                    "Do the clinical labels' coarse grids themselves cap Dice? `pipeline_benchmark.py --parts ceiling` "
-                    "carries the native model's 1 mm probabilities of each test case into its clinical field the way "
-                    "the generator pastes the label (linear, then argmax and largest component there): mean "
-                    f"foreground Dice **{ceiling['mean_foreground']:.4f}** against the clinical labels, against "
-                    f"{native['dice']['mean_foreground']:.4f} on the native grid. The grid does not cap it; the "
-                    "image the clinical model sees does.",
-                )
-            )
-    variants = (pipeline or {}).get("variants", {})
-    if variants:
-        out += [
-            (
-                "p",
-                "Where the gap comes from (`pipeline_benchmark.py --label NAME` with the options in the table; "
-                "`--paste voxel` copies the crops voxel-wise, so their size in millimetres follows the drawn spacing; "
-                "equal spacings give isotropic fields; `--sets native cropped` trains only the cut-out cases, so the "
-                "last difference is cropped − native). Same 10 test cases, native grid:",
-            ),
-            (
-                "table",
-                [
-                    "variant",
-                    "paste",
-                    "spacing in-plane / slices (mm)",
-                    "iterations",
-                    "clinical",
-                    "cropped",
-                    "native",
-                    "clinical (or cropped) − native",
-                    "to the native grid",
-                ],
-                [
-                    [
-                        f"`{name}`",
-                        v["paste"],
-                        f"{'–'.join(map(str, v['in_plane_mm']))} / {'–'.join(map(str, v['slices_mm']))}",
-                        str(v["iterations"]),
-                        dice_of(v, "clinical"),
-                        dice_of(v, "cropped"),
-                        dice_of(v, "native"),
-                        f"{v.get('difference', v.get('cropped_minus_native')):+.4f}",
-                        export_of(v),
-                    ]
-                    for name, v in variants.items()
-                ],
-            ),
-        ]
-    if pipeline and "speed" in pipeline:
-        speed = pipeline["speed"]
-        out += [
-            (
-                "table",
-                ["CPU, clinical-shape set", "median"],
-                [
-                    [
-                        f"patch training step, data path included (patch {'×'.join(map(str, speed['patch']))}, "
-                        f"batch {speed['batch']})",
-                        f"{speed['train_step_s']:.2f} s",
-                    ],
-                    ["the same network's bare step on synthetic tensors", f"{speed['bare_step_s']:.2f} s"],
-                    ["bare step / step with the data path", f"{speed['data_path_fraction']:.0%}"],
-                    [
-                        f"sliding-window scoring per volume (K = {speed['mc_samples']} MC dropout, BALD)",
-                        f"{speed['score_s_per_volume']:.1f} s",
-                    ],
-                ],
-            )
-        ]
-        versus = speed.get("versus_monailabel")
-        if versus:
-            out += [
-                (
-                    "p",
-                    f"MONAI Label's epistemic path beside ours on {versus['volumes']} volumes of the clinical-shape "
-                    f"set (the same model and {'×'.join(map(str, versus['roi']))} windows, K = 8, overlap 0.5, both "
-                    "scoring MONAI Label's foreground entropy of the mean; median seconds per volume):",
-                ),
-                (
-                    "table",
-                    ["path", "median s per volume", "speed-up"],
-                    [
-                        [name, f"{seconds:.1f}", f"{versus['speedup_vs_monailabel'][name]:.2f}x"]
-                        for name, seconds in versus["median_s"].items()
-                    ],
-                ),
-            ]
-    memory = results.get("score_memory")
-    if memory:
-        k8, k32 = memory["K=8"], memory["K=32"]
-        out += [
-            (
-                "p",
-                f"Machine: {where_of(memory)}. "
-                f"Peak RSS while scoring one synthetic {'×'.join(map(str, k8['volume']))} CT with MC dropout "
-                f"(`python benchmarks/score_memory.py`, {k8['threads']} threads, windows "
-                f"{'×'.join(map(str, k8['roi']))}): K = 8 **{k8['peak_rss_gb']:.2f} GB** (goal under 6 GB), "
-                f"K = 32 {k32['peak_rss_gb']:.2f} GB, ratio **{memory['ratio_peak_rss_K32_to_K8']:.3f}**.",
-            )
-        ]
-    speed_vs = results.get("score_speed")
-    if speed_vs:
-        res = speed_vs["results"]
-        out += [
-            (
-                "p",
-                f"Machine: {where_of(speed_vs)}. "
-                f"Scoring one {'×'.join(map(str, speed_vs['volume']))} CT-like volume against MONAI Label's epistemic "
-                f"path (`python benchmarks/score_speed.py`: same U-Net, {'×'.join(map(str, speed_vs['roi']))} "
-                f"windows, overlap {speed_vs['overlap']}, K = {speed_vs['samples']}, {speed_vs['threads']} threads, "
-                f"median of {speed_vs['runs']}):",
-            ),
-            (
-                "table",
-                ["path", "median s", "speed-up"],
-                [
-                    [name, f"{r['median_s']:.1f}", f"{speed_vs['speedup_vs_monailabel'][name]:.2f}x"]
-                    for name, r in res.items()
-                ],
-            ),
-            (
-                "p",
-                f"Goal: {speed_vs['goal_speedup']:.0f}x. bf16 adopted: {speed_vs.get('bf16_adopted', False)} "
-                f"({speed_vs.get('note', '')})."
-                + (
-                    " On a CPU the engine scores as `ours_channels_last`, and as `ours_bf16_channels_last` with "
-                    "`strategy.cpu_bf16: true`."
-                    if "ours_bf16_channels_last" in res
-                    else ""
-                ),
-            ),
-        ]
-        ranking = speed_vs.get("bf16_ranking")
-        if ranking:
-            out.append(("p", ranking_text(ranking)))
-    return out
-
-
 SECTIONS: dict[str, Callable[[dict[str, Any], str], list[Block]]] = {
     "speed": render_speed,
     "memory": render_memory,
@@ -629,122 +377,6 @@ SECTIONS: dict[str, Callable[[dict[str, Any], str], list[Block]]] = {
     "demo": render_demo,
 }
 """The parts whose section needs only their own stored result (hippocampus and units fold in the GPU runs)."""
-
-
-REGIME_NOTES = {
-    "regimes-patch-cpu-ssl": " The full-data bound, and in the medium setting round 0 and the foreground-random "
-    "runs, are those of `regimes-patch-cpu` (copied into the results dir before the run: same config, seeds and "
-    "code path for them), so the wall time does not count them. clasp-pe was rerun because its MC-dropout masks "
-    "changed since (see CHANGELOG); the low setting ran entirely here. The high setting and the clasp-pe+pool-pl "
-    "arm ran in a later session (2026-11-29), after a scoring change that keeps every dropout mask and reorders "
-    "float32 sums (see CHANGELOG); the two +cal-pl arms ran in the session after that, where scoring skips the "
-    "moments ClaSP PE does not read (its mean prediction is bit-identical), the three +warm arms in the session "
-    "after that and foreground-random+warm in the one after that, each with no change to the code it runs. The "
-    "results dir's benchmark.yaml was replaced by the grown config each time (and once more when "
-    "foreground-random+warm became a baseline).",
-    "regimes-patch-cpu-shift": " The full-data bound is `regimes-patch-cpu-ssl`'s (copied into the results dir "
-    "before the run: the same run config but for unit.edge, which a full-data run does not read), so the wall time "
-    "does not count it. foreground-random and clasp-pe ran first as a two-arm pilot; the two +cal-pl+warm arms and "
-    "the clasp-pe and foreground-random+cal-pl+warm baselines were added to the config before either arm ran, in the "
-    "next session (2026-11-29), with no change to the code the pilot's arms run (the results dir's benchmark.yaml "
-    "was replaced by the grown config). Most planned hippocampus volumes are shorter than two patches on every axis, "
-    "so their full-size patches all overlap and each such case yields one patch: the high setting runs out of pool "
-    "after 204 patches from 160 cases, in its third acquisition round, in every run.",
-}
-"""What a regime's summary cannot say about how it was run."""
-
-
-_ATTEMPTS = ("clasp-pe+pl", "clasp-pe+pool-pl", "clasp-pe+cal-pl", "clasp-pe+cal-pl+warm", "clasp-pe+warm")
-VERDICTS = {
-    "regimes-patch": (("spread-clasp-pe", *_ATTEMPTS), ("foreground-random", "clasp-pe")),
-    "regimes-patch-cpu-ssl": (_ATTEMPTS, ("foreground-random", "clasp-pe")),
-    "regimes-patch-shift": (("clasp-pe+warm", "clasp-pe+cal-pl+warm"), ("foreground-random", "clasp-pe")),
-    "regimes-patch-cpu-shift": (("clasp-pe+cal-pl+warm",), ("foreground-random", "clasp-pe")),
-}
-"""Issue 14's acceptance, per regime benchmark: (activeseg's arms, the baselines each must beat)."""
-SAME_TRAINING = {
-    "clasp-pe+pl": "foreground-random+pl",
-    "clasp-pe+cal-pl": "foreground-random+cal-pl",
-    "clasp-pe+cal-pl+warm": "foreground-random+cal-pl+warm",
-    "clasp-pe+warm": "foreground-random+warm",
-}
-"""An arm's fair baseline where the summary compares them: foreground-random trained the same way (issue 14)."""
-
-
-AXES = (("aubc", "rounds"), ("aubc_voxels", "labelled voxels"))
-"""The budget axes issue 14's acceptance is read on: AUBC over rounds (the issue's), and over labelled voxels."""
-
-
-def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str, ...]) -> list[Block]:
-    """Issue 14's acceptance read from a summary, on each budget axis the summary has: in how many settings each arm
-    beats every baseline on AUBC with a Holm-adjusted paired t p < 0.05, in how many it is significantly worse than
-    one, and in how many it beats foreground-random trained the same way (``SAME_TRAINING``), with the seeds that
-    comparison would need for 80% power where the summary has them."""
-    settings = sorted({row["setting"] for row in result["paired"]})
-    axes = [(metric, name) for metric, name in AXES if any(r["metric"] == metric for r in result["paired"])]
-    rows = {(r["strategy"], r["baseline"], r["setting"], r["metric"]): r for r in result["paired"]}
-
-    def significant(arm: str, baseline: str, setting: str, metric: str, sign: int) -> bool:
-        row = rows.get((arm, baseline, setting, metric))
-        return row is not None and row["t_p_holm"] < 0.05 and sign * row["mean_difference"] > 0
-
-    def power(arm: str, fair: str, metric: str) -> str:
-        needed = [
-            (s, rows[arm, fair, s, metric].get("seeds_for_power")) for s in settings if (arm, fair, s, metric) in rows
-        ]
-        if not any(n for _, n in needed):
-            return ""  # summaries stored before the planning figure
-        return "; seeds for 80% power: " + ", ".join(f"{s} {n or '—'}" for s, n in needed)
-
-    def count(hits: list[str]) -> str:
-        return f"{len(hits)} of {len(settings)}" + (f" ({', '.join(hits)})" if hits else "")
-
-    cells: dict[str, list[str]] = {arm: [f"`{arm}`"] for arm in arms}
-    met = dict.fromkeys((name for _, name in axes), False)
-    for metric, name in axes:
-        for arm in arms:
-            wins = [s for s in settings if all(significant(arm, b, s, metric, +1) for b in baselines)]
-            losses = [s for s in settings if any(significant(arm, b, s, metric, -1) for b in baselines)]
-            met[name] = met[name] or (len(wins) >= 2 and not losses)
-            fair = SAME_TRAINING.get(arm)
-            fair_wins = [s for s in settings if fair and significant(arm, fair, s, metric, +1)]
-            compared = fair is not None and any((arm, fair, s, metric) in rows for s in settings)
-            fair_cell = f"{count(fair_wins)} (`{fair}`{power(arm, fair, metric)})" if fair and compared else "—"
-            cells[arm] += [count(wins), count(losses), fair_cell]
-    both = " and ".join(f"`{b}`" for b in baselines)
-    headline = (
-        f"**Acceptance (issue 14: beat {both}, Holm-adjusted paired t p < 0.05 on AUBC, in at least 2 of the "
-        f"{len(settings)} patch regimes, and be significantly worse in none): "
-        + "; ".join(f"{'met' if ok else 'not met'} on AUBC over {name}" for name, ok in met.items())
-        + ".** The last columns compare each arm with foreground-random trained the same way, where it ran."
-    )
-    header = ["arm"] + [
-        column
-        for _, name in axes
-        for column in (f"beats both ({name})", f"worse than one ({name})", f"beats the same training ({name})")
-    ]
-    return [("p", headline), ("table", header, list(cells.values()))]
-
-
-def render_regimes(name: str, result: dict[str, Any], where: str) -> list[Block]:
-    """A label-regime benchmark (``benchmarks/regimes/``): the report's blocks from its stored summary."""
-    content = blocks(result, level=2, figure_prefix=f"{name}-")
-    write_images(content, RESULTS)
-    config = f"benchmarks/regimes/{name.removeprefix('regimes-')}.yaml"
-    cpu = result["run"]["iterations"] < 1000
-    sized = " Sized for 2 CPU cores (see the config): not the GPU protocol." if cpu else ""
-    sized += REGIME_NOTES.get(name, "")
-    intro: list[Block] = [
-        (
-            "p",
-            f"Machine: {where}. `activeseg benchmark {config} --data HIPPOCAMPUS --results-dir DIR`, then "
-            f"`python benchmarks/run_benchmarks.py --render-only --regime-results DIR` (summary stored as "
-            f"`benchmarks/results/{name}.json`).{sized}",
-        )
-    ]
-    if name in VERDICTS:
-        intro += verdict(result, *VERDICTS[name])
-    return [content[0], *intro, *content[1:]]
 
 
 def render(results: dict[str, dict[str, Any]]) -> str:

@@ -47,14 +47,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from render_benchmarks import (
-    CPU_UNITS,
-    GPU_UNITS,
-    HERE,
-    PARTS,
-    RESULTS,
-    write_benchmarks,
-)  # this script's folder is on sys.path
+from render_benchmarks import CPU_UNITS, GPU_UNITS, PARTS, write_benchmarks  # this script's folder is on sys.path
+from render_common import HERE, RESULTS
 from torch import nn
 from unit_seeds import summarise_unit_seeds, unit_bands_png
 

@@ -1,4 +1,4 @@
-"""BENCHMARKS.md's issue-14 verdict (``benchmarks/render_benchmarks.py``) read from hand-made paired rows."""
+"""BENCHMARKS.md's issue-14 verdict (``benchmarks/render_regimes.py``) read from hand-made paired rows."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from _support import REPO
 def render() -> Iterator[ModuleType]:
     sys.path.insert(0, str(REPO / "benchmarks"))  # the script imports its neighbours as it does when run
     try:
-        yield importlib.import_module("render_benchmarks")
+        yield importlib.import_module("render_regimes")
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
 

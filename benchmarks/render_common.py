@@ -1,0 +1,28 @@
+"""What every section of BENCHMARKS.md shares: where results and figures live, and how a machine is named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from activeseg.bench.report import Block
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+IMAGE_DIR = "benchmarks/results"
+"""Where BENCHMARKS.md finds the figures (relative to the repository root)."""
+
+
+def describe(m: dict[str, Any]) -> str:
+    """One line naming the machine of a result."""
+    return f"{m['cpu']}, {m['threads']} torch thread(s), GPU: {m['gpu']}, torch {m['torch']}, {m['date']}"
+
+
+def where_of(result: dict[str, Any]) -> str:
+    """The machine of a result that may predate recording it (measured on the same 2-core VM)."""
+    return describe(result["machine"]) if "machine" in result else "AMD EPYC, 2 torch threads (not recorded)"
+
+
+def figure(alt: str, name: str) -> Block:
+    """A figure stored in ``benchmarks/results`` by the part that measured it."""
+    return ("p", f"![{alt}]({IMAGE_DIR}/{name})")
