@@ -28,6 +28,10 @@ REGIME_NOTES = {
     "was replaced by the grown config). Most planned hippocampus volumes are shorter than two patches on every axis, "
     "so their full-size patches all overlap and each such case yields one patch: the high setting runs out of pool "
     "after 204 patches from 160 cases, in its third acquisition round, in every run.",
+    "regimes-patch-cpu-shift-confirm": " It runs one setting per sitting (`--setting`), and its finished runs are "
+    "carried between machines in `benchmarks/results/raw/regimes-patch-cpu-shift-confirm.tar.xz` "
+    "(`benchmarks/archive_results.py`; unpack it into DIR to resume). A first start (2026-11-29) was lost with its "
+    "machine before this existed, unread; the grid restarted from nothing with the same config and code.",
 }
 """What a regime's summary cannot say about how it was run."""
 
@@ -104,10 +108,48 @@ def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str,
     return [("p", headline), ("table", header, list(cells.values()))]
 
 
+CONFIRMATORY = {
+    "regimes-patch-cpu-shift-confirm": ("clasp-pe+cal-pl+warm", "foreground-random+cal-pl+warm", 2),
+}
+"""Tests written down before they ran (each config's header): (arm, baseline, the number of settings in which the
+arm must lead with a Holm-adjusted paired t p < 0.05 on AUBC over rounds for the hypothesis to hold)."""
+
+
+def confirmatory_verdict(result: dict[str, Any], arm: str, baseline: str, needed: int) -> list[Block]:
+    """The pre-registered decision, read only from a finished grid: until every run has finished it says how far
+    the grid is and nothing about the results."""
+    done, planned = result["progress"]["finished"], result["progress"]["planned"]
+    if done < planned:
+        return [
+            (
+                "p",
+                f"**Pre-registered test, in progress: {done} of {planned} runs finished.** Its results are "
+                "read, and its tables shown, only once every run has finished.",
+            )
+        ]
+    rows = sorted(
+        (r for r in result["paired"] if (r["strategy"], r["baseline"], r["metric"]) == (arm, baseline, "aubc")),
+        key=lambda r: r["setting"],
+    )
+    positive = [r["setting"] for r in rows if r["t_p_holm"] < 0.05 and r["mean_difference"] > 0]
+    holds = len(positive) >= needed
+    per_setting = "; ".join(
+        f"{r['setting']} {r['mean_difference']:+.4f} (Holm p {r['t_p_holm']:.3g}, {r['n']} seeds)" for r in rows
+    )
+    return [
+        (
+            "p",
+            f"**Pre-registered decision: `{arm}` {'leads' if holds else 'does not lead'} `{baseline}` on AUBC** "
+            f"(hypothesis: a lead with Holm-adjusted paired t p < 0.05 in at least {needed} of {len(rows)} settings; "
+            f"found in {len(positive)}{': ' + ', '.join(positive) if positive else ''}). Per setting, mean "
+            f"difference: {per_setting}.",
+        )
+    ]
+
+
 def render_regimes(name: str, result: dict[str, Any], where: str) -> list[Block]:
     """A label-regime benchmark (``benchmarks/regimes/``): the report's blocks from its stored summary."""
     content = blocks(result, level=2, figure_prefix=f"{name}-")
-    write_images(content, RESULTS)
     config = f"benchmarks/regimes/{name.removeprefix('regimes-')}.yaml"
     cpu = result["run"]["iterations"] < 1000
     sized = " Sized for 2 CPU cores (see the config): not the GPU protocol." if cpu else ""
@@ -122,4 +164,9 @@ def render_regimes(name: str, result: dict[str, Any], where: str) -> list[Block]
     ]
     if name in VERDICTS:
         intro += verdict(result, *VERDICTS[name])
+    if name in CONFIRMATORY:
+        intro += confirmatory_verdict(result, *CONFIRMATORY[name])
+        if result["progress"]["finished"] < result["progress"]["planned"]:
+            return [content[0], *intro]  # no tables, no figures
+    write_images(content, RESULTS)
     return [content[0], *intro, *content[1:]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from collections.abc import Iterator
 from types import ModuleType
@@ -90,3 +91,41 @@ def test_p_at_the_threshold_is_not_significant_and_each_budget_axis_is_read_alon
     assert "met on AUBC over rounds; not met on AUBC over labelled voxels" in headline
     assert len(header) == 7
     assert cells[0][4] == "1 of 3 (low)"
+
+
+CONFIRM = "regimes-patch-cpu-shift-confirm"
+
+
+def confirm_row(setting: str, difference: float, p_holm: float) -> dict[str, Any]:
+    return row(FAIR, setting, difference, p_holm) | {"n": 20}
+
+
+def finished(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"progress": {"finished": 120, "planned": 120}, "paired": rows}
+
+
+def test_the_preregistered_decision_needs_two_significant_leads(render: ModuleType) -> None:
+    decide = render.confirmatory_verdict
+    two = [confirm_row("low", 0.008, 0.01), confirm_row("medium", 0.004, 0.04), confirm_row("high", 0.003, 0.3)]
+    ((_, text),) = decide(finished(two), ARM, FAIR, 2)
+    assert f"`{ARM}` leads `{FAIR}`" in text and "found in 2: low, medium" in text
+    assert "high +0.0030 (Holm p 0.3, 20 seeds)" in text
+    one = [two[0], confirm_row("medium", 0.004, 0.06), two[2]]
+    ((_, text),) = decide(finished(one), ARM, FAIR, 2)
+    assert "does not lead" in text and "found in 1: low" in text
+    backwards = [confirm_row(s, -0.01, 0.001) for s in ("low", "medium", "high")]  # significant, the other way
+    ((_, text),) = decide(finished(backwards), ARM, FAIR, 2)
+    assert "does not lead" in text and "found in 0)" in text
+    other_metric = [r | {"metric": "aubc_voxels"} for r in two]  # the decision reads AUBC over rounds only
+    ((_, text),) = decide(finished(other_metric), ARM, FAIR, 2)
+    assert "found in 0)" in text
+
+
+def test_an_unfinished_confirmatory_grid_shows_progress_and_no_result(render: ModuleType) -> None:
+    stored = json.loads((REPO / "benchmarks/results/regimes-patch-cpu-shift.json").read_text())
+    partial = stored | {"name": CONFIRM, "progress": {"finished": 31, "planned": 120}}
+    before = sorted(p.name for p in (REPO / "benchmarks/results").iterdir())
+    blocks = render.render_regimes(CONFIRM, partial, "a machine")
+    assert blocks[0][0] == "h" and all(kind == "p" for kind, *_ in blocks[1:])  # no tables, no figures
+    assert "in progress: 31 of 120 runs finished" in blocks[-1][1] and "+0." not in " ".join(b[1] for b in blocks[1:])
+    assert sorted(p.name for p in (REPO / "benchmarks/results").iterdir()) == before  # nothing written
