@@ -7,8 +7,8 @@ only a run in progress needs or what is redrawn from the rest: model weights, th
 
 - A finished run keeps its records without weights.
 - An unfinished run is left out: a resume redoes it from the start, with the same bytes (runs are seeded).
-- A ``_round0`` run is kept only when every run of its (setting, seed) has finished. Otherwise a run still to come
-  adopts its model, so it is left out and retrained, again with the same bytes.
+- A ``_round0`` run is kept only when every strategy's run of its (setting, seed) has finished. Otherwise a run
+  still to come adopts its model, so it is left out and retrained, again with the same bytes.
 
 The archive is a deterministic ``.tar.xz``: sorted names, no owners, zero times. Packing the same results twice
 gives the same bytes, so git stores a grown archive as a change of one file::
@@ -26,6 +26,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from activeseg.bench.config import load_benchmark
 from activeseg.bench.grid import BENCHMARK_FILE, EXECUTIONS_FILE, ROUND_ZERO, run_finished
 from activeseg.rundir.layout import FullDataLayout
 
@@ -43,9 +44,10 @@ def archived_files(results: Path) -> Iterator[Path]:
     for name in (BENCHMARK_FILE, EXECUTIONS_FILE):
         if (results / name).exists():
             yield results / name
+    strategies = load_benchmark(results / BENCHMARK_FILE).strategies
     for seed_dir in sorted((results / "runs").glob("*/seed-*")):
         runs = sorted(p for p in seed_dir.iterdir() if p.is_dir())
-        arms_done = all(run_finished(run) for run in runs if run.name != ROUND_ZERO)
+        arms_done = all(run_finished(seed_dir / strategy) for strategy in strategies)  # those not started too
         for run in runs:
             if run_finished(run) and (run.name != ROUND_ZERO or arms_done):
                 yield from sorted(p for p in run.rglob("*") if p.is_file() and kept(p))

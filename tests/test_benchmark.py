@@ -398,17 +398,19 @@ def test_an_archived_grid_resumes_where_it_stopped(grid: tuple[Path, Path], tmp_
     db.execute("DELETE FROM stops")  # as if still running
     db.commit()
     db.close()
+    shutil.rmtree(run_dir(partial, "4+3x1", 0, "bald"))  # as if not started yet
     archive_results.pack(partial, tmp_path / "partial.tar.xz")
     restored = tmp_path / "restored"
     archive_results.unpack(tmp_path / "partial.tar.xz", restored)
-    assert not run_dir(restored, "4+3x1", 1, "bald").exists()
-    assert not run_dir(restored, "4+3x1", 1, "_round0").exists()  # the unfinished run adopts it: retrained
-    assert (run_dir(restored, "4+3x1", 0, "_round0") / "ledger.sqlite").exists()
+    for seed in SEEDS:  # a run still to come adopts its round 0, so that is retrained too
+        assert not run_dir(restored, "4+3x1", seed, "bald").exists()
+        assert not run_dir(restored, "4+3x1", seed, "_round0").exists()
+        assert (run_dir(restored, "4+3x1", seed, "foreground-random") / "ledger.sqlite").exists()
     outcome = runner.invoke(app, ["benchmark", str(config), "--results-dir", str(restored), "--workers", "1"])
     assert outcome.exit_code == 0, outcome.output
     last = json.loads((restored / "executions.jsonl").read_text().splitlines()[-1])
     ran = sorted((t["kind"], t["seed"], t["strategy"]) for t in last["tasks"] if t["status"] != "skipped")
-    assert ran == [("round0", 1, None), ("run", 1, "bald")]
+    assert ran == [("round0", 0, None), ("round0", 1, None), ("run", 0, "bald"), ("run", 1, "bald")]
     assert artifacts(restored) == artifacts(results) and all_ledgers(restored) == all_ledgers(results)
     other = tmp_path / "other"
     (other / "runs").mkdir(parents=True)
