@@ -268,7 +268,8 @@ def benchmark(
         config = with_overrides(config, changes) if changes else config
         out = results_dir or Path("runs") / f"benchmark-{config.name}"
         results = run_benchmark(config, out, RichReporter(console), only=setting)
-        console.print(f"{sum(r.status != 'skipped' for r in results)} task(s) run, {len(results)} in the grid: {out}")
+        scope = f"setting {', '.join(setting)}" if setting else "the grid"
+        console.print(f"{sum(r.status != 'skipped' for r in results)} task(s) run, {len(results)} in {scope}: {out}")
         if report:
             written = write_report(out)
             console.print(f"report: {written.markdown}\nhtml: {written.html}")
