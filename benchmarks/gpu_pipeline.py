@@ -9,7 +9,7 @@
 
 Every timed step ends with a device synchronisation. Writes ``OUT/gpu_pipeline.json``::
 
-    python benchmarks/gpu_pipeline.py --out DIR [--parts speed dynunet] [--iterations 3000] [--device cuda]
+    python benchmarks/gpu_pipeline.py --out DIR [--parts speed dynunet] [--iterations 4000] [--device cuda]
     python benchmarks/gpu_pipeline.py --out DIR --device cpu --small --steps 4 --iterations 4   # a smoke run
 """
 
@@ -39,9 +39,12 @@ from activeseg.engine.patches import Example
 from activeseg.engine.training import PartialDiceCELoss, train
 from activeseg.progress import RichReporter, SilentReporter
 
+NNUNET_FILTERS = {"channels": [32, 64, 128, 256, 320], "num_res_units": 0}
+"""nnU-Net's 3D full-resolution widths (capped at 320) and plain convolution blocks; the plan sets the strides."""
+
 
 def run_config(root: Path, cache: Path, device: str, iterations: int, workers: int, small: bool) -> RunConfig:
-    """DynUNet (nnU-Net's network) planned for ``device``, 8 MC-dropout samples, the demo's 40 test cases; ``small``
+    """DynUNet with nnU-Net's filters planned for ``device``, 8 MC-dropout samples, the demo's 40 test cases; ``small``
     (a smoke run) takes 12 cases, 4 for testing, and 32×32×16 patches (and the speed part runs on hippocampus)."""
     smoke = {"max_cases": 12, "test_size": 4} if small else {}
     return config_from_dict(
@@ -49,7 +52,7 @@ def run_config(root: Path, cache: Path, device: str, iterations: int, workers: i
             "name": root.name,
             "data": {"root": str(root), "test_size": 40, "split_seed": 0, "cache_dir": str(cache)} | smoke,
             "plan": {"patch_size": [32, 32, 16]} if small else {},
-            "model": {"name": "dynunet", "dropout": 0.1},
+            "model": {"name": "dynunet", "dropout": 0.1} | ({} if small else NNUNET_FILTERS),
             "train": {"iterations": iterations, "device": device, "workers": workers},
             "strategy": {"name": "bald", "mc_samples": 8},
         }
@@ -160,7 +163,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="the hippocampus data (default: as the demo finds it)")
     parser.add_argument("--cases", type=int, default=40, help="clinical-shape cases (speed)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps (speed)")
-    parser.add_argument("--iterations", type=int, default=3000, help="full-data training iterations (dynunet)")
+    parser.add_argument("--iterations", type=int, default=4000, help="full-data training iterations (dynunet)")
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers")
     parser.add_argument("--small", action="store_true", help="a smoke run: few cases, small patches")
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 12's device checks in one prepared run (benchmarks/gpu_pipeline.py; not yet run on a GPU): the data path
 # against the bare training step and MC-dropout scoring against bare forward passes on 12 clinical-shape cases, then
-# the DynUNet plan's full-data Dice on hippocampus, stopped at BUDGET seconds (default 420). Carries .whl/ (monai,
+# the DynUNet plan's full-data Dice on hippocampus, stopped at BUDGET seconds (default 480). Carries .whl/ (monai,
 # nibabel wheels) and .gpu-data/hippocampus beside the checkout, as gpu_check.sh does (docs/design.md, "GPU check").
 # Returns $OUT/gpu_pipeline.json (copy it to benchmarks/results/gpu_pipeline.json) and the logs.
 set -uo pipefail
@@ -10,7 +10,7 @@ export PYTHONPATH=/tmp/site:$PWD/src ACTIVESEG_HIPPOCAMPUS=$PWD/.gpu-data/hippoc
 export PYTHONUNBUFFERED=1 TERM=dumb
 nvidia-smi -L
 cd benchmarks
-timeout "${BUDGET:-420}" python3 gpu_pipeline.py --out /tmp/pipeline --cases 12 --workers 6 >"$OUT/gpu_pipeline.log" 2>&1
+timeout "${BUDGET:-480}" python3 gpu_pipeline.py --out /tmp/pipeline --cases 12 --workers 6 >"$OUT/gpu_pipeline.log" 2>&1
 echo "exit $?"
 grep -v "━" "$OUT/gpu_pipeline.log" | tail -30
 cp /tmp/pipeline/gpu_pipeline.json "$OUT/" 2>/dev/null || echo "no gpu_pipeline.json (stopped before the end)"
