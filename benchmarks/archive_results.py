@@ -31,7 +31,8 @@ from activeseg.bench.grid import BENCHMARK_FILE, EXECUTIONS_FILE, ROUND_ZERO, ru
 from activeseg.rundir.layout import FullDataLayout
 
 DROPPED_NAMES = {"model.pt", "plan.json", "curve.png", "run.lock", "sketches.npz", "embeddings.npz"}
-DROPPED_SUFFIXES = (".pt", ".png", "-wal", "-shm", ".tmp")
+DROPPED_SUFFIXES = (".pt", ".png", "-shm", ".tmp")
+"""A ledger's ``-wal`` file stays: SQLite replays what it holds when the copy is opened (``-shm`` is rebuilt)."""
 
 
 def kept(path: Path) -> bool:
