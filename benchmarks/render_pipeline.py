@@ -20,6 +20,11 @@ ISOTROPIC = "cropped-isotropic-1mm-3000"
 """The pipeline variant that keeps the clinical image but not its thick slices (``--in-plane 1 1 --slices 1 1``)."""
 
 
+def signed(value: float | None) -> str:
+    """A difference with its sign, or a dash where the variant did not train both sets."""
+    return "–" if value is None else f"{value:+.4f}"
+
+
 def dice_of(run: dict[str, Any], name: str) -> str:
     """A pipeline variant's mean foreground Dice on set ``name``, or a dash where it did not train that set."""
     return f"{run[name]['dice']['mean_foreground']:.4f}" if name in run else "–"
@@ -150,7 +155,7 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
                         dice_of(v, "clinical"),
                         dice_of(v, "cropped"),
                         dice_of(v, "native"),
-                        f"{v.get('difference', v.get('cropped_minus_native')):+.4f}",
+                        signed(v.get("difference", v.get("cropped_minus_native"))),
                         export_of(v),
                     ]
                     for name, v in variants.items()
