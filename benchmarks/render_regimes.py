@@ -115,11 +115,16 @@ CONFIRMATORY = {
 arm must lead with a Holm-adjusted paired t p < 0.05 on AUBC over rounds for the hypothesis to hold)."""
 
 
+def unfinished(result: dict[str, Any]) -> bool:
+    """Whether some run of a summary's grid has not finished."""
+    return bool(result["progress"]["finished"] < result["progress"]["planned"])
+
+
 def confirmatory_verdict(result: dict[str, Any], arm: str, baseline: str, needed: int) -> list[Block]:
     """The pre-registered decision, read only from a finished grid: until every run has finished it says how far
     the grid is and nothing about the results."""
-    done, planned = result["progress"]["finished"], result["progress"]["planned"]
-    if done < planned:
+    if unfinished(result):
+        done, planned = result["progress"]["finished"], result["progress"]["planned"]
         return [
             (
                 "p",
@@ -166,7 +171,7 @@ def render_regimes(name: str, result: dict[str, Any], where: str) -> list[Block]
         intro += verdict(result, *VERDICTS[name])
     if name in CONFIRMATORY:
         intro += confirmatory_verdict(result, *CONFIRMATORY[name])
-        if result["progress"]["finished"] < result["progress"]["planned"]:
+        if unfinished(result):
             return [content[0], *intro]  # no tables, no figures
     write_images(content, RESULTS)
     return [content[0], *intro, *content[1:]]
