@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from run_benchmarks import machine
+from step_timing import step_seconds, synchronised
 
 from activeseg.acquisition.scorers import bald, reduce_mean
 from activeseg.acquisition.sliding import WindowGrid, score_pool
@@ -36,7 +35,6 @@ from activeseg.demo import find_hippocampus
 from activeseg.engine.full_data import full_data_run
 from activeseg.engine.model import build_model, scoring_sampler, select_device, use_amp
 from activeseg.engine.patches import Example
-from activeseg.engine.training import PartialDiceCELoss, train
 from activeseg.progress import RichReporter, SilentReporter
 
 NNUNET_FILTERS = {"channels": [32, 64, 128, 256, 320], "num_res_units": 0}
@@ -59,17 +57,6 @@ def run_config(root: Path, cache: Path, device: str, iterations: int, workers: i
     )
 
 
-def synchronised(device: torch.device) -> Callable[[], float]:
-    """A clock that first waits for the device's queued work."""
-
-    def now() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter()
-
-    return now
-
-
 def bench_speed(clinical: Path, work: Path, device_name: str, steps: int, workers: int, small: bool) -> dict[str, Any]:
     config = run_config(clinical, work / "cache", device_name, steps, workers, small).override({"data.test_size": 2})
     data = open_data(config, SilentReporter())
@@ -79,30 +66,7 @@ def bench_speed(clinical: Path, work: Path, device_name: str, steps: int, worker
     torch.manual_seed(0)
     model = build_model(config.model, plan).to(device)
     examples = [Example(data.image(c), data.ground_truth(c)) for c in pool]
-    laps: list[float] = []
-    tick = [now()]
-
-    def lap(_: int) -> None:
-        laps.append(now() - tick[0])
-        tick[0] = now()
-
-    train(model, examples, plan.patch_size, config.train, device, seed=0, amp=amp, progress=lap)
-    loss_fn, optimiser = PartialDiceCELoss(), torch.optim.AdamW(model.parameters())
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    images = torch.randn(plan.batch_size, plan.channels, *plan.patch_size, device=device)
-    labels = torch.randint(0, plan.num_classes, (plan.batch_size, 1, *plan.patch_size), device=device)
-    model.train()
-    bare = []
-    for _ in range(steps):
-        start = now()
-        with torch.autocast(device.type, enabled=amp):
-            loss = loss_fn(model(images), labels)
-        optimiser.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimiser)
-        scaler.update()
-        bare.append(now() - start)
-    step, bare_step = statistics.median(laps[2:]), statistics.median(bare[2:])
+    step, bare_step = step_seconds(model, examples, plan, config.train, device, amp)
 
     sampler = scoring_sampler(config, model)
     volumes = pool[:3]

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from run_benchmarks import machine
 from score_speed import monailabel_epistemic, ours
+from step_timing import step_seconds
 
 from activeseg.acquisition.scorers import bald, reduce_mean
 from activeseg.acquisition.sliding import score_pool
@@ -46,7 +47,6 @@ from activeseg.engine.full_data import full_data_run
 from activeseg.engine.inference import largest_component, predict_volume
 from activeseg.engine.model import build_model, load_weights
 from activeseg.engine.patches import Example
-from activeseg.engine.training import PartialDiceCELoss, train
 from activeseg.progress import RichReporter, SilentReporter
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -170,29 +170,7 @@ def bench_speed(clinical: Path, work: Path, steps: int = 12) -> dict[str, Any]:
     torch.manual_seed(0)
     model = build_model(run_config.model, plan)
     examples = [Example(data.image(c), data.ground_truth(c)) for c in pool[:8]]
-    laps: list[float] = []
-    tick = [time.perf_counter()]
-
-    def lap(_: int) -> None:
-        now = time.perf_counter()
-        laps.append(now - tick[0])
-        tick[0] = now
-
-    train(model, examples, plan.patch_size, run_config.train, torch.device("cpu"), seed=0, progress=lap)
-    step_with_data = statistics.median(laps[2:])
-    loss_fn, optimiser = PartialDiceCELoss(), torch.optim.AdamW(model.parameters())
-    images = torch.randn(plan.batch_size, plan.channels, *plan.patch_size)
-    labels = torch.randint(0, plan.num_classes, (plan.batch_size, 1, *plan.patch_size))
-    bare = []
-    model.train()
-    for _ in range(steps):
-        start = time.perf_counter()
-        loss = loss_fn(model(images), labels)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        bare.append(time.perf_counter() - start)
-    bare_step = statistics.median(bare[2:])
+    step_with_data, bare_step = step_seconds(model, examples, plan, run_config.train, torch.device("cpu"), amp=False)
     sampler = make_window_sampler("mc_dropout", model, 8, None, (), amp=False, channels_last=True)  # as pool.py
     scoring = []
     for case_id in pool[:3]:
