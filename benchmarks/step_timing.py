@@ -48,8 +48,9 @@ def step_seconds(
     tick = [now()]
 
     def lap(_: int) -> None:
-        laps.append(now() - tick[0])
-        tick[0] = now()
+        end = now()  # one reading ends this lap and starts the next, so no time falls between laps
+        laps.append(end - tick[0])
+        tick[0] = end
 
     train(model, examples, plan.patch_size, config, device, seed=0, amp=amp, progress=lap)
     loss_fn, optimiser = PartialDiceCELoss(), torch.optim.AdamW(model.parameters())
