@@ -258,22 +258,28 @@ def test_grid_runs_paired_and_reports_from_stored_results(grid: tuple[Path, Path
         assert row["final_dice"] == dice[1]
     # AUBC over labelled voxels: each run's mean Dice over the voxel range every run covers (whole volumes differ
     # in size, so strategies label different voxel counts per round), checked by sampling the curve finely.
-    curves = {}
-    for row in summary["runs"]:
-        with (run_dir(results, row["setting"], row["seed"], row["strategy"]) / "curve.csv").open() as handle:
-            curve = list(csv.DictReader(handle))
-        curves[row["strategy"], row["seed"]] = (
-            [float(r["cost_voxels"]) for r in curve],
-            [float(r["mean_dice"]) for r in curve],
-        )
-    low, high = max(v[0] for v, _ in curves.values()), min(v[-1] for v, _ in curves.values())
-    assert summary["voxel_interval"]["4+3x1"] == [low, high] and low < high
+    # The same over foreground-weighted voxels (a foreground voxel costs 3), from the curve's own cost column.
+    for metric, column, key in (
+        ("aubc_voxels", "cost_voxels", "voxel_interval"),
+        ("aubc_weighted", "cost_foreground_voxels", "weighted_interval"),
+    ):
+        curves = {}
+        for row in summary["runs"]:
+            with (run_dir(results, row["setting"], row["seed"], row["strategy"]) / "curve.csv").open() as handle:
+                curve = list(csv.DictReader(handle))
+            curves[row["strategy"], row["seed"]] = (
+                [float(r[column]) for r in curve],
+                [float(r["mean_dice"]) for r in curve],
+            )
+        low, high = max(v[0] for v, _ in curves.values()), min(v[-1] for v, _ in curves.values())
+        assert summary[key]["4+3x1"] == [low, high] and low < high
+        fine = np.linspace(low, high, 200_001)
+        for row in summary["runs"]:
+            costs, dice = curves[row["strategy"], row["seed"]]
+            assert metric == "aubc_weighted" or row["voxels"] == costs
+            assert row[metric] == pytest.approx(float(np.interp(fine, costs, dice).mean()), abs=1e-6)
     assert summary["run"]["unit"] == {"4+3x1": "volume"}  # the curves' budget axis: labelled volumes
-    fine = np.linspace(low, high, 200_001)
-    for row in summary["runs"]:
-        voxels, dice = curves[row["strategy"], row["seed"]]
-        assert row["voxels"] == voxels
-        assert row["aubc_voxels"] == pytest.approx(float(np.interp(fine, voxels, dice).mean()), abs=1e-6)
+    assert any(p["metric"] == "aubc_weighted" for p in summary["paired"])
     (bald,) = [p for p in summary["paired"] if p["strategy"] == "bald" and p["metric"] == "aubc"]
     assert bald["baseline"] == "foreground-random" and bald["n"] == 2 and bald["seeds"] == SEEDS
     (bald_voxels,) = [p for p in summary["paired"] if p["strategy"] == "bald" and p["metric"] == "aubc_voxels"]

@@ -60,6 +60,8 @@ def reference(name: str, probs: torch.Tensor) -> np.ndarray:
         "variance": p.var(axis=0).mean(axis=0),
         "margin": 1.0 - (ordered[-1] - ordered[-2]),
         "clasp": np.concatenate([pe[None], pe[None] * mean[1:]]),  # PE, then PE · p̄_c per foreground class
+        # ... then the expected cost: background costs 1, foreground FOREGROUND_WEIGHT = 3
+        "clasp_cost": np.concatenate([pe[None], pe[None] * mean[1:], (mean[0] + 3.0 * mean[1:].sum(axis=0))[None]]),
     }
     return maps[name]
 

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from activeseg.acquisition.costs import COSTS, CostContext, information_per_cost
 from activeseg.acquisition.moments import Moments
 from activeseg.acquisition.registry import get_strategy
-from activeseg.acquisition.scorers import predictive_entropy, strategy_maps
+from activeseg.acquisition.scorers import expected_cost, predictive_entropy, strategy_maps
 from activeseg.acquisition.selectors import SelectionContext, clasp_quotas, select_top_k, spread_selector
 from activeseg.acquisition.stochastic import WEIGHTINGS, sampling_probabilities, scheduled_beta, stochastic_batch
+from activeseg.acquisition.units import Unit
 from activeseg.config import ConfigError, config_from_dict
 
 
@@ -164,3 +166,50 @@ def test_spread_clasp_pe_is_deterministic_given_the_generator_and_spreads_over_c
     ]
     assert runs[0] == runs[1]
     assert sorted(k.partition("@")[0] for k in runs[0]) == [f"case_{i}" for i in range(6)]
+
+
+def test_expected_cost_is_the_foreground_voxel_cost_expected_under_the_mean_prediction() -> None:
+    """Summed over a unit, the cost map equals the ``foreground_voxels`` cost averaged over every labelling of the
+    unit, each weighted by its probability under p̄ (exact enumeration: 3 voxels, 3 classes, 27 labellings)."""
+    probs = torch.softmax(torch.randn(4, 3, 1, 1, 3, generator=torch.Generator().manual_seed(2)) * 2, dim=1)
+    mean_C_V = probs.double().mean(dim=0).reshape(3, 3).numpy()
+    expected = 0.0
+    for labels in itertools.product(range(3), repeat=3):
+        label = np.array(labels, dtype=np.uint8).reshape(1, 1, 3)
+        chance = float(np.prod([mean_C_V[c, v] for v, c in enumerate(labels)]))
+        expected += chance * COSTS["foreground_voxels"](CostContext(Unit("a"), (1, 1, 3), label_D_H_W=label))
+    assert float(expected_cost(Moments.of(probs)).double().sum()) == pytest.approx(expected, abs=1e-5)
+
+
+def test_cost_clasp_pe_prefers_the_cheaper_of_two_uncertain_units_where_clasp_pe_takes_the_costly_one() -> None:
+    """Each unit has one uncertain voxel and three confident ones. The costly unit's uncertain voxel is more
+    uncertain (p̄₁ = 0.5 against 0.3), but its confident voxels are foreground, three times as costly to draw."""
+    foreground_V = {"costly": [0.5, 1 - 1e-6, 1 - 1e-6, 1 - 1e-6], "cheap": [0.3, 1e-6, 1e-6, 1e-6]}
+
+    def vector(scorer: str, p1: list[float]) -> tuple[float, ...]:
+        probs_1_C_1_1_V = torch.tensor([[1 - q for q in p1], p1]).reshape(1, 2, 1, 1, 4)
+        moments = Moments.of(probs_1_C_1_1_V.repeat(2, 1, 1, 1, 1))
+        return tuple(float(m.double().mean()) for m in strategy_maps(scorer, moments))
+
+    for name, scorer, winner in (("clasp-pe", "clasp", "costly"), ("cost-clasp-pe", "clasp_cost", "cheap")):
+        strategy = get_strategy(name)
+        scores = {unit: vector(scorer, p1) for unit, p1 in foreground_V.items()}
+        (choice,) = strategy.select(list(scores), scores, 1, SelectionContext(np.random.default_rng(0), beta=1e4))
+        assert choice.unit == winner, name
+    pe = {"costly": np.log(2.0), "cheap": -(0.3 * np.log(0.3) + 0.7 * np.log(0.7))}
+    cost = {"costly": (2.0 + 3 * 3.0) / 4, "cheap": (1.6 + 3 * 1.0) / 4}  # 1 + 2 p̄₁ per voxel
+    assert choice.score == pytest.approx(pe["cheap"] * 0.3 / 4 / cost["cheap"], rel=1e-4)
+    assert pe["cheap"] * 0.3 / 4 / cost["cheap"] > pe["costly"] * 0.5 / 4 / cost["costly"]  # 0.040 against 0.032
+
+
+def test_information_per_cost_divides_by_the_last_entry_and_rejects_a_vector_without_a_positive_cost() -> None:
+    assert information_per_cost((0.6, 0.3, 2.0)) == (0.3, 0.15)
+    for bad in ((0.5,), (0.5, 0.0), (0.5, -1.0), (0.5, float("nan"))):
+        with pytest.raises(ValueError, match="positive cost"):
+            information_per_cost(bad)
+
+
+def test_a_cost_aware_strategy_rejects_the_top_q_reduction() -> None:
+    with pytest.raises(ConfigError, match=r"strategy\.reduction: top_q cannot price a unit"):
+        config_from_dict({"strategy": {"name": "cost-clasp-pe", "reduction": "top_q"}})
+    assert config_from_dict({"strategy": {"name": "cost-clasp-pe", "reduction": "sum"}}).strategy.reduction == "sum"

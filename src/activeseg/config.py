@@ -231,6 +231,12 @@ class StrategyConfig:
             f"unknown strategy {self.name!r}; registered: {', '.join(sorted(STRATEGIES))}",
         )
         require(0.0 < self.top_q <= 1.0, "strategy.top_q", "must be in (0, 1]")
+        require(
+            not (STRATEGIES[self.name].per_expected_cost and self.reduction == "top_q"),
+            "strategy.reduction",
+            f"top_q cannot price a unit: {self.name} divides its total score by its total expected cost (use mean, "
+            "sum or foreground)",
+        )
         require(self.mc_samples >= 2, "strategy.mc_samples", "must be at least 2 for a spread of predictions")
         require(
             self.mc_batch_size is None or 1 <= self.mc_batch_size <= MAX_BATCH_SIZE,

@@ -6,7 +6,7 @@ any cost; ``loop.round_budget`` caps a round in the config's ``unit.cost``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,3 +96,14 @@ LABEL_FREE_COSTS = ("volumes", "slices", "voxels", "native_voxels", "mm3")
 def unit_costs(context: CostContext) -> dict[str, float]:
     """The unit's cost under every registered cost model."""
     return {name: model(context) for name, model in COSTS.items()}
+
+
+def information_per_cost(vector: Sequence[float]) -> tuple[float, ...]:
+    """A cost-aware unit's score vector, ``(*scores, expected cost)`` pooled alike, as expected information per
+    unit of annotation cost: each score over the cost, the cost dropped. Pooled by mean or sum, the ratio is the
+    unit's total score over its total expected cost, so a unit whose confident foreground would be costly to draw
+    loses to an equally uncertain unit that costs less."""
+    *scores, cost = (float(v) for v in vector)
+    if not scores or not cost > 0:
+        raise ValueError(f"a cost-aware score vector is (*scores, cost) with a positive cost, got {tuple(vector)}")
+    return tuple(score / cost for score in scores)

@@ -7,6 +7,8 @@ A strategy is a name, a documented source and what it is made of:
   foreground class); each map is reduced per unit, so every unit carries a score vector whose first entry is its
   score.
 - ``selector``: a pure function (``selectors``) that turns candidate units and their scores into a batch.
+- ``per_expected_cost``: the scorer's last map is the expected annotation cost, and the selector ranks every other
+  score over it (:meth:`Strategy.ranked`).
 - what else it needs, declared: an ``embedding`` of each volume, a ``sketch`` of each unit's K samples, or the true
   foreground of each unit (``simulation_only``). The loop computes exactly what :attr:`Strategy.needs` lists and
   hands it over in one :class:`~activeseg.acquisition.selectors.SelectionContext`; it never special-cases a name.
@@ -25,8 +27,10 @@ from typing import Literal
 
 import numpy as np
 
+from activeseg.acquisition.costs import FOREGROUND_WEIGHT, information_per_cost
 from activeseg.acquisition.selectors import (
     Choice,
+    ScoreVector,
     SelectionContext,
     Selector,
     select_badge,
@@ -62,6 +66,9 @@ class Strategy:
     """A summary of each unit's K samples, computed in the scoring pass (a name in ``scorers.SKETCHES``), or None."""
     simulation_only: bool = False
     """Needs the ground truth of unlabelled units: a benchmark baseline, never usable with a human annotator."""
+    per_expected_cost: bool = False
+    """The scorer's last map is each voxel's expected annotation cost; the selector ranks expected information per
+    unit of cost (``costs.information_per_cost``)."""
 
     @property
     def needs_scores(self) -> bool:
@@ -81,6 +88,10 @@ class Strategy:
         if self.simulation_only:
             wanted.append("true_fractions")
         return frozenset(wanted)
+
+    def ranked(self, vector: ScoreVector) -> ScoreVector:
+        """The score vector the selector ranks a unit by: its own, or each score over its expected cost."""
+        return information_per_cost(vector) if self.per_expected_cost else vector
 
     def select(
         self,
@@ -103,7 +114,7 @@ class Strategy:
             if missing:
                 raise ValueError(f"strategy {self.name!r} needs a score for every candidate; missing {missing[:5]}")
             assert scores is not None
-            vectors = {c: tuple(float(v) for v in np.atleast_1d(scores[c])) for c in candidates}
+            vectors = {c: self.ranked(tuple(float(v) for v in np.atleast_1d(scores[c]))) for c in candidates}
         if self.embedding is not None:
             embeddings = context.embeddings
             missing = [c for c in candidates if embeddings is None or c not in embeddings]
@@ -244,6 +255,19 @@ register(
         "since uncertainty-chosen patches pile up in a few hard cases while random units cover many.",
         scorer="clasp",
         selector=spread_selector(select_clasp),
+    )
+)
+register(
+    Strategy(
+        name="cost-clasp-pe",
+        description="ClaSP PE per expected annotation cost: each unit's PE and PE·p̄_c over the foreground-weighted "
+        "voxels it is expected to cost, then ClaSP PE's class shares and power noising.",
+        source="activeseg (docs/attempts.md, 'Cost-aware ClaSP PE'): ClaSP PE (Lüth et al., 2026) with information "
+        f"per unit of cost; the cost is the foreground_voxels model (a foreground voxel costs {FOREGROUND_WEIGHT:g}) "
+        "expected under the mean prediction, since ClaSP PE's queries hold more foreground than foreground-random's.",
+        scorer="clasp_cost",
+        selector=select_clasp,
+        per_expected_cost=True,
     )
 )
 register(

@@ -11,6 +11,7 @@ input. Definitions follow ``shared/docs/anchors.md``:
 - variance            mean_c (E_k[p_k(c)²] - p̄_c²)   (population variance over the K samples)
 - margin              1 - (p̄_(1) - p̄_(2)), the two largest mean class probabilities
 - class-specific PE   PE · p̄_c, one map per class (ClaSP PE, Lüth et al., TMLR 2026)
+- expected cost       1 + (w − 1)(1 − p̄_0), a voxel's foreground-weighted annotation cost expected under p̄
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from activeseg.acquisition.costs import FOREGROUND_WEIGHT
 from activeseg.acquisition.moments import MomentName, Moments, sample_entropy
 
 VoxelScorer = Callable[[Moments], Tensor]
@@ -79,6 +81,17 @@ def clasp_maps(moments: Moments) -> Tensor:
     return torch.cat([pe_D_H_W.unsqueeze(0), pe_D_H_W.unsqueeze(0) * moments.mean_probs_C_D_H_W[1:]])
 
 
+def expected_cost(moments: Moments) -> Tensor:
+    """Each voxel's annotation cost in the ``foreground_voxels`` model (a foreground voxel costs
+    ``FOREGROUND_WEIGHT`` background voxels), expected under the mean prediction: 1 + (w − 1)(1 − p̄_0)."""
+    return 1.0 + (FOREGROUND_WEIGHT - 1.0) * (1.0 - moments.mean_probs_C_D_H_W[0])
+
+
+def clasp_cost_maps(moments: Moments) -> Tensor:
+    """ClaSP PE's maps, then the expected annotation cost: score_M_D_H_W with M = C + 1 (``cost-clasp-pe``)."""
+    return torch.cat([clasp_maps(moments), expected_cost(moments).unsqueeze(0)])
+
+
 def as_map_stack(score: Tensor, moments: Moments) -> Tensor:
     """A scorer's output as a stack of voxel maps: score_D_H_W becomes score_1_D_H_W; score_M_D_H_W stays."""
     return score.unsqueeze(0) if score.dim() == len(moments.shape) else score
@@ -125,8 +138,10 @@ SCORERS: dict[str, VoxelScorer] = {
     "variance": variance,
     "margin": margin,
     "clasp": clasp_maps,
+    "clasp_cost": clasp_cost_maps,
 }
-"""The voxel scorers a strategy names (``registry.Strategy.scorer``); ``clasp`` gives M = C maps, the others one."""
+"""The voxel scorers a strategy names (``registry.Strategy.scorer``); ``clasp`` gives M = C maps, ``clasp_cost``
+M = C + 1 (the last the expected cost), the others one."""
 
 NEEDS: dict[str, frozenset[MomentName]] = {
     "predictive_entropy": frozenset(),
@@ -136,6 +151,7 @@ NEEDS: dict[str, frozenset[MomentName]] = {
     "variance": frozenset({"squares"}),
     "margin": frozenset(),
     "clasp": frozenset(),
+    "clasp_cost": frozenset(),
     "sites": frozenset({"entropy"}),  # the sketch: top_sites ranks voxels by BALD
 }
 """The optional moments each scorer (and each sketch of :data:`SKETCHES`) reads besides p̄: the scoring pass computes

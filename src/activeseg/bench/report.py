@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from activeseg.acquisition.costs import FOREGROUND_WEIGHT
 from activeseg.artifacts import write_bytes_atomic, write_json_atomic, write_text_atomic
 from activeseg.bench.results import METRICS, SUMMARY_FILE, add_holm, summarise
 from activeseg.plots import band_png
@@ -167,11 +168,13 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
         fg_eff = any(r.get("fg_eff") is not None for r in rows)
         shares = any(v is not None for r in rows for v in (r.get("reach_share") or {}).values())
         voxel_axis = all(r.get("aubc_voxels") for r in rows)
+        weighted_axis = all(r.get("aubc_weighted") for r in rows)  # summaries stored before it have none
         out.append(
             (
                 "table",
                 ["strategy", "seeds", f"AUBC [{confidence} CI]"]
                 + ([f"AUBC over labelled voxels [{confidence} CI]"] if voxel_axis else [])
+                + ([f"AUBC over foreground-weighted voxels [{confidence} CI]"] if weighted_axis else [])
                 + [f"final Dice [{confidence} CI]", reach]
                 + (["labelled share of the pool there"] if shares else [])
                 + (["FG-Eff"] if fg_eff else []),
@@ -182,6 +185,7 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
                         _ci(r["aubc"]),
                     ]
                     + ([_ci(r["aubc_voxels"])] if voxel_axis else [])
+                    + ([_ci(r["aubc_weighted"])] if weighted_axis else [])
                     + [_ci(r["final_dice"]), _per_seed(r["reach_budget"]) or "—"]
                     + ([_per_seed(r["reach_share"], "{:.1%}")] if shares else [])
                     + ([_fg_eff(r.get("fg_eff"))] if fg_eff else [])
@@ -199,6 +203,17 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
                     f"`unit.edge` is `shift`), so strategies may label different amounts per round; AUBC over "
                     f"labelled voxels is each run's mean Dice over {interval[0]:,.0f}–{interval[1]:,.0f} labelled "
                     f"voxels, the range every finished run of this setting covers.",
+                )
+            )
+        weighted = (summary.get("weighted_interval") or {}).get(setting)
+        if weighted_axis and weighted:
+            out.append(
+                (
+                    "p",
+                    f"AUBC over foreground-weighted voxels is the same over the `foreground_voxels` cost, where a "
+                    f"labelled foreground voxel costs {FOREGROUND_WEIGHT:g} background ones "
+                    f"({weighted[0]:,.0f}–{weighted[1]:,.0f} in this setting): a strategy whose units hold more "
+                    f"foreground pays for it.",
                 )
             )
         if fg_eff:

@@ -33,10 +33,20 @@ from activeseg.rundir.curves import read_curve
 from activeseg.rundir.layout import FullDataLayout, RunLayout
 
 SUMMARY_FILE = "summary.json"
-METRICS = (("aubc", "AUBC"), ("aubc_voxels", "AUBC over labelled voxels"), ("final_dice", "final Dice"))
+METRICS = (
+    ("aubc", "AUBC"),
+    ("aubc_voxels", "AUBC over labelled voxels"),
+    ("aubc_weighted", "AUBC over foreground-weighted voxels"),
+    ("final_dice", "final Dice"),
+)
 """The per-run metrics compared between strategies. ``aubc`` is over rounds (units), as nnActive's; ``aubc_voxels``
 is the mean Dice over the labelled voxels that every finished run of the setting covers, so a strategy that picks
-bigger units (whole lattice boxes rather than ones clipped at a volume's edge) gains nothing from their size."""
+bigger units (whole lattice boxes rather than ones clipped at a volume's edge) gains nothing from their size;
+``aubc_weighted`` is the same over the ``foreground_voxels`` cost (a foreground voxel costs 3 to draw), so a strategy
+whose units hold more foreground pays for it."""
+
+COST_AXES = (("aubc_voxels", "voxels"), ("aubc_weighted", "weighted"))
+"""(metric, the RunResult cost curve it is the mean Dice over)"""
 
 
 @dataclass(frozen=True)
@@ -57,7 +67,11 @@ class RunResult:
     voxels: list[float] | None = None
     """Labelled voxels at each round (the ``voxels`` cost)."""
     aubc_voxels: float | None = None
-    """Mean Dice over the setting's shared interval of labelled voxels (:func:`with_voxel_aubc`)."""
+    """Mean Dice over the setting's shared interval of labelled voxels (:func:`with_cost_aubc`)."""
+    weighted: list[float] | None = None
+    """Labelled foreground-weighted voxels at each round (the ``foreground_voxels`` cost)."""
+    aubc_weighted: float | None = None
+    """Mean Dice over the setting's shared interval of foreground-weighted voxels (:func:`with_cost_aubc`)."""
 
     @property
     def aubc(self) -> float:
@@ -91,7 +105,6 @@ def collect(results_dir: Path) -> tuple[BenchmarkConfig, list[RunResult], dict[i
                 share = [v / pool_size for v in volumes] if volumes and pool_size else None
                 finished = reason is not None
                 foreground = curve.costs.get("foreground")
-                voxels = curve.costs.get("voxels")
                 runs.append(
                     RunResult(
                         setting.name,
@@ -103,7 +116,8 @@ def collect(results_dir: Path) -> tuple[BenchmarkConfig, list[RunResult], dict[i
                         curve.mean_dice,
                         foreground,
                         share,
-                        voxels,
+                        voxels=curve.costs.get("voxels"),
+                        weighted=curve.costs.get("foreground_voxels"),
                     )
                 )
     full: dict[int, float] = {}
@@ -118,24 +132,28 @@ def collect(results_dir: Path) -> tuple[BenchmarkConfig, list[RunResult], dict[i
     return config, runs, full, pool
 
 
-def voxel_interval(runs: Sequence[RunResult]) -> tuple[float, float] | None:
-    """The labelled-voxel interval every finished run covers: [largest first budget, smallest last budget]; None
-    when a run lacks the ``voxels`` cost or the runs share no interval."""
-    done = [r for r in runs if r.finished]
-    if not done or any(r.voxels is None or len(r.voxels) < 2 for r in done):
+def cost_interval(runs: Sequence[RunResult], axis: str = "voxels") -> tuple[float, float] | None:
+    """The interval of the ``axis`` cost curve (``voxels`` or ``weighted``) every finished run covers: [largest
+    first budget, smallest last budget]; None when a run lacks that cost or the runs share no interval."""
+    curves = [getattr(r, axis) for r in runs if r.finished]
+    if not curves or any(c is None or len(c) < 2 for c in curves):
         return None
-    low, high = max(r.voxels[0] for r in done if r.voxels), min(r.voxels[-1] for r in done if r.voxels)
+    low, high = max(c[0] for c in curves), min(c[-1] for c in curves)
     return (low, high) if low < high else None
 
 
-def with_voxel_aubc(runs: Sequence[RunResult], interval: tuple[float, float] | None) -> list[RunResult]:
-    """The runs with ``aubc_voxels`` set: each finished run's mean Dice over ``interval`` of labelled voxels."""
+def with_cost_aubc(
+    runs: Sequence[RunResult], interval: tuple[float, float] | None, metric: str = "aubc_voxels", axis: str = "voxels"
+) -> list[RunResult]:
+    """The runs with ``metric`` set: each finished run's mean Dice over ``interval`` of its ``axis`` cost."""
     if interval is None:
         return list(runs)
-    return [
-        replace(r, aubc_voxels=mean_over(r.voxels, r.mean_dice, *interval)) if r.finished and r.voxels else r
-        for r in runs
-    ]
+    out = []
+    for r in runs:
+        costs = getattr(r, axis)
+        value: dict[str, Any] = {metric: mean_over(costs, r.mean_dice, *interval)} if r.finished and costs else {}
+        out.append(replace(r, **value))
+    return out
 
 
 def _estimate(values: Sequence[float], config: BenchmarkConfig) -> dict[str, float]:
@@ -146,12 +164,16 @@ def _estimate(values: Sequence[float], config: BenchmarkConfig) -> dict[str, flo
 def summarise(results_dir: Path) -> dict[str, Any]:
     """Every statistic of the report, as plain JSON-able data computed from the stored results."""
     config, runs, full, pool = collect(results_dir)
-    intervals = {st.name: voxel_interval([r for r in runs if r.setting == st.name]) for st in config.settings}
-    runs = [
-        r
-        for st in config.settings
-        for r in with_voxel_aubc([r for r in runs if r.setting == st.name], intervals[st.name])
-    ]
+    intervals: dict[str, dict[str, tuple[float, float] | None]] = {}
+    for metric, axis in COST_AXES:
+        intervals[metric] = {
+            st.name: cost_interval([r for r in runs if r.setting == st.name], axis) for st in config.settings
+        }
+        runs = [
+            r
+            for st in config.settings
+            for r in with_cost_aubc([r for r in runs if r.setting == st.name], intervals[metric][st.name], metric, axis)
+        ]
     s = config.stats
     finished = [r for r in runs if r.finished]
     present = sorted({r.strategy for r in finished}, key=config.strategies.index)
@@ -173,6 +195,7 @@ def summarise(results_dir: Path) -> dict[str, Any]:
                 "mean_dice": r.mean_dice,
                 "aubc": r.aubc,
                 "aubc_voxels": r.aubc_voxels,
+                "aubc_weighted": r.aubc_weighted,
                 "final_dice": r.final_dice,
                 "reach_budget": None if target is None else budget_to_reach(r.n_labelled, r.mean_dice, target),
                 "reach_share": None if target is None else _share_at_reach(r, target),
@@ -197,11 +220,14 @@ def summarise(results_dir: Path) -> dict[str, Any]:
                     "n": len(mine),
                     "seeds": [r.seed for r in mine],
                     "aubc": _estimate([r.aubc for r in mine], config),
-                    "aubc_voxels": (
-                        _estimate([r.aubc_voxels for r in mine if r.aubc_voxels is not None], config)
-                        if intervals[setting.name]
-                        else None
-                    ),
+                    **{
+                        metric: (
+                            _estimate([getattr(r, metric) for r in mine if getattr(r, metric) is not None], config)
+                            if intervals[metric][setting.name]
+                            else None
+                        )
+                        for metric, _ in COST_AXES
+                    },
                     "final_dice": _estimate([r.final_dice for r in mine], config),
                     "reach_budget": {
                         str(r.seed): row_of[(setting.name, strategy, r.seed)]["reach_budget"]
@@ -271,7 +297,8 @@ def summarise(results_dir: Path) -> dict[str, Any]:
         "seeds": list(config.seeds),
         "settings": {st.name: dict(st.overrides) for st in config.settings},
         "baselines": baselines,
-        "voxel_interval": {name: list(span) if span else None for name, span in intervals.items()},
+        "voxel_interval": {name: list(span) if span else None for name, span in intervals["aubc_voxels"].items()},
+        "weighted_interval": {name: list(span) if span else None for name, span in intervals["aubc_weighted"].items()},
         "run": _describe_run(config),
         "stats": asdict(s),
         "progress": {
