@@ -315,6 +315,8 @@ def test_grid_runs_paired_and_reports_from_stored_results(grid: tuple[Path, Path
     for needle in (
         "AUBC [95% CI]",
         "AUBC over labelled voxels [95% CI]",
+        "AUBC over foreground-weighted voxels [95% CI]",
+        "where a labelled foreground voxel costs 3 background ones",
         "Wilcoxon p",
         "t p (Holm)",
         "## Ranking",

@@ -194,28 +194,23 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
             )
         )
         interval = (summary.get("voxel_interval") or {}).get(setting)
-        if voxel_axis and interval:
-            out.append(
-                (
-                    "p",
-                    f"AUBC counts rounds (units) on its budget axis, as nnActive does. Units can differ in voxels "
-                    f"(volumes differ in size, and lattice patches are clipped at a volume's edge unless "
-                    f"`unit.edge` is `shift`), so strategies may label different amounts per round; AUBC over "
-                    f"labelled voxels is each run's mean Dice over {interval[0]:,.0f}–{interval[1]:,.0f} labelled "
-                    f"voxels, the range every finished run of this setting covers.",
-                )
-            )
         weighted = (summary.get("weighted_interval") or {}).get(setting)
-        if weighted_axis and weighted:
-            out.append(
-                (
-                    "p",
-                    f"AUBC over foreground-weighted voxels is the same over the `foreground_voxels` cost, where a "
-                    f"labelled foreground voxel costs {FOREGROUND_WEIGHT:g} background ones "
-                    f"({weighted[0]:,.0f}–{weighted[1]:,.0f} in this setting): a strategy whose units hold more "
-                    f"foreground pays for it.",
-                )
+        if voxel_axis and interval:
+            text = (
+                f"AUBC counts rounds (units) on its budget axis, as nnActive does. Units can differ in voxels "
+                f"(volumes differ in size, and lattice patches are clipped at a volume's edge unless "
+                f"`unit.edge` is `shift`), so strategies may label different amounts per round; AUBC over "
+                f"labelled voxels is each run's mean Dice over {interval[0]:,.0f}–{interval[1]:,.0f} labelled "
+                f"voxels, the range every finished run of this setting covers."
             )
+            if weighted_axis and weighted:
+                text += (
+                    f" AUBC over foreground-weighted voxels is the same over the `foreground_voxels` cost, where a "
+                    f"labelled foreground voxel costs {FOREGROUND_WEIGHT:g} background ones "
+                    f"({weighted[0]:,.0f}–{weighted[1]:,.0f} here): a strategy whose units hold more foreground "
+                    f"pays for it."
+                )
+            out.append(("p", text))
         if fg_eff:
             out.append(
                 (
