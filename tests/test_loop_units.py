@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from activeseg.acquisition.moments import Moments
+from activeseg.acquisition.registry import STRATEGIES
+from activeseg.acquisition.scorers import strategy_maps
 from activeseg.acquisition.units import IGNORE, disjoint, unit_from_key
 from activeseg.config import ConfigError, RunConfig
 from activeseg.data.splits import RunData, open_data
@@ -17,7 +20,7 @@ from activeseg.engine import loop as loop_module
 from activeseg.engine.inference import predict_volume
 from activeseg.engine.loop import ActiveLearningLoop, RunError
 from activeseg.engine.model import build_model, load_weights
-from activeseg.engine.pool import labelled_voxels
+from activeseg.engine.pool import Pool, labelled_voxels
 from activeseg.engine.pseudo import threshold_ladder
 from activeseg.engine.run import adopt_round_zero, create_run, make_oracle, resume_run, start_run
 from activeseg.plots import plot_curves
@@ -330,3 +333,31 @@ def test_initial_units_are_counted_against_the_pools_units_not_its_volumes(cache
     with pytest.raises(RunError, match=r"loop.initial=97 but the pool holds only 96 units"):
         create_run(patch_config(cache, loop={"initial": 97}), tmp_path / "too-many")
     assert not (tmp_path / "too-many").exists()
+
+
+class _NothingLabelled(Pool):
+    """A pool whose cases have no labelled voxel yet: ``unit_candidates`` reads nothing else of the run."""
+
+    def labelled_voxels(self, case_id: str) -> np.ndarray:
+        return np.zeros((3, 2, 2), dtype=bool)
+
+
+@pytest.mark.parametrize(("name", "kept"), [("clasp-pe", "0-2"), ("cost-clasp-pe", "1-3")])
+def test_a_volumes_overlapping_candidates_are_kept_by_the_strategys_priority(name: str, kept: str) -> None:
+    """Two patches of a 3×2×2 volume share its middle slice (confident background). The first also holds slice 0:
+    one voxel at p̄₁ = 0.5 and three of confident foreground; the second slice 2: one voxel at p̄₁ = 0.3 and three of
+    confident background. By mean PE the first leads (0.087 against 0.076); per expected foreground-weighted voxel
+    the second (0.611 / 8.6 against 0.693 / 15). Overlapping, only one is kept."""
+    p1_D_H_W = torch.full((3, 2, 2), 1e-6)
+    p1_D_H_W[0] = 1 - 1e-6
+    p1_D_H_W[0, 0, 0], p1_D_H_W[2, 0, 0] = 0.5, 0.3
+    mean_probs_C_D_H_W = torch.stack([1 - p1_D_H_W, p1_D_H_W])
+    config = RunConfig().override(
+        {"strategy.name": name, "unit.kind": "patch", "unit.patch_size": [2, 2, 2], "unit.stride": [1, 2, 2]}
+    )
+    strategy = STRATEGIES[name]
+    pool = _NothingLabelled(config, None, None, None, strategy, SilentReporter())  # type: ignore[arg-type]
+    assert strategy.scorer is not None
+    maps = strategy_maps(strategy.scorer, Moments.of(mean_probs_C_D_H_W[None]))
+    (candidate,) = pool.unit_candidates("a", maps, mean_probs_C_D_H_W)
+    assert candidate[0] == f"a@patch:{kept}:0-2:0-2"

@@ -14,7 +14,7 @@ from activeseg.acquisition.registry import get_strategy
 from activeseg.acquisition.scorers import expected_cost, predictive_entropy, strategy_maps
 from activeseg.acquisition.selectors import SelectionContext, clasp_quotas, select_top_k, spread_selector
 from activeseg.acquisition.stochastic import WEIGHTINGS, sampling_probabilities, scheduled_beta, stochastic_batch
-from activeseg.acquisition.units import Unit
+from activeseg.acquisition.units import Unit, UnitSpec, best_disjoint
 from activeseg.config import ConfigError, config_from_dict
 
 
@@ -203,10 +203,24 @@ def test_cost_clasp_pe_prefers_the_cheaper_of_two_uncertain_units_where_clasp_pe
 
 
 def test_information_per_cost_divides_by_the_last_entry_and_rejects_a_vector_without_a_positive_cost() -> None:
-    assert information_per_cost((0.6, 0.3, 2.0)) == (0.3, 0.15)
-    for bad in ((0.5,), (0.5, 0.0), (0.5, -1.0), (0.5, float("nan"))):
+    assert information_per_cost((0.6, 0.3, 2.0)).tolist() == [0.3, 0.15]
+    assert information_per_cost([[0.6, 0.3, 2.0], [1.0, 0.5, 4.0]]).tolist() == [[0.3, 0.15], [0.25, 0.125]]
+    for bad in ((0.5,), (0.5, 0.0), (0.5, -1.0), (0.5, float("nan")), [[0.5, 1.0], [0.5, 0.0]]):
         with pytest.raises(ValueError, match="positive cost"):
             information_per_cost(bad)
+
+
+def test_overlapping_patches_are_kept_by_the_strategys_own_priority() -> None:
+    """Non-maximum suppression keeps one of two overlapping patches: ClaSP PE the more uncertain, cost-aware ClaSP
+    PE the one that is more uncertain per expected cost (columns: PE, PE·p̄₁, expected cost)."""
+    spec = UnitSpec("patch", patch_size=(2, 2, 2), stride=(1, 2, 2))
+    lattice = spec.lattice("a", (3, 2, 2))  # two patches sharing the middle slice
+    score_U_M = np.array([[0.40, 0.30, 2.5], [0.30, 0.20, 1.2]])
+    nothing_labelled = np.zeros((3, 2, 2), dtype=bool)
+    for name, winner in (("clasp-pe", 0), ("cost-clasp-pe", 1)):
+        strategy = get_strategy(name)
+        columns = score_U_M if strategy.per_expected_cost else score_U_M[:, :2]
+        assert best_disjoint(lattice, strategy.priority(columns), nothing_labelled, keep=None) == [winner], name
 
 
 def test_a_cost_aware_strategy_rejects_the_top_q_reduction() -> None:

@@ -6,7 +6,7 @@ any cost; ``loop.round_budget`` caps a round in the config's ``unit.cost``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,12 +98,12 @@ def unit_costs(context: CostContext) -> dict[str, float]:
     return {name: model(context) for name, model in COSTS.items()}
 
 
-def information_per_cost(vector: Sequence[float]) -> tuple[float, ...]:
-    """A cost-aware unit's score vector, ``(*scores, expected cost)`` pooled alike, as expected information per
-    unit of annotation cost: each score over the cost, the cost dropped. Pooled by mean or sum, the ratio is the
-    unit's total score over its total expected cost, so a unit whose confident foreground would be costly to draw
-    loses to an equally uncertain unit that costs less."""
-    *scores, cost = (float(v) for v in vector)
-    if not scores or not cost > 0:
-        raise ValueError(f"a cost-aware score vector is (*scores, cost) with a positive cost, got {tuple(vector)}")
-    return tuple(score / cost for score in scores)
+def information_per_cost(score_U_M: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Cost-aware score vectors, ``(*scores, expected cost)`` pooled alike (one unit per row, or one vector), as
+    expected information per unit of annotation cost: each score over the cost, the cost dropped (score_U_M-1).
+    Pooled by mean or sum, the ratio is the unit's total score over its total expected cost, so a unit whose
+    confident foreground would be costly to draw loses to an equally uncertain unit that costs less."""
+    score = np.asarray(score_U_M, dtype=np.float64)
+    if score.ndim == 0 or score.shape[-1] < 2 or not np.all(score[..., -1] > 0):
+        raise ValueError(f"a cost-aware score vector is (*scores, cost) with a positive cost, got {score.tolist()}")
+    return np.asarray(score[..., :-1] / score[..., -1:])

@@ -91,7 +91,12 @@ class Strategy:
 
     def ranked(self, vector: ScoreVector) -> ScoreVector:
         """The score vector the selector ranks a unit by: its own, or each score over its expected cost."""
-        return information_per_cost(vector) if self.per_expected_cost else vector
+        return tuple(float(v) for v in information_per_cost(vector)) if self.per_expected_cost else vector
+
+    def priority(self, score_U_M: np.ndarray) -> np.ndarray:
+        """The first ranked score of each of a volume's units (priority_U): the order in which non-maximum
+        suppression keeps overlapping units, so a cost-aware strategy keeps the best unit per unit of cost."""
+        return (information_per_cost(score_U_M) if self.per_expected_cost else np.asarray(score_U_M))[:, 0]
 
     def select(
         self,

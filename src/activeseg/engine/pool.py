@@ -192,7 +192,9 @@ class Pool:
         score_U_M = unit_scores(score_M_D_H_W, mean_probs_C_D_H_W, self.units, reduction).numpy()
         shape = score_M_D_H_W.shape[1:]
         lattice = self.units.lattice(case_id, shape)
-        kept = best_disjoint(lattice, score_U_M[:, 0], self.labelled_voxels(case_id), self.config.unit.keep)
+        kept = best_disjoint(
+            lattice, self.strategy.priority(score_U_M), self.labelled_voxels(case_id), self.config.unit.keep
+        )
         return [(lattice[i].key, tuple(float(v) for v in score_U_M[i]), lattice[i].region(shape)) for i in kept]
 
     def _read_sketches(self, r: int) -> dict[str, np.ndarray]:
