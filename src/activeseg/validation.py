@@ -10,6 +10,9 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
+MAX_BATCH_SIZE = 256
+"""The largest batch of volumes (training, evaluation, stochastic passes): more is a typo, not a setting."""
+
 
 class ConfigError(ValueError):
     """A configuration problem, raised before any work starts."""
