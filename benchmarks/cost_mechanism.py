@@ -20,7 +20,7 @@ import torch
 
 from activeseg.acquisition.costs import COSTS
 from activeseg.acquisition.registry import get_strategy
-from activeseg.acquisition.units import case_of, unit_from_key
+from activeseg.acquisition.units import case_of
 from activeseg.config import load_config
 from activeseg.data.plan import read_plan
 from activeseg.data.splits import open_data
@@ -71,16 +71,10 @@ def picks(
             spread[name] = (score_U_M.std(axis=0) / score_U_M.mean(axis=0)).tolist()
             out[name] = []
             for choice in choices:
-                shape = data.shape_of(case_of(choice.unit))
-                label = data.ground_truth(case_of(choice.unit))
-                cost = pool.cost_context(choice.unit, label)
+                cost = pool.cost_context(choice.unit, data.ground_truth(case_of(choice.unit)))
                 out[name].append(
-                    {
-                        "unit": choice.unit,
-                        "foreground": COSTS["foreground"](cost),
-                        "foreground_voxels": COSTS["foreground_voxels"](cost),
-                        "voxels": float(unit_from_key(choice.unit, shape).voxels(shape)),
-                    }
+                    {"unit": choice.unit}
+                    | {model: COSTS[model](cost) for model in ("foreground", "foreground_voxels", "voxels")}
                 )
     recorded = [c["unit"] for c in json.loads(layout.selection(r).read_text())]
     own = config.strategy.name
