@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from activeseg.bench.config import benchmark_from_dict, load_benchmark
 from activeseg.bench.grid import BenchmarkError, plan, ray_session, run_dir
+from activeseg.bench.report import blocks
 from activeseg.bench.stats import aubc, seeds_for_power
 from activeseg.cli import app
 from activeseg.config import ConfigError
@@ -174,6 +175,18 @@ def test_run_config_may_be_a_path_relative_to_the_benchmark_file(tmp_path: Path)
         load_benchmark(tmp_path / "bench.yaml")
 
 
+def test_the_report_lists_settings_in_the_config_order_not_the_stored_jsons() -> None:
+    summary = json.loads((REPO / "benchmarks/results/regimes-patch-cpu-shift-confirm.json").read_text())
+    assert list(summary["settings"]) == ["high", "low", "medium"]  # stored with sorted keys
+
+    def headings(summary: dict[str, Any]) -> list[str]:
+        return [b[2] for b in blocks(summary) if b[0] == "h" and b[2].startswith("Setting")]
+
+    assert headings(summary) == ["Setting `low`", "Setting `medium`", "Setting `high`"]
+    del summary["setting_order"]  # a summary stored before the order was recorded keeps the JSON's
+    assert headings(summary) == ["Setting `high`", "Setting `low`", "Setting `medium`"]
+
+
 def test_report_of_a_folder_that_is_no_benchmark_fails_cleanly(tmp_path: Path) -> None:
     outcome = runner.invoke(app, ["report", str(tmp_path)])
     assert outcome.exit_code == 2 and "is not a benchmark results directory" in " ".join(outcome.output.split())
@@ -304,6 +317,15 @@ def test_grid_runs_paired_and_reports_from_stored_results(grid: tuple[Path, Path
             labelled = [float(r["cost_foreground"]) for r in csv.DictReader(handle)]
         assert 0 < labelled[0] < labelled[1] < record["pool_foreground_voxels"]
     assert all(isinstance(r["fg_eff"], float) and math.isfinite(r["fg_eff"]) for r in summary["per_strategy"])
+    # Foreground voxels per acquired unit: the labelled foreground the rounds after the first added, per unit.
+    for row in summary["per_strategy"]:
+        added = []
+        for seed in SEEDS:
+            with (run_dir(results, "4+3x1", seed, row["strategy"]) / "curve.csv").open() as handle:
+                curve = list(csv.DictReader(handle))
+            added.append((float(curve[1]["cost_foreground"]) - float(curve[0]["cost_foreground"])) / (7 - 4))
+        assert row["acquired_foreground"]["mean"] == pytest.approx(sum(added) / 2) and min(added) > 0
+    assert summary["setting_order"] == ["4+3x1"]
     pool_size = 14 - 4  # max_cases minus the test split; whole volumes, so the share is volumes / pool
     for row in summary["runs"]:
         if row["reach_budget"] is None:
@@ -316,6 +338,7 @@ def test_grid_runs_paired_and_reports_from_stored_results(grid: tuple[Path, Path
         "AUBC [95% CI]",
         "AUBC over labelled voxels [95% CI]",
         "AUBC over foreground-weighted voxels [95% CI]",
+        "foreground voxels per acquired unit [95% CI]",
         "where a labelled foreground voxel costs 3 background ones",
         "Wilcoxon p",
         "t p (Holm)",

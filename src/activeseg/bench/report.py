@@ -125,7 +125,7 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
                 f"**{_ci(full['estimate'])}** ({per_seed}).",
             )
         )
-    for setting in summary["settings"]:
+    for setting in summary.get("setting_order") or summary["settings"]:  # the config's order where recorded
         rows = [r for r in summary["per_strategy"] if r["setting"] == setting]
         if not rows:
             continue
@@ -166,6 +166,7 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
             )
         reach = f"budget to {round(conf['reach'] * 100)}% of full data (per seed)"
         fg_eff = any(r.get("fg_eff") is not None for r in rows)
+        acquired = all(r.get("acquired_foreground") for r in rows)  # summaries stored before it have none
         shares = any(v is not None for r in rows for v in (r.get("reach_share") or {}).values())
         voxel_axis = all(r.get("aubc_voxels") for r in rows)
         weighted_axis = all(r.get("aubc_weighted") for r in rows)  # summaries stored before it have none
@@ -177,7 +178,8 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
                 + ([f"AUBC over foreground-weighted voxels [{confidence} CI]"] if weighted_axis else [])
                 + [f"final Dice [{confidence} CI]", reach]
                 + (["labelled share of the pool there"] if shares else [])
-                + (["FG-Eff"] if fg_eff else []),
+                + (["FG-Eff"] if fg_eff else [])
+                + ([f"foreground voxels per acquired unit [{confidence} CI]"] if acquired else []),
                 [
                     [
                         f"`{r['strategy']}`",
@@ -189,6 +191,7 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
                     + [_ci(r["final_dice"]), _per_seed(r["reach_budget"]) or "—"]
                     + ([_per_seed(r["reach_share"], "{:.1%}")] if shares else [])
                     + ([_fg_eff(r.get("fg_eff"))] if fg_eff else [])
+                    + ([_ci(r["acquired_foreground"], 0)] if acquired else [])
                     for r in rows
                 ],
             )

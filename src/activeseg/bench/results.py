@@ -81,6 +81,13 @@ class RunResult:
     def final_dice(self) -> float:
         return self.mean_dice[-1]
 
+    @property
+    def acquired_foreground(self) -> float | None:
+        """Foreground voxels per unit acquired after the first round (None without that cost or acquisitions)."""
+        if self.foreground is None or self.n_labelled[-1] == self.n_labelled[0]:
+            return None
+        return (self.foreground[-1] - self.foreground[0]) / (self.n_labelled[-1] - self.n_labelled[0])
+
 
 def collect(results_dir: Path) -> tuple[BenchmarkConfig, list[RunResult], dict[int, float], dict[int, int]]:
     """The benchmark config, every run that has evaluated a round, and the full-data Dice and pool foreground
@@ -235,6 +242,11 @@ def summarise(results_dir: Path) -> dict[str, Any]:
                         if r.seed in full
                     },
                     "fg_eff": fg_eff.get(strategy),
+                    "acquired_foreground": (
+                        _estimate(acquired, config)
+                        if (acquired := _all_known([r.acquired_foreground for r in mine]))
+                        else None
+                    ),
                     "reach_share": {
                         str(r.seed): row_of[(setting.name, strategy, r.seed)]["reach_share"]
                         for r in mine
@@ -296,6 +308,7 @@ def summarise(results_dir: Path) -> dict[str, Any]:
         "strategies": list(config.strategies),
         "seeds": list(config.seeds),
         "settings": {st.name: dict(st.overrides) for st in config.settings},
+        "setting_order": [st.name for st in config.settings],  # the stored JSON's keys are sorted
         "baselines": baselines,
         "voxel_interval": {name: list(span) if span else None for name, span in intervals["aubc_voxels"].items()},
         "weighted_interval": {name: list(span) if span else None for name, span in intervals["aubc_weighted"].items()},
@@ -323,6 +336,12 @@ def summarise(results_dir: Path) -> dict[str, Any]:
             "threads": config.threads,
         },
     }
+
+
+def _all_known(values: Sequence[float | None]) -> list[float] | None:
+    """``values`` when none is None, else None."""
+    known = [v for v in values if v is not None]
+    return known if known and len(known) == len(values) else None
 
 
 def _share_at_reach(run: RunResult, target: float) -> float | None:
