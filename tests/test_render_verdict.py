@@ -93,6 +93,22 @@ def test_p_at_the_threshold_is_not_significant_and_each_budget_axis_is_read_alon
     assert cells[0][4] == "1 of 3 (low)"
 
 
+def test_a_grid_still_running_reads_its_settings_in_order_and_says_how_many_were_tested(render: ModuleType) -> None:
+    rows = [r for r in winning_rows() if r["setting"] != "medium"]
+    summary = {
+        "paired": rows,
+        "settings": {"high": {}, "low": {}, "medium": {}},  # stored with sorted keys
+        "setting_order": ["low", "medium", "high"],
+        "run": {"unit": {"high": "slice", "low": "slice", "medium": "slice"}},
+    }
+    (_, headline), (_, _, cells) = render.verdict(summary, (ARM,), BASELINES)
+    assert "in at least 2 of the 3 slice regimes (2 tested so far)" in headline
+    assert "met on AUBC over rounds" in headline and "not met" not in headline  # two wins are enough already
+    assert cells == [[f"`{ARM}`", "2 of 2 (low, high)", "0 of 2", f"1 of 2 (low) (`{FAIR}`)"]]
+    (_, headline), _ = render.verdict(summary | {"paired": rows[:3]}, (ARM,), BASELINES)
+    assert "(1 tested so far)" in headline and "not met yet on AUBC over rounds" in headline
+
+
 CONFIRM = "regimes-patch-cpu-shift-confirm"
 
 

@@ -25,6 +25,11 @@ Block = tuple[Any, ...]
 """("h", level, text) | ("p", text) | ("table", header, rows) | ("img", file name, png bytes, alt text)"""
 
 
+def setting_order(summary: dict[str, Any]) -> list[str]:
+    """The summary's settings in its config's order (summaries stored before it was recorded: the JSON's)."""
+    return list(summary.get("setting_order") or summary["settings"])
+
+
 def _ci(e: dict[str, float], digits: int = 4) -> str:
     return f"{e['mean']:.{digits}f} [{e['low']:.{digits}f}, {e['high']:.{digits}f}]"
 
@@ -87,7 +92,8 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
     out.append(("h", level, f"Benchmark `{summary['name']}`"))
     schedules = "; ".join(
         f"{name}: {v['initial']} initial + {v['per_round']} per round × {v['rounds']} rounds"
-        for name, v in run["loop"].items()
+        for name in setting_order(summary)
+        if (v := run["loop"].get(name))
     )
     out.append(
         (
@@ -125,7 +131,7 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
                 f"**{_ci(full['estimate'])}** ({per_seed}).",
             )
         )
-    for setting in summary.get("setting_order") or summary["settings"]:  # the config's order where recorded
+    for setting in setting_order(summary):
         rows = [r for r in summary["per_strategy"] if r["setting"] == setting]
         if not rows:
             continue
