@@ -32,12 +32,11 @@ REGIME_NOTES = {
     "carried between machines in `benchmarks/results/raw/regimes-patch-cpu-shift-confirm.tar.xz` "
     "(`benchmarks/archive_results.py`; unpack it into DIR to resume). A first start (2026-11-29) was lost with its "
     "machine before this existed, unread; the grid restarted from nothing with the same config and code.",
-    "regimes-slice-cpu": " This summary is of the low setting only: it was made from a copy of the results dir "
-    "holding the low setting's runs and the full-data bound, while the medium setting ran on (`--setting medium`); "
-    "medium and high are still to run. Its wall time is the first invocation's, which also trained every setting's "
-    "round 0 and finished one medium run. The finished runs, medium's included, are archived in "
-    "`benchmarks/results/raw/regimes-slice-cpu.tar.xz` (unpack it into DIR to resume). Issue 14's acceptance reads "
-    "the patch regimes; the verdict below is the same reading on slices.",
+    "regimes-slice-cpu": " The low and medium settings have run; high is still to run. The wall time counts two "
+    "invocations: the first trained every setting's round 0 (high's too), the full-data bound, the low setting and "
+    "one medium run, the second (`--setting medium`) the rest of medium. The finished runs are archived in "
+    "`benchmarks/results/raw/regimes-slice-cpu.tar.xz` (unpack it into DIR and run `--setting high` to go on). "
+    "Issue 14's acceptance reads the patch regimes; the verdict below is the same reading on slices.",
 }
 """What a regime's summary cannot say about how it was run."""
 
