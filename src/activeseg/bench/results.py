@@ -220,6 +220,7 @@ def summarise(results_dir: Path) -> dict[str, Any]:
             mine = [by_key[k] for k in sorted(by_key) if k[0] == setting.name and k[1] == strategy]
             if not mine:
                 continue
+            acquired = [a for r in mine if (a := r.acquired_foreground) is not None]  # all, or None in the summary
             per_strategy.append(
                 {
                     "setting": setting.name,
@@ -242,11 +243,7 @@ def summarise(results_dir: Path) -> dict[str, Any]:
                         if r.seed in full
                     },
                     "fg_eff": fg_eff.get(strategy),
-                    "acquired_foreground": (
-                        _estimate(acquired, config)
-                        if (acquired := _all_known([r.acquired_foreground for r in mine]))
-                        else None
-                    ),
+                    "acquired_foreground": _estimate(acquired, config) if len(acquired) == len(mine) else None,
                     "reach_share": {
                         str(r.seed): row_of[(setting.name, strategy, r.seed)]["reach_share"]
                         for r in mine
@@ -336,12 +333,6 @@ def summarise(results_dir: Path) -> dict[str, Any]:
             "threads": config.threads,
         },
     }
-
-
-def _all_known(values: Sequence[float | None]) -> list[float] | None:
-    """``values`` when none is None, else None."""
-    known = [v for v in values if v is not None]
-    return known if known and len(known) == len(values) else None
 
 
 def _share_at_reach(run: RunResult, target: float) -> float | None:
