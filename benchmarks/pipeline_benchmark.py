@@ -11,12 +11,15 @@ the box their crop was pasted into (``data.clinical.crop_to_structure``: same vo
 - ``speed``: on the clinical set, the median patch training step with the data path (memory-mapped cache,
   patch sampling, DataLoader) against the same network's bare step on synthetic tensors of the same shape, the
   median sliding-window scoring time per volume (K = 8 MC dropout, BALD), and MONAI Label's epistemic path against
-  ours scoring the same score on the same volumes (``score_speed.monailabel_epistemic``, the plan's window).
+  ours scoring the same score on the same volumes (``score_speed.monailabel_epistemic``, the plan's window). Kept
+  per kind of CPU: ``speed`` where oneDNN convolves bf16 natively (the bf16 paths are timed), ``speed_no_bf16``
+  where it does not (float32 only).
 
     python benchmarks/pipeline_benchmark.py [--parts full speed] [--cases 40] [--iterations 500] [--paste world]
         [--largest-component]
 
-writes ``benchmarks/results/pipeline.json`` (with the machine); ``render_pipeline.py`` puts it in BENCHMARKS.md.
+writes ``benchmarks/results/pipeline.json`` (each part with its machine); ``render_pipeline.py`` puts it in
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from activeseg.demo import find_hippocampus
 from activeseg.engine.evaluation import dice_per_class
 from activeseg.engine.full_data import full_data_run
 from activeseg.engine.inference import largest_component, predict_volume
-from activeseg.engine.model import build_model, load_weights
+from activeseg.engine.model import build_model, cpu_bf16_native, load_weights
 from activeseg.engine.patches import Example
 from activeseg.progress import RichReporter, SilentReporter
 
@@ -193,6 +196,10 @@ def bench_speed(clinical: Path, work: Path, steps: int = 12) -> dict[str, Any]:
     }
 
 
+SPEED_KEYS = {True: "speed", False: "speed_no_bf16"}
+"""Where ``pipeline.json`` keeps the speed part of a CPU that convolves bf16 natively, and of one that does not."""
+
+
 def versus_monailabel(model: torch.nn.Module, images: list[np.ndarray], roi: tuple[int, int, int]) -> dict[str, Any]:
     """MONAI Label's epistemic path against ours computing the same score (foreground entropy of the mean, K = 8,
     the same model and windows, overlap 0.5) on the same volumes: the median seconds per volume of each path, the
@@ -206,6 +213,7 @@ def versus_monailabel(model: torch.nn.Module, images: list[np.ndarray], roi: tup
                 ("ours_bf16_channels_last", True, None),
                 ("ours_bf16_channels_last_rows8", True, 8),
             )
+            if cpu_bf16_native() or not amp  # elsewhere bf16 runs a reference convolution, about 20x slower
         },
     }
     seconds: dict[str, list[float]] = {name: [] for name in paths}
@@ -265,7 +273,10 @@ def main() -> None:
     native = native_subset(source, ids, work / "native")
     path = RESULTS / "pipeline.json"
     result = json.loads(path.read_text()) if path.exists() else {}
-    result["machine"] = machine()
+    legacy = result.pop("machine", None)  # one machine for the whole file, before each part recorded its own
+    for part in [result.get(key) for key in ("full", "ceiling", "speed")] + list(result.get("variants", {}).values()):
+        if legacy and part is not None:
+            part.setdefault("machine", legacy)
     result["cases"] = len(ids)
     if "full" in args.parts:
         cropped = work / f"{clinical.name}-cropped"
@@ -273,6 +284,7 @@ def main() -> None:
             crop_to_structure(clinical, cropped)
         full = bench_full(clinical, native, cropped, work, args.iterations, args.largest_component, tuple(args.sets))
         full |= {"paste": args.paste, "in_plane_mm": list(args.in_plane), "slices_mm": list(args.slices)}
+        full["machine"] = machine()
         if args.note:
             full["note"] = args.note
         if args.label:
@@ -281,11 +293,11 @@ def main() -> None:
             result["full"] = full
     if "ceiling" in args.parts:
         native_run = full_run_dir(work, "native", clinical, args.iterations, args.largest_component)
-        result["ceiling"] = bench_ceiling(clinical, native_run)
-    if "speed" in args.parts:
-        result["speed"] = bench_speed(clinical, work)
+        result["ceiling"] = bench_ceiling(clinical, native_run) | {"machine": machine()}
+    if "speed" in args.parts:  # one record per kind of CPU: with and without native bf16 convolution
+        result[SPEED_KEYS[cpu_bf16_native()]] = bench_speed(clinical, work) | {"machine": machine()}
     path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

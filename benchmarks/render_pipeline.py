@@ -49,6 +49,51 @@ def ranking_text(ranking: dict[str, Any]) -> str:
     return text
 
 
+def speed_blocks(speed: dict[str, Any], legacy_machine: dict[str, Any], cpu: str) -> list[Block]:
+    """One CPU's speed part (``pipeline_benchmark.py --parts speed``): its machine, training step and scoring time,
+    and MONAI Label's epistemic path beside ours."""
+    machine: dict[str, Any] = speed.get("machine", legacy_machine)
+    out: list[Block] = [
+        ("p", f"Speed on a CPU with {cpu} (`pipeline_benchmark.py --parts speed`). Machine: {describe(machine)}."),
+        (
+            "table",
+            ["CPU, clinical-shape set", "median"],
+            [
+                [
+                    f"patch training step, data path included (patch {'×'.join(map(str, speed['patch']))}, "
+                    f"batch {speed['batch']})",
+                    f"{speed['train_step_s']:.2f} s",
+                ],
+                ["the same network's bare step on synthetic tensors", f"{speed['bare_step_s']:.2f} s"],
+                ["bare step / step with the data path", f"{speed['data_path_fraction']:.0%}"],
+                [
+                    f"sliding-window scoring per volume (K = {speed['mc_samples']} MC dropout, BALD)",
+                    f"{speed['score_s_per_volume']:.1f} s",
+                ],
+            ],
+        ),
+    ]
+    versus = speed.get("versus_monailabel")
+    if versus:
+        out += [
+            (
+                "p",
+                f"MONAI Label's epistemic path beside ours on {versus['volumes']} volumes of the clinical-shape "
+                f"set (the same model and {'×'.join(map(str, versus['roi']))} windows, K = 8, overlap 0.5, both "
+                "scoring MONAI Label's foreground entropy of the mean; median seconds per volume):",
+            ),
+            (
+                "table",
+                ["path", "median s per volume", "speed-up"],
+                [
+                    [name, f"{seconds:.1f}", f"{versus['speedup_vs_monailabel'][name]:.2f}x"]
+                    for name, seconds in versus["median_s"].items()
+                ],
+            ),
+        ]
+    return out
+
+
 def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
     """The clinical-size pipeline: clinical-shape vs native full-data Dice and CPU speed (``pipeline_benchmark.py``),
     peak memory on a 512×512×256 CT (``score_memory.py``) and pool scoring against MONAI Label (``score_speed.py``)."""
@@ -63,7 +108,8 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
         out += [
             (
                 "p",
-                f"Machine: {describe(pipeline['machine'])}. `python benchmarks/pipeline_benchmark.py "
+                f"Machine: {describe(full.get('machine', pipeline.get('machine')))}. "
+                "`python benchmarks/pipeline_benchmark.py "
                 f"--iterations {full['iterations']}{' --largest-component' if lcc else ''}`: "
                 f"{pipeline['cases']} hippocampus cases resampled to and pasted at random offsets into 192×192×48–80 "
                 "CT-like fields (0.7–1.0 mm in-plane, 2–4 mm slices, five orientations, some oblique; "
@@ -162,45 +208,9 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
                 ],
             ),
         ]
-    if pipeline and "speed" in pipeline:
-        speed = pipeline["speed"]
-        out += [
-            (
-                "table",
-                ["CPU, clinical-shape set", "median"],
-                [
-                    [
-                        f"patch training step, data path included (patch {'×'.join(map(str, speed['patch']))}, "
-                        f"batch {speed['batch']})",
-                        f"{speed['train_step_s']:.2f} s",
-                    ],
-                    ["the same network's bare step on synthetic tensors", f"{speed['bare_step_s']:.2f} s"],
-                    ["bare step / step with the data path", f"{speed['data_path_fraction']:.0%}"],
-                    [
-                        f"sliding-window scoring per volume (K = {speed['mc_samples']} MC dropout, BALD)",
-                        f"{speed['score_s_per_volume']:.1f} s",
-                    ],
-                ],
-            )
-        ]
-        versus = speed.get("versus_monailabel")
-        if versus:
-            out += [
-                (
-                    "p",
-                    f"MONAI Label's epistemic path beside ours on {versus['volumes']} volumes of the clinical-shape "
-                    f"set (the same model and {'×'.join(map(str, versus['roi']))} windows, K = 8, overlap 0.5, both "
-                    "scoring MONAI Label's foreground entropy of the mean; median seconds per volume):",
-                ),
-                (
-                    "table",
-                    ["path", "median s per volume", "speed-up"],
-                    [
-                        [name, f"{seconds:.1f}", f"{versus['speedup_vs_monailabel'][name]:.2f}x"]
-                        for name, seconds in versus["median_s"].items()
-                    ],
-                ),
-            ]
+    for key, cpu in (("speed", "native bf16"), ("speed_no_bf16", "float32 only: no native bf16 convolution")):
+        if pipeline and key in pipeline:
+            out += speed_blocks(pipeline[key], pipeline.get("machine", {}), cpu)
     memory = results.get("score_memory")
     if memory:
         k8, k32 = memory["K=8"], memory["K=32"]

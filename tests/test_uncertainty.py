@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -28,6 +29,7 @@ from activeseg.acquisition.uncertainty import (
     seeded_dropout,
 )
 from activeseg.config import ModelConfig, config_from_dict
+from activeseg.engine import model as model_module
 from activeseg.engine.model import build_model, network_plan, scoring_amp
 
 from _support import REPO
@@ -117,8 +119,9 @@ def test_automatic_rows_per_call_fill_the_cpu_voxel_budget(monkeypatch: pytest.M
     torch.testing.assert_close(auto(windows, seeds), fixed(windows, seeds), atol=1e-6, rtol=0)  # the same samples
 
 
-def test_cpu_bf16_scoring_is_opt_in_and_stays_close_to_float32() -> None:
+def test_cpu_bf16_scoring_is_opt_in_and_stays_close_to_float32(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
+    monkeypatch.setattr(model_module, "cpu_bf16_native", lambda: True)
     assert scoring_amp(config_from_dict({"strategy": {"cpu_bf16": True}}), cpu)
     assert not scoring_amp(config_from_dict({}), cpu)
     model = unet()
@@ -128,6 +131,20 @@ def test_cpu_bf16_scoring_is_opt_in_and_stays_close_to_float32() -> None:
     assert half.dtype == torch.float32 and not torch.equal(half, full)  # bf16 compute, float32 probabilities
     torch.testing.assert_close(half, full, atol=0.03, rtol=0)  # the same dropout masks, rounded arithmetic
     assert torch.equal(half, make_window_sampler("mc_dropout", model, 4, 4, (), amp=True)(windows, [5]))  # replays
+
+
+def test_cpu_bf16_falls_back_to_float32_with_a_warning_where_the_cpu_lacks_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(model_module, "cpu_bf16_native", lambda: False)
+    model_module._warn_bf16_fallback.cache_clear()
+    config = config_from_dict({"strategy": {"cpu_bf16": True}})
+    with caplog.at_level(logging.WARNING, logger=model_module.__name__):
+        assert not scoring_amp(config, torch.device("cpu"))
+        assert not scoring_amp(config, torch.device("cpu"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "strategy.cpu_bf16 is ignored: this CPU has no native bfloat16 convolution; scoring in float32"
+    ]  # once per process, not once per round
 
 
 def test_channels_last_sampling_gives_the_same_samples_and_leaves_the_model_alone() -> None:

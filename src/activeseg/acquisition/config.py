@@ -42,8 +42,9 @@ class StrategyConfig:
     joint_configurations: int = 1000
     """BatchBALD: a batch's C^batch configurations are enumerated while at most this many, else this many sampled."""
     cpu_bf16: bool = False
-    """Score on CPU under bfloat16 autocast: about 1.6× faster on CPUs with bf16 instructions and deterministic;
-    scores move by ~0.2%, less than other dropout masks move them (BENCHMARKS.md). CUDA follows ``train.amp``."""
+    """Score on CPU under bfloat16 autocast: about 1.6× faster where oneDNN convolves bf16 natively (AVX-512) and
+    deterministic; scores move by ~0.2%, less than other dropout masks move them (BENCHMARKS.md). Ignored, with a
+    warning, on other CPUs, where bf16 would be far slower. CUDA follows ``train.amp``."""
 
     def __post_init__(self) -> None:
         require(
