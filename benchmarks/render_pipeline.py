@@ -54,7 +54,7 @@ def speed_blocks(speed: dict[str, Any], legacy_machine: dict[str, Any], cpu: str
     and MONAI Label's epistemic path beside ours."""
     machine: dict[str, Any] = speed.get("machine", legacy_machine)
     out: list[Block] = [
-        ("p", f"Speed on a CPU with {cpu} (`pipeline_benchmark.py --parts speed`). Machine: {describe(machine)}."),
+        ("p", f"Speed on a CPU {cpu}, `pipeline_benchmark.py --parts speed`. Machine: {describe(machine)}."),
         (
             "table",
             ["CPU, clinical-shape set", "median"],
@@ -208,7 +208,10 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
                 ],
             ),
         ]
-    for key, cpu in (("speed", "native bf16"), ("speed_no_bf16", "float32 only: no native bf16 convolution")):
+    for key, cpu in (
+        ("speed", "with native bf16 convolution (not recorded then: bf16 ran faster than float32 there)"),
+        ("speed_no_bf16", "without native bf16 convolution (float32 paths only)"),
+    ):
         if pipeline and key in pipeline:
             out += speed_blocks(pipeline[key], pipeline.get("machine", {}), cpu)
     memory = results.get("score_memory")
