@@ -204,6 +204,7 @@ def versus_monailabel(model: torch.nn.Module, images: list[np.ndarray], roi: tup
     """MONAI Label's epistemic path against ours computing the same score (foreground entropy of the mean, K = 8,
     the same model and windows, overlap 0.5) on the same volumes: the median seconds per volume of each path, the
     paths interleaved volume by volume after one untimed call each."""
+    native = cpu_bf16_native()  # elsewhere bf16 runs a reference convolution, about 20x slower: not timed
     paths = {
         "monailabel": lambda image: monailabel_epistemic(model, image, roi),
         **{
@@ -213,7 +214,7 @@ def versus_monailabel(model: torch.nn.Module, images: list[np.ndarray], roi: tup
                 ("ours_bf16_channels_last", True, None),
                 ("ours_bf16_channels_last_rows8", True, 8),
             )
-            if cpu_bf16_native() or not amp  # elsewhere bf16 runs a reference convolution, about 20x slower
+            if native or not amp
         },
     }
     seconds: dict[str, list[float]] = {name: [] for name in paths}
@@ -273,10 +274,6 @@ def main() -> None:
     native = native_subset(source, ids, work / "native")
     path = RESULTS / "pipeline.json"
     result = json.loads(path.read_text()) if path.exists() else {}
-    legacy = result.pop("machine", None)  # one machine for the whole file, before each part recorded its own
-    for part in [result.get(key) for key in ("full", "ceiling", "speed")] + list(result.get("variants", {}).values()):
-        if legacy and part is not None:
-            part.setdefault("machine", legacy)
     result["cases"] = len(ids)
     if "full" in args.parts:
         cropped = work / f"{clinical.name}-cropped"
@@ -295,7 +292,8 @@ def main() -> None:
         native_run = full_run_dir(work, "native", clinical, args.iterations, args.largest_component)
         result["ceiling"] = bench_ceiling(clinical, native_run) | {"machine": machine()}
     if "speed" in args.parts:  # one record per kind of CPU: with and without native bf16 convolution
-        result[SPEED_KEYS[cpu_bf16_native()]] = bench_speed(clinical, work) | {"machine": machine()}
+        speed = bench_speed(clinical, work) | {"machine": machine()}
+        result[SPEED_KEYS[speed["machine"]["cpu_bf16_native"]]] = speed
     path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     print(json.dumps(result, indent=2))
 

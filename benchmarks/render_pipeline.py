@@ -68,12 +68,11 @@ def ranking_text(ranking: dict[str, Any]) -> str:
     return text
 
 
-def speed_blocks(speed: dict[str, Any], legacy_machine: dict[str, Any], cpu: str) -> list[Block]:
+def speed_blocks(speed: dict[str, Any], cpu: str) -> list[Block]:
     """One CPU's speed part (``pipeline_benchmark.py --parts speed``): its machine, training step and scoring time,
     and MONAI Label's epistemic path beside ours."""
-    machine: dict[str, Any] = speed.get("machine", legacy_machine)
     out: list[Block] = [
-        ("p", f"Speed on a CPU {cpu}, `pipeline_benchmark.py --parts speed`. Machine: {describe(machine)}."),
+        ("p", f"Speed on a CPU {cpu}, `pipeline_benchmark.py --parts speed`. Machine: {describe(speed['machine'])}."),
         (
             "table",
             ["CPU, clinical-shape set", "median"],
@@ -127,7 +126,7 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
         out += [
             (
                 "p",
-                f"Machine: {describe(full.get('machine', pipeline.get('machine')))}. "
+                f"Machine: {describe(full['machine'])}. "
                 "`python benchmarks/pipeline_benchmark.py "
                 f"--iterations {full['iterations']}{' --largest-component' if lcc else ''}`: "
                 f"{pipeline['cases']} hippocampus cases resampled to and pasted at random offsets into 192×192×48–80 "
@@ -235,7 +234,7 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
         ("speed_no_bf16", "without native bf16 convolution (float32 paths only)"),
     ):
         if pipeline and key in pipeline:
-            out += speed_blocks(pipeline[key], pipeline.get("machine", {}), cpu)
+            out += speed_blocks(pipeline[key], cpu)
     memory = results.get("score_memory")
     if memory:
         k8, k32 = memory["K=8"], memory["K=32"]
