@@ -55,14 +55,22 @@ from activeseg.progress import RichReporter, SilentReporter
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def config(root: Path, cache: Path, iterations: int, largest_component: bool = False) -> RunConfig:
-    """The run config both sets train with: the demo's U-Net, 10 test cases, a CPU budget."""
+def config(
+    root: Path, cache: Path, iterations: int, largest_component: bool = False, spatial_augment: bool = False
+) -> RunConfig:
+    """The run config every set trains with: the demo's U-Net, 10 test cases, a CPU budget."""
     return config_from_dict(
         {
             "name": root.name,
             "data": {"root": str(root), "test_size": 10, "cache_dir": str(cache)},
             "model": {"channels": [8, 16, 32, 64], "num_res_units": 1, "dropout": 0.1},
-            "train": {"iterations": iterations, "batch_size": 2, "learning_rate": 0.005, "device": "cpu"},
+            "train": {
+                "iterations": iterations,
+                "batch_size": 2,
+                "learning_rate": 0.005,
+                "device": "cpu",
+                "spatial_augment": spatial_augment,
+            },
             "inference": {"largest_component": largest_component},
         }
     )
@@ -90,19 +98,21 @@ def bench_full(
     iterations: int,
     largest_component: bool = False,
     sets: tuple[str, ...] = SETS,
+    spatial_augment: bool = False,
 ) -> dict[str, Any]:
     """Full-data Dice of the three sets with the same budget (a run already finished in ``work`` with the same
     config is read, not repeated)."""
     out: dict[str, Any] = {
         "iterations": iterations,
         "largest_component": largest_component,
+        "spatial_augment": spatial_augment,
         "native_export": "linear probabilities",  # how predictions reach the native grid (evaluation.evaluate)
     }
     roots = {"native": native, "cropped": cropped, "clinical": clinical}
     for name, root in ((name, roots[name]) for name in sets):
-        run_config = config(root, work / "cache", iterations, largest_component)
+        run_config = config(root, work / "cache", iterations, largest_component, spatial_augment)
         data = open_data(run_config, RichReporter())
-        out_dir = full_run_dir(work, name, clinical, iterations, largest_component)
+        out_dir = full_run_dir(work, name, clinical, iterations, largest_component, spatial_augment)
         record = finished_run(out_dir, run_config) or full_data_run(run_config, out_dir, RichReporter(), data=data)
         out[name] = {
             "dice": record["dice"],
@@ -123,11 +133,14 @@ def bench_full(
     return out
 
 
-def full_run_dir(work: Path, name: str, clinical: Path, iterations: int, largest_component: bool) -> Path:
+def full_run_dir(
+    work: Path, name: str, clinical: Path, iterations: int, largest_component: bool, spatial_augment: bool = False
+) -> Path:
     """Where the full-data run of set ``name`` goes: the native set is the same for every clinical set, the others
     carry what tells a non-default clinical set (e.g. ``clinical-world-1.0-1.0-1.0-1.0``) from the default's."""
     suffix = "" if name == "native" else clinical.name.removeprefix("clinical-world")
-    return work / f"full-{name}{suffix}-{iterations}{'-lcc' if largest_component else ''}"
+    options = ("-lcc" if largest_component else "") + ("-spatial" if spatial_augment else "")
+    return work / f"full-{name}{suffix}-{iterations}{options}"
 
 
 def finished_run(out_dir: Path, run_config: RunConfig) -> dict[str, Any] | None:
@@ -246,6 +259,9 @@ def main() -> None:
     parser.add_argument(
         "--largest-component", action="store_true", help="both sets keep only the largest foreground region"
     )
+    parser.add_argument(
+        "--spatial-augment", action="store_true", help="every set trains with train.spatial_augment (rotation, scale)"
+    )
     parser.add_argument("--in-plane", type=float, nargs=2, default=(0.7, 1.0), help="in-plane spacing range (mm)")
     parser.add_argument("--slices", type=float, nargs=2, default=(2.0, 4.0), help="slice spacing range (mm)")
     parser.add_argument(
@@ -279,7 +295,16 @@ def main() -> None:
         cropped = work / f"{clinical.name}-cropped"
         if not (cropped / "dataset.json").exists():
             crop_to_structure(clinical, cropped)
-        full = bench_full(clinical, native, cropped, work, args.iterations, args.largest_component, tuple(args.sets))
+        full = bench_full(
+            clinical,
+            native,
+            cropped,
+            work,
+            args.iterations,
+            args.largest_component,
+            tuple(args.sets),
+            args.spatial_augment,
+        )
         full |= {"paste": args.paste, "in_plane_mm": list(args.in_plane), "slices_mm": list(args.slices)}
         full["machine"] = machine()
         if args.note:

@@ -117,6 +117,10 @@ class TrainConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 1e-5
     augment: bool = True
+    spatial_augment: bool = False
+    """With ``augment``: also rotate (±30°) and scale (0.7–1.3) a third of the patches at random, as nnU-Net does
+    (``engine.patches.augmentation``). Off by default, so the stored benchmarks replay; it helps small training sets,
+    e.g. thick-slice scans (BENCHMARKS.md, clinical-size pipeline)."""
     flip_axes: tuple[Axis, ...] = ("left-right",)
     """Anatomical axes flipped at random by augmentation (and test-time augmentation). Only mirror-symmetric ones:
     flipping posterior-anterior would swap the meaning of the hippocampus labels (anterior / posterior)."""

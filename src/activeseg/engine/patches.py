@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 import torch
-from monai.transforms import Compose, RandFlipd, RandGaussianNoised, RandScaleIntensityd, RandShiftIntensityd
+from monai.transforms import (
+    Compose,
+    RandAffined,
+    RandFlipd,
+    RandGaussianNoised,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+)
 from torch.utils.data import Dataset
 
 from activeseg.acquisition.units import IGNORE, Box
@@ -50,11 +57,27 @@ class Example:
         return self.boxes or (((0, self.shape[0]), (0, self.shape[1]), (0, self.shape[2])),)
 
 
-def augmentation(flip_axes: Sequence[int]) -> Compose:
-    """Light MONAI augmentation: flips on the allowed axes and small intensity changes (seeded per sample)."""
+SPATIAL_PROBABILITY = 1 - 0.8**2
+"""nnU-Net rotates a patch with probability 0.2 and scales it with 0.2, independently; one affine draw does both."""
+
+
+def augmentation(flip_axes: Sequence[int], spatial: bool = False) -> Compose:
+    """MONAI augmentation, seeded per sample: flips on the allowed axes and small intensity changes; with
+    ``spatial``, first a random rotation (±30° about each axis) and scaling (0.7–1.3) of the patch in voxel space,
+    nnU-Net's ranges, the label by nearest neighbour. The label arrives shifted by one (``sample``), so voxels the
+    affine brings in from outside the patch (0) come out ``IGNORE``."""
     keys = ["image", "label"]
+    affine = RandAffined(
+        keys,
+        prob=SPATIAL_PROBABILITY,
+        rotate_range=(np.pi / 6,) * 3,
+        scale_range=(0.3,) * 3,
+        mode=("bilinear", "nearest"),
+        padding_mode="zeros",
+    )
     return Compose(
         [
+            *([affine] if spatial else []),
             *(RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in flip_axes),
             RandScaleIntensityd("image", factors=0.1, prob=0.5),
             RandShiftIntensityd("image", offsets=0.1, prob=0.5),
@@ -121,11 +144,13 @@ class PatchSchedule(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         chosen, centre = self.centre(index)
         example = self.examples[chosen]
         image, label = crop(example, centre, self.patch)
-        sample = {"image": torch.from_numpy(image), "label": torch.from_numpy(label[None])}
+        shifted = torch.from_numpy(label[None]).to(torch.int16) + 1  # 0: outside the patch (see augmentation)
+        sample = {"image": torch.from_numpy(image), "label": shifted}
         if self.augment is not None:
             self.augment.set_random_state(seed=derive_seed(self.seed, "augment", index) % (2**32))
             sample = self.augment(sample)
-        return torch.as_tensor(sample["image"]).float(), torch.as_tensor(sample["label"]).long()
+        label_1_D_H_W = torch.as_tensor(sample["label"]).round().long() - 1
+        return torch.as_tensor(sample["image"]).float(), label_1_D_H_W.masked_fill(label_1_D_H_W < 0, IGNORE)
 
 
 def crop(

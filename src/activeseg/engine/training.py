@@ -77,7 +77,7 @@ def train(
     Dice when any example is partially labelled (``PartialDiceCELoss``); full labels keep the per-sample Dice.
     """
     start = time.perf_counter()
-    augment = augmentation(config.flip_indices) if config.augment else None
+    augment = augmentation(config.flip_indices, config.spatial_augment) if config.augment else None
     schedule = PatchSchedule(
         examples, patch, config.batch_size, config.iterations, config.oversample_foreground, seed, augment
     )
