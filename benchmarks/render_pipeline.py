@@ -24,6 +24,40 @@ LONGER = "cropped-12000"
 """The pipeline variant that trains the cut-out clinical cases 4× as long (``--sets cropped --iterations 12000``)."""
 
 
+SPATIAL = "spatial-3000"
+"""The pipeline variant that trains every set with nnU-Net's rotation and scaling (``--spatial-augment``)."""
+
+
+def spatial_text(spatial: dict[str, Any], full: dict[str, Any]) -> str:
+    """Does spatial augmentation close the gap? Each set with it against the full part's same set without it."""
+    sets = [name for name in ("native", "cropped", "clinical") if name in spatial and name in full]
+    changes = ", ".join(
+        f"{name} {spatial[name]['dice']['mean_foreground']:.4f} against {full[name]['dice']['mean_foreground']:.4f} "
+        f"({spatial[name]['dice']['mean_foreground'] - full[name]['dice']['mean_foreground']:+.4f})"
+        for name in sets
+    )
+    gap: float = spatial["difference"] if "difference" in spatial else spatial["cropped_minus_native"]
+    which = "clinical" if "difference" in spatial else "cropped"
+    machines = (
+        " The two ran on different kinds of CPU (with and without native bf16 convolution), so each difference "
+        "also holds the drift between them: the demo's curves moved by up to 0.012 Dice between the two."
+        if spatial["machine"].get("cpu_bf16_native") != full["machine"].get("cpu_bf16_native", True)
+        else ""
+    )
+    return (
+        f"Does augmentation close it? `{SPATIAL}` trains every set with `train.spatial_augment` (nnU-Net's random "
+        f"rotation and scaling of about a third of the patches; `--spatial-augment`), the same "
+        f"{spatial['iterations']} iterations, against the full part without it: mean foreground Dice {changes}. "
+        f"{which.capitalize()} − native with it: **{gap:+.4f}** (acceptance: within 0.03: "
+        f"{'met' if abs(gap) <= 0.03 else 'not met'}).{machines}"
+    )
+
+
+def augmentation_of(run: dict[str, Any]) -> str:
+    """The training augmentation of a pipeline run."""
+    return "flips, intensity, rotation, scaling" if run.get("spatial_augment") else "flips, intensity"
+
+
 def longer_text(longer: dict[str, Any], full: dict[str, Any]) -> str:
     """Does more training close the gap? The cut-out cases trained longer, against the full part's same set."""
     before, after = full["cropped"]["dice"]["mean_foreground"], longer["cropped"]["dice"]["mean_foreground"]
@@ -204,6 +238,7 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
                     "paste",
                     "spacing in-plane / slices (mm)",
                     "iterations",
+                    "augmentation",
                     "clinical",
                     "cropped",
                     "native",
@@ -216,6 +251,7 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
                         v["paste"],
                         f"{'–'.join(map(str, v['in_plane_mm']))} / {'–'.join(map(str, v['slices_mm']))}",
                         str(v["iterations"]),
+                        augmentation_of(v),
                         dice_of(v, "clinical"),
                         dice_of(v, "cropped"),
                         dice_of(v, "native"),
@@ -229,6 +265,9 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
         longer = variants.get(LONGER)
         if longer and pipeline and "cropped" in pipeline.get("full", {}):
             out.append(("p", longer_text(longer, pipeline["full"])))
+        spatial = variants.get(SPATIAL)
+        if spatial and pipeline and "full" in pipeline:
+            out.append(("p", spatial_text(spatial, pipeline["full"])))
     for key, cpu in (
         ("speed", "with native bf16 convolution (not recorded then: bf16 ran faster than float32 there)"),
         ("speed_no_bf16", "without native bf16 convolution (float32 paths only)"),

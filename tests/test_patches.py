@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from activeseg.acquisition.units import IGNORE, Box
-from activeseg.engine.patches import Example, PatchSchedule, crop, forced_share
+from activeseg.engine.patches import Example, PatchSchedule, augmentation, crop, forced_share
 
 SHAPE = (12, 16, 10)
 
@@ -73,3 +73,33 @@ def test_a_patch_of_read_only_memory_mapped_arrays_is_a_writable_copy() -> None:
     image, label = crop(example, (6, 8, 5), (8, 8, 8))
     assert image.flags.writeable and label.flags.writeable
     assert not np.shares_memory(image, example.image_C_D_H_W)
+
+
+def test_spatial_augmentation_keeps_image_and_label_aligned_and_ignores_what_it_brings_in() -> None:
+    # a fully labelled case with no background: a rotated or scaled patch can only gain IGNORE voxels, never 0
+    label = np.ones((40, 40, 40), dtype=np.uint8)
+    label[14:26, 14:26, 14:26] = 2
+    image = (label == 2).astype(np.float32)[None] * 4.0
+    schedule = PatchSchedule(
+        [Example(image, label)], (16, 16, 16), 2, 40, 0.0, seed=3, augment=augmentation((), spatial=True)
+    )
+    plain = PatchSchedule([Example(image, label)], (16, 16, 16), 2, 40, 0.0, seed=3, augment=None)
+    moved = 0
+    for i in range(len(schedule)):
+        patch_image, patch_label = schedule[i]
+        assert set(np.unique(patch_label.numpy())) <= {1, 2, IGNORE}
+        assert np.array_equal(patch_label.numpy(), schedule[i][1].numpy())  # seeded by the index
+        changed = not np.array_equal(patch_label.numpy(), plain[i][1].numpy())
+        moved += changed
+        if changed and (patch_label == 2).sum() > 50 and (patch_label == 1).sum() > 50:
+            inside, outside = patch_image[patch_label == 2].mean(), patch_image[patch_label == 1].mean()
+            assert inside - outside > 2.5  # the image moved with its label
+    assert 0.2 * len(schedule) < moved < 0.55 * len(schedule)  # about SPATIAL_PROBABILITY (0.36) of the patches
+
+
+def test_without_spatial_augmentation_labels_come_through_unchanged() -> None:
+    example = partial_example(((0, 8), (0, 16), (0, 10)), (3, 4, 5))
+    schedule = PatchSchedule([example], (8, 8, 8), 2, 20, 0.5, seed=0, augment=augmentation(()))
+    for i in range(len(schedule)):
+        _, centre = schedule.centre(i)
+        assert np.array_equal(schedule[i][1].numpy()[0], crop(example, centre, (8, 8, 8))[1])

@@ -118,9 +118,10 @@ class TrainConfig:
     weight_decay: float = 1e-5
     augment: bool = True
     spatial_augment: bool = False
-    """With ``augment``: also rotate (±30°) and scale (0.7–1.3) a third of the patches at random, as nnU-Net does
-    (``engine.patches.augmentation``). Off by default, so the stored benchmarks replay; it helps small training sets,
-    e.g. thick-slice scans (BENCHMARKS.md, clinical-size pipeline)."""
+    """With ``augment``: also rotate (±30°) and scale (0.7–1.3) about a third of the patches at random, as nnU-Net
+    does (``engine.patches.augmentation``). Off by default, so the stored benchmarks replay. On the clinical-size
+    pipeline benchmark it raised full-data Dice on the small crops and lowered it on the large clinical-shape fields
+    (BENCHMARKS.md): measure it on your data."""
     flip_axes: tuple[Axis, ...] = ("left-right",)
     """Anatomical axes flipped at random by augmentation (and test-time augmentation). Only mirror-symmetric ones:
     flipping posterior-anterior would swap the meaning of the hippocampus labels (anterior / posterior)."""
