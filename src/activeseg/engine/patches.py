@@ -64,8 +64,8 @@ SPATIAL_PROBABILITY = 1 - 0.8**2
 def augmentation(flip_axes: Sequence[int], spatial: bool = False) -> Compose:
     """MONAI augmentation, seeded per sample: flips on the allowed axes and small intensity changes; with
     ``spatial``, first a random rotation (±30° about each axis) and scaling (0.7–1.3) of the patch in voxel space,
-    nnU-Net's ranges, the label by nearest neighbour. The label arrives shifted by one (``sample``), so voxels the
-    affine brings in from outside the patch (0) come out ``IGNORE``."""
+    nnU-Net's ranges, the label by nearest neighbour. ``PatchSchedule`` passes the label shifted by one, so voxels
+    the affine brings in from outside the patch (0) come out ``IGNORE``."""
     keys = ["image", "label"]
     affine = RandAffined(
         keys,
