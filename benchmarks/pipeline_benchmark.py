@@ -314,7 +314,9 @@ def main() -> None:
         else:
             result["full"] = full
     if "ceiling" in args.parts:
-        native_run = full_run_dir(work, "native", clinical, args.iterations, args.largest_component)
+        native_run = full_run_dir(
+            work, "native", clinical, args.iterations, args.largest_component, args.spatial_augment
+        )
         result["ceiling"] = bench_ceiling(clinical, native_run) | {"machine": machine()}
     if "speed" in args.parts:  # one record per kind of CPU: with and without native bf16 convolution
         speed = bench_speed(clinical, work) | {"machine": machine()}

@@ -38,7 +38,7 @@ def spatial_text(spatial: dict[str, Any], full: dict[str, Any]) -> str:
     )
     gap: float = spatial["difference"] if "difference" in spatial else spatial["cropped_minus_native"]
     which = "clinical" if "difference" in spatial else "cropped"
-    machines = (
+    machines = (  # records made before cpu_bf16_native was recorded came from the AVX-512 CPU (bf16 ran faster there)
         " The two ran on different kinds of CPU (with and without native bf16 convolution), so each difference "
         "also holds the drift between them: the demo's curves moved by up to 0.012 Dice between the two."
         if spatial["machine"].get("cpu_bf16_native") != full["machine"].get("cpu_bf16_native", True)
