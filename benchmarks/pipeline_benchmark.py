@@ -29,6 +29,7 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,12 @@ from activeseg.acquisition.scorers import bald, reduce_mean
 from activeseg.acquisition.sliding import score_pool
 from activeseg.acquisition.uncertainty import make_window_sampler
 from activeseg.config import RunConfig, config_from_dict, load_config
-from activeseg.data.clinical import crop_to_structure, make_clinical_dataset, paste_class_maps
+from activeseg.data.clinical import (
+    crop_to_structure,
+    make_clinical_dataset,
+    paste_class_maps,
+    through_clinical_spacing,
+)
 from activeseg.data.splits import open_data
 from activeseg.demo import find_hippocampus
 from activeseg.engine.evaluation import dice_per_class
@@ -55,23 +61,46 @@ from activeseg.progress import RichReporter, SilentReporter
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def config(
-    root: Path, cache: Path, iterations: int, largest_component: bool = False, spatial_augment: bool = False
-) -> RunConfig:
-    """The run config every set trains with: the demo's U-Net, 10 test cases, a CPU budget."""
+@dataclass(frozen=True)
+class Options:
+    """What the sets train with beyond the defaults; each option marks the runs' folder names."""
+
+    largest_component: bool = False
+    spatial_augment: bool = False
+    plan_spacing: tuple[float, float, float] | None = None
+    """The target spacing of the clinical sets' plans (:data:`REPLANNED_SETS`) instead of the planned one."""
+
+    def suffix(self, name: str) -> str:
+        """What set ``name``'s run folder adds for these options."""
+        spacing = self.plan_spacing if name in REPLANNED_SETS else None
+        return (
+            ("-lcc" if self.largest_component else "")
+            + ("-spatial" if self.spatial_augment else "")
+            + ("-plan" + "-".join(map(str, spacing)) if spacing else "")
+        )
+
+
+REPLANNED_SETS = ("cropped", "clinical")
+"""The sets ``--plan-spacing`` replans (the native and thick sets lie on the 1 mm grid already)."""
+
+
+def config(root: Path, cache: Path, iterations: int, options: Options = Options(), name: str = "native") -> RunConfig:
+    """The run config set ``name`` trains with: the demo's U-Net, 10 test cases, a CPU budget, ``options``."""
+    spacing = options.plan_spacing if name in REPLANNED_SETS else None
     return config_from_dict(
         {
             "name": root.name,
             "data": {"root": str(root), "test_size": 10, "cache_dir": str(cache)},
+            **({"plan": {"target_spacing": list(spacing)}} if spacing else {}),
             "model": {"channels": [8, 16, 32, 64], "num_res_units": 1, "dropout": 0.1},
             "train": {
                 "iterations": iterations,
                 "batch_size": 2,
                 "learning_rate": 0.005,
                 "device": "cpu",
-                "spatial_augment": spatial_augment,
+                "spatial_augment": options.spatial_augment,
             },
-            "inference": {"largest_component": largest_component},
+            "inference": {"largest_component": options.largest_component},
         }
     )
 
@@ -88,6 +117,9 @@ def native_subset(source: Path, ids: list[str], out: Path) -> Path:
 
 
 SETS = ("native", "cropped", "clinical")
+DIAGNOSTIC_SETS = ("thick",)
+"""``thick``: the native cases with each image sent to its clinical field's spacing and back
+(``clinical.through_clinical_spacing``): the thick slices' information on the 1 mm grid, with the 1 mm labels."""
 
 
 def bench_full(
@@ -96,23 +128,27 @@ def bench_full(
     cropped: Path,
     work: Path,
     iterations: int,
-    largest_component: bool = False,
+    options: Options = Options(),
     sets: tuple[str, ...] = SETS,
-    spatial_augment: bool = False,
+    thick: Path | None = None,
 ) -> dict[str, Any]:
     """Full-data Dice of the three sets with the same budget (a run already finished in ``work`` with the same
     config is read, not repeated)."""
     out: dict[str, Any] = {
         "iterations": iterations,
-        "largest_component": largest_component,
-        "spatial_augment": spatial_augment,
+        "largest_component": options.largest_component,
+        "spatial_augment": options.spatial_augment,
+        "plan_spacing": list(options.plan_spacing) if options.plan_spacing else None,
         "native_export": "linear probabilities",  # how predictions reach the native grid (evaluation.evaluate)
     }
-    roots = {"native": native, "cropped": cropped, "clinical": clinical}
-    for name, root in ((name, roots[name]) for name in sets):
-        run_config = config(root, work / "cache", iterations, largest_component, spatial_augment)
+    roots = {"native": native, "cropped": cropped, "clinical": clinical, "thick": thick}
+    for name in sets:
+        root = roots[name]
+        if root is None:
+            raise ValueError(f"set {name!r} needs its folder")
+        run_config = config(root, work / "cache", iterations, options, name)
         data = open_data(run_config, RichReporter())
-        out_dir = full_run_dir(work, name, clinical, iterations, largest_component, spatial_augment)
+        out_dir = full_run_dir(work, name, clinical, iterations, options)
         record = finished_run(out_dir, run_config) or full_data_run(run_config, out_dir, RichReporter(), data=data)
         out[name] = {
             "dice": record["dice"],
@@ -130,17 +166,16 @@ def bench_full(
         out["difference_to_cropped"] = dice["clinical"] - dice["cropped"]
     if "cropped" in dice and "native" in dice:
         out["cropped_minus_native"] = dice["cropped"] - dice["native"]
+    if "thick" in dice and "native" in dice:
+        out["thick_minus_native"] = dice["thick"] - dice["native"]
     return out
 
 
-def full_run_dir(
-    work: Path, name: str, clinical: Path, iterations: int, largest_component: bool, spatial_augment: bool = False
-) -> Path:
+def full_run_dir(work: Path, name: str, clinical: Path, iterations: int, options: Options) -> Path:
     """Where the full-data run of set ``name`` goes: the native set is the same for every clinical set, the others
     carry what tells a non-default clinical set (e.g. ``clinical-world-1.0-1.0-1.0-1.0``) from the default's."""
     suffix = "" if name == "native" else clinical.name.removeprefix("clinical-world")
-    options = ("-lcc" if largest_component else "") + ("-spatial" if spatial_augment else "")
-    return work / f"full-{name}{suffix}-{iterations}{options}"
+    return work / f"full-{name}{suffix}-{iterations}{options.suffix(name)}"
 
 
 def finished_run(out_dir: Path, run_config: RunConfig) -> dict[str, Any] | None:
@@ -251,9 +286,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", choices=["full", "ceiling", "speed"], default=["full", "speed"])
     parser.add_argument(
-        "--sets", nargs="+", choices=SETS, default=list(SETS), help="which sets the full part trains (a diagnostic)"
+        "--sets",
+        nargs="+",
+        choices=SETS + DIAGNOSTIC_SETS,
+        default=list(SETS),
+        help="which sets the full part trains (a diagnostic; thick: see DIAGNOSTIC_SETS)",
     )
     parser.add_argument("--cases", type=int, default=40)
+    parser.add_argument(
+        "--first-case", type=int, default=0, help="skip this many sorted case ids (other cases: use another --work)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the clinical generator's seed (use another --work)")
     parser.add_argument("--iterations", type=int, default=500)
     parser.add_argument("--paste", choices=["world", "voxel"], default="world", help="how crops enter the fields")
     parser.add_argument(
@@ -261,6 +304,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--spatial-augment", action="store_true", help="every set trains with train.spatial_augment (rotation, scale)"
+    )
+    parser.add_argument(
+        "--plan-spacing",
+        type=float,
+        nargs=3,
+        default=None,
+        help="plan the cropped and clinical sets at this target spacing (mm, RAS) instead of the planned one",
     )
     parser.add_argument("--in-plane", type=float, nargs=2, default=(0.7, 1.0), help="in-plane spacing range (mm)")
     parser.add_argument("--slices", type=float, nargs=2, default=(2.0, 4.0), help="slice spacing range (mm)")
@@ -277,11 +327,12 @@ def main() -> None:
     default = spacing == (0.7, 1.0, 2.0, 4.0)
     clinical = work / (f"clinical-{args.paste}" + ("" if default else "-" + "-".join(map(str, spacing))))
     if not (clinical / "dataset.json").exists():
+        every = sorted(p.name.removesuffix(".nii.gz") for p in (source / "labelsTr").glob("[!.]*.nii.gz"))
         make_clinical_dataset(
             source,
             clinical,
-            n_cases=args.cases,
-            seed=0,
+            case_ids=every[args.first_case : args.first_case + args.cases],
+            seed=args.seed,
             paste=args.paste,
             in_plane_spacing=tuple(args.in_plane),
             slice_spacing=tuple(args.slices),
@@ -291,21 +342,27 @@ def main() -> None:
     path = RESULTS / "pipeline.json"
     result = json.loads(path.read_text()) if path.exists() else {}
     result["cases"] = len(ids)
+    plan_spacing = tuple(args.plan_spacing) if args.plan_spacing else None
+    options = Options(args.largest_component, args.spatial_augment, plan_spacing)
     if "full" in args.parts:
         cropped = work / f"{clinical.name}-cropped"
         if not (cropped / "dataset.json").exists():
             crop_to_structure(clinical, cropped)
+        thick = work / f"{clinical.name}-thick"
+        if "thick" in args.sets and not thick.is_dir():  # written aside, then renamed: never half there
+            through_clinical_spacing(clinical, work / f"{thick.name}.partial").rename(thick)
         full = bench_full(
             clinical,
             native,
             cropped,
             work,
             args.iterations,
-            args.largest_component,
+            options,
             tuple(args.sets),
-            args.spatial_augment,
+            thick,
         )
         full |= {"paste": args.paste, "in_plane_mm": list(args.in_plane), "slices_mm": list(args.slices)}
+        full |= {"first_case": args.first_case, "seed": args.seed, "cases": len(ids)}
         full["machine"] = machine()
         if args.note:
             full["note"] = args.note
@@ -314,9 +371,7 @@ def main() -> None:
         else:
             result["full"] = full
     if "ceiling" in args.parts:
-        native_run = full_run_dir(
-            work, "native", clinical, args.iterations, args.largest_component, args.spatial_augment
-        )
+        native_run = full_run_dir(work, "native", clinical, args.iterations, options)
         result["ceiling"] = bench_ceiling(clinical, native_run) | {"machine": machine()}
     if "speed" in args.parts:  # one record per kind of CPU: with and without native bf16 convolution
         speed = bench_speed(clinical, work) | {"machine": machine()}

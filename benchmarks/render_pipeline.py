@@ -28,26 +28,129 @@ SPATIAL = "spatial-3000"
 """The pipeline variant that trains every set with nnU-Net's rotation and scaling (``--spatial-augment``)."""
 
 
-def spatial_text(spatial: dict[str, Any], full: dict[str, Any]) -> str:
-    """Does spatial augmentation close the gap? Each set with it against the full part's same set without it."""
-    sets = [name for name in ("native", "cropped", "clinical") if name in spatial and name in full]
+THICK = "thick-3000"
+"""The pipeline variant that trains the native cases on images sent through their clinical spacing and back
+(``--sets native cropped thick``)."""
+THICK_MARGIN = 0.015
+"""How far the thick-slice images on the 1 mm grid may lie from the cut-out clinical cases and still count as
+explaining them (fixed before the variant ran: about the drift between two kinds of CPU, 0.012)."""
+
+
+def mean_dice(run: dict[str, Any], name: str) -> float:
+    """A pipeline run's mean foreground Dice on set ``name``."""
+    value: float = run[name]["dice"]["mean_foreground"]
+    return value
+
+
+def thick_text(thick: dict[str, Any]) -> str:
+    """Is the gap the information the thick slices keep, or what the coarse grid's planning and training cost?"""
+    native, cropped, coarse = (mean_dice(thick, name) for name in ("native", "cropped", "thick"))
+    verdict = (
+        "The thick slices' information accounts for the gap: a model that sees the same information on the 1 mm "
+        "grid, with the 1 mm labels and the native plan, does no better than the one planned and trained on the "
+        "coarse grid, so the coarse grid's planning and training lose nothing measurable."
+        if abs(coarse - cropped) <= THICK_MARGIN
+        else (
+            f"Planning and training on the coarse grid cost {coarse - cropped:.4f} beyond what the slices lose."
+            if coarse > cropped
+            else "The coarse grid does better than the same information on the 1 mm grid."
+        )
+    )
+    return (
+        f"Is it the information the thick slices keep, or what planning and training on their coarse grid cost? "
+        f"`{THICK}` (`--sets native cropped thick`) trains the native cases with each image sent to its clinical "
+        "field's spacing and back (`clinical.through_clinical_spacing`, resampled as the generator resamples: the "
+        "coarse image's information on the 1 mm grid), with the 1 mm labels, the native plan and the same "
+        f"{thick['iterations']} iterations: mean foreground Dice **{coarse:.4f}**, against {native:.4f} for the "
+        f"native images ({coarse - native:+.4f}) and {cropped:.4f} for the cut-out clinical cases "
+        f"({coarse - cropped:+.4f}; within {THICK_MARGIN} counts as the same, a margin fixed before it ran). " + verdict
+    )
+
+
+PLAN = "cropped-1mm-plan-3000"
+"""The cut-out clinical cases planned at 1 mm (``--sets cropped --plan-spacing 1 1 1``)."""
+FRESH_THICK, FRESH_PLAN = "fresh-thick-3000", "fresh-cropped-1mm-plan-3000"
+"""The thick-slice diagnostic and the 1 mm plan again on cases the choice was not made on (``--first-case 40
+--seed 1``)."""
+CLINICAL_PLAN = "plan-1mm-3000"
+"""The clinical-shape fields planned at 1 mm (``--sets native clinical --plan-spacing 1 1 1``)."""
+PLAN_GAIN = 0.015
+"""What the 1 mm plan must gain over the planned spacing on the fresh cases to count (fixed before they ran)."""
+
+
+def plan_text(variants: dict[str, Any]) -> str:
+    """Does planning on the coarse grid cost? The cut-out cases planned at 1 mm, checked on fresh cases, and the
+    clinical fields planned at 1 mm against the native gap."""
+    plan, thick = variants[PLAN], variants[THICK]
+    planned, fine, coarse = mean_dice(thick, "cropped"), mean_dice(plan, "cropped"), mean_dice(thick, "thick")
+    text = (
+        f"Does planning on the coarse grid cost? `{PLAN}` (`--sets cropped --plan-spacing 1 1 1`) plans the cut-out "
+        "clinical cases at 1 mm instead of the planned "
+        + " × ".join(f"{v:.2f}" for v in thick["cropped"]["target_spacing"])
+        + f" mm (Dice still on their own coarse grid): **{fine:.4f}** against {planned:.4f} at the planned spacing "
+        f"({fine - planned:+.4f}), and {coarse:.4f} for the thick-slice images on the 1 mm grid ({fine - coarse:+.4f})."
+    )
+    if FRESH_THICK in variants and FRESH_PLAN in variants:
+        fresh, fresh_plan = variants[FRESH_THICK], variants[FRESH_PLAN]
+        f_native, f_planned = mean_dice(fresh, "native"), mean_dice(fresh, "cropped")
+        f_fine, f_coarse = mean_dice(fresh_plan, "cropped"), mean_dice(fresh, "thick")
+        confirmed = f_fine - f_planned >= PLAN_GAIN
+        text += (
+            f" The plan was chosen on these 10 test cases, so it was checked on cases it was not chosen on "
+            f"({cases_of(fresh, 40)}; `--first-case 40 --seed 1`; the rule, fixed before they ran: the 1 mm plan "
+            f"counts if it gains at least {PLAN_GAIN}): native {f_native:.4f}, cut-out cases at the planned spacing "
+            f"{f_planned:.4f}, at 1 mm **{f_fine:.4f}** ({f_fine - f_planned:+.4f}: "
+            f"{'confirmed' if confirmed else 'not confirmed'}; {f_fine - f_native:+.4f} to native), thick-slice images "
+            f"on the 1 mm grid {f_coarse:.4f}."
+        )
+    clinical = variants.get(CLINICAL_PLAN)
+    if clinical and "difference" in clinical:
+        gap = clinical["difference"]
+        text += (
+            f" The clinical-shape fields planned at 1 mm (`{CLINICAL_PLAN}`, `--sets native clinical --plan-spacing "
+            f"1 1 1`): {mean_dice(clinical, 'clinical'):.4f} against {mean_dice(clinical, 'native'):.4f} native, "
+            f"clinical − native **{gap:+.4f}** (acceptance: within 0.03: {'met' if abs(gap) <= 0.03 else 'not met'}"
+            ", with `plan.target_spacing: [1, 1, 1]` in the config; the default plan is unchanged)."
+        )
+    return text
+
+
+def cpu_kind(run: dict[str, Any]) -> bool:
+    """Whether a run's CPU convolves bf16 natively (records made before it was recorded came from the AVX-512 CPU,
+    where bf16 ran faster)."""
+    return bool(run["machine"].get("cpu_bf16_native", True))
+
+
+def spatial_text(spatial: dict[str, Any], full: dict[str, Any], same_cpu: dict[str, Any] | None = None) -> str:
+    """Does spatial augmentation close the gap? Each set with it against the same set without it: from
+    ``same_cpu`` (a run on the same kind of CPU with the same budget) where it has the set, else the full part."""
+
+    def baseline(name: str) -> dict[str, Any] | None:
+        for run in (same_cpu, full):
+            if run and name in run and run["iterations"] == spatial["iterations"]:
+                return run
+        return None
+
+    pairs = [(name, run) for name in ("native", "cropped", "clinical") if name in spatial and (run := baseline(name))]
     changes = ", ".join(
-        f"{name} {spatial[name]['dice']['mean_foreground']:.4f} against {full[name]['dice']['mean_foreground']:.4f} "
-        f"({spatial[name]['dice']['mean_foreground'] - full[name]['dice']['mean_foreground']:+.4f})"
-        for name in sets
+        f"{name} {mean_dice(spatial, name):.4f} against {mean_dice(run, name):.4f} "
+        f"({mean_dice(spatial, name) - mean_dice(run, name):+.4f}"
+        + ("" if cpu_kind(run) == cpu_kind(spatial) else ", against the other kind of CPU")
+        + ")"
+        for name, run in pairs
     )
     gap: float = spatial["difference"] if "difference" in spatial else spatial["cropped_minus_native"]
     which = "clinical" if "difference" in spatial else "cropped"
-    machines = (  # records made before cpu_bf16_native was recorded came from the AVX-512 CPU (bf16 ran faster there)
-        " The two ran on different kinds of CPU (with and without native bf16 convolution), so each difference "
-        "also holds the drift between them: the demo's curves moved by up to 0.012 Dice between the two."
-        if spatial["machine"].get("cpu_bf16_native") != full["machine"].get("cpu_bf16_native", True)
+    machines = (
+        " Runs on different kinds of CPU (with and without native bf16 convolution) also differ by the drift between "
+        "them: the demo's curves moved by up to 0.012 Dice between the two."
+        if any(cpu_kind(run) != cpu_kind(spatial) for _, run in pairs)
         else ""
     )
     return (
         f"Does augmentation close it? `{SPATIAL}` trains every set with `train.spatial_augment` (nnU-Net's random "
         f"rotation and scaling of about a third of the patches; `--spatial-augment`), the same "
-        f"{spatial['iterations']} iterations, against the full part without it: mean foreground Dice {changes}. "
+        f"{spatial['iterations']} iterations, against the same set without it: mean foreground Dice {changes}. "
         f"{which.capitalize()} − native with it: **{gap:+.4f}** (acceptance: within 0.03: "
         f"{'met' if abs(gap) <= 0.03 else 'not met'}).{machines}"
     )
@@ -71,6 +174,18 @@ def longer_text(longer: dict[str, Any], full: dict[str, Any]) -> str:
             else "Longer training narrows it, so part of the gap is the training budget."
         )
     )
+
+
+def cases_of(run: dict[str, Any], cases: int) -> str:
+    """Which sorted hippocampus cases a pipeline run's sets were made from, and the generator's seed."""
+    first = run.get("first_case", 0)
+    return f"{first + 1}–{first + run.get('cases', cases)}, generator seed {run.get('seed', 0)}"
+
+
+def plan_of(run: dict[str, Any]) -> str:
+    """The target spacing the clinical sets were planned at: the plan's own, or ``--plan-spacing``."""
+    spacing = run.get("plan_spacing")
+    return "planned" if not spacing else " × ".join(f"{v:g}" for v in spacing) + " mm"
 
 
 def signed(value: float | None) -> str:
@@ -229,18 +344,24 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
                 "Where the gap comes from (`pipeline_benchmark.py --label NAME` with the options in the table; "
                 "`--paste voxel` copies the crops voxel-wise, so their size in millimetres follows the drawn spacing; "
                 "equal spacings give isotropic fields; `--sets native cropped` trains only the cut-out cases, so the "
-                "last difference is cropped − native). Same 10 test cases, native grid:",
+                "last difference is cropped − native; `thick` is the native cases on images sent through their "
+                "clinical slices and back). The cases are positions in the sorted hippocampus ids; the rows made "
+                "from the first 40 share their 10 test cases, the fresh rows have 10 others. Dice on each case's "
+                "native grid:",
             ),
             (
                 "table",
                 [
                     "variant",
+                    "cases",
                     "paste",
                     "spacing in-plane / slices (mm)",
                     "iterations",
                     "augmentation",
+                    "clinical sets' plan",
                     "clinical",
                     "cropped",
+                    "thick-slice images, 1 mm",
                     "native",
                     "clinical (or cropped) − native",
                     "to the native grid",
@@ -248,12 +369,15 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
                 [
                     [
                         f"`{name}`",
+                        cases_of(v, (pipeline or {}).get("cases", 40)),
                         v["paste"],
                         f"{'–'.join(map(str, v['in_plane_mm']))} / {'–'.join(map(str, v['slices_mm']))}",
                         str(v["iterations"]),
                         augmentation_of(v),
+                        plan_of(v),
                         dice_of(v, "clinical"),
                         dice_of(v, "cropped"),
+                        dice_of(v, "thick"),
                         dice_of(v, "native"),
                         signed(v.get("difference", v.get("cropped_minus_native"))),
                         export_of(v),
@@ -267,7 +391,12 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
             out.append(("p", longer_text(longer, pipeline["full"])))
         spatial = variants.get(SPATIAL)
         if spatial and pipeline and "full" in pipeline:
-            out.append(("p", spatial_text(spatial, pipeline["full"])))
+            out.append(("p", spatial_text(spatial, pipeline["full"], variants.get(THICK))))
+        thick = variants.get(THICK)
+        if thick:
+            out.append(("p", thick_text(thick)))
+        if thick and PLAN in variants:
+            out.append(("p", plan_text(variants)))
     for key, cpu in (
         ("speed", "with native bf16 convolution (not recorded then: bf16 ran faster than float32 there)"),
         ("speed_no_bf16", "without native bf16 convolution (float32 paths only)"),

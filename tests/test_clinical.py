@@ -12,7 +12,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from activeseg.data.clinical import crop_to_structure, make_clinical_dataset, paste_class_maps, reoriented_copy
+from activeseg.data.clinical import (
+    crop_to_structure,
+    make_clinical_dataset,
+    paste_class_maps,
+    reoriented_copy,
+    through_clinical_spacing,
+)
+from activeseg.data.io import write_volume
 
 from _support import hippocampus_root, requires_hippocampus
 
@@ -206,6 +213,54 @@ def test_crop_to_structure_keeps_every_labelled_voxel_at_its_world_place(
     assert json.loads((cropped / "dataset.json").read_text())["clinical"] == meta["clinical"]
     with pytest.raises(FileExistsError, match="not empty"):
         crop_to_structure(dataset, tmp_path / "cropped")
+
+
+def test_through_clinical_spacing_keeps_what_the_coarse_slices_keep(tmp_path: Path) -> None:
+    """A 1 mm source (a ramp plus a one-voxel stripe along z) sent through 3 mm slices and back, as the generator
+    samples it (a cubic spline read at the coarse voxel centres, no slab averaging): by hand, coarse slice j's centre
+    lies on source slice 3j + 1 and returns there, so those slices come back exact and the slices between are
+    interpolated (the stripe is lost there). Through 1 mm the image comes back as it was. Labels and geometry are
+    the source's."""
+    shape = (12, 14, 30)
+    z = np.arange(shape[2], dtype=np.float64)
+    source = np.broadcast_to(10.0 + 2.0 * z + np.where(z % 2 == 0, 5.0, -5.0), shape)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = (4.0, -2.0, 7.0)
+    label = np.zeros(shape, dtype=np.uint8)
+    label[3:8, 4:9, 10:20] = 2
+    cases = {"thin": [1.0, 1.0, 1.0], "thick": [1.0, 1.0, 3.0]}
+    for folder in ("imagesTr", "labelsTr"):
+        (tmp_path / "src" / folder).mkdir(parents=True)
+    for case_id in cases:
+        write_volume(tmp_path / "src" / "imagesTr" / f"{case_id}.nii.gz", source, affine)
+        write_volume(tmp_path / "src" / "labelsTr" / f"{case_id}.nii.gz", label, affine)
+    record = {
+        c: {"source": str(tmp_path / "src" / "imagesTr" / f"{c}.nii.gz"), "ras_spacing": s} for c, s in cases.items()
+    }
+    (tmp_path / "clinical").mkdir()
+    (tmp_path / "clinical" / "dataset.json").write_text(json.dumps({"clinical": record}))
+
+    out = through_clinical_spacing(tmp_path / "clinical", tmp_path / "out")
+    for case_id in cases:
+        image, image_affine, _ = _load(out / "imagesTr" / f"{case_id}.nii.gz")
+        saved_label, label_affine, _ = _load(out / "labelsTr" / f"{case_id}.nii.gz")
+        assert image.shape == shape and image.dtype == np.float32
+        np.testing.assert_allclose(image_affine, affine)
+        np.testing.assert_allclose(label_affine, affine)
+        np.testing.assert_array_equal(saved_label, label)
+    thin, thick = (_load(out / "imagesTr" / f"{c}.nii.gz")[0].astype(np.float64) for c in cases)
+    np.testing.assert_allclose(thin, source, atol=1e-3)
+    sampled = np.arange(1, shape[2], 3)
+    np.testing.assert_allclose(thick[:, :, sampled], source[:, :, sampled], atol=1e-3)
+    between = np.setdiff1d(np.arange(3, shape[2] - 3), sampled)  # inner slices the coarse grid does not sample
+    assert np.abs(thick[:, :, between] - source[:, :, between]).min() > 1.0
+    with pytest.raises(FileExistsError, match="not empty"):
+        through_clinical_spacing(tmp_path / "clinical", tmp_path / "out")
+    with pytest.raises(ValueError, match="no such file; not a clinical-shape set"):
+        through_clinical_spacing(tmp_path / "src", tmp_path / "other")
+    (tmp_path / "src" / "dataset.json").write_text("{}")
+    with pytest.raises(ValueError, match="no 'clinical' record"):
+        crop_to_structure(tmp_path / "src", tmp_path / "other")
 
 
 def test_rejects_bad_arguments(tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class PlanConfig:
-    """How the pool is planned (``data.plan``: target spacing, normalisation, patch, network strides). Every value
+    """How the pool is planned (``plan``: target spacing, normalisation, patch, network strides). Every value
     set here overrides what the plan derives from the dataset's fingerprint."""
 
     file: Path | None = None

@@ -3,7 +3,9 @@
 Each source case (an MSD-layout image/label pair) is pasted into a field of CT-like intensities. With
 ``paste="world"`` (the default) the crop is first resampled from its own voxel size to the field's, so the
 structure keeps its size in millimetres, as anatomy does: the image with cubic splines, the label by linear
-interpolation of each class's indicator (the class covering most of a coarse voxel wins). With
+interpolation of each class's indicator (the class covering most of a coarse voxel wins). Both are read at the
+field's voxel centres: point samples, not the slab average over a slice's thickness that a scanner records, so
+detail thinner than a slice aliases rather than blurs. With
 ``paste="voxel"`` it is copied voxel-wise, so its size in millimetres scales with the drawn spacing (up to 2×
 between cases along the slice axis): a shape no scanner produces, kept for tests of exact placement. The field
 holds (Hounsfield units, int16): air around an elliptical body of soft tissue
@@ -80,10 +82,7 @@ def make_clinical_dataset(
     missing = [c for c in ids if c not in images or c not in labels]
     if missing:
         raise ValueError(f"{source}: no image/label pair for {', '.join(missing[:5])}")
-    for folder in (out / "imagesTr", out / "labelsTr"):
-        if folder.exists() and any(folder.iterdir()):
-            raise FileExistsError(f"{folder} is not empty; clinical cases are only written to empty folders")
-        folder.mkdir(parents=True, exist_ok=True)
+    _empty_folders(out)
 
     record: dict[str, dict[str, Any]] = {}
     for case_id in ids:
@@ -163,13 +162,8 @@ def crop_to_structure(clinical: Path, out: Path) -> Path:
     ``crop_shape`` and written in RAS order; dataset.json is copied with those ids. Returns ``out``.
     """
     clinical, out = Path(clinical), Path(out)
-    meta = json.loads((clinical / "dataset.json").read_text(encoding="utf-8"))
-    if "clinical" not in meta:
-        raise ValueError(f"{clinical / 'dataset.json'}: not a clinical-shape set (no 'clinical' record)")
-    for folder in ("imagesTr", "labelsTr"):
-        if (out / folder).exists() and any((out / folder).iterdir()):
-            raise FileExistsError(f"{out / folder} is not empty; cropped cases are only written to empty folders")
-        (out / folder).mkdir(parents=True, exist_ok=True)
+    meta = _clinical_meta(clinical)
+    _empty_folders(out)
     for case_id, drawn in meta["clinical"].items():
         box = tuple(slice(o, o + n) for o, n in zip(drawn["offset"], drawn["crop_shape"], strict=True))
         shift = np.eye(4)
@@ -183,6 +177,32 @@ def crop_to_structure(clinical: Path, out: Path) -> Path:
     return out
 
 
+def through_clinical_spacing(clinical: Path, out: Path) -> Path:
+    """The clinical set's source cases on their own grid, each image sent to its field's spacing the way
+    ``paste="world"`` resamples it (cubic splines) and back: the information the clinical image keeps of the
+    structure, on the native grid, beside the native label. A reference that tells what the coarse slices take
+    from the image apart from what planning and training on their coarse grid cost.
+
+    Writes ``out/imagesTr`` (float32, the source's affine) and ``out/labelsTr`` (the source labels, unchanged);
+    returns ``out``.
+    """
+    clinical, out = Path(clinical), Path(out)
+    meta = _clinical_meta(clinical)
+    _empty_folders(out)
+    for case_id, drawn in meta["clinical"].items():
+        source = Path(drawn["source"])
+        image, label = read_volume(source), read_volume(source.parent.parent / "labelsTr" / source.name)
+        array = np.asarray(image.array, dtype=np.float64)
+        zoom = np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0) / np.asarray(drawn["ras_spacing"])
+        coarse = _resample_image(array, _paste_factors(array.shape, zoom))
+        fine = _resample_image(coarse, [n / m for n, m in zip(array.shape, coarse.shape, strict=True)])
+        if fine.shape != array.shape:  # ndimage rounds each output length; n / m * m must give n back
+            raise RuntimeError(f"{case_id}: resampled back to {fine.shape}, not {array.shape}")
+        write_volume(out / "imagesTr" / f"{case_id}.nii.gz", fine.astype(np.float32), image.affine)
+        write_volume(out / "labelsTr" / f"{case_id}.nii.gz", label.array, label.affine)
+    return out
+
+
 def reoriented_copy(image: Path, label: Path, out_image: Path, out_label: Path, codes: str = "LAS") -> None:
     """Write ``image`` and ``label`` stored in orientation ``codes``: same voxels at the same world places."""
     img, lab = read_volume(Path(image)), read_volume(Path(label))
@@ -191,6 +211,25 @@ def reoriented_copy(image: Path, label: Path, out_image: Path, out_label: Path, 
     array, affine = _reorient(img.array, img.affine, _check_code(codes))
     write_volume(Path(out_image), array, affine)
     write_volume(Path(out_label), _reorient(lab.array, img.affine, _check_code(codes))[0], affine)
+
+
+def _empty_folders(out: Path) -> None:
+    """Make ``out/imagesTr`` and ``out/labelsTr``; cases are only ever written to empty folders."""
+    for folder in (out / "imagesTr", out / "labelsTr"):
+        if folder.exists() and any(folder.iterdir()):
+            raise FileExistsError(f"{folder} is not empty; cases are only written to empty folders")
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def _clinical_meta(clinical: Path) -> dict[str, Any]:
+    """dataset.json of a clinical-shape set, checked to hold the generator's ``clinical`` record."""
+    path = clinical / "dataset.json"
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file; not a clinical-shape set")
+    meta: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    if "clinical" not in meta:
+        raise ValueError(f"{path}: not a clinical-shape set (no 'clinical' record)")
+    return meta
 
 
 def _reorient(
@@ -279,10 +318,14 @@ def _resample_crop(
     image: npt.NDArray[np.float64], label: npt.NDArray[np.uint8], zoom: npt.NDArray[np.float64]
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.uint8]]:
     """``image`` and ``label`` resampled by ``zoom`` (source voxel size / field voxel size), voxel areas aligned."""
-    factors = _paste_factors(image.shape, zoom)
-    resampled = ndimage.zoom(image, factors, order=3, mode="nearest", grid_mode=True)
+    resampled = _resample_image(image, _paste_factors(image.shape, zoom))
     indicators_C = np.stack([(label == c).astype(np.float32) for c in range(int(label.max()) + 1)])
-    return np.asarray(resampled), np.argmax(paste_class_maps(indicators_C, zoom), axis=0).astype(np.uint8)
+    return resampled, np.argmax(paste_class_maps(indicators_C, zoom), axis=0).astype(np.uint8)
+
+
+def _resample_image(image: npt.NDArray[np.float64], factors: Sequence[float]) -> npt.NDArray[np.float64]:
+    """``image`` zoomed by ``factors`` with cubic splines read at the new voxel centres (voxel areas aligned)."""
+    return np.asarray(ndimage.zoom(image, factors, order=3, mode="nearest", grid_mode=True))
 
 
 def paste_class_maps(maps_C_X_Y_Z: npt.NDArray[Any], zoom: npt.ArrayLike) -> FloatArray:
