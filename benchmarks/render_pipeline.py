@@ -164,13 +164,17 @@ def augmentation_of(run: dict[str, Any]) -> str:
     return "flips, intensity, rotation, scaling" if run.get("spatial_augment") else "flips, intensity"
 
 
-def longer_text(longer: dict[str, Any], full: dict[str, Any]) -> str:
-    """Does more training close the gap? The cut-out cases trained longer, against the full part's same set."""
-    before, after = full["cropped"]["dice"]["mean_foreground"], longer["cropped"]["dice"]["mean_foreground"]
+def longer_text(longer: dict[str, Any], full: dict[str, Any], same_cpu: dict[str, Any] | None = None) -> str:
+    """Does more training close the gap? The cut-out cases trained longer, against the same set at the full part's
+    budget: from ``same_cpu`` (a run on the same kind of CPU) where it has the set, else the full part."""
+    base = same_cpu if same_cpu and "cropped" in same_cpu and same_cpu["iterations"] == full["iterations"] else full
+    before, after = mean_dice(base, "cropped"), mean_dice(longer, "cropped")
     return (
         f"Does more training close the gap? `{LONGER}` trains the cut-out cases for {longer['iterations']} "
-        f"iterations, {longer['iterations'] / full['iterations']:.0f}× the full part's {full['iterations']}: mean "
-        f"foreground Dice {after:.4f} against {before:.4f} ({after - before:+.4f}). "
+        f"iterations, {longer['iterations'] / base['iterations']:.0f}× the {base['iterations']} it is compared with: "
+        f"mean foreground Dice {after:.4f} against {before:.4f} ({after - before:+.4f}"
+        + ("" if cpu_kind(base) == cpu_kind(longer) else ", against a run on the other kind of CPU")
+        + "). "
         + (
             "Longer training does not close it, so the budget is not what separates them from the native crops."
             if after - before < 0.01
@@ -362,6 +366,7 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
                 "table",
                 [
                     "variant",
+                    "CPU: native bf16",
                     "cases",
                     "paste",
                     "spacing in-plane / slices (mm)",
@@ -378,6 +383,7 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
                 [
                     [
                         f"`{name}`",
+                        "yes" if cpu_kind(v) else "no",
                         cases_of(v, (pipeline or {}).get("cases", 40)),
                         v["paste"],
                         f"{'–'.join(map(str, v['in_plane_mm']))} / {'–'.join(map(str, v['slices_mm']))}",
@@ -397,7 +403,7 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
         ]
         longer = variants.get(LONGER)
         if longer and pipeline and "cropped" in pipeline.get("full", {}):
-            out.append(("p", longer_text(longer, pipeline["full"])))
+            out.append(("p", longer_text(longer, pipeline["full"], variants.get(THICK))))
         spatial = variants.get(SPATIAL)
         if spatial and pipeline and "full" in pipeline:
             out.append(("p", spatial_text(spatial, pipeline["full"], variants.get(THICK))))
