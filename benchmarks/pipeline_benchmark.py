@@ -70,9 +70,13 @@ class Options:
     plan_spacing: tuple[float, float, float] | None = None
     """The target spacing of the clinical sets' plans (:data:`REPLANNED_SETS`) instead of the planned one."""
 
+    def spacing_for(self, name: str) -> tuple[float, float, float] | None:
+        """The target spacing set ``name`` is planned at, where it is not the plan's own."""
+        return self.plan_spacing if name in REPLANNED_SETS else None
+
     def suffix(self, name: str) -> str:
         """What set ``name``'s run folder adds for these options."""
-        spacing = self.plan_spacing if name in REPLANNED_SETS else None
+        spacing = self.spacing_for(name)
         return (
             ("-lcc" if self.largest_component else "")
             + ("-spatial" if self.spatial_augment else "")
@@ -86,7 +90,7 @@ REPLANNED_SETS = ("cropped", "clinical")
 
 def config(root: Path, cache: Path, iterations: int, options: Options = Options(), name: str = "native") -> RunConfig:
     """The run config set ``name`` trains with: the demo's U-Net, 10 test cases, a CPU budget, ``options``."""
-    spacing = options.plan_spacing if name in REPLANNED_SETS else None
+    spacing = options.spacing_for(name)
     return config_from_dict(
         {
             "name": root.name,
@@ -327,11 +331,11 @@ def main() -> None:
     default = spacing == (0.7, 1.0, 2.0, 4.0)
     clinical = work / (f"clinical-{args.paste}" + ("" if default else "-" + "-".join(map(str, spacing))))
     if not (clinical / "dataset.json").exists():
-        every = sorted(p.name.removesuffix(".nii.gz") for p in (source / "labelsTr").glob("[!.]*.nii.gz"))
         make_clinical_dataset(
             source,
             clinical,
-            case_ids=every[args.first_case : args.first_case + args.cases],
+            n_cases=args.cases,
+            first_case=args.first_case,
             seed=args.seed,
             paste=args.paste,
             in_plane_spacing=tuple(args.in_plane),

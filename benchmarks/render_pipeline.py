@@ -124,17 +124,19 @@ def cpu_kind(run: dict[str, Any]) -> bool:
     return bool(run["machine"].get("cpu_bf16_native", True))
 
 
+def baseline(name: str, iterations: int, *runs: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The first of ``runs`` that trained set ``name`` for ``iterations`` (put a same-CPU run first), else None."""
+    return next((run for run in runs if run and name in run and run["iterations"] == iterations), None)
+
+
 def spatial_text(spatial: dict[str, Any], full: dict[str, Any], same_cpu: dict[str, Any] | None = None) -> str:
     """Does spatial augmentation close the gap? Each set with it against the same set without it: from
     ``same_cpu`` (a run on the same kind of CPU with the same budget) where it has the set, else the full part."""
-
-    def baseline(name: str) -> dict[str, Any] | None:
-        for run in (same_cpu, full):
-            if run and name in run and run["iterations"] == spatial["iterations"]:
-                return run
-        return None
-
-    pairs = [(name, run) for name in ("native", "cropped", "clinical") if name in spatial and (run := baseline(name))]
+    pairs = [
+        (name, run)
+        for name in ("native", "cropped", "clinical")
+        if name in spatial and (run := baseline(name, spatial["iterations"], same_cpu, full))
+    ]
     changes = ", ".join(
         f"{name} {mean_dice(spatial, name):.4f} against {mean_dice(run, name):.4f} "
         f"({mean_dice(spatial, name) - mean_dice(run, name):+.4f}"
@@ -167,7 +169,7 @@ def augmentation_of(run: dict[str, Any]) -> str:
 def longer_text(longer: dict[str, Any], full: dict[str, Any], same_cpu: dict[str, Any] | None = None) -> str:
     """Does more training close the gap? The cut-out cases trained longer, against the same set at the full part's
     budget: from ``same_cpu`` (a run on the same kind of CPU) where it has the set, else the full part."""
-    base = same_cpu if same_cpu and "cropped" in same_cpu and same_cpu["iterations"] == full["iterations"] else full
+    base = baseline("cropped", full["iterations"], same_cpu, full) or full
     before, after = mean_dice(base, "cropped"), mean_dice(longer, "cropped")
     return (
         f"Does more training close the gap? `{LONGER}` trains the cut-out cases for {longer['iterations']} "

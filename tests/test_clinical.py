@@ -88,6 +88,11 @@ def test_deterministic_and_independent_of_n_cases(dataset: Path, tmp_path: Path)
         assert (one / name).read_bytes() == (dataset / name).read_bytes()
     first = json.loads((one / "dataset.json").read_text(encoding="utf-8"))["clinical"]["hippocampus_004"]
     assert first == json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))["clinical"]["hippocampus_004"]
+    third = make_clinical_dataset(hippocampus_root(), tmp_path / "d", n_cases=1, first_case=2, **ARGS)
+    assert _files(third) == {k: v for k, v in _files(dataset).items() if "hippocampus_004" in k} | {
+        "dataset.json": (third / "dataset.json").read_bytes()
+    }
+    assert list(json.loads((third / "dataset.json").read_text())["clinical"]) == ["hippocampus_004"]
 
 
 def test_labels_pasted_in_world_space_keep_their_size_and_place_in_millimetres(

@@ -53,13 +53,14 @@ def make_clinical_dataset(
     oblique_fraction: float = 0.1,
     case_ids: Sequence[str] | None = None,
     paste: Literal["world", "voxel"] = "world",
+    first_case: int = 0,
 ) -> Path:
     """Write CT-like cases to ``out/imagesTr``, ``out/labelsTr`` and ``out/dataset.json``; returns ``out``.
 
-    Cases are the sorted source ids (the first ``n_cases``) or ``case_ids``. The field depth is drawn in
-    ``field_shape[2]`` but raised to fit the crop's depth plus margins. dataset.json's ``"clinical"``
-    maps each id to what was drawn: ``offset`` (of the crop in the RAS-ordered field, i.e. the
-    ``as_closest_canonical`` grid), ``ras_shape``/``ras_spacing`` (that grid), ``orientation``,
+    Cases are the sorted source ids (``n_cases`` of them, after skipping the first ``first_case``) or
+    ``case_ids``. The field depth is drawn in ``field_shape[2]`` but raised to fit the crop's depth plus margins.
+    dataset.json's ``"clinical"`` maps each id to what was drawn: ``offset`` (of the crop in the RAS-ordered
+    field, i.e. the ``as_closest_canonical`` grid), ``ras_shape``/``ras_spacing`` (that grid), ``orientation``,
     ``shape``/``spacing`` (as stored), ``oblique_degrees`` (0.0 if none), ``oblique_axis``, ``source``, and
     ``crop_shape`` (the pasted crop, in field voxels; the source's shape with ``paste="voxel"``).
     """
@@ -74,7 +75,7 @@ def make_clinical_dataset(
     images, labels = _index(source / "imagesTr"), _index(source / "labelsTr")
     if case_ids is None:
         ids = sorted(set(images) & set(labels))
-        ids = ids if n_cases is None else ids[:n_cases]
+        ids = ids[first_case:] if n_cases is None else ids[first_case : first_case + n_cases]
     else:
         ids = list(case_ids)
     if not ids:
@@ -189,9 +190,10 @@ def through_clinical_spacing(clinical: Path, out: Path) -> Path:
     clinical, out = Path(clinical), Path(out)
     meta = _clinical_meta(clinical)
     _empty_folders(out)
+    roots = {Path(drawn["source"]).parent.parent for drawn in meta["clinical"].values()}
+    label_files = {case_id: path for root in roots for case_id, path in _index(root / "labelsTr").items()}
     for case_id, drawn in meta["clinical"].items():
-        source = Path(drawn["source"])
-        image, label = read_volume(source), read_volume(source.parent.parent / "labelsTr" / source.name)
+        image, label = read_volume(Path(drawn["source"])), read_volume(label_files[case_id])
         array = np.asarray(image.array, dtype=np.float64)
         zoom = np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0) / np.asarray(drawn["ras_spacing"])
         coarse = _resample_image(array, _paste_factors(array.shape, zoom))
