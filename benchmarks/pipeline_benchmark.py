@@ -156,6 +156,7 @@ def bench_full(
         record = finished_run(out_dir, run_config) or full_data_run(run_config, out_dir, RichReporter(), data=data)
         out[name] = {
             "dice": record["dice"],
+            "per_case": record["per_case"],
             "train_seconds": record["train_seconds"],
             "test_cases": list(data.test.ids),
             "patch": list(data.plan.patch_size),
