@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import nibabel as nib
@@ -57,3 +61,13 @@ def phantom_raw(root: Path, cache_dir: Path) -> dict[str, Any]:
 def load_nifti(path: Path) -> Any:
     """``nibabel.load``, typed as Any: nibabel's image classes are untyped (``.dataobj``, ``.affine``, ``.shape``)."""
     return nib.load(path)
+
+
+def benchmark_script(name: str) -> Iterator[ModuleType]:
+    """A script of ``benchmarks/`` imported as it runs (its folder on ``sys.path`` for its neighbours); a fixture's
+    body: ``yield from benchmark_script("render_regimes")``."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))

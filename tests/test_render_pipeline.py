@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -11,16 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from _support import REPO
+from _support import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def render() -> Iterator[ModuleType]:
-    sys.path.insert(0, str(REPO / "benchmarks"))  # the script imports its neighbours as it does when run
-    try:
-        yield importlib.import_module("render_pipeline")
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    yield from benchmark_script("render_pipeline")
 
 
 def run(**sets: dict[str, list[float | None]]) -> dict[str, Any]:

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from _support import REPO
+from _support import REPO, benchmark_script
 
 
 @pytest.fixture(scope="module")
 def render() -> Iterator[ModuleType]:
-    sys.path.insert(0, str(REPO / "benchmarks"))  # the script imports its neighbours as it does when run
-    try:
-        yield importlib.import_module("render_regimes")
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    yield from benchmark_script("render_regimes")
 
 
 ARM, FAIR = "clasp-pe+cal-pl+warm", "foreground-random+cal-pl+warm"
