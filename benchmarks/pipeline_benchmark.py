@@ -69,6 +69,8 @@ class Options:
     spatial_augment: bool = False
     plan_spacing: tuple[float, float, float] | None = None
     """The target spacing of the clinical sets' plans (:data:`REPLANNED_SETS`) instead of the planned one."""
+    strides: tuple[tuple[int, int, int], ...] | None = None
+    """The network strides (per level and axis) of the clinical sets' plans instead of the planned ones."""
 
     def spacing_for(self, name: str) -> tuple[float, float, float] | None:
         """The target spacing set ``name`` is planned at, where it is not the plan's own."""
@@ -81,21 +83,33 @@ class Options:
             ("-lcc" if self.largest_component else "")
             + ("-spatial" if self.spatial_augment else "")
             + ("-plan" + "-".join(map(str, spacing)) if spacing else "")
+            + ("-strides" + "-".join("".join(map(str, s)) for s in self.strides or ()) if self.replans(name) else "")
+        )
+
+    def replans(self, name: str) -> bool:
+        """Whether set ``name`` takes ``strides``."""
+        return self.strides is not None and name in REPLANNED_SETS
+
+    def plan_section(self, name: str) -> dict[str, Any]:
+        """Set ``name``'s ``plan`` overrides."""
+        spacing = self.spacing_for(name)
+        return ({"target_spacing": list(spacing)} if spacing else {}) | (
+            {"strides": [list(s) for s in self.strides or ()]} if self.replans(name) else {}
         )
 
 
 REPLANNED_SETS = ("cropped", "clinical")
-"""The sets ``--plan-spacing`` replans (the native and thick sets lie on the 1 mm grid already)."""
+"""The sets ``--plan-spacing`` and ``--strides`` replan (the native and thick sets lie on the 1 mm grid already)."""
 
 
 def config(root: Path, cache: Path, iterations: int, options: Options = Options(), name: str = "native") -> RunConfig:
     """The run config set ``name`` trains with: the demo's U-Net, 10 test cases, a CPU budget, ``options``."""
-    spacing = options.spacing_for(name)
+    plan = options.plan_section(name)
     return config_from_dict(
         {
             "name": root.name,
             "data": {"root": str(root), "test_size": 10, "cache_dir": str(cache)},
-            **({"plan": {"target_spacing": list(spacing)}} if spacing else {}),
+            **({"plan": plan} if plan else {}),
             "model": {"channels": [8, 16, 32, 64], "num_res_units": 1, "dropout": 0.1},
             "train": {
                 "iterations": iterations,
@@ -143,6 +157,7 @@ def bench_full(
         "largest_component": options.largest_component,
         "spatial_augment": options.spatial_augment,
         "plan_spacing": list(options.plan_spacing) if options.plan_spacing else None,
+        "plan_strides": [list(s) for s in options.strides] if options.strides else None,
         "native_export": "linear probabilities",  # how predictions reach the native grid (evaluation.evaluate)
     }
     roots = {"native": native, "cropped": cropped, "clinical": clinical, "thick": thick}
@@ -317,6 +332,13 @@ def main() -> None:
         default=None,
         help="plan the cropped and clinical sets at this target spacing (mm, RAS) instead of the planned one",
     )
+    parser.add_argument(
+        "--strides",
+        type=lambda text: tuple(int(s) for s in text.split(",")),
+        nargs="+",
+        default=None,
+        help="plan the cropped and clinical sets with these network strides, one x,y,z per level (e.g. 2,2,1)",
+    )
     parser.add_argument("--in-plane", type=float, nargs=2, default=(0.7, 1.0), help="in-plane spacing range (mm)")
     parser.add_argument("--slices", type=float, nargs=2, default=(2.0, 4.0), help="slice spacing range (mm)")
     parser.add_argument(
@@ -348,7 +370,8 @@ def main() -> None:
     result = json.loads(path.read_text()) if path.exists() else {}
     result["cases"] = len(ids)
     plan_spacing = tuple(args.plan_spacing) if args.plan_spacing else None
-    options = Options(args.largest_component, args.spatial_augment, plan_spacing)
+    strides = tuple(args.strides) if args.strides else None
+    options = Options(args.largest_component, args.spatial_augment, plan_spacing, strides)
     if "full" in args.parts:
         cropped = work / f"{clinical.name}-cropped"
         if not (cropped / "dataset.json").exists():

@@ -32,6 +32,12 @@ def test_defaults_are_valid_and_round_trip(tmp_path: Path) -> None:
         ({"data": {"shape": [40, 56, 40]}}, r"data.shape: the fixed grid was replaced by a planned one"),
         ({"plan": {"patch_size": [40, 56]}}, r"plan.patch_size: expected 3 values"),
         ({"plan": {"target_spacing": [1, 0, 1]}}, r"plan.target_spacing: must be positive"),
+        ({"plan": {"strides": [[2, 2, 3], [2, 2, 2], [2, 2, 2]]}}, r"plan.strides: each stride must be 1 or 2"),
+        ({"plan": {"strides": [[2, 2, 1]]}}, r"plan.strides: needs one \[x, y, z\] per network level: 3 for"),
+        (
+            {"plan": {"strides": [[2, 2, 1], [2, 2, 2]]}, "model": {"channels": [8, 16, 32], "strides": [2, 2]}},
+            r"plan.strides: set plan.strides or model.strides, not both",
+        ),
         ({"train": {"flip_axes": [0]}}, r"train.flip_axes: 0 is not one of 'left-right'"),
         ({"train": {"batch_size": 1}}, r"train.batch_size: must be between 2 and 256"),
         (

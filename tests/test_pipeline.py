@@ -157,6 +157,26 @@ def test_the_plan_of_clinical_scans_is_anisotropic_ct_and_keeps_every_labelled_v
 
 
 @requires_hippocampus
+def test_plan_strides_override_the_planned_ones_and_the_network_follows_them(clinical: Path, tmp_path: Path) -> None:
+    planned = open_data(run_config(clinical, tmp_path / "cache", data={"test_size": 2}), SilentReporter()).plan
+    assert planned.strides[0][2] == 1  # the coarse slice axis waits at the first level
+    fixed = [[2, 2, 2], [1, 2, 2]]
+    config = run_config(clinical, tmp_path / "cache", data={"test_size": 2}, plan={"strides": fixed})
+    plan = open_data(config, SilentReporter()).plan
+    assert [list(s) for s in plan.strides] == fixed
+    assert [p % d for p, d in zip(plan.patch_size, (2, 4, 4), strict=True)] == [0, 0, 0]
+    assert plan.target_spacing == planned.target_spacing
+    model = build_model(config.model, plan).eval()
+    features: list[tuple[int, ...]] = []
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv3d))
+    first.register_forward_hook(lambda _m, _i, out: features.append(tuple(out.shape[2:])))
+    with torch.no_grad():
+        out = model(torch.zeros(1, plan.channels, *plan.patch_size))
+    assert tuple(out.shape[2:]) == plan.patch_size
+    assert features == [tuple(p // 2 for p in plan.patch_size)]  # the first level halves every axis
+
+
+@requires_hippocampus
 def test_a_las_copy_predicts_the_same_in_world_space_as_its_ras_original(clinical: Path, tmp_path: Path) -> None:
     config = run_config(clinical, tmp_path / "cache", data={"test_size": 2})
     data = open_data(config, SilentReporter())

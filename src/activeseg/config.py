@@ -72,12 +72,17 @@ class PlanConfig:
     z-score."""
     crop: Literal["nonzero", "none"] = "nonzero"
     """Crop each case to its non-zero region (never to the array centre); labelled voxels are always kept."""
+    strides: tuple[tuple[int, int, int], ...] | None = None
+    """Down-sampling per network level and RAS axis, each 1 or 2, e.g. ``[[2, 2, 1], [2, 2, 2]]``; one entry per
+    level (``len(model.channels) - 1``). Default: planned from the patch and spacing (or ``model.strides``)."""
 
     def __post_init__(self) -> None:
         spacing = self.target_spacing
         require(spacing is None or all(s > 0 for s in spacing), "plan.target_spacing", "must be positive")
         require(self.patch_size is None or all(p >= 4 for p in self.patch_size), "plan.patch_size", "must be >= 4")
         require(self.memory_gb is None or self.memory_gb > 0, "plan.memory_gb", "must be positive")
+        strides = self.strides or ()
+        require(all(s in (1, 2) for level in strides for s in level), "plan.strides", "each stride must be 1 or 2")
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,8 @@ class ModelConfig:
     channels: tuple[int, ...] = (16, 32, 64, 128)
     """Feature channels per level; their number fixes the depth."""
     strides: tuple[int, ...] | None = None
-    """Down-sampling per level (1 or 2, every axis alike); default: planned per axis from the patch and spacing."""
+    """Down-sampling per level (1 or 2, every axis alike; per axis: ``plan.strides``); default: planned per axis
+    from the patch and spacing."""
     num_res_units: int = 1
     dropout: float = 0.1
 
@@ -276,6 +282,14 @@ class RunConfig:
     oracle: OracleConfig = field(default_factory=OracleConfig)
 
     def __post_init__(self) -> None:
+        if self.plan.strides is not None:
+            levels = len(self.model.channels) - 1
+            require(
+                len(self.plan.strides) == levels,
+                "plan.strides",
+                f"needs one [x, y, z] per network level: {levels} for model.channels {list(self.model.channels)}",
+            )
+            require(self.model.strides is None, "plan.strides", "set plan.strides or model.strides, not both")
         plain_name = self.name not in ("", ".", "..") and len(self.name) <= 200 and not _UNSAFE_NAME.search(self.name)
         require(
             plain_name,

@@ -9,7 +9,8 @@ From the pool's :class:`~activeseg.data.fingerprint.Fingerprint` and the config'
 - **patch size**: the median case shape at the target spacing, rounded up to what the network's strides divide,
   then shrunk (largest axis first, in millimetres) until a batch of patches fits the memory budget;
 - **strides** per level and axis: an axis is halved while it keeps at least 8 voxels at the next level and its
-  spacing is not more than twice the finest one's (coarse axes wait until the others catch up).
+  spacing is not more than twice the finest one's (coarse axes wait until the others catch up); ``plan.strides``
+  (per axis) or ``model.strides`` (every axis alike) fix them instead.
 
 ``plan.json`` holds the plan and its fingerprint; a run keeps a copy in its directory.
 """
@@ -176,7 +177,9 @@ def make_plan(fingerprint: Fingerprint, config: RunConfig, num_classes: int, mem
         [[n * s / t for n, s, t in zip(c.cropped_shape, c.spacing, spacing, strict=True)] for c in fingerprint.cases]
     )
     median = tuple(float(v) for v in np.median(shapes, axis=0))
-    fixed_strides = [(s, s, s) for s in model.strides] if model.strides is not None else None
+    fixed_strides = list(overrides.strides) if overrides.strides is not None else None
+    if model.strides is not None:
+        fixed_strides = [(s, s, s) for s in model.strides]
 
     def fitted(extent: tuple[float, ...]) -> tuple[tuple[int, int, int], list[tuple[int, int, int]]]:
         strides = fixed_strides or plan_strides(extent, spacing, levels)
