@@ -94,10 +94,16 @@ FRESH_CLINICAL_PLAN, FRESH_CLINICAL = "fresh-plan-1mm-3000", "fresh-full-3000"
 """The clinical-shape fields on the fresh cases, planned at 1 mm and at the plan's own spacing."""
 PLAN_GAIN = 0.015
 """What the 1 mm plan must gain over the planned spacing on the fresh cases to count (fixed before they ran)."""
-AXES = {"cropped-z1-plan-3000": "the slice axis", "cropped-xy1-plan-3000": "the in-plane axes"}
+SLICE_AXIS = "cropped-z1-plan-3000"
+AXES = {SLICE_AXIS: "the slice axis", "cropped-xy1-plan-3000": "the in-plane axes"}
 """The cut-out cases with one kind of axis at 1 mm and the other at the planned spacing (``--plan-spacing 0.8635
 0.8635 1`` and ``1 1 2.2``); an axis accounts for the 1 mm plan's gain if refining it alone gains
 :data:`PLAN_GAIN` (fixed before they ran). The fresh cases repeat the one that does as ``fresh-`` + its name."""
+STRIDES = {"cropped-z1-strides221-3000": "the slice grid's voxels", "cropped-strides222-3000": "the stride pattern"}
+"""The two things the slice axis's 1 mm plan changes, each alone on the cut-out cases: the 1 mm slice grid with the
+planned grid's strides (``--plan-spacing 0.8635 0.8635 1 --strides 2,2,1 2,2,2 2,2,2``), and the planned grid with
+the 1 mm grid's strides (``--strides 2,2,2 2,2,2 2,2,2``). A factor counts if its run gains :data:`PLAN_GAIN` over
+the planned spacing (fixed before they ran); the fresh cases repeat the one that does as ``fresh-`` + its name."""
 
 
 def plan_text(variants: dict[str, Any]) -> str:
@@ -167,17 +173,24 @@ def axis_text(variants: dict[str, Any]) -> str:
         if dice - planned >= PLAN_GAIN:
             carriers.append(name)
         parts.append(f"{axis} alone (`{name}`, " + plan_of(variants[name]) + f"): {dice:.4f} ({dice - planned:+.4f})")
-    text = (
+    return (
         f"Which axis carries the 1 mm plan's {fine - planned:+.4f}? On the same cut-out cases, "
         + "; ".join(parts)
         + f". An axis counts if refining it alone gains at least {PLAN_GAIN} (fixed before they ran): "
         + (" and ".join(AXES[name] for name in carriers) if carriers else "neither")
         + "."
+        + fresh_check(variants, carriers)
     )
-    fresh_planned = mean_dice(variants[FRESH_THICK], "cropped") if FRESH_THICK in variants else None
+
+
+def fresh_check(variants: dict[str, Any], carriers: list[str]) -> str:
+    """Each counted cut-out variant again on the fresh cases (``fresh-`` + its name), against :data:`PLAN_GAIN`."""
+    if FRESH_THICK not in variants:
+        return ""
+    fresh_planned, text = mean_dice(variants[FRESH_THICK], "cropped"), ""
     for name in carriers:
         fresh = variants.get(f"fresh-{name}")
-        if fresh and fresh_planned is not None:
+        if fresh:
             gain = mean_dice(fresh, "cropped") - fresh_planned
             text += (
                 f" On the fresh cases (`fresh-{name}`): {mean_dice(fresh, 'cropped'):.4f} against "
@@ -185,6 +198,43 @@ def axis_text(variants: dict[str, Any]) -> str:
                 f"{'confirmed' if gain >= PLAN_GAIN else 'not confirmed'})."
             )
     return text
+
+
+def strides_text(variants: dict[str, Any]) -> str:
+    """What the slice axis's 1 mm plan changes, one thing at a time: the grid's voxels and the stride pattern."""
+    thick, both = variants[THICK]["cropped"], variants[SLICE_AXIS]["cropped"]
+    planned = float(thick["dice"]["mean_foreground"])
+    parts, carriers = [], []
+    for name, factor in STRIDES.items():
+        run = variants[name]
+        dice = mean_dice(run, "cropped")
+        if dice - planned >= PLAN_GAIN:
+            carriers.append(name)
+        parts.append(
+            f"{factor} alone (`{name}`: {plan_of(run)}, patch "
+            + "×".join(map(str, run["cropped"]["patch"]))
+            + f"): {dice:.4f} ({dice - planned:+.4f})"
+        )
+    return (
+        "The slice axis at 1 mm changes two things at once: how many voxels cross the structure along it, and the "
+        "network's first level, which strides that axis on the 1 mm grid but not on the coarse one (planned strides "
+        + strides_of(thick["strides"])
+        + " against "
+        + strides_of(both["strides"])
+        + "). `--strides` sets them "
+        "apart (`plan.strides`): "
+        + "; ".join(parts)
+        + f"; against {planned:.4f} at the planned spacing and {both['dice']['mean_foreground']:.4f} with both. A "
+        f"factor counts if it alone gains at least {PLAN_GAIN} (fixed before they ran): "
+        + (" and ".join(STRIDES[name] for name in carriers) if carriers else "neither")
+        + "."
+        + fresh_check(variants, carriers)
+    )
+
+
+def strides_of(strides: list[list[int]]) -> str:
+    """Network strides per level, as ``(2,2,1) (2,2,2)``."""
+    return " ".join("(" + ",".join(map(str, level)) + ")" for level in strides)
 
 
 def case_dice(run: dict[str, Any], name: str) -> dict[str, float]:
@@ -336,9 +386,11 @@ def cases_of(run: dict[str, Any], cases: int) -> str:
 
 
 def plan_of(run: dict[str, Any]) -> str:
-    """The target spacing the clinical sets were planned at: the plan's own, or ``--plan-spacing``."""
-    spacing = run.get("plan_spacing")
-    return "planned" if not spacing else " × ".join(f"{v:g}" for v in spacing) + " mm"
+    """The target spacing the clinical sets were planned at (the plan's own, or ``--plan-spacing``), and their
+    strides where ``--strides`` fixed them."""
+    spacing, strides = run.get("plan_spacing"), run.get("plan_strides")
+    text = "planned" if not spacing else " × ".join(f"{v:g}" for v in spacing) + " mm"
+    return text + (", strides " + strides_of(strides) if strides else "")
 
 
 def signed(value: float | None) -> str:
@@ -559,6 +611,8 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
             out.append(("p", plan_text(variants)))
             if all(name in variants for name in AXES):
                 out.append(("p", axis_text(variants)))
+                if all(name in variants for name in STRIDES):
+                    out.append(("p", strides_text(variants)))
             text = pooled_text(variants)
             if text:
                 out.append(("p", text))

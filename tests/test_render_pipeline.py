@@ -42,3 +42,35 @@ def test_pooled_refuses_runs_without_the_same_cases(render: ModuleType) -> None:
     assert render.pooled([(older, "clinical", older, "native")]) is None
     mismatched = run(clinical={"a": [0.5, 0.5]}, native={"b": [0.5, 0.5]})
     assert render.pooled([(mismatched, "clinical", mismatched, "native")]) is None
+
+
+def cut_out(dice: float, patch: list[int], strides: list[list[int]], **record: Any) -> dict[str, Any]:
+    return {"cropped": {"dice": {"mean_foreground": dice}, "patch": patch, "strides": strides}, **record}
+
+
+def test_strides_text_counts_each_factor_against_the_fixed_gain_and_checks_it_once_on_fresh_cases(
+    render: ModuleType,
+) -> None:
+    coarse, fine = [[2, 2, 1], [2, 2, 2]], [[2, 2, 2], [2, 2, 2]]
+    variants = {
+        "thick-3000": cut_out(0.780, [48, 64, 20], coarse),
+        "cropped-z1-plan-3000": cut_out(0.816, [48, 64, 40], fine),
+        "cropped-z1-strides221-3000": cut_out(
+            0.796, [48, 64, 36], coarse, plan_spacing=[0.8635, 0.8635, 1], plan_strides=coarse
+        ),
+        "cropped-strides222-3000": cut_out(0.794, [48, 64, 24], fine, plan_strides=fine),
+        "fresh-thick-3000": cut_out(0.814, [48, 64, 20], coarse),
+        "fresh-cropped-z1-strides221-3000": cut_out(0.828, [48, 64, 36], coarse),
+    }
+    text = render.strides_text(variants)
+    # +0.016 counts, +0.014 does not: the bar is 0.015; the fresh check gains +0.014, under the bar again
+    assert "(+0.0160)" in text and "(+0.0140)" in text
+    assert "(fixed before they ran): the slice grid's voxels." in text
+    assert "planned strides (2,2,1) (2,2,2) against (2,2,2) (2,2,2)" in text
+    assert "0.8635 × 0.8635 × 1 mm, strides (2,2,1) (2,2,2), patch 48×64×36" in text
+    assert (
+        "`fresh-cropped-z1-strides221-3000`): 0.8280 against 0.8140 at the planned spacing (+0.0140: not confirmed)"
+        in text
+    )
+    variants["cropped-strides222-3000"] = cut_out(0.800, [48, 64, 24], fine, plan_strides=fine)
+    assert "the slice grid's voxels and the stride pattern." in render.strides_text(variants)
