@@ -11,7 +11,8 @@ the box their crop was pasted into (``data.clinical.crop_to_structure``: same vo
 - ``speed``: on the clinical set, the median patch training step with the data path (memory-mapped cache,
   patch sampling, DataLoader) against the same network's bare step on synthetic tensors of the same shape, the
   median sliding-window scoring time per volume (K = 8 MC dropout, BALD), and MONAI Label's epistemic path against
-  ours scoring the same score on the same volumes (``score_speed.monailabel_epistemic``, the plan's window). Kept
+  ours scoring the same score on the same volumes (``score_speed.monailabel_epistemic``, the plan's window), also as
+  its code runs it, loading and preprocessing the image again for each sample (:func:`monailabel_loader`). Kept
   per kind of CPU: ``speed`` where oneDNN convolves bf16 natively (the bf16 paths are timed), ``speed_no_bf16``
   where it does not (float32 only).
 
@@ -29,12 +30,14 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, ScaleIntensityRanged, Spacingd
 from run_benchmarks import machine
 from score_speed import monailabel_epistemic, ours
 from step_timing import step_seconds
@@ -49,6 +52,7 @@ from activeseg.data.clinical import (
     paste_class_maps,
     through_clinical_spacing,
 )
+from activeseg.data.plan import Plan
 from activeseg.data.splits import open_data
 from activeseg.demo import find_hippocampus
 from activeseg.engine.evaluation import dice_per_class
@@ -249,7 +253,8 @@ def bench_speed(clinical: Path, work: Path, steps: int = 12) -> dict[str, Any]:
         list(score_pool([(case_id, data.image(case_id))], sampler, bald, reduce_mean, lambda c: 0, plan.patch_size))
         scoring.append(time.perf_counter() - start)
     shapes = [list(data.shape_of(c)) for c in pool[:3]]
-    versus = versus_monailabel(model, [data.image(c) for c in pool[:3]], plan.patch_size)
+    reloads = [monailabel_loader(data.case(c).image, plan) for c in pool[:3]]
+    versus = versus_monailabel(model, [data.image(c) for c in pool[:3]], plan.patch_size, reloads)
     return {
         "patch": list(plan.patch_size),
         "batch": plan.batch_size,
@@ -268,29 +273,39 @@ SPEED_KEYS = {True: "speed", False: "speed_no_bf16"}
 """Where ``pipeline.json`` keeps the speed part of a CPU that convolves bf16 natively, and of one that does not."""
 
 
-def versus_monailabel(model: torch.nn.Module, images: list[np.ndarray], roi: tuple[int, int, int]) -> dict[str, Any]:
+def versus_monailabel(
+    model: torch.nn.Module,
+    images: list[np.ndarray],
+    roi: tuple[int, int, int],
+    reloads: list[Callable[[], np.ndarray]] | None = None,
+) -> dict[str, Any]:
     """MONAI Label's epistemic path against ours computing the same score (foreground entropy of the mean, K = 8,
     the same model and windows, overlap 0.5) on the same volumes: the median seconds per volume of each path, the
-    paths interleaved volume by volume after one untimed call each."""
+    paths interleaved volume by volume after one untimed call each. With ``reloads`` (one per volume: MONAI Label's
+    pre-transforms on its file, :func:`monailabel_loader`) MONAI Label's path also runs as its code does, reading
+    and preprocessing the image again for each of the K samples (``monailabel_reloading``)."""
     native = cpu_bf16_native()  # elsewhere bf16 runs a reference convolution, about 20x slower: not timed
-    paths = {
-        "monailabel": lambda image: monailabel_epistemic(model, image, roi),
-        **{
-            name: ours(make_window_sampler("mc_dropout", model, 8, rows, (), amp, channels_last=True), roi=roi)
-            for name, amp, rows in (
-                ("ours_channels_last", False, None),
-                ("ours_bf16_channels_last", True, None),
-                ("ours_bf16_channels_last_rows8", True, 8),
-            )
-            if native or not amp
-        },
-    }
+    paths: dict[str, Callable[[int], float]] = {"monailabel": lambda i: monailabel_epistemic(model, images[i], roi)}
+    if reloads is not None:
+        paths["monailabel_reloading"] = lambda i: monailabel_epistemic(model, reloads[i], roi)
+
+    def ours_path(rows: int | None, amp: bool) -> Callable[[int], float]:
+        score = ours(make_window_sampler("mc_dropout", model, 8, rows, (), amp, channels_last=True), roi=roi)
+        return lambda i: score(images[i])
+
+    for name, amp, rows in (
+        ("ours_channels_last", False, None),
+        ("ours_bf16_channels_last", True, None),
+        ("ours_bf16_channels_last_rows8", True, 8),
+    ):
+        if native or not amp:
+            paths[name] = ours_path(rows, amp)
     seconds: dict[str, list[float]] = {name: [] for name in paths}
-    scores = {name: path(images[0]) for name, path in paths.items()}
-    for image in images:
+    scores = {name: path(0) for name, path in paths.items()}
+    for i in range(len(images)):
         for name, path in paths.items():
             start = time.perf_counter()
-            scores[name] = path(image)
+            scores[name] = path(i)
             seconds[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(s) for name, s in seconds.items()}
     return {
@@ -300,6 +315,23 @@ def versus_monailabel(model: torch.nn.Module, images: list[np.ndarray], roi: tup
         "speedup_vs_monailabel": {name: medians["monailabel"] / m for name, m in medians.items()},
         "last_mean_score": scores,
     }
+
+
+def monailabel_loader(path: Path, plan: Plan) -> Callable[[], np.ndarray]:
+    """MONAI Label's radiology-app pre-transforms for a CT model, run on the image file at each call: LoadImaged,
+    EnsureChannelFirstd, Orientationd (RAS), Spacingd (to the plan's spacing), ScaleIntensityRanged (the plan's CT
+    window to 0–1). image_1_D_H_W (float32)."""
+    low, high = plan.normalisation[0].clip or (-1000.0, 1000.0)
+    chain = Compose(
+        [
+            LoadImaged("image"),
+            EnsureChannelFirstd("image"),
+            Orientationd("image", axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+            Spacingd("image", pixdim=plan.target_spacing),
+            ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
+        ]
+    )
+    return lambda: np.asarray(chain({"image": str(path)})["image"], dtype=np.float32)
 
 
 def main() -> None:

@@ -68,13 +68,16 @@ SAMPLES = 8
 
 def monailabel_epistemic(
     model: nn.Module,
-    image_1_D_H_W: np.ndarray,
+    image_1_D_H_W: np.ndarray | Callable[[], np.ndarray],
     roi: tuple[int, ...] = ROI,
     samples: int = SAMPLES,
     overlap: float = OVERLAP,
 ) -> float:
-    """MONAI Label's path: K full sliding-window passes with dropout on, stacked; numpy entropy of the mean."""
-    inputs = torch.from_numpy(np.array(image_1_D_H_W, dtype=np.float32))[None]
+    """MONAI Label's path: K full sliding-window passes with dropout on, stacked; numpy entropy of the mean.
+
+    Given a function instead of an array, it is called before each pass, as MONAI Label's ``infer_seg`` runs the
+    app's pre-transforms (load, orient, resample, window) once per sample."""
+    load = image_1_D_H_W if callable(image_1_D_H_W) else lambda: image_1_D_H_W
 
     def predictor(window: Tensor) -> Tensor:
         return torch.softmax(model(window), dim=1)
@@ -83,6 +86,7 @@ def monailabel_epistemic(
     try:
         outputs = []
         for _ in range(samples):
+            inputs = torch.from_numpy(np.array(load(), dtype=np.float32))[None]
             with torch.no_grad():
                 out = sliding_window_inference(inputs, roi, 1, predictor, overlap=overlap, mode="gaussian")
             assert isinstance(out, Tensor)

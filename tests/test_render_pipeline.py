@@ -74,3 +74,30 @@ def test_strides_text_counts_each_factor_against_the_fixed_gain_and_checks_it_on
     )
     variants["cropped-strides222-3000"] = cut_out(0.800, [48, 64, 24], fine, plan_strides=fine)
     assert "the slice grid's voxels and the stride pattern." in render.strides_text(variants)
+
+
+def test_speed_blocks_give_the_ratio_to_monailabel_with_and_without_its_per_sample_reloading(
+    render: ModuleType,
+) -> None:
+    machine = {"cpu": "test CPU", "threads": 2, "gpu": "none", "torch": "2", "python": "3", "date": "2026-11-30"}
+    medians = {"monailabel": 30.0, "monailabel_reloading": 50.0, "ours_channels_last": 20.0}
+    speed: dict[str, Any] = {
+        "machine": machine,
+        "patch": [8, 8, 8],
+        "batch": 2,
+        "train_step_s": 1.0,
+        "bare_step_s": 0.9,
+        "data_path_fraction": 0.9,
+        "score_s_per_volume": 2.0,
+        "mc_samples": 8,
+        "versus_monailabel": {
+            "volumes": 3,
+            "roi": [8, 8, 8],
+            "median_s": medians,
+            "speedup_vs_monailabel": {"monailabel": 1.0, "monailabel_reloading": 0.6, "ours_channels_last": 1.5},
+        },
+    }
+    text = " ".join(str(block[-1]) for block in render.speed_blocks(speed, "test"))
+    assert "is 1.50× as fast as the passes alone and 2.50× as fast as the path as written" in text
+    del medians["monailabel_reloading"]
+    assert "as written" not in " ".join(str(block[-1]) for block in render.speed_blocks(speed, "test"))
