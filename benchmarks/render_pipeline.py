@@ -167,27 +167,27 @@ def plan_text(variants: dict[str, Any]) -> str:
 def axis_text(variants: dict[str, Any]) -> str:
     """Which axis carries the 1 mm plan's gain: each kind of axis refined alone, against :data:`PLAN_GAIN`."""
     planned, fine = mean_dice(variants[THICK], "cropped"), mean_dice(variants[PLAN], "cropped")
-    parts, carriers = [], []
+    parts = []
     for name, axis in AXES.items():
         dice = mean_dice(variants[name], "cropped")
-        if dice - planned >= PLAN_GAIN:
-            carriers.append(name)
         parts.append(f"{axis} alone (`{name}`, " + plan_of(variants[name]) + f"): {dice:.4f} ({dice - planned:+.4f})")
     return (
         f"Which axis carries the 1 mm plan's {fine - planned:+.4f}? On the same cut-out cases, "
         + "; ".join(parts)
         + f". An axis counts if refining it alone gains at least {PLAN_GAIN} (fixed before they ran): "
-        + (" and ".join(AXES[name] for name in carriers) if carriers else "neither")
-        + "."
-        + fresh_check(variants, carriers)
+        + counted(variants, AXES)
     )
 
 
-def fresh_check(variants: dict[str, Any], carriers: list[str]) -> str:
-    """Each counted cut-out variant again on the fresh cases (``fresh-`` + its name), against :data:`PLAN_GAIN`."""
+def counted(variants: dict[str, Any], factors: dict[str, str]) -> str:
+    """Which of ``factors`` (cut-out variant: what it tests) gain at least :data:`PLAN_GAIN` over the planned
+    spacing, in words, then each such variant again on the fresh cases (``fresh-`` + its name)."""
+    planned = mean_dice(variants[THICK], "cropped")
+    carriers = [name for name in factors if mean_dice(variants[name], "cropped") - planned >= PLAN_GAIN]
+    text = (" and ".join(factors[name] for name in carriers) if carriers else "neither") + "."
     if FRESH_THICK not in variants:
-        return ""
-    fresh_planned, text = mean_dice(variants[FRESH_THICK], "cropped"), ""
+        return text
+    fresh_planned = mean_dice(variants[FRESH_THICK], "cropped")
     for name in carriers:
         fresh = variants.get(f"fresh-{name}")
         if fresh:
@@ -202,14 +202,11 @@ def fresh_check(variants: dict[str, Any], carriers: list[str]) -> str:
 
 def strides_text(variants: dict[str, Any]) -> str:
     """What the slice axis's 1 mm plan changes, one thing at a time: the grid's voxels and the stride pattern."""
-    thick, both = variants[THICK]["cropped"], variants[SLICE_AXIS]["cropped"]
-    planned = float(thick["dice"]["mean_foreground"])
-    parts, carriers = [], []
+    planned, both = mean_dice(variants[THICK], "cropped"), mean_dice(variants[SLICE_AXIS], "cropped")
+    parts = []
     for name, factor in STRIDES.items():
         run = variants[name]
         dice = mean_dice(run, "cropped")
-        if dice - planned >= PLAN_GAIN:
-            carriers.append(name)
         parts.append(
             f"{factor} alone (`{name}`: {plan_of(run)}, patch "
             + "×".join(map(str, run["cropped"]["patch"]))
@@ -218,17 +215,13 @@ def strides_text(variants: dict[str, Any]) -> str:
     return (
         "The slice axis at 1 mm changes two things at once: how many voxels cross the structure along it, and the "
         "network's first level, which strides that axis on the 1 mm grid but not on the coarse one (planned strides "
-        + strides_of(thick["strides"])
+        + strides_of(variants[THICK]["cropped"]["strides"])
         + " against "
-        + strides_of(both["strides"])
-        + "). `--strides` sets them "
-        "apart (`plan.strides`): "
+        + strides_of(variants[SLICE_AXIS]["cropped"]["strides"])
+        + "). `--strides` sets them apart (`plan.strides`): "
         + "; ".join(parts)
-        + f"; against {planned:.4f} at the planned spacing and {both['dice']['mean_foreground']:.4f} with both. A "
-        f"factor counts if it alone gains at least {PLAN_GAIN} (fixed before they ran): "
-        + (" and ".join(STRIDES[name] for name in carriers) if carriers else "neither")
-        + "."
-        + fresh_check(variants, carriers)
+        + f"; against {planned:.4f} at the planned spacing and {both:.4f} with both. A factor counts if it alone "
+        f"gains at least {PLAN_GAIN} (fixed before they ran): " + counted(variants, STRIDES)
     )
 
 
@@ -299,12 +292,11 @@ def pooled_text(variants: dict[str, Any]) -> str | None:
                 f"{paired_of(lost)}; the pipeline's own share (the full fields at 1 mm − the thick-slice images, Dice "
                 f"each on its own grid): {paired_of(cost)}."
             )
-    z_name = next(iter(AXES))
-    if all(name in variants for name in (z_name, f"fresh-{z_name}", THICK, FRESH_THICK)):
+    if all(name in variants for name in (SLICE_AXIS, f"fresh-{SLICE_AXIS}", THICK, FRESH_THICK)):
         z = pooled(
             [
-                (variants[z_name], "cropped", variants[THICK], "cropped"),
-                (variants[f"fresh-{z_name}"], "cropped", variants[FRESH_THICK], "cropped"),
+                (variants[SLICE_AXIS], "cropped", variants[THICK], "cropped"),
+                (variants[f"fresh-{SLICE_AXIS}"], "cropped", variants[FRESH_THICK], "cropped"),
             ]
         )
         text += (
@@ -476,7 +468,7 @@ def speed_blocks(speed: dict[str, Any], cpu: str) -> list[Block]:
                     "(`pipeline_benchmark.monailabel_loader`, the radiology app's chain for a CT model) K times. "
                     "MONAI Label's apps also ship overlap 0.25 with flat blending (fewer windows); both paths here "
                     f"use 0.5 with Gaussian blending, as activeseg does. Issue 12's goal of 3×: `ours_channels_last` "
-                    f"is {versus['median_s']['monailabel'] / ours:.2f}× as fast as the passes alone and "
+                    f"is {versus['speedup_vs_monailabel']['ours_channels_last']:.2f}× as fast as the passes alone and "
                     f"{reloading / ours:.2f}× as fast as the path as written.",
                 )
             )

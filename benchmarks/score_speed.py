@@ -77,7 +77,12 @@ def monailabel_epistemic(
 
     Given a function instead of an array, it is called before each pass, as MONAI Label's ``infer_seg`` runs the
     app's pre-transforms (load, orient, resample, window) once per sample."""
-    load = image_1_D_H_W if callable(image_1_D_H_W) else lambda: image_1_D_H_W
+
+    def as_inputs(image: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.array(image, dtype=np.float32))[None]
+
+    reload = image_1_D_H_W if callable(image_1_D_H_W) else None
+    fixed = as_inputs(image_1_D_H_W) if not callable(image_1_D_H_W) else None  # converted once, as before
 
     def predictor(window: Tensor) -> Tensor:
         return torch.softmax(model(window), dim=1)
@@ -86,8 +91,8 @@ def monailabel_epistemic(
     try:
         outputs = []
         for _ in range(samples):
-            inputs = torch.from_numpy(np.array(load(), dtype=np.float32))[None]
             with torch.no_grad():
+                inputs = fixed if reload is None else as_inputs(reload())
                 out = sliding_window_inference(inputs, roi, 1, predictor, overlap=overlap, mode="gaussian")
             assert isinstance(out, Tensor)
             outputs.append(out[0])
