@@ -25,6 +25,7 @@ from activeseg.acquisition.uncertainty import (
     keep_masks,
     make_window_sampler,
     quantised_p,
+    random_bits,
     rows_per_call,
     seeded_dropout,
 )
@@ -174,8 +175,11 @@ def test_seeded_dropout_drops_like_dropout() -> None:
         assert not torch.equal(out[0], out[1])
 
 
+CPU = torch.device("cpu")
+
+
 def one_mask(shape: tuple[int, ...], p: float, seed: int) -> torch.Tensor:
-    return keep_masks(shape, p, [torch.Generator().manual_seed(seed)], torch.device("cpu"))[0]
+    return keep_masks(shape, p, [random_bits(seed, CPU)], CPU)[0]
 
 
 def test_keep_masks_drop_at_the_quantised_rate_in_every_word_position_and_replay_by_seed() -> None:
@@ -193,10 +197,14 @@ def test_keep_masks_drop_at_the_quantised_rate_in_every_word_position_and_replay
         assert torch.equal(keep, again)
         assert not torch.equal(keep, one_mask(shape, p, 8))
     # a batch's rows drawn together are each row's own mask, whatever the other rows
-    rows = keep_masks(shape, 0.1, [torch.Generator().manual_seed(s) for s in (7, 9, 7)], torch.device("cpu"))
+    rows = keep_masks(shape, 0.1, [random_bits(s, CPU) for s in (7, 9, 7)], CPU)
     assert rows.shape == (3, *shape)
     assert torch.equal(rows[0], one_mask(shape, 0.1, 7))
     assert torch.equal(rows[0], rows[2]) and not torch.equal(rows[0], rows[1])
+    # in the activations' dtype, the same mask as 0 and 1
+    for dtype in (torch.float32, torch.bfloat16):
+        values = keep_masks(shape, 0.1, [random_bits(7, CPU)], CPU, dtype)[0]
+        assert values.dtype == dtype and torch.equal(values, one_mask(shape, 0.1, 7).to(dtype))
 
 
 def test_ensemble_gives_one_plain_prediction_per_member_in_order() -> None:
