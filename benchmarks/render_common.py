@@ -14,10 +14,12 @@ IMAGE_DIR = "benchmarks/results"
 
 
 def describe(m: dict[str, Any]) -> str:
-    """One line naming the machine of a result (and whether its CPU convolves bf16 natively, where recorded)."""
+    """One line naming the machine of a result (whether its CPU convolves bf16 natively and the commit it ran at,
+    where recorded)."""
     native = m.get("cpu_bf16_native")
     bf16 = "" if native is None else ", native bf16 convolution" if native else ", no native bf16 convolution"
-    return f"{m['cpu']}{bf16}, {m['threads']} torch thread(s), GPU: {m['gpu']}, torch {m['torch']}, {m['date']}"
+    at = f", commit {m['commit']}" if "commit" in m else ""
+    return f"{m['cpu']}{bf16}, {m['threads']} torch thread(s), GPU: {m['gpu']}, torch {m['torch']}, {m['date']}{at}"
 
 
 def where_of(result: dict[str, Any]) -> str:

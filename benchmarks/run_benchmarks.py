@@ -96,7 +96,22 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "date": date.today().isoformat(),
         "cpu_bf16_native": cpu_bf16_native(),
-    }
+    } | commit()
+
+
+def commit() -> dict[str, str]:
+    """The checkout's commit ({"commit": short hash, with "+changes" when tracked files differ from it}), or nothing
+    outside a git checkout."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(HERE), *args], capture_output=True, text=True, check=True).stdout
+
+    try:
+        head = git("rev-parse", "--short", "HEAD").strip()
+        changed = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"commit": head + ("+changes" if changed else "")}
 
 
 def bench_speed(data_root: Path) -> dict[str, Any]:
