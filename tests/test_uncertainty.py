@@ -173,6 +173,9 @@ def test_seeded_dropout_drops_like_dropout() -> None:
         if channelwise:  # whole channels are dropped
             assert torch.equal(out.amax(dim=(2, 3, 4)), out.amin(dim=(2, 3, 4)))
         assert not torch.equal(out[0], out[1])
+        with seeded_dropout(model, [1, 2, 3, 4], channels_last=True), torch.no_grad():
+            out_last = model(ones)  # the same values, laid out for the next convolution
+        assert out_last.is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(out_last, out)
 
 
 CPU = torch.device("cpu")

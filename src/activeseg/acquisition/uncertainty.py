@@ -97,12 +97,15 @@ def quantised_p(p: float) -> float:
 
 
 @contextmanager
-def seeded_dropout(model: nn.Module, row_seeds: Sequence[int]) -> Iterator[None]:
+def seeded_dropout(model: nn.Module, row_seeds: Sequence[int], channels_last: bool = False) -> Iterator[None]:
     """Within the block, ``model`` is in eval mode and each dropout layer drops row i of its batch with masks drawn
     from a stream of :func:`random_bits` seeded by ``row_seeds[i]`` (one per row, shared by the layers in call
     order).
 
     Kept activations are scaled by 1 / (1 - p') with p' = :func:`quantised_p`, so the mean is preserved exactly.
+    With ``channels_last`` a 5-D output is written channels-last (the same values): the normalisation before each
+    dropout returns the standard layout, and the next convolution would otherwise convert it again or run a slower
+    kernel (float32 scoring of the clinical plan's window about 5–10% faster).
     """
     device = next(model.parameters()).device
     streams = [random_bits(s, device) for s in row_seeds]
@@ -116,7 +119,9 @@ def seeded_dropout(model: nn.Module, row_seeds: Sequence[int]) -> Iterator[None]
         channelwise = isinstance(module, _CHANNELWISE)
         row_shape = (output.shape[1], *[1] * (output.dim() - 2)) if channelwise else output.shape[1:]
         keep = keep_masks(row_shape, p, streams, output.device, output.dtype)
-        return (output * keep).mul_(1.0 / (1.0 - quantised_p(p)))
+        layout = torch.channels_last_3d if channels_last and output.dim() == 5 else torch.contiguous_format
+        dropped = torch.empty_like(output, memory_format=layout)
+        return torch.mul(output, keep, out=dropped).mul_(1.0 / (1.0 - quantised_p(p)))
 
     model.eval()
     hooks = [layer.register_forward_hook(drop) for layer in _dropout_layers(model)]
@@ -210,7 +215,8 @@ class WindowSampler:
     def _dropout_passes(self, windows_B_Cin_d_h_w: Tensor, seeds: Sequence[int], passes: range) -> Tensor:
         """probs_k_B_C_d_h_w of MC-dropout passes ``passes``, all in one model call."""
         rows = windows_B_Cin_d_h_w.repeat(len(passes), *[1] * (windows_B_Cin_d_h_w.dim() - 1))
-        with seeded_dropout(self.models[0], [derive_seed(s, "dropout", k) for k in passes for s in seeds]):
+        row_seeds = [derive_seed(s, "dropout", k) for k in passes for s in seeds]
+        with seeded_dropout(self.models[0], row_seeds, self.channels_last):
             probs = self._softmax(self.models[0], rows)
         return probs.reshape(len(passes), len(seeds), *probs.shape[1:])
 
