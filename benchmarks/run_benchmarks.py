@@ -100,15 +100,19 @@ def machine() -> dict[str, Any]:
 
 
 def commit() -> dict[str, str]:
-    """The checkout's commit ({"commit": short hash, with "+changes" when tracked files differ from it}), or nothing
-    outside a git checkout."""
+    """The checkout's commit ({"commit": short hash, with "+changes" when tracked files other than the stored
+    results differ from it}), or nothing outside a git checkout."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(HERE), *args], capture_output=True, text=True, check=True).stdout
 
     try:
         head = git("rev-parse", "--short", "HEAD").strip()
-        changed = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+        changed = bool(
+            git(
+                "status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)benchmarks/results"
+            ).strip()
+        )
     except (OSError, subprocess.CalledProcessError):
         return {}
     return {"commit": head + ("+changes" if changed else "")}
