@@ -28,6 +28,7 @@ from activeseg.acquisition.uncertainty import (
     random_bits,
     rows_per_call,
     seeded_dropout,
+    torch_bits,
 )
 from activeseg.config import ModelConfig, config_from_dict
 from activeseg.engine import model as model_module
@@ -204,6 +205,10 @@ def test_keep_masks_drop_at_the_quantised_rate_in_every_word_position_and_replay
     assert rows.shape == (3, *shape)
     assert torch.equal(rows[0], one_mask(shape, 0.1, 7))
     assert torch.equal(rows[0], rows[2]) and not torch.equal(rows[0], rows[1])
+    # torch's generator, the stream an accelerator uses, drops at the same rate and replays by seed
+    on_device = keep_masks(shape, 0.1, [torch_bits(s, CPU) for s in (7, 7, 8)], CPU)
+    assert abs(float((~on_device[0]).double().mean()) - quantised_p(0.1)) < 5 * (0.09 / on_device[0].numel()) ** 0.5
+    assert torch.equal(on_device[0], on_device[1]) and not torch.equal(on_device[0], on_device[2])
     # in the activations' dtype, the same mask as 0 and 1
     for dtype in (torch.float32, torch.bfloat16):
         values = keep_masks(shape, 0.1, [random_bits(7, CPU)], CPU, dtype)[0]

@@ -63,10 +63,14 @@ def random_bits(seed: int, device: torch.device) -> RandomBits:
     if device.type == "cpu":
         generator = np.random.SFC64(seed)
         return lambda n: torch.from_numpy(generator.random_raw(n).view(np.int64))
-    device_generator = torch.Generator(device=device).manual_seed(seed)
-    return lambda n: torch.empty(n, dtype=torch.int64, device=device).random_(
-        -(2**63), None, generator=device_generator
-    )
+    return torch_bits(seed, device)
+
+
+def torch_bits(seed: int, device: torch.device) -> RandomBits:
+    """A seeded stream of random bits from torch's generator on ``device`` (what :func:`random_bits` uses off a
+    CPU)."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return lambda n: torch.empty(n, dtype=torch.int64, device=device).random_(-(2**63), None, generator=generator)
 
 
 def keep_masks(
