@@ -441,6 +441,8 @@ def speed_blocks(speed: dict[str, Any], cpu: str) -> list[Block]:
             ],
         ),
     ]
+    if speed.get("note"):
+        out.append(("p", speed["note"]))
     versus = speed.get("versus_monailabel")
     if versus:
         out += [
