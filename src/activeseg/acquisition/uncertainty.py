@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from activeseg.acquisition.subpixel import use_subpixel_upsampling
 from activeseg.seeds import derive_seed
 
 Source = Literal["mc_dropout", "tta", "ensemble"]
@@ -255,7 +256,8 @@ def make_window_sampler(
 ) -> WindowSampler:
     """The uncertainty source called ``source`` bound to a trained model (and, for ``ensemble``, its other
     ``members``; K is then ``1 + len(members)``). With ``channels_last`` the sampler holds channels-last (NDHWC)
-    copies of the models, which oneDNN convolves faster on a CPU; the models passed in are left as they are."""
+    copies of the models, which oneDNN convolves faster on a CPU, with their transposed convolutions in sub-pixel
+    form (``subpixel``: the same map, faster there); the models passed in are left as they are."""
     if source not in SOURCES:
         raise ValueError(f"unknown uncertainty source {source!r}; valid: {', '.join(SOURCES)}")
     if source == "ensemble" and not members:
@@ -263,6 +265,8 @@ def make_window_sampler(
     models = (model, *members) if source == "ensemble" else (model,)
     if channels_last:
         models = tuple(copy.deepcopy(m).to(memory_format=torch.channels_last_3d) for m in models)  # type: ignore[call-overload]
+        for copied in models:
+            use_subpixel_upsampling(copied, torch.channels_last_3d)
     if source == "ensemble":
         return WindowSampler(source, models, len(models), batch_size, amp=amp, channels_last=channels_last)
     return WindowSampler(source, models, samples, batch_size, tuple(flip_axes), amp, channels_last)

@@ -1,0 +1,97 @@
+"""Transposed 3-D convolutions rewritten as sub-pixel convolutions, for faster scoring on a CPU.
+
+A transposed convolution with stride s scatters each input voxel through its kernel. Output voxel o takes the taps k
+with k ≡ o + p (mod s), so the outputs fall into s₁·s₂·s₃ phases, and each phase is an ordinary convolution of the
+input with a ⌈K/s⌉-tap slice of the kernel, flipped. :class:`SubpixelConvTranspose3d` runs all phases as one
+convolution with s₁·s₂·s₃·C_out output channels, then interleaves them (a pixel shuffle) and crops the padding.
+The result equals ``nn.ConvTranspose3d`` up to float rounding (float64: about 1e-15).
+
+On a CPU, oneDNN runs the few-channel transposed convolution at the top of a U-Net (16 → 3 classes at full
+resolution) far below its peak. The sub-pixel form does about 1.8× its multiply-adds but, in one 120×128×48 window,
+takes about half the time (bf16 12 → 6 ms per call). :func:`use_subpixel_upsampling` swaps the layers of a
+scoring copy of the model; training keeps ``nn.ConvTranspose3d``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SubpixelConvTranspose3d(nn.Module):
+    """The same map as a given ``nn.ConvTranspose3d`` (groups 1, dilation 1, zero padding), computed as one
+    convolution over the input followed by a pixel shuffle. Its weights are a rearranged copy, fixed at build."""
+
+    def __init__(self, transposed: nn.ConvTranspose3d) -> None:
+        super().__init__()
+        if not supports(transposed):
+            raise ValueError(f"no sub-pixel form for {transposed} (needs groups 1, dilation 1, zero padding)")
+        self.stride: tuple[int, int, int] = tuple(transposed.stride)  # type: ignore[assignment]
+        self.padding: tuple[int, int, int] = tuple(transposed.padding)  # type: ignore[assignment]
+        self.output_padding: tuple[int, int, int] = tuple(transposed.output_padding)  # type: ignore[assignment]
+        self.kernel: tuple[int, int, int] = tuple(transposed.kernel_size)  # type: ignore[assignment]
+        self.out_channels = transposed.out_channels
+        self.taps = tuple(math.ceil(k / s) for k, s in zip(self.kernel, self.stride, strict=True))
+        weight_Cin_Cout_K = transposed.weight.detach()
+        phases = list(itertools.product(*(range(s) for s in self.stride)))
+        weight_P_Cout_Cin_J = weight_Cin_Cout_K.new_zeros(
+            len(phases), self.out_channels, weight_Cin_Cout_K.shape[0], *self.taps
+        )
+        for p, phase in enumerate(phases):
+            for tap in itertools.product(*(range(j) for j in self.taps)):
+                # tap t of phase r reads kernel index r + s·(J − 1 − t): the phase's taps, flipped
+                k = tuple(r + s * (j - 1 - t) for r, s, j, t in zip(phase, self.stride, self.taps, tap, strict=True))
+                if all(ki < K for ki, K in zip(k, self.kernel, strict=True)):
+                    (t1, t2, t3), (k1, k2, k3) = tap, k
+                    weight_P_Cout_Cin_J[p, :, :, t1, t2, t3] = weight_Cin_Cout_K[:, :, k1, k2, k3].T
+        self.weight = nn.Parameter(weight_P_Cout_Cin_J.flatten(0, 1), requires_grad=False)
+        bias = transposed.bias
+        self.bias = None if bias is None else nn.Parameter(bias.detach().repeat(len(phases)), requires_grad=False)
+
+    def forward(self, x_N_Cin_D_H_W: Tensor) -> Tensor:
+        size = x_N_Cin_D_H_W.shape[2:]
+        out = [
+            (i - 1) * s - 2 * p + k + q
+            for i, s, p, k, q in zip(size, self.stride, self.padding, self.kernel, self.output_padding, strict=True)
+        ]
+        # phase outputs needed per axis: output o is phase (o + p) mod s at ⌊(o + p) / s⌋
+        rows = [math.ceil((o + p) / s) for o, p, s in zip(out, self.padding, self.stride, strict=True)]
+        widths = [
+            w for i, j, u in reversed(list(zip(size, self.taps, rows, strict=True))) for w in (j - 1, max(0, u - i))
+        ]
+        y = F.conv3d(F.pad(x_N_Cin_D_H_W, widths), self.weight, self.bias)
+        y = y[:, :, : rows[0], : rows[1], : rows[2]]
+        (s1, s2, s3), (u1, u2, u3), n = self.stride, y.shape[2:], y.shape[0]
+        shuffled = (
+            y.reshape(n, s1, s2, s3, self.out_channels, u1, u2, u3)
+            .permute(0, 4, 5, 1, 6, 2, 7, 3)
+            .reshape(n, self.out_channels, u1 * s1, u2 * s2, u3 * s3)
+        )
+        (p1, p2, p3), (o1, o2, o3) = self.padding, out
+        return shuffled[:, :, p1 : p1 + o1, p2 : p2 + o2, p3 : p3 + o3]
+
+
+def supports(layer: nn.Module) -> bool:
+    """Whether ``layer`` is a transposed 3-D convolution that :class:`SubpixelConvTranspose3d` can replace."""
+    return (
+        isinstance(layer, nn.ConvTranspose3d)
+        and layer.groups == 1
+        and tuple(layer.dilation) == (1, 1, 1)
+        and layer.padding_mode == "zeros"
+    )
+
+
+def use_subpixel_upsampling(model: nn.Module, memory_format: torch.memory_format = torch.contiguous_format) -> int:
+    """Replace every supported transposed 3-D convolution in ``model`` (in place) by its sub-pixel form, with its
+    weights in ``memory_format``; returns how many were replaced."""
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.ConvTranspose3d) and supports(child):
+                setattr(parent, name, SubpixelConvTranspose3d(child).to(memory_format=memory_format))  # type: ignore[call-overload]
+                replaced += 1
+    return replaced
