@@ -99,5 +99,14 @@ def test_speed_blocks_give_the_ratio_to_monailabel_with_and_without_its_per_samp
     }
     text = " ".join(str(block[-1]) for block in render.speed_blocks(speed, "test"))
     assert "is 1.50× as fast as the passes alone and 2.50× as fast as the path as written" in text
+    assert "sub-pixel" not in text and "bf16" not in text
+    # the engine's bf16 path, the layers it swapped and a record's note are reported when present
+    medians["ours_bf16_channels_last"] = 10.0
+    speed["versus_monailabel"]["speedup_vs_monailabel"]["ours_bf16_channels_last"] = 3.0
+    speed["versus_monailabel"]["subpixel_layers"] = 3
+    speed["note"] = "Measured before a change."
+    text = " ".join(str(block[-1]) for block in render.speed_blocks(speed, "test"))
+    assert "`ours_bf16_channels_last` is 3.00× as fast as the passes alone and 5.00× as fast as the path" in text
+    assert "its 3 transposed convolutions in sub-pixel form" in text and "Measured before a change." in text
     del medians["monailabel_reloading"]
     assert "as written" not in " ".join(str(block[-1]) for block in render.speed_blocks(speed, "test"))
