@@ -44,7 +44,7 @@ from step_timing import step_seconds
 
 from activeseg.acquisition.scorers import bald, reduce_mean
 from activeseg.acquisition.sliding import score_pool
-from activeseg.acquisition.subpixel import SubpixelConvTranspose3d
+from activeseg.acquisition.subpixel import supports
 from activeseg.acquisition.uncertainty import make_window_sampler
 from activeseg.config import RunConfig, config_from_dict, load_config
 from activeseg.data.clinical import (
@@ -309,9 +309,8 @@ def versus_monailabel(
             scores[name] = path(i)
             seconds[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(s) for name, s in seconds.items()}
-    scoring_copy = make_window_sampler("mc_dropout", model, 8, None, (), False, channels_last=True).models[0]
     return {
-        "subpixel_layers": sum(isinstance(m, SubpixelConvTranspose3d) for m in scoring_copy.modules()),
+        "subpixel_layers": sum(supports(m) for m in model.modules()),  # what each of our samplers' copies swapped
         "volumes": len(images),
         "roi": list(roi),
         "median_s": medians,

@@ -81,8 +81,16 @@ def monailabel_epistemic(
     def as_inputs(image: np.ndarray) -> Tensor:
         return torch.from_numpy(np.array(image, dtype=np.float32))[None]
 
-    reload = image_1_D_H_W if callable(image_1_D_H_W) else None
-    fixed = as_inputs(image_1_D_H_W) if not callable(image_1_D_H_W) else None  # converted once, as before
+    if callable(image_1_D_H_W):
+        reload = image_1_D_H_W
+
+        def load() -> Tensor:
+            return as_inputs(reload())
+    else:
+        fixed = as_inputs(image_1_D_H_W)  # converted once, not once per pass
+
+        def load() -> Tensor:
+            return fixed
 
     def predictor(window: Tensor) -> Tensor:
         return torch.softmax(model(window), dim=1)
@@ -92,8 +100,7 @@ def monailabel_epistemic(
         outputs = []
         for _ in range(samples):
             with torch.no_grad():
-                inputs = fixed if reload is None else as_inputs(reload())
-                out = sliding_window_inference(inputs, roi, 1, predictor, overlap=overlap, mode="gaussian")
+                out = sliding_window_inference(load(), roi, 1, predictor, overlap=overlap, mode="gaussian")
             assert isinstance(out, Tensor)
             outputs.append(out[0])
     finally:

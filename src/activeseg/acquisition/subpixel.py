@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +31,10 @@ class SubpixelConvTranspose3d(nn.Module):
         super().__init__()
         if not supports(transposed):
             raise ValueError(f"no sub-pixel form for {transposed} (needs groups 1, dilation 1, zero padding)")
-        self.stride: tuple[int, int, int] = tuple(transposed.stride)  # type: ignore[assignment]
-        self.padding: tuple[int, int, int] = tuple(transposed.padding)  # type: ignore[assignment]
-        self.output_padding: tuple[int, int, int] = tuple(transposed.output_padding)  # type: ignore[assignment]
-        self.kernel: tuple[int, int, int] = tuple(transposed.kernel_size)  # type: ignore[assignment]
+        self.stride = _triple(transposed.stride)
+        self.padding = _triple(transposed.padding)
+        self.output_padding = _triple(transposed.output_padding)
+        self.kernel = _triple(transposed.kernel_size)
         self.out_channels = transposed.out_channels
         self.taps = tuple(math.ceil(k / s) for k, s in zip(self.kernel, self.stride, strict=True))
         weight_Cin_Cout_K = transposed.weight.detach()
@@ -75,7 +76,14 @@ class SubpixelConvTranspose3d(nn.Module):
         return shuffled[:, :, p1 : p1 + o1, p2 : p2 + o2, p3 : p3 + o3]
 
 
-def supports(layer: nn.Module) -> bool:
+def _triple(values: Any) -> tuple[int, int, int]:
+    """A ConvTranspose3d's size attribute as three ints (torch types padding as possibly a string, which transposed
+    convolutions never take)."""
+    first, second, third = values
+    return int(first), int(second), int(third)
+
+
+def supports(layer: nn.Module) -> TypeGuard[nn.ConvTranspose3d]:
     """Whether ``layer`` is a transposed 3-D convolution that :class:`SubpixelConvTranspose3d` can replace."""
     return (
         isinstance(layer, nn.ConvTranspose3d)
@@ -91,7 +99,7 @@ def use_subpixel_upsampling(model: nn.Module, memory_format: torch.memory_format
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, nn.ConvTranspose3d) and supports(child):
+            if supports(child):
                 setattr(parent, name, SubpixelConvTranspose3d(child).to(memory_format=memory_format))  # type: ignore[call-overload]
                 replaced += 1
     return replaced
