@@ -24,6 +24,7 @@ from activeseg.acquisition.units import case_of
 from activeseg.config import load_config
 from activeseg.data.plan import read_plan
 from activeseg.data.splits import open_data
+from activeseg.engine.malloc import keep_freed_memory
 from activeseg.engine.model import build_model, load_weights
 from activeseg.engine.pool import Pool, labelled_voxels
 from activeseg.progress import SilentReporter
@@ -92,6 +93,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the picks as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the CLI does (activeseg.engine.malloc)
     result, spread = picks(args.run_dir, args.round, args.strategies)
     for name, chosen in result.items():
         fg = np.array([c["foreground"] for c in chosen], dtype=float)

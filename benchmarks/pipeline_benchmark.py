@@ -59,6 +59,7 @@ from activeseg.demo import find_hippocampus
 from activeseg.engine.evaluation import dice_per_class
 from activeseg.engine.full_data import full_data_run
 from activeseg.engine.inference import largest_component, predict_volume
+from activeseg.engine.malloc import keep_freed_memory
 from activeseg.engine.model import build_model, cpu_bf16_native, load_weights
 from activeseg.engine.patches import Example
 from activeseg.progress import RichReporter, SilentReporter
@@ -382,6 +383,7 @@ def main() -> None:
     parser.add_argument("--note", default=None, help="a remark stored with the full-data part (e.g. a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    keep_freed_memory()  # as the CLI does (activeseg.engine.malloc)
     work = args.work or Path(tempfile.mkdtemp(prefix="activeseg-pipeline-"))
     source = find_hippocampus()
     spacing = (*args.in_plane, *args.slices)

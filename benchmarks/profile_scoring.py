@@ -22,6 +22,7 @@ from run_benchmarks import machine  # this script's folder is on sys.path when i
 
 from activeseg.acquisition.uncertainty import make_window_sampler
 from activeseg.config import ModelConfig
+from activeseg.engine.malloc import keep_freed_memory
 from activeseg.engine.model import build_model, cpu_bf16_native, network_plan
 
 RESULT = Path(__file__).resolve().parent / "results" / "profile_scoring.json"
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
     torch.set_num_threads(2)
+    keep_freed_memory()  # as the CLI does (activeseg.engine.malloc)
     paths = {"float32_channels_last": profile(False, args.repeats)}
     if cpu_bf16_native():  # elsewhere bf16 runs a reference convolution, about 20x slower: nothing to learn
         paths["bf16_channels_last"] = profile(True, args.repeats)

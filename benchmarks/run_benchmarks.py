@@ -65,6 +65,7 @@ from activeseg.config import RunConfig, load_config
 from activeseg.data.splits import RunData, open_data
 from activeseg.demo import DEMO_STRATEGIES, default_config, find_hippocampus
 from activeseg.engine.full_data import full_data_dice
+from activeseg.engine.malloc import freed_memory_kept
 from activeseg.engine.model import build_model, cpu_bf16_native
 from activeseg.engine.patches import Example
 from activeseg.engine.training import train
@@ -96,6 +97,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "date": date.today().isoformat(),
         "cpu_bf16_native": cpu_bf16_native(),
+        "malloc": "freed memory kept" if freed_memory_kept() else "system",  # activeseg.engine.malloc
     } | commit()
 
 

@@ -32,6 +32,7 @@ from activeseg.acquisition.uncertainty import make_window_sampler
 from activeseg.config import ModelConfig, config_from_dict
 from activeseg.data.splits import open_data
 from activeseg.demo import find_hippocampus
+from activeseg.engine.malloc import keep_freed_memory
 from activeseg.engine.model import build_model, network_plan
 from activeseg.progress import SilentReporter
 
@@ -171,6 +172,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128])
     args = parser.parse_args()
+    keep_freed_memory()  # as the CLI does (activeseg.engine.malloc); each measurement's process calls this too
     volume = (args.volume[0], args.volume[1], args.volume[2])
     roi = (args.roi[0], args.roi[1], args.roi[2])
     if args.pool is not None:

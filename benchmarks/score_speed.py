@@ -52,6 +52,7 @@ from activeseg.acquisition.uncertainty import WindowSampler, enable_mc_dropout, 
 from activeseg.config import ModelConfig
 from activeseg.data.splits import open_data
 from activeseg.demo import default_config, find_hippocampus
+from activeseg.engine.malloc import keep_freed_memory
 from activeseg.engine.model import build_model, cpu_bf16_native, network_plan
 from activeseg.engine.patches import Example
 from activeseg.engine.training import train
@@ -197,6 +198,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
     torch.set_num_threads(2)
+    keep_freed_memory()  # as the CLI does (activeseg.engine.malloc)
     native = cpu_bf16_native()  # without it bf16 runs a reference convolution about 20x slower: not timed
     ranking = None if args.no_ranking or not native else bf16_ranking()
     print(json.dumps({"bf16_ranking": ranking}), flush=True)

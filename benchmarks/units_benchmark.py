@@ -33,6 +33,7 @@ from activeseg.artifacts import read_json, write_json_atomic, write_text_atomic
 from activeseg.config import RunConfig
 from activeseg.data.splits import open_data
 from activeseg.demo import default_config, find_hippocampus
+from activeseg.engine.malloc import keep_freed_memory
 from activeseg.engine.run import run_to_end
 from activeseg.plots import plot_curves
 from activeseg.progress import RichReporter
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--render-only", action="store_true", help="summarise the run directories in --out")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    keep_freed_memory()  # as the CLI does (activeseg.engine.malloc)
     reporter = RichReporter()
     base = default_config().override(
         {

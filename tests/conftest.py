@@ -7,6 +7,12 @@ from pathlib import Path
 import pytest
 
 from activeseg.data.phantom import make_phantom_dataset
+from activeseg.engine.malloc import keep_freed_memory
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests train and score as the CLI does: with freed memory kept (``activeseg.engine.malloc``)."""
+    keep_freed_memory()
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from activeseg.data.plan import write_plan
 from activeseg.data.splits import plan_pool, split_data
 from activeseg.demo import DataNotFoundError, run_demo
 from activeseg.engine.full_data import full_data_dice, full_data_run
+from activeseg.engine.malloc import keep_freed_memory
 from activeseg.engine.run import RunError, resume_run, start_run
 from activeseg.oracles.human import waiting_message
 from activeseg.oracles.label_files import LabelFileError
@@ -34,6 +35,14 @@ from activeseg.rundir.ledger import LedgerError
 
 app = typer.Typer(help="Active learning for 3D medical image segmentation.", no_args_is_help=True)
 console = Console()
+
+
+@app.callback()
+def main() -> None:
+    """Active learning for 3D medical image segmentation."""
+    keep_freed_memory()  # large CPU tensors reuse freed pages (activeseg.engine.malloc)
+
+
 HUMAN_ERRORS = (LabelFileError, LabelConflict, NotQueued)
 USER_ERRORS = (ConfigError, DatasetError, RunError, LedgerError, FileNotFoundError, *HUMAN_ERRORS)
 

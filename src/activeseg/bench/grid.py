@@ -39,6 +39,7 @@ from activeseg.bench.config import BenchmarkConfig, load_benchmark, save_benchma
 from activeseg.config import RunConfig
 from activeseg.data.splits import RunData, open_data
 from activeseg.engine.full_data import full_data_dice, full_data_run
+from activeseg.engine.malloc import keep_freed_memory
 from activeseg.engine.run import run_to_end
 from activeseg.progress import Reporter, SilentReporter
 from activeseg.rundir.curves import read_curve
@@ -171,6 +172,7 @@ def task_finished(task: Task) -> bool:
 def execute_task(task: Task) -> TaskResult:
     """Run one task to its end (or skip it when finished). Deterministic: the same bytes in any process."""
     tick = time.perf_counter()
+    keep_freed_memory()  # a Ray worker is not forked from the CLI's process
     previous = torch.get_num_threads()
     torch.set_num_threads(task.threads)
     try:
