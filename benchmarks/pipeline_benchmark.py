@@ -14,7 +14,8 @@ the box their crop was pasted into (``data.clinical.crop_to_structure``: same vo
   ours scoring the same score on the same volumes (``score_speed.monailabel_epistemic``, the plan's window), also as
   its code runs it, loading and preprocessing the image again for each sample (:func:`monailabel_loader`). Kept
   per kind of CPU: ``speed`` where oneDNN convolves bf16 natively (the bf16 paths are timed), ``speed_no_bf16``
-  where it does not (float32 only).
+  where it does not (float32 only); a run with ``ACTIVESEG_MALLOC=system`` (glibc's allocator defaults for both
+  paths, as MONAI Label runs) is kept beside it as ``<key>_system_malloc``.
 
     python benchmarks/pipeline_benchmark.py [--parts full speed] [--cases 40] [--iterations 500] [--paste world]
         [--largest-component]
@@ -273,6 +274,14 @@ def bench_speed(clinical: Path, work: Path, steps: int = 12) -> dict[str, Any]:
 
 SPEED_KEYS = {True: "speed", False: "speed_no_bf16"}
 """Where ``pipeline.json`` keeps the speed part of a CPU that convolves bf16 natively, and of one that does not."""
+SYSTEM_MALLOC = "_system_malloc"
+"""What the key of a speed part measured with glibc's allocator defaults (``ACTIVESEG_MALLOC=system``) adds."""
+
+
+def speed_key(machine: dict[str, Any]) -> str:
+    """Where ``pipeline.json`` keeps a speed part measured on ``machine``: by kind of CPU and allocator."""
+    kept = machine.get("malloc") == "freed memory kept"
+    return SPEED_KEYS[machine["cpu_bf16_native"]] + ("" if kept else SYSTEM_MALLOC)
 
 
 def versus_monailabel(
@@ -437,9 +446,9 @@ def main() -> None:
     if "ceiling" in args.parts:
         native_run = full_run_dir(work, "native", clinical, args.iterations, options)
         result["ceiling"] = bench_ceiling(clinical, native_run) | {"machine": machine()}
-    if "speed" in args.parts:  # one record per kind of CPU: with and without native bf16 convolution
+    if "speed" in args.parts:  # one record per kind of CPU (with and without native bf16 convolution) and allocator
         speed = bench_speed(clinical, work) | {"machine": machine()}
-        result[SPEED_KEYS[speed["machine"]["cpu_bf16_native"]]] = speed
+        result[speed_key(speed["machine"])] = speed
     path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -14,12 +14,18 @@ IMAGE_DIR = "benchmarks/results"
 
 
 def describe(m: dict[str, Any]) -> str:
-    """One line naming the machine of a result (whether its CPU convolves bf16 natively and the commit it ran at,
-    where recorded)."""
+    """One line naming the machine of a result (whether its CPU convolves bf16 natively, the allocator setting of
+    ``activeseg.engine.malloc`` and the commit it ran at, where recorded)."""
     native = m.get("cpu_bf16_native")
     bf16 = "" if native is None else ", native bf16 convolution" if native else ", no native bf16 convolution"
     at = f", commit {m['commit']}" if "commit" in m else ""
-    return f"{m['cpu']}{bf16}, {m['threads']} torch thread(s), GPU: {m['gpu']}, torch {m['torch']}, {m['date']}{at}"
+    malloc = MALLOC.get(m.get("malloc", ""), "")
+    where = f"{m['cpu']}{bf16}, {m['threads']} torch thread(s), GPU: {m['gpu']}, torch {m['torch']}"
+    return f"{where}, {m['date']}{malloc}{at}"
+
+
+MALLOC = {"system": ", glibc's allocator defaults", "freed memory kept": ", freed memory kept"}
+"""How a record's allocator setting (``activeseg.engine.malloc``) reads; records from before it say nothing."""
 
 
 def where_of(result: dict[str, Any]) -> str:

@@ -65,7 +65,7 @@ from activeseg.config import RunConfig, load_config
 from activeseg.data.splits import RunData, open_data
 from activeseg.demo import DEMO_STRATEGIES, default_config, find_hippocampus
 from activeseg.engine.full_data import full_data_dice
-from activeseg.engine.malloc import freed_memory_kept
+from activeseg.engine.malloc import freed_memory_kept, keep_freed_memory
 from activeseg.engine.model import build_model, cpu_bf16_native
 from activeseg.engine.patches import Example
 from activeseg.engine.training import train
@@ -336,6 +336,7 @@ def main() -> None:
         help="results dirs of benchmarks/regimes/*.yaml runs; each summary is stored as results/<name>.json",
     )
     args = parser.parse_args()
+    keep_freed_memory()  # as the CLI does, which the parts it runs in a subprocess call (activeseg.engine.malloc)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for directory in args.regime_results:
         summary = summarise(directory) | {"machine": machine()}

@@ -110,3 +110,28 @@ def test_speed_blocks_give_the_ratio_to_monailabel_with_and_without_its_per_samp
     assert "its 3 transposed convolutions in sub-pixel form" in text and "Measured before a change." in text
     del medians["monailabel_reloading"]
     assert "as written" not in " ".join(str(block[-1]) for block in render.speed_blocks(speed, "test"))
+
+
+def test_allocator_text_compares_like_with_like_and_monailabel_as_it_runs(render: ModuleType) -> None:
+    def record(malloc: str, step: float, medians: dict[str, float]) -> dict[str, Any]:
+        machine = {"cpu": "c", "threads": 2, "gpu": "none", "torch": "2", "date": "d", "malloc": malloc}
+        versus = {"median_s": medians}
+        return {"machine": machine, "train_step_s": step, "bare_step_s": step, "score_s_per_volume": 9.0} | {
+            "versus_monailabel": versus
+        }
+
+    system = record("system", 0.5, {"monailabel": 16.0, "monailabel_reloading": 18.0, "ours_channels_last": 8.0})
+    kept = record(
+        "freed memory kept", 0.4, {"monailabel": 12.0, "monailabel_reloading": 13.0, "ours_channels_last": 4.0}
+    )
+    text = render.allocator_text(kept, system)
+    assert "the patch training step 0.50 → 0.40 s" in text
+    assert (
+        "MONAI Label's passes 16.0 → 12.0 s; its path as written 18.0 → 13.0 s; `ours_channels_last` 8.0 → 4.0 s"
+        in text
+    )
+    # MONAI Label as it runs (glibc's defaults) against ours as the CLI runs it (memory kept): 16 / 4 and 18 / 4
+    assert "`ours_channels_last` 4.00× the passes alone and 4.50× the path as written" in text
+    assert "freed memory kept" in render.describe(kept["machine"]) and "allocator defaults" in render.describe(
+        system["machine"]
+    )
