@@ -32,6 +32,10 @@ REGIME_NOTES = {
     "carried between machines in `benchmarks/results/raw/regimes-patch-cpu-shift-confirm.tar.xz` "
     "(`benchmarks/archive_results.py`; unpack it into DIR to resume). A first start (2026-11-29) was lost with its "
     "machine before this existed, unread; the grid restarted from nothing with the same config and code.",
+    "regimes-patch-cpu-plateau": " It runs one setting per sitting (`--setting`), and its finished runs are "
+    "carried between machines in `benchmarks/results/raw/regimes-patch-cpu-plateau.tar.xz` "
+    "(`benchmarks/archive_results.py`; unpack it into DIR to resume). Every round trains 2,000 iterations, where the "
+    "full-data bound is within 0.01 of its 8,000-iteration value (the config's header).",
     "regimes-slice-cpu": " The wall time counts three invocations: the first trained every setting's round 0 (high's "
     "too), the full-data bound, the low setting and one medium run, the second (`--setting medium`) the rest of "
     "medium, and the third (`--setting high`, in a later session of the same day) the high setting, on an AMD EPYC "
@@ -126,6 +130,7 @@ def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str,
 
 CONFIRMATORY = {
     "regimes-patch-cpu-shift-confirm": ("clasp-pe+cal-pl+warm", "foreground-random+cal-pl+warm", 2),
+    "regimes-patch-cpu-plateau": ("clasp-pe+warm", "foreground-random+warm", 2),
 }
 """Tests written down before they ran (each config's header): (arm, baseline, the number of settings in which the
 arm must lead with a Holm-adjusted paired t p < 0.05 on AUBC over rounds for the hypothesis to hold)."""

@@ -103,7 +103,7 @@ def machine() -> dict[str, Any]:
 
 def commit() -> dict[str, str]:
     """The checkout's commit ({"commit": short hash, with "+changes" when tracked files other than the stored
-    results differ from it}), or nothing outside a git checkout."""
+    results and the BENCHMARKS.md rendered from them differ from it}), or nothing outside a git checkout."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(HERE), *args], capture_output=True, text=True, check=True).stdout
@@ -112,7 +112,13 @@ def commit() -> dict[str, str]:
         head = git("rev-parse", "--short", "HEAD").strip()
         changed = bool(
             git(
-                "status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)benchmarks/results"
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":(top)",
+                ":(top,exclude)benchmarks/results",
+                ":(top,exclude)BENCHMARKS.md",
             ).strip()
         )
     except (OSError, subprocess.CalledProcessError):
