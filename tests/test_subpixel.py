@@ -15,7 +15,7 @@ LAYERS = [  # kernel, stride, padding, output padding, input shape
     (3, (2, 2, 1), 1, (1, 1, 0), (5, 6, 4)),  # MONAI UNet's up-sampling on an anisotropic plan
     (3, 2, 1, 1, (4, 5, 3)),
     (2, 2, 0, 0, (3, 4, 5)),  # DynUNet's: kernel = stride
-    (2, 2, 0, 1, (3, 4, 5)),  # the one output padding the convolution's own zero padding cannot cover
+    (2, 2, 0, 1, (3, 4, 5)),  # kernel = stride with output padding: an extra phase row past the input
     (4, 2, 1, 0, (3, 3, 3)),
     (3, 3, 1, 2, (2, 3, 4)),
     (5, 2, 2, 1, (4, 4, 4)),

@@ -4,9 +4,10 @@ glibc serves an allocation above its mmap threshold with new pages from the kern
 also trims the heap's top whenever more than the trim threshold lies free there. A U-Net step on a CPU allocates
 and frees tens of megabytes per layer, so every step faults in and zeroes the same amount of fresh memory again.
 :func:`keep_freed_memory` raises both thresholds through ``mallopt``: the next step reuses the pages the last one
-freed. On the clinical plan's 120×128×48 patch (2 threads, AVX-512 EPYC) a training step took 0.50 s before and
-0.37 s after, an MC-dropout window 0.50 s and 0.40 s; neither threshold alone helps
-(``benchmarks/pipeline_benchmark.py --parts speed`` records both settings).
+freed. On the clinical plan's 120×128×48 patch (2 threads, AVX-512 EPYC) a training step took 0.55 and 0.50 s
+before, 0.39 and 0.42 s after, and MONAI Label's K sliding-window passes ran about a sixth faster; activeseg's own
+scoring did not change (``benchmarks/pipeline_benchmark.py --parts speed``, run with each setting; BENCHMARKS.md).
+Neither threshold alone helps.
 
 The cost: memory a process has freed stays in it until it exits, so its resident size stays at its high-water
 mark (peak memory itself is unchanged: ``benchmarks/score_memory.py``). ``ACTIVESEG_MALLOC=system`` keeps glibc's
