@@ -35,7 +35,9 @@ REGIME_NOTES = {
     "regimes-patch-cpu-plateau": " It runs one setting per sitting (`--setting`), and its finished runs are "
     "carried between machines in `benchmarks/results/raw/regimes-patch-cpu-plateau.tar.xz` "
     "(`benchmarks/archive_results.py`; unpack it into DIR to resume). Every round trains 2,000 iterations, where the "
-    "full-data bound is within 0.01 of its 8,000-iteration value (the config's header).",
+    "full-data bound is within 0.01 of its 8,000-iteration value (the config's header). The first sitting "
+    "(2026-12-01, `--setting low`, about 45 minutes) was stopped before its invocation ended, so the wall time does "
+    "not count it.",
     "regimes-slice-cpu": " The wall time counts three invocations: the first trained every setting's round 0 (high's "
     "too), the full-data bound, the low setting and one medium run, the second (`--setting medium`) the rest of "
     "medium, and the third (`--setting high`, in a later session of the same day) the high setting, on an AMD EPYC "
