@@ -11,10 +11,14 @@ import csv
 import importlib
 import json
 import math
+import os
 import shutil
+import signal
 import sqlite3
+import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -449,3 +453,47 @@ def test_an_archived_grid_resumes_where_it_stopped(grid: tuple[Path, Path], tmp_
     with pytest.raises(SystemExit, match="differs"):  # unpacking over other results refuses and writes nothing
         archive_results.unpack(whole, other)
     assert sorted(p.name for p in other.rglob("*")) == ["benchmark.yaml", "runs"]
+
+
+POOL_SCRIPT = """
+import os, sys, time
+from activeseg.bench.grid import worker_pool
+
+if __name__ == "__main__":
+    with worker_pool(2) as pool:
+        pids = {future.result() for future in [pool.submit(os.getpid) for _ in range(4)]}
+        pool.submit(time.sleep, 120)
+        pool.submit(time.sleep, 120)
+        print(" ".join(map(str, sorted(pids))), flush=True)
+        time.sleep(120)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie awaiting its reaper counts as stopped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_pool_workers_stop_when_the_benchmark_process_is_killed(tmp_path: Path, signal_name: str) -> None:
+    """A SIGTERM (``kill``, a batch scheduler) or SIGKILL skips the pool's shutdown; the workers must not train on."""
+    script = tmp_path / "pool.py"
+    script.write_text(POOL_SCRIPT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    workers = [int(pid) for pid in parent.stdout.readline().split()]
+    assert workers and all(_running(pid) for pid in workers)
+    parent.send_signal(getattr(signal, signal_name))
+    parent.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = [pid for pid in workers if _running(pid)]
+    for pid in alive:  # leave nothing behind, whatever the outcome
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"workers {alive} outlived the benchmark process ({signal_name})"

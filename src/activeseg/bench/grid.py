@@ -20,9 +20,12 @@ backends.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import os
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -197,6 +200,25 @@ def _sequential(tasks: Sequence[Task]) -> Iterator[TaskResult]:
         yield execute_task(task)
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with(parent: int) -> None:
+    """Pool initializer: on Linux, the kernel sends this worker SIGTERM when the benchmark process dies, however it
+    dies (a SIGTERM or SIGKILL skips the pool's shutdown, and an orphaned worker would train its run to the end)."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """``workers`` spawned processes (CUDA-safe) that stop when this process does; the runs they leave unfinished
+    resume on the next invocation."""
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_die_with, initargs=(os.getpid(),))
+
+
 def _pool(tasks: Sequence[Task], pool: ProcessPoolExecutor) -> Iterator[TaskResult]:
     futures = [pool.submit(execute_task, task) for task in tasks]
     for future in as_completed(futures):
@@ -368,8 +390,7 @@ class _Executor:
             yield from _sequential(todo)
         elif self.backend == "pool":
             if self.pool is None:  # one pool for both phases: workers import torch once
-                context = get_context("spawn")
-                self.pool = self.stack.enter_context(ProcessPoolExecutor(self.config.workers, mp_context=context))
+                self.pool = self.stack.enter_context(worker_pool(self.config.workers))
             yield from _pool(todo, self.pool)
         else:
             ray_config = self.config.ray
