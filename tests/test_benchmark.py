@@ -29,7 +29,7 @@ import yaml
 from typer.testing import CliRunner
 
 from activeseg.bench.config import benchmark_from_dict, load_benchmark
-from activeseg.bench.grid import BenchmarkError, plan, ray_session, run_dir
+from activeseg.bench.grid import BenchmarkError, adopt_finished, plan, ray_session, resolve_paths, run_dir
 from activeseg.bench.report import blocks
 from activeseg.bench.stats import aubc, seeds_for_power
 from activeseg.cli import app
@@ -497,3 +497,64 @@ def test_pool_workers_stop_when_the_benchmark_process_is_killed(tmp_path: Path, 
     for pid in alive:  # leave nothing behind, whatever the outcome
         os.kill(pid, signal.SIGKILL)
     assert not alive, f"workers {alive} outlived the benchmark process ({signal_name})"
+
+
+@requires_hippocampus
+@pytest.mark.slow
+def test_a_new_grid_adopts_the_finished_runs_it_shares_with_another(grid: tuple[Path, Path], tmp_path: Path) -> None:
+    config_path, results = grid
+    follow_up = tmp_path / "follow-up.yaml"
+    follow_up.write_text(yaml.safe_dump(yaml.safe_load(config_path.read_text()) | {"name": "tiny-follow-up"}))
+    copy = tmp_path / "copy"
+    args = ["benchmark", str(follow_up), "--results-dir", str(copy), "--adopt-from", str(results)]
+    outcome = runner.invoke(app, args)
+    assert outcome.exit_code == 0, outcome.output
+    assert "0 task(s) run, 8 adopted" in outcome.output.replace("\n", " ")
+    assert artifacts(copy) == artifacts(results) and all_ledgers(copy) == all_ledgers(results)
+    tasks = json.loads((copy / "executions.jsonl").read_text())["tasks"]
+    assert {t["status"] for t in tasks} == {"adopted"} and len(tasks) == 8  # 2 round 0s, 4 runs, 2 bounds
+    assert {Path(t["adopted_from"]).relative_to(results.resolve()).parts[0] for t in tasks} == {"runs", "full-data"}
+    assert not list(copy.rglob("run.lock")) and not list(copy.rglob(".*adopting-*"))
+    assert "8 finished run(s) adopted from other results directories" in (copy / "report.md").read_text()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "0 task(s) run, 0 adopted, 8" in again.output.replace("\n", " ")
+
+
+@requires_hippocampus
+@pytest.mark.slow
+def test_adoption_takes_only_a_finished_run_of_the_same_config(grid: tuple[Path, Path], tmp_path: Path) -> None:
+    config_path, results = grid
+    source = tmp_path / "source"
+    shutil.copytree(results, source)
+    raw = yaml.safe_load(config_path.read_text())
+    same = load_benchmark(config_path)
+    _, tasks = plan(resolve_paths(same), tmp_path / "new")
+    bald = next(t for t in tasks if (t.seed, t.strategy) == (1, "bald"))
+    db = sqlite3.connect(source / "runs" / "4+3x1" / "seed-1" / "bald" / "ledger.sqlite")
+    db.execute("DELETE FROM stops")  # unfinished there
+    db.commit()
+    db.close()
+    assert adopt_finished(bald, (tmp_path / "new").resolve(), [source]) is None
+    assert not bald.out_dir.exists()
+    longer = benchmark_from_dict(raw | {"settings": {"4+3x1": {**raw["settings"]["4+3x1"], "train.iterations": 5}}})
+    _, tasks = plan(resolve_paths(longer), tmp_path / "new")
+    changed = next(t for t in tasks if (t.seed, t.strategy) == (0, "bald"))
+    assert adopt_finished(changed, (tmp_path / "new").resolve(), [source]) is None  # another config at that place
+    _, tasks = plan(resolve_paths(same), tmp_path / "new")
+    unchanged = next(t for t in tasks if (t.seed, t.strategy) == (0, "bald"))
+    assert (
+        adopt_finished(unchanged, (tmp_path / "new").resolve(), [source])
+        == (source / "runs" / "4+3x1" / "seed-0" / "bald").resolve()
+    )
+    missing = runner.invoke(
+        app,
+        [
+            "benchmark",
+            str(config_path),
+            "--results-dir",
+            str(tmp_path / "x"),
+            "--adopt-from",
+            str(tmp_path / "nowhere"),
+        ],
+    )
+    assert missing.exit_code == 2 and "has no benchmark.yaml" in missing.output

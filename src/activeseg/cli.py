@@ -259,6 +259,14 @@ def benchmark(
         typer.Option(help="Run only this setting (repeatable); the rest of the grid waits for a later call."),
     ] = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report afterwards.")] = True,
+    adopt_from: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--adopt-from",
+            help="Another benchmark's results directory (repeatable): its finished runs of the same run config, plan "
+            "and split are copied instead of run again. Use one made on the same kind of machine.",
+        ),
+    ] = None,
 ) -> None:
     """Run (or resume) a grid of strategies × seeds × settings, the full-data bound, and write the report."""
     try:
@@ -276,9 +284,11 @@ def benchmark(
             changes["ray.address"] = ray_address
         config = with_overrides(config, changes) if changes else config
         out = results_dir or Path("runs") / f"benchmark-{config.name}"
-        results = run_benchmark(config, out, RichReporter(console), only=setting)
+        results = run_benchmark(config, out, RichReporter(console), only=setting, adopt_from=adopt_from or ())
         scope = f"setting {', '.join(setting)}" if setting else "the grid"
-        console.print(f"{sum(r.status != 'skipped' for r in results)} task(s) run, {len(results)} in {scope}: {out}")
+        ran = sum(r.status in ("ran", "resumed") for r in results)
+        adopted = sum(r.status == "adopted" for r in results)
+        console.print(f"{ran} task(s) run, {adopted} adopted, {len(results)} in {scope}: {out}")
         if report:
             written = write_report(out)
             console.print(f"report: {written.markdown}\nhtml: {written.html}")

@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import itertools
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -39,7 +42,8 @@ from typing import Any, Literal
 import torch
 
 from activeseg.bench.config import BenchmarkConfig, load_benchmark, save_benchmark
-from activeseg.config import RunConfig
+from activeseg.config import RunConfig, load_config
+from activeseg.data.plan import read_plan
 from activeseg.data.splits import RunData, open_data
 from activeseg.engine.full_data import full_data_dice, full_data_run
 from activeseg.engine.malloc import keep_freed_memory
@@ -94,13 +98,16 @@ class Task:
 
 @dataclass(frozen=True)
 class TaskResult:
-    """What a task did: ``skipped`` (already finished), ``ran`` (from scratch) or ``resumed``."""
+    """What a task did: ``skipped`` (already finished), ``ran`` (from scratch), ``resumed``, or ``adopted`` (copied,
+    finished, from another results directory: :func:`adopt_finished`)."""
 
     task: Task
-    status: Literal["skipped", "ran", "resumed"]
+    status: Literal["skipped", "ran", "resumed", "adopted"]
     seconds: float
     dice: float | None
     """The run's last mean foreground Dice (or the full-data Dice)."""
+    source: Path | None = None
+    """Where an adopted task was copied from."""
 
 
 def plan(
@@ -190,6 +197,65 @@ def execute_task(task: Task) -> TaskResult:
         torch.set_num_threads(previous)
     dice = full_data_dice(task.out_dir) if task.kind == "full-data" else read_curve(task.out_dir).mean_dice[-1]
     return TaskResult(task, status, time.perf_counter() - tick, dice)
+
+
+# --- adopting finished work from another results directory ----------------------------------------------------------
+
+
+def _same_finished(task: Task, candidate: Path) -> bool:
+    """Whether ``candidate`` holds ``task`` finished: the same run config, plan and split, so resuming ``task`` would
+    only replay it."""
+    if not candidate.is_dir() or not task_finished(dataclasses.replace(task, out_dir=candidate)):
+        return False
+    full = task.kind == "full-data"
+    layout: FullDataLayout | RunLayout = FullDataLayout(candidate) if full else RunLayout(candidate)
+    data = _data(task.config)
+    if load_config(layout.config) != task.config or read_plan(layout.plan) != data.plan:
+        return False
+    if full:
+        return True
+    with RunLayout(candidate).open_ledger() as ledger:
+        splits = [ledger.split(name) for name in ("pool", "test", "validation")]
+    validation = list(data.validation.ids) if data.validation else []
+    return splits == [list(data.pool.ids), list(data.test.ids), validation]
+
+
+def adopt_finished(task: Task, results_dir: Path, sources: Sequence[Path]) -> Path | None:
+    """Copy ``task``'s finished run (or full-data bound) from the first of ``sources``, other results directories,
+    that holds it at the same place with the same run config, plan and split; returns where it came from.
+
+    Only into a folder that does not exist yet, and never a run that is unfinished there. CPU runs replay bit for bit
+    only on the same kind of CPU, so adopt from a results directory made on this kind of machine.
+    """
+    if task.out_dir.exists():
+        return None
+    relative = task.out_dir.relative_to(results_dir)
+    for source in sources:
+        candidate = Path(source).resolve() / relative
+        if _same_finished(task, candidate):
+            task.out_dir.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=task.out_dir.parent, prefix=f".{task.out_dir.name}.adopting-"))
+            try:
+                shutil.copytree(candidate, staging, dirs_exist_ok=True, ignore=_TRANSIENT)
+                staging.replace(task.out_dir)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            return candidate
+    return None
+
+
+_TRANSIENT = shutil.ignore_patterns("run.lock", "*-wal", "*-shm", "*-journal")
+"""A run's files that belong to a process using it, not to the run."""
+
+
+def _adopt(tasks: Sequence[Task], results_dir: Path, sources: Sequence[Path]) -> Iterator[TaskResult]:
+    for task in tasks:
+        tick = time.perf_counter()
+        source = adopt_finished(task, results_dir, sources)
+        if source is not None:
+            dice = full_data_dice(task.out_dir) if task.kind == "full-data" else read_curve(task.out_dir).mean_dice[-1]
+            yield TaskResult(task, "adopted", time.perf_counter() - tick, dice, source)
 
 
 # --- backends -------------------------------------------------------------------------------------------------------
@@ -309,14 +375,22 @@ def run_benchmark(
     backend: Backend | None = None,
     on_result: Callable[[TaskResult], None] | None = None,
     only: Sequence[str] | None = None,
+    adopt_from: Sequence[Path] = (),
 ) -> list[TaskResult]:
-    """Run (or resume) every task of the grid, or of the settings ``only`` names; returns what each task did."""
+    """Run (or resume) every task of the grid, or of the settings ``only`` names; returns what each task did.
+    ``adopt_from`` names other results directories whose finished runs of the same config are copied rather than
+    run again (:func:`adopt_finished`)."""
     reporter = reporter or SilentReporter()
     config = resolve_paths(config)
     results_dir = Path(results_dir).resolve()
     backend = backend or choose_backend(config)
     if config.run.data.root is None:
         raise BenchmarkError("no dataset: set run.data.root in the benchmark config or pass --data DIR")
+    sources = [Path(source).resolve() for source in adopt_from]
+    for source in sources:
+        if source == results_dir or not (source / BENCHMARK_FILE).is_file():
+            why = "is this results directory" if source == results_dir else f"has no {BENCHMARK_FILE}"
+            raise BenchmarkError(f"--adopt-from {source}: {why}; name another benchmark's results directory")
     phases = plan(config, results_dir, only)  # an unknown setting fails before anything is written
     prepare_results_dir(config, results_dir)
     _data(config.run)  # validate and preprocess once, before anything runs (fills the shared cache)
@@ -326,8 +400,10 @@ def run_benchmark(
     try:
         with _Executor(config, backend) as execute:
             for phase, tasks in zip(("round 0", "runs"), phases, strict=True):
+                adopted = list(_adopt(tasks, results_dir, sources))  # before the executor looks for finished runs
+                rest = [t for t in tasks if all(t is not r.task for r in adopted)]
                 with reporter.progress(f"benchmark {config.name}: {phase}", len(tasks)) as advance:
-                    for result in execute(tasks):
+                    for result in itertools.chain(adopted, execute(rest)):
                         results.append(result)
                         advance(1)
                         dice = "" if result.dice is None else f", mean foreground Dice {result.dice:.4f}"
@@ -357,6 +433,7 @@ def _log_execution(
                 "status": r.status,
                 "seconds": r.seconds,
             }
+            | ({"adopted_from": str(r.source)} if r.source else {})
             for r in results
         ],
     }

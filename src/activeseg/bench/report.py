@@ -105,7 +105,12 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
             "finished). "
             f"Intervals are {confidence} percentile-bootstrap CIs over seeds ({conf['bootstrap']} resamples, seed "
             f"{conf['seed']}). Wall time {ex['wall_s'] / 60:.1f} min over {ex['invocations']} invocation(s), backend "
-            f"{', '.join(ex['backends']) or '—'}, {ex['workers']} run(s) at once, {ex['threads']} thread(s) per run.",
+            f"{', '.join(ex['backends']) or '—'}, {ex['workers']} run(s) at once, {ex['threads']} thread(s) per run"
+            + (
+                f"; {ex['adopted']} finished run(s) adopted from other results directories, whose time is not in it."
+                if ex.get("adopted")
+                else "."
+            ),
         )
     )
     variants = run.get("strategy_overrides") or {}

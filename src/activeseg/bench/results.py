@@ -328,6 +328,7 @@ def summarise(results_dir: Path) -> dict[str, Any]:
         "executions": {
             "invocations": len(executions),
             "wall_s": sum(e["wall_s"] for e in executions),
+            "adopted": sum(t["status"] == "adopted" for e in executions for t in e["tasks"]),
             "backends": sorted({e["backend"] for e in executions}),
             "workers": max((e["workers"] for e in executions), default=1),
             "threads": config.threads,
