@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from activeseg.bench.config import load_benchmark
-from activeseg.bench.grid import BENCHMARK_FILE, EXECUTIONS_FILE, ROUND_ZERO, run_finished
+from activeseg.bench.grid import BENCHMARK_FILE, EXECUTIONS_FILE, ROUND_ZERO
+from activeseg.bench.tasks import run_finished
 from activeseg.rundir.layout import FullDataLayout
 
 DROPPED_NAMES = {"model.pt", "plan.json", "curve.png", "run.lock", "sketches.npz", "embeddings.npz"}

@@ -29,9 +29,10 @@ import yaml
 from typer.testing import CliRunner
 
 from activeseg.bench.config import benchmark_from_dict, load_benchmark
-from activeseg.bench.grid import BenchmarkError, adopt_finished, plan, ray_session, resolve_paths, run_dir
+from activeseg.bench.grid import BenchmarkError, plan, ray_session, resolve_paths, run_dir
 from activeseg.bench.report import blocks
 from activeseg.bench.stats import aubc, seeds_for_power
+from activeseg.bench.tasks import adopt_finished
 from activeseg.cli import app
 from activeseg.config import ConfigError
 
@@ -230,6 +231,15 @@ def artifacts(results: Path) -> dict[str, bytes]:
     return files
 
 
+def unfinish(run: Path, *statements: str) -> None:
+    """Make a finished run look interrupted: its ledger loses its stop (and whatever ``statements`` delete)."""
+    db = sqlite3.connect(run / "ledger.sqlite")
+    for statement in ("DELETE FROM stops", *statements):
+        db.execute(statement)
+    db.commit()
+    db.close()
+
+
 def all_ledgers(results: Path) -> dict[str, list[tuple[object, ...]]]:
     return {
         str(p.parent.relative_to(results)): ledger_rows(p.parent) for p in (results / "runs").rglob("ledger.sqlite")
@@ -381,11 +391,7 @@ def test_rerun_skips_finished_runs_and_resumes_an_interrupted_one(grid: tuple[Pa
     shutil.copytree(results, copy)
     interrupted = run_dir(copy, "4+3x1", 1, "bald")
     # as if killed while training round 1: no stop, no round-1 evaluation, no round-1 artifacts
-    db = sqlite3.connect(interrupted / "ledger.sqlite")
-    db.execute("DELETE FROM stops")
-    db.execute("DELETE FROM rounds WHERE round = 1")
-    db.commit()
-    db.close()
+    unfinish(interrupted, "DELETE FROM rounds WHERE round = 1")
     shutil.rmtree(interrupted / "rounds" / "round_001")
     outcome = runner.invoke(app, ["benchmark", str(config), "--results-dir", str(copy), "--workers", "2"])
     assert outcome.exit_code == 0, outcome.output
@@ -530,10 +536,7 @@ def test_adoption_takes_only_a_finished_run_of_the_same_config(grid: tuple[Path,
     same = load_benchmark(config_path)
     _, tasks = plan(resolve_paths(same), tmp_path / "new")
     bald = next(t for t in tasks if (t.seed, t.strategy) == (1, "bald"))
-    db = sqlite3.connect(source / "runs" / "4+3x1" / "seed-1" / "bald" / "ledger.sqlite")
-    db.execute("DELETE FROM stops")  # unfinished there
-    db.commit()
-    db.close()
+    unfinish(run_dir(source, "4+3x1", 1, "bald"))
     assert adopt_finished(bald, (tmp_path / "new").resolve(), [source]) is None
     assert not bald.out_dir.exists()
     longer = benchmark_from_dict(raw | {"settings": {"4+3x1": {**raw["settings"]["4+3x1"], "train.iterations": 5}}})
