@@ -7,8 +7,9 @@ only a run in progress needs or what is redrawn from the rest: model weights, th
 
 - A finished run keeps its records without weights.
 - An unfinished run is left out: a resume redoes it from the start, with the same bytes (runs are seeded).
-- A ``_round0`` run is kept only when every strategy's run of its (setting, seed) has finished. Otherwise a run
-  still to come adopts its model, so it is left out and retrained, again with the same bytes.
+- A ``_round0`` run (or ``_round0-<strategy>``) is kept only when every strategy's run of its (setting, seed) has
+  finished. Otherwise a run still to come adopts its model, so it is left out and retrained, again with the same
+  bytes.
 
 The archive is a deterministic ``.tar.xz``: sorted names, no owners, zero times. Packing the same results twice
 gives the same bytes, so git stores a grown archive as a change of one file::
@@ -51,7 +52,7 @@ def archived_files(results: Path) -> Iterator[Path]:
         runs = sorted(p for p in seed_dir.iterdir() if p.is_dir())
         arms_done = all(run_finished(seed_dir / strategy) for strategy in strategies)  # those not started too
         for run in runs:
-            if run_finished(run) and (run.name != ROUND_ZERO or arms_done):
+            if run_finished(run) and (not run.name.startswith(ROUND_ZERO) or arms_done):
                 yield from sorted(p for p in run.rglob("*") if p.is_file() and kept(p))
     for bound in sorted((results / "full-data").glob("seed-*")):
         if FullDataLayout(bound).finished():

@@ -38,6 +38,10 @@ REGIME_NOTES = {
     "full-data bound is within 0.01 of its 8,000-iteration value (the config's header). The first sitting "
     "(2026-12-01, `--setting low`, about 45 minutes) was stopped before its invocation ended, so the wall time does "
     "not count it.",
+    "regimes-patch-cpu-plateau-mt": " Its foreground-random and clasp-pe runs, their round 0s and the full-data "
+    "bounds are `regimes-patch-cpu-plateau`'s, adopted with `--adopt-from` (same run configs, plan and split), so "
+    "the wall time does not count them. It runs one setting per sitting, its finished runs carried in "
+    "`benchmarks/results/raw/regimes-patch-cpu-plateau-mt.tar.xz`.",
     "regimes-slice-cpu": " The wall time counts three invocations: the first trained every setting's round 0 (high's "
     "too), the full-data bound, the low setting and one medium run, the second (`--setting medium`) the rest of "
     "medium, and the third (`--setting high`, in a later session of the same day) the high setting, on an AMD EPYC "
@@ -58,6 +62,8 @@ VERDICTS = {
     "regimes-patch-shift": (("clasp-pe+warm", "clasp-pe+cal-pl+warm"), ("foreground-random", "clasp-pe")),
     "regimes-patch-cpu-shift": (("clasp-pe+cal-pl+warm",), ("foreground-random", "clasp-pe")),
     "regimes-slice-cpu": (("clasp-pe+cal-pl+warm",), ("foreground-random", "clasp-pe")),
+    "regimes-patch-cpu-plateau": (("clasp-pe+warm",), ("foreground-random", "clasp-pe")),
+    "regimes-patch-cpu-plateau-mt": (("clasp-pe+mt",), ("foreground-random", "clasp-pe")),
 }
 """Issue 14's acceptance, per regime benchmark: (activeseg's arms, the baselines each must beat)."""
 SAME_TRAINING = {
@@ -65,6 +71,7 @@ SAME_TRAINING = {
     "clasp-pe+cal-pl": "foreground-random+cal-pl",
     "clasp-pe+cal-pl+warm": "foreground-random+cal-pl+warm",
     "clasp-pe+warm": "foreground-random+warm",
+    "clasp-pe+mt": "foreground-random+mt",
 }
 """An arm's fair baseline where the summary compares them: foreground-random trained the same way (issue 14)."""
 
@@ -133,6 +140,7 @@ def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str,
 CONFIRMATORY = {
     "regimes-patch-cpu-shift-confirm": ("clasp-pe+cal-pl+warm", "foreground-random+cal-pl+warm", 2),
     "regimes-patch-cpu-plateau": ("clasp-pe+warm", "foreground-random+warm", 2),
+    "regimes-patch-cpu-plateau-mt": ("clasp-pe+mt", "foreground-random+mt", 2),
 }
 """Tests written down before they ran (each config's header): (arm, baseline, the number of settings in which the
 arm must lead with a Holm-adjusted paired t p < 0.05 on AUBC over rounds for the hypothesis to hold)."""
@@ -179,7 +187,7 @@ def render_regimes(name: str, result: dict[str, Any], where: str) -> list[Block]
     """A label-regime benchmark (``benchmarks/regimes/``): the report's blocks from its stored summary."""
     content = blocks(result, level=2, figure_prefix=f"{name}-")
     config = f"benchmarks/regimes/{name.removeprefix('regimes-')}.yaml"
-    cpu = result["run"]["iterations"] < 1000
+    cpu = "-cpu" in name
     sized = " Sized for 2 CPU cores (see the config): not the GPU protocol." if cpu else ""
     sized += REGIME_NOTES.get(name, "")
     intro: list[Block] = [
@@ -190,11 +198,11 @@ def render_regimes(name: str, result: dict[str, Any], where: str) -> list[Block]
             f"`benchmarks/results/{name}.json`).{sized}",
         )
     ]
+    if name in CONFIRMATORY and unfinished(result):
+        return [content[0], *intro, *confirmatory_verdict(result, *CONFIRMATORY[name])]  # no results yet
     if name in VERDICTS:
         intro += verdict(result, *VERDICTS[name])
     if name in CONFIRMATORY:
         intro += confirmatory_verdict(result, *CONFIRMATORY[name])
-        if unfinished(result):
-            return [content[0], *intro]  # no tables, no figures
     write_images(content, RESULTS)
     return [content[0], *intro, *content[1:]]

@@ -128,6 +128,28 @@ def test_a_new_arm_runs_a_registered_strategy_with_its_own_training(tmp_path: Pa
     assert [t.out_dir.name for t in runs if t.seed == 0 and t.strategy] == ["foreground-random", "bald", "bald+pl"]
 
 
+def test_arms_whose_training_changes_round_0_share_a_round_0_of_their_own(tmp_path: Path) -> None:
+    taught = {"train.mean_teacher": True}
+    raw = tiny_benchmark(tmp_path, strategies=["foreground-random", "bald+mt", "bald", "foreground-random+mt"])
+    arms = {
+        "bald+mt": {"strategy.name": "bald"} | taught,
+        "foreground-random+mt": {"strategy.name": "foreground-random"} | taught,
+    }
+    config = benchmark_from_dict(raw | {"strategy_overrides": arms})
+    zeros, runs = plan(config, tmp_path / "results")
+    assert [t.out_dir.name for t in zeros if t.seed == 0] == ["_round0", "_round0-bald+mt"]
+    adopts = {t.out_dir.name: t.round_zero.name for t in runs if t.seed == 0 and t.round_zero}
+    assert adopts == {
+        "foreground-random": "_round0",
+        "bald": "_round0",
+        "bald+mt": "_round0-bald+mt",
+        "foreground-random+mt": "_round0-bald+mt",
+    }
+    mean_teacher_zero = next(t.config for t in zeros if t.seed == 0 and t.out_dir.name == "_round0-bald+mt")
+    assert mean_teacher_zero.train.mean_teacher and mean_teacher_zero.loop.rounds == 0
+    assert mean_teacher_zero.name == "4+3x1-seed0-round0-bald+mt"
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

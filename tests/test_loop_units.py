@@ -23,6 +23,7 @@ from activeseg.engine.model import build_model, load_weights
 from activeseg.engine.pool import Pool, labelled_voxels
 from activeseg.engine.pseudo import threshold_ladder
 from activeseg.engine.run import adopt_round_zero, create_run, make_oracle, resume_run, start_run
+from activeseg.engine.training import train
 from activeseg.plots import plot_curves
 from activeseg.progress import SilentReporter
 from activeseg.rundir.curves import read_curve
@@ -191,6 +192,31 @@ def test_pool_pseudo_labels_add_every_unlabelled_case_from_round_1(
         np.testing.assert_array_equal(example.label_D_H_W, expected)  # the teacher's confident voxels, nothing else
     with pytest.raises(ConfigError, match="pseudo_label_threshold"):
         patch_config(cache, train={"pseudo_label_pool": True})
+
+
+def test_a_mean_teacher_run_trains_its_own_round_0_on_the_whole_pool(
+    patch_run: Path, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pools: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        pools.append(len(kwargs["unlabelled"]))
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr("activeseg.engine.loop.train", counted)
+    config = patch_config(cache, train={"mean_teacher": True})
+    run_dir, _ = create_run(config, tmp_path / "mean-teacher")
+    assert config.train.round_zero().mean_teacher
+    assert not adopt_round_zero(patch_run, run_dir)  # round 0 trains with the teacher: not the plain run's round 0
+    resume_run(run_dir)
+    layout = RunLayout(run_dir)
+    with layout.open_ledger() as ledger:
+        assert [record.round for record in ledger.rounds()] == [0, 1, 2]
+        pool = len(ledger.split("pool"))
+    assert pools == [pool] * 3  # every pool case, labelled or not, in every round
+    clean = torch.load(patch_run / "rounds/round_000/model.pt", weights_only=True)
+    taught = torch.load(layout.model(0), weights_only=True)
+    assert not all(torch.equal(clean[k], taught[k]) for k in clean)
 
 
 def new_voxels(ledger: Ledger, case_id: str, shape: tuple[int, ...], r: int) -> np.ndarray:

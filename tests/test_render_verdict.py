@@ -131,11 +131,14 @@ def test_the_preregistered_decision_needs_two_significant_leads(render: ModuleTy
     assert "found in 0)" in text
 
 
-def test_an_unfinished_confirmatory_grid_shows_progress_and_no_result(render: ModuleType) -> None:
+@pytest.mark.parametrize("name", [CONFIRM, "regimes-patch-cpu-plateau"])  # the second has an acceptance verdict too
+def test_an_unfinished_confirmatory_grid_shows_progress_and_no_result(render: ModuleType, name: str) -> None:
+    assert name in render.CONFIRMATORY
     stored = json.loads((REPO / "benchmarks/results/regimes-patch-cpu-shift.json").read_text())
-    partial = stored | {"name": CONFIRM, "progress": {"finished": 31, "planned": 120}}
+    partial = stored | {"name": name, "progress": {"finished": 31, "planned": 120}}
     before = sorted(p.name for p in (REPO / "benchmarks/results").iterdir())
-    blocks = render.render_regimes(CONFIRM, partial, "a machine")
+    blocks = render.render_regimes(name, partial, "a machine")
     assert blocks[0][0] == "h" and all(kind == "p" for kind, *_ in blocks[1:])  # no tables, no figures
     assert "in progress: 31 of 120 runs finished" in blocks[-1][1] and "+0." not in " ".join(b[1] for b in blocks[1:])
+    assert not any("Acceptance" in b[1] for b in blocks[1:])
     assert sorted(p.name for p in (REPO / "benchmarks/results").iterdir()) == before  # nothing written

@@ -148,6 +148,9 @@ class TrainConfig:
     pseudo_label_calibrate: bool = False
     """With ``pseudo_label_threshold``: each round raises the threshold until the teacher agrees with the units
     labelled that round (Dice ≥ the threshold in every foreground class), or uses no pseudo-labels (``pseudo``)."""
+    mean_teacher: bool = False
+    """Semi-supervised rounds from round 0: every step also feeds a batch of unlabelled patches from the whole pool,
+    and the student matches a weight-averaged teacher's softmax there (``engine.mean_teacher``)."""
 
     def __post_init__(self) -> None:
         require(self.iterations >= 1, "train.iterations", "must be at least 1")
@@ -176,7 +179,8 @@ class TrainConfig:
 
     def round_zero(self) -> TrainConfig:
         """These options as round 0 uses them: those that act only from round 1 (a teacher's pseudo-labels, the
-        previous round's weights) off, so runs differing only in them train the same round 0."""
+        previous round's weights) off, so runs differing only in them train the same round 0. ``mean_teacher``
+        acts from round 0 and stays."""
         return dataclasses.replace(
             self, warm_start=False, pseudo_label_threshold=None, pseudo_label_pool=False, pseudo_label_calibrate=False
         )

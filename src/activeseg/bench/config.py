@@ -169,10 +169,12 @@ class BenchmarkConfig:
         changes |= {"name": f"{setting.name}-seed{seed}-{strategy}", "seed": seed}
         return self.run.override(changes)
 
-    def round_zero_config(self, setting: Setting, seed: int) -> RunConfig:
-        """Round 0 of a (setting, seed) pair: the first strategy's config with no acquisition round."""
-        config = self.run_config(setting, self.strategies[0], seed)
-        return config.override({"name": f"{setting.name}-seed{seed}-round0", "loop.rounds": 0})
+    def round_zero_config(self, setting: Setting, seed: int, strategy: str | None = None) -> RunConfig:
+        """Round 0 of a (setting, seed) pair as ``strategy`` (default: the first) trains it: its config with no
+        acquisition round."""
+        config = self.run_config(setting, strategy or self.strategies[0], seed)
+        suffix = "" if strategy in (None, self.strategies[0]) else f"-{strategy}"
+        return config.override({"name": f"{setting.name}-seed{seed}-round0{suffix}", "loop.rounds": 0})
 
     def full_data_config(self, seed: int) -> RunConfig:
         iterations = self.full_data.iterations or self.run.train.iterations

@@ -2,12 +2,13 @@
 
 Every (setting, seed) pair shares one split (``data.split_seed`` is never overridden) and one round 0: a ``_round0``
 run trains it once, and every strategy's run of that pair adopts it (:func:`activeseg.engine.run.run_to_end`), so
-strategy comparisons are paired. The full-data upper bound is trained once per seed.
+strategy comparisons are paired. Arms whose training changes round 0 (``train.mean_teacher``) share a
+``_round0-<strategy>`` named after the first of them. The full-data upper bound is trained once per seed.
 
 Results directory::
 
     benchmark.yaml                      the validated benchmark config (the grid the report reads)
-    runs/<setting>/seed-<s>/_round0/    round 0 of that pair, trained once
+    runs/<setting>/seed-<s>/_round0/    round 0 of that pair, trained once (``_round0-<strategy>``: trained otherwise)
     runs/<setting>/seed-<s>/<strategy>/ one ordinary run directory per strategy (``activeseg status`` works)
     full-data/seed-<s>/                 full_data.json (and model.pt)
     executions.jsonl                    one line per invocation: backend, wall time, what ran and what was skipped
@@ -38,6 +39,7 @@ from typing import Any, Literal
 
 from activeseg.bench.config import BenchmarkConfig, load_benchmark, save_benchmark
 from activeseg.bench.tasks import Task, TaskResult, adopt, data_of, execute_task, task_finished
+from activeseg.engine.run import round_zero_inputs
 from activeseg.progress import Reporter, SilentReporter
 
 BENCHMARK_FILE = "benchmark.yaml"
@@ -84,24 +86,23 @@ def plan(
         if only and setting.name not in only:
             continue
         for seed in config.seeds:
-            zero = run_dir(results_dir, setting.name, seed, ROUND_ZERO)
-            first.append(
-                Task("round0", setting.name, seed, None, config.round_zero_config(setting, seed), zero, config.threads)
-            )
-            second += [
-                Task(
-                    "run",
-                    setting.name,
-                    seed,
-                    strategy,
-                    config.run_config(setting, strategy, seed),
-                    run_dir(results_dir, setting.name, seed, strategy),
-                    config.threads,
-                    round_zero=zero,
-                )
-                for strategy in config.strategies
-            ]
+            zeros: dict[tuple[Any, ...], Path] = {}  # one round 0 per way of training it
+            for strategy in config.strategies:
+                run_config = config.run_config(setting, strategy, seed)
+                key = round_zero_inputs(run_config)
+                if key not in zeros:
+                    zeros[key] = run_dir(results_dir, setting.name, seed, round_zero_name(strategy, not zeros))
+                    zero_config = config.round_zero_config(setting, seed, strategy)
+                    first.append(Task("round0", setting.name, seed, None, zero_config, zeros[key], config.threads))
+                out_dir, zero = run_dir(results_dir, setting.name, seed, strategy), zeros[key]
+                second.append(Task("run", setting.name, seed, strategy, run_config, out_dir, config.threads, zero))
     return first, second
+
+
+def round_zero_name(strategy: str, first: bool) -> str:
+    """The folder of a shared round 0: ``_round0`` for the one the first strategy trains, ``_round0-<strategy>``
+    for a round 0 trained otherwise (by ``strategy`` and every later strategy that trains it alike)."""
+    return ROUND_ZERO if first else f"{ROUND_ZERO}-{strategy}"
 
 
 # --- backends -------------------------------------------------------------------------------------------------------

@@ -55,6 +55,11 @@ def _grid(run: dict[str, Any]) -> str:
     return f"volumes {run['shape']}" if "shape" in run else f"patch {run['patch']}"
 
 
+def _iterations(iterations: int | dict[str, int]) -> str:
+    """Training iterations per round: one number, or one per setting where the settings set them apart."""
+    return str(iterations) if isinstance(iterations, int) else ", ".join(f"{k} {v}" for k, v in iterations.items())
+
+
 def verdict(summary: dict[str, Any], baseline: str = FOREGROUND_RANDOM) -> str:
     """A plain sentence: does any strategy beat ``baseline`` on AUBC (paired t, Holm-corrected, at the configured α)?"""
     alpha = summary["stats"]["alpha"]
@@ -99,7 +104,7 @@ def blocks(summary: dict[str, Any], level: int = 1, figure_prefix: str = "") -> 
         (
             "p",
             f"Dataset `{run['dataset']}` (test split {run['test_size']} cases, {_grid(run)}), U-Net channels "
-            f"{run['channels']}, {run['iterations']} training iterations per round, {run['mc_samples']} "
+            f"{run['channels']}, {_iterations(run['iterations'])} training iterations per round, {run['mc_samples']} "
             f"{run['uncertainty']} samples, `{run['reduction']}` reduction. Budget schedule {schedules}. Seeds "
             f"{summary['seeds']} ({summary['progress']['finished']} of {summary['progress']['planned']} runs "
             "finished). "

@@ -394,25 +394,21 @@ def _foreground_efficiencies(
 
 def _describe_run(config: BenchmarkConfig) -> dict[str, Any]:
     run = config.run
+    first = {st.name: config.run_config(st, config.strategies[0], config.seeds[0]) for st in config.settings}
+    iterations = {name: c.train.iterations for name, c in first.items()}  # settings may override the run's
     return {
         "dataset": str(run.data.root.name) if run.data.root else None,
         "test_size": run.data.test_size if run.data.test_root is None else None,
         "max_cases": run.data.max_cases,
         "patch": list(run.plan.patch_size) if run.plan.patch_size else "planned",
         "channels": list(run.model.channels),
-        "iterations": run.train.iterations,
+        "iterations": iterations.popitem()[1] if len(set(iterations.values())) == 1 else iterations,
         "mc_samples": run.strategy.mc_samples,
         "uncertainty": run.strategy.uncertainty,
         "reduction": run.strategy.reduction,
         "strategy_overrides": {v.name: dict(v.overrides) for v in config.strategy_overrides},
         "loop": {
-            st.name: {
-                k: getattr(config.run_config(st, config.strategies[0], config.seeds[0]).loop, k)
-                for k in ("initial", "per_round", "rounds")
-            }
-            for st in config.settings
+            name: {k: getattr(c.loop, k) for k in ("initial", "per_round", "rounds")} for name, c in first.items()
         },
-        "unit": {
-            st.name: config.run_config(st, config.strategies[0], config.seeds[0]).unit.kind for st in config.settings
-        },
+        "unit": {name: c.unit.kind for name, c in first.items()},
     }

@@ -159,11 +159,11 @@ class ActiveLearningLoop:
             if self.config.train.warm_start and r > 0:
                 load_weights(model, self.layout.model(r - 1, member))
             examples = self.training_examples(r, labelled)
+            pool = [self.data.image(c) for c in self.data.pool.ids] if self.config.train.mean_teacher else []
             task = f"round {r}: training" + (f" ensemble member {member}" if member else "")
             with self.reporter.progress(task, self.config.train.iterations) as advance:
-                train(
-                    model, examples, self.data.plan.patch_size, self.config.train, self.device, seed, self.amp, advance
-                )
+                patch, train_config = self.data.plan.patch_size, self.config.train
+                train(model, examples, patch, train_config, self.device, seed, self.amp, advance, unlabelled=pool)
             del examples  # the pool's pseudo-labels are memory-mapped: close them before their files go
             shutil.rmtree(self.layout.round_dir(r) / "pseudo-labels", ignore_errors=True)  # rebuilt if ever needed
             return model

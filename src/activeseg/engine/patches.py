@@ -153,22 +153,42 @@ class PatchSchedule(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return torch.as_tensor(sample["image"]).float(), label_1_D_H_W.masked_fill(label_1_D_H_W < 0, IGNORE)
 
 
-def crop(
-    example: Example, centre: tuple[int, int, int], patch: tuple[int, int, int]
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
-    """The patch around ``centre``, shifted to lie inside the volume where it fits, padded where it does not."""
+def placement(
+    centre: tuple[int, int, int], patch: tuple[int, int, int], shape: tuple[int, int, int]
+) -> tuple[tuple[slice, slice, slice], list[tuple[int, int]]]:
+    """Where the patch around ``centre`` lies in a volume of ``shape``: the slices it reads (shifted to lie inside
+    the volume where it fits) and the padding before and after on each axis (where it does not)."""
     starts, pads = [], []
-    for c, p, n in zip(centre, patch, example.shape, strict=True):
+    for c, p, n in zip(centre, patch, shape, strict=True):
         if n >= p:
             starts.append(int(np.clip(c - p // 2, 0, n - p)))
             pads.append((0, 0))
         else:
             starts.append(0)
             pads.append(((p - n) // 2, p - n - (p - n) // 2))
-    cut = tuple(slice(s, s + min(p, n)) for s, p, n in zip(starts, patch, example.shape, strict=True))
-    image = np.array(example.image_C_D_H_W[(slice(None), *cut)], dtype=np.float32)  # a writable copy of the patch
-    label = np.array(example.label_D_H_W[cut], dtype=np.uint8)
+    d, h, w = (slice(s, s + min(p, n)) for s, p, n in zip(starts, patch, shape, strict=True))
+    return (d, h, w), pads
+
+
+def crop_image(
+    image_C_D_H_W: npt.NDArray[np.float32], centre: tuple[int, int, int], patch: tuple[int, int, int]
+) -> npt.NDArray[np.float32]:
+    """The image patch around ``centre`` (a writable copy), padded with 0 where the volume is smaller."""
+    d, h, w = image_C_D_H_W.shape[1:]
+    cut, pads = placement(centre, patch, (int(d), int(h), int(w)))
+    image = np.array(image_C_D_H_W[(slice(None), *cut)], dtype=np.float32)
     if any(before or after for before, after in pads):
         image = np.pad(image, [(0, 0), *pads], constant_values=0.0)
+    return image
+
+
+def crop(
+    example: Example, centre: tuple[int, int, int], patch: tuple[int, int, int]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """The patch around ``centre``, shifted to lie inside the volume where it fits, padded where it does not (image
+    0, label ``IGNORE``)."""
+    cut, pads = placement(centre, patch, example.shape)
+    label = np.array(example.label_D_H_W[cut], dtype=np.uint8)
+    if any(before or after for before, after in pads):
         label = np.pad(label, pads, constant_values=IGNORE)
-    return image, label
+    return crop_image(example.image_C_D_H_W, centre, patch), label

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -40,7 +40,16 @@ try:
 except ImportError:  # pragma: no cover - not on POSIX: runs are not locked
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["RunError", "adopt_round_zero", "create_run", "resume_run", "run_lock", "run_to_end", "start_run"]
+__all__ = [
+    "RunError",
+    "adopt_round_zero",
+    "create_run",
+    "resume_run",
+    "round_zero_inputs",
+    "run_lock",
+    "run_to_end",
+    "start_run",
+]
 
 
 def start_run(
@@ -128,6 +137,12 @@ def initial_units(config: RunConfig, data: RunData, pool: list[str]) -> list[str
     return sorted(lattice[int(i)].key for i in picked)
 
 
+def round_zero_inputs(config: RunConfig) -> tuple[Any, ...]:
+    """What round 0 of a run depends on in its config (the plan file, split and initial labels aside): runs that
+    agree here train the same round 0 (options acting only from round 1 are left out, ``TrainConfig.round_zero``)."""
+    return (config.seed, config.data, config.plan, config.model, config.train.round_zero(), config.inference)
+
+
 def adopt_round_zero(source: Path, target: Path) -> bool:
     """Copy round 0's model and metrics from ``source`` to ``target`` when round 0 is provably the same there.
 
@@ -136,7 +151,7 @@ def adopt_round_zero(source: Path, target: Path) -> bool:
     """
     source_layout, target_layout = RunLayout(source), RunLayout(target)
     configs = [load_config(layout.config) for layout in (source_layout, target_layout)]
-    inputs = [(c.seed, c.data, c.plan, c.model, c.train.round_zero(), c.inference) for c in configs]
+    inputs = [round_zero_inputs(c) for c in configs]
     same_inputs = len(set(inputs)) == 1
     same_inputs = same_inputs and source_layout.plan.read_bytes() == target_layout.plan.read_bytes()
     with source_layout.open_ledger() as a, target_layout.open_ledger() as b:

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
+import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from monai.losses import MaskedDiceLoss
 from monai.networks.utils import one_hot
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from activeseg.acquisition.units import IGNORE
 from activeseg.config import TrainConfig
+from activeseg.engine.mean_teacher import MeanTeacher, UnlabelledSchedule, consistency_loss, consistency_weight
 from activeseg.engine.patches import Example, PatchSchedule, augmentation
+
+T = TypeVar("T")
 
 Progress = Callable[[int], None]
 """Called with the number of steps just completed."""
@@ -53,6 +59,17 @@ class PartialDiceCELoss(nn.Module):
         return dice + cross_entropy
 
 
+def loader_of(schedule: Dataset[T], config: TrainConfig, device: torch.device) -> DataLoader[T]:
+    """Batches of a seeded schedule, in order (each sample is a pure function of its index)."""
+    return DataLoader(
+        schedule,
+        batch_size=config.batch_size,
+        num_workers=config.workers,
+        pin_memory=device.type == "cuda",
+        multiprocessing_context="fork" if config.workers else None,
+    )
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What one training run reports."""
@@ -70,38 +87,50 @@ def train(
     seed: int,
     amp: bool = False,
     progress: Progress | None = None,
+    unlabelled: Sequence[npt.NDArray[np.float32]] = (),
 ) -> TrainResult:
     """Train ``model`` in place for ``config.iterations`` steps on seeded patch batches of ``examples``.
 
     Labels may be partial (``IGNORE`` outside the labelled units): the loss sees labelled voxels only, with batch
-    Dice when any example is partially labelled (``PartialDiceCELoss``); full labels keep the per-sample Dice.
+    Dice when any example is partially labelled (``PartialDiceCELoss``); full labels keep the per-sample Dice. With
+    ``config.mean_teacher`` and ``unlabelled`` images (image_C_D_H_W), each step adds a batch of their patches and
+    the consistency loss with a mean teacher (``engine.mean_teacher``).
     """
     start = time.perf_counter()
     augment = augmentation(config.flip_indices, config.spatial_augment) if config.augment else None
     schedule = PatchSchedule(
         examples, patch, config.batch_size, config.iterations, config.oversample_foreground, seed, augment
     )
-    loader = DataLoader(
-        schedule,
-        batch_size=config.batch_size,
-        num_workers=config.workers,
-        pin_memory=device.type == "cuda",
-        multiprocessing_context="fork" if config.workers else None,
-    )
+    loader = loader_of(schedule, config, device)
     loss_fn = PartialDiceCELoss(batch_dice=any(example.boxes is not None for example in examples))
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule_lr = torch.optim.lr_scheduler.PolynomialLR(optimiser, total_iters=config.iterations, power=0.9)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     model.to(device).train()
+    teacher = MeanTeacher(model) if config.mean_teacher and unlabelled else None
+    unlabelled_batches: Iterator[tuple[torch.Tensor, torch.Tensor]] = iter(())
+    if teacher is not None:
+        views = UnlabelledSchedule(unlabelled, patch, config.batch_size, config.iterations, seed)
+        unlabelled_batches = iter(loader_of(views, config, device))
     losses = []
-    for images, labels in loader:
+    for step, (images, labels) in enumerate(loader):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, enabled=amp):
-            loss = loss_fn(model(images.to(device, non_blocking=True)), labels.to(device, non_blocking=True))
+            if teacher is None:
+                loss = loss_fn(model(images), labels)
+            else:
+                student_view, teacher_view = (view.to(device, non_blocking=True) for view in next(unlabelled_batches))
+                logits = model(torch.cat([images, student_view]))
+                weight = consistency_weight(step, config.iterations)
+                consistency = consistency_loss(logits[len(images) :], teacher.probabilities(teacher_view))
+                loss = loss_fn(logits[: len(images)], labels) + weight * consistency
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimiser)
         scaler.update()
         schedule_lr.step()
+        if teacher is not None:
+            teacher.follow(model, step)
         losses.append(float(loss.detach()))
         if progress:
             progress(1)
