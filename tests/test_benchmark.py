@@ -8,7 +8,6 @@ instance must give byte-identical artifacts, and an interrupted run resumes (ove
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import math
 import os
@@ -19,7 +18,9 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ from activeseg.bench.tasks import adopt_finished
 from activeseg.cli import app
 from activeseg.config import ConfigError
 
-from _support import REPO, requires_hippocampus, tiny_config
+from _support import REPO, benchmark_script, requires_hippocampus, tiny_config
 
 runner = CliRunner()
 STRATEGIES = ["foreground-random", "bald"]
@@ -435,16 +436,18 @@ def test_a_results_dir_refuses_a_different_grid(grid: tuple[Path, Path], tmp_pat
     assert outcome.exit_code == 2 and "holds a different benchmark" in " ".join(outcome.output.split())
 
 
+@pytest.fixture(scope="module")
+def archive_results() -> Iterator[ModuleType]:
+    yield from benchmark_script("archive_results")
+
+
 @requires_hippocampus
 @pytest.mark.slow
-def test_an_archived_grid_resumes_where_it_stopped(grid: tuple[Path, Path], tmp_path: Path) -> None:
+def test_an_archived_grid_resumes_where_it_stopped(
+    grid: tuple[Path, Path], tmp_path: Path, archive_results: ModuleType
+) -> None:
     """``benchmarks/archive_results.py``: weights dropped, unfinished runs (and the round 0 they adopt) left out;
     unpacked elsewhere, a rerun skips what finished and redoes the rest with the same bytes."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        archive_results = importlib.import_module("archive_results")
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
     config, results = grid
     whole, again = tmp_path / "whole.tar.xz", tmp_path / "again.tar.xz"
     archive_results.pack(results, whole)
@@ -546,6 +549,25 @@ def test_a_new_grid_adopts_the_finished_runs_it_shares_with_another(grid: tuple[
     assert "8 finished run(s) adopted from other results directories" in (copy / "report.md").read_text()
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "0 task(s) run, 0 adopted, 8" in again.output.replace("\n", " ")
+
+
+@requires_hippocampus
+@pytest.mark.slow
+def test_a_grid_adopts_from_an_unpacked_archive_which_keeps_no_plans(
+    grid: tuple[Path, Path], tmp_path: Path, archive_results: ModuleType
+) -> None:
+    config_path, results = grid
+    archive_results.pack(results, tmp_path / "grid.tar.xz")
+    archive_results.unpack(tmp_path / "grid.tar.xz", tmp_path / "unpacked")
+    assert not list((tmp_path / "unpacked").rglob("plan.json"))
+    copy = tmp_path / "copy"
+    args = ["benchmark", str(config_path), "--results-dir", str(copy), "--adopt-from", str(tmp_path / "unpacked")]
+    outcome = runner.invoke(app, args)
+    assert outcome.exit_code == 0, outcome.output
+    assert "0 task(s) run, 8 adopted" in outcome.output.replace("\n", " ")
+    plans = sorted(p.relative_to(results) for p in results.rglob("plan.json"))
+    assert plans and plans == sorted(p.relative_to(copy) for p in copy.rglob("plan.json"))
+    assert all((copy / p).read_bytes() == (results / p).read_bytes() for p in plans)  # the plan a rerun writes
 
 
 @requires_hippocampus

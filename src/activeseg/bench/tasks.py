@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 
 from activeseg.config import RunConfig, load_config
-from activeseg.data.plan import read_plan
+from activeseg.data.plan import read_plan, write_plan
 from activeseg.data.splits import RunData, open_data
 from activeseg.engine.full_data import full_data_dice, full_data_run
 from activeseg.engine.malloc import keep_freed_memory
@@ -114,25 +114,32 @@ def _same_finished(task: Task, candidate: Path) -> bool:
     only replay it."""
     if not candidate.is_dir() or not task_finished(dataclasses.replace(task, out_dir=candidate)):
         return False
-    full = task.kind == "full-data"
-    layout: FullDataLayout | RunLayout = FullDataLayout(candidate) if full else RunLayout(candidate)
+    layout = _layout(task, candidate)
     data = data_of(task.config)
-    if load_config(layout.config) != task.config or read_plan(layout.plan) != data.plan:
+    if load_config(layout.config) != task.config:
         return False
-    if full:
+    if layout.plan.exists() and read_plan(layout.plan) != data.plan:  # archived runs keep no plan: the config fixes it
+        return False
+    if isinstance(layout, FullDataLayout):
         return True
-    with RunLayout(candidate).open_ledger() as ledger:
+    with layout.open_ledger() as ledger:
         splits = [ledger.split(name) for name in ("pool", "test", "validation")]
     validation = list(data.validation.ids) if data.validation else []
     return splits == [list(data.pool.ids), list(data.test.ids), validation]
+
+
+def _layout(task: Task, folder: Path) -> FullDataLayout | RunLayout:
+    return FullDataLayout(folder) if task.kind == "full-data" else RunLayout(folder)
 
 
 def adopt_finished(task: Task, results_dir: Path, sources: Sequence[Path]) -> Path | None:
     """Copy ``task``'s finished run (or full-data bound) from the first of ``sources``, other results directories,
     that holds it at the same place with the same run config, plan and split; returns where it came from.
 
-    Only into a folder that does not exist yet, and never a run that is unfinished there. CPU runs replay bit for bit
-    only on the same kind of CPU, so adopt from a results directory made on this kind of machine.
+    Only into a folder that does not exist yet, and never a run that is unfinished there. A run unpacked from an
+    archive (``benchmarks/archive_results.py``, which keeps no plan) gets the plan its config gives, as a rerun
+    would write it. CPU runs replay bit for bit only on the same kind of CPU, so adopt from a results directory made
+    on this kind of machine.
     """
     if task.out_dir.exists():
         return None
@@ -144,6 +151,9 @@ def adopt_finished(task: Task, results_dir: Path, sources: Sequence[Path]) -> Pa
             staging = Path(tempfile.mkdtemp(dir=task.out_dir.parent, prefix=f".{task.out_dir.name}.adopting-"))
             try:
                 shutil.copytree(candidate, staging, dirs_exist_ok=True, ignore=_TRANSIENT)
+                plan_file = _layout(task, staging).plan
+                if not plan_file.exists():  # unpacked from benchmarks/archive_results.py: the plan a rerun writes
+                    write_plan(data_of(task.config).plan, plan_file)
                 staging.replace(task.out_dir)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
