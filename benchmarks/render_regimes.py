@@ -37,7 +37,9 @@ REGIME_NOTES = {
     "(`benchmarks/archive_results.py`; unpack it into DIR to resume). Every round trains 2,000 iterations, where the "
     "full-data bound is within 0.01 of its 8,000-iteration value (the config's header). The first sitting "
     "(2026-12-01, `--setting low`, about 45 minutes) was stopped before its invocation ended, so the wall time does "
-    "not count it.",
+    "not count it. The high setting ran in a later sitting of the same day, on a fresh machine of the same kind, "
+    "from the archive unpacked; no code its runs execute changed between the sittings. High exhausts the pool of "
+    "full-size patches (204) in its third acquisition round, so its last point is the whole pool for every arm.",
     "regimes-patch-cpu-plateau-mt": " Its foreground-random and clasp-pe runs, their round 0s and the full-data "
     "bounds are `regimes-patch-cpu-plateau`'s, adopted with `--adopt-from` (same run configs, plan and split), so "
     "the wall time does not count them. It runs one setting per sitting, its finished runs carried in "
