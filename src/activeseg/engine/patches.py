@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -176,10 +177,7 @@ def crop_image(
     """The image patch around ``centre`` (a writable copy), padded with 0 where the volume is smaller."""
     d, h, w = image_C_D_H_W.shape[1:]
     cut, pads = placement(centre, patch, (int(d), int(h), int(w)))
-    image = np.array(image_C_D_H_W[(slice(None), *cut)], dtype=np.float32)
-    if any(before or after for before, after in pads):
-        image = np.pad(image, [(0, 0), *pads], constant_values=0.0)
-    return image
+    return _read(image_C_D_H_W, (slice(None), *cut), [(0, 0), *pads], 0.0, np.float32)
 
 
 def crop(
@@ -188,7 +186,15 @@ def crop(
     """The patch around ``centre``, shifted to lie inside the volume where it fits, padded where it does not (image
     0, label ``IGNORE``)."""
     cut, pads = placement(centre, patch, example.shape)
-    label = np.array(example.label_D_H_W[cut], dtype=np.uint8)
+    image = _read(example.image_C_D_H_W, (slice(None), *cut), [(0, 0), *pads], 0.0, np.float32)
+    return image, _read(example.label_D_H_W, cut, pads, IGNORE, np.uint8)
+
+
+def _read(
+    array: npt.NDArray[Any], cut: tuple[slice, ...], pads: list[tuple[int, int]], fill: float, dtype: type[Any]
+) -> npt.NDArray[Any]:
+    """A writable copy of ``array[cut]`` as ``dtype``, padded with ``fill`` where ``pads`` say."""
+    region: npt.NDArray[Any] = np.array(array[cut], dtype=dtype)
     if any(before or after for before, after in pads):
-        label = np.pad(label, pads, constant_values=IGNORE)
-    return crop_image(example.image_C_D_H_W, centre, patch), label
+        region = np.pad(region, pads, constant_values=fill)
+    return region
