@@ -2,7 +2,7 @@
 
 Both train the same network from the same seed on the same 20 labelled cases; the mean-teacher run adds the whole
 remaining pool as unlabelled images (``train.mean_teacher``). Prints and writes the median seconds per step (the
-first two steps left out) and their ratio.
+first two steps left out, ``step_timing.train_step_seconds``) and their ratio.
 
     python benchmarks/mean_teacher_cost.py --data HIPPOCAMPUS [--config benchmarks/regimes/run-cpu.yaml]
         [--steps 40] [--out benchmarks/results/mean-teacher-cost.json]
@@ -13,21 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from datetime import date
 from pathlib import Path
 
 import torch
+from step_timing import train_step_seconds  # this script's folder is on sys.path when it runs
 
 from activeseg.config import load_config
 from activeseg.data.splits import open_data
 from activeseg.engine.model import build_model
 from activeseg.engine.patches import Example
-from activeseg.engine.training import seed_everything, train
+from activeseg.engine.training import seed_everything
 from activeseg.progress import SilentReporter
 
-WARM_STEPS = 2
 LABELLED = 20
 
 
@@ -41,17 +39,7 @@ def seconds_per_step(mean_teacher: bool, config_path: Path, data_root: Path, ste
     pool = [data.image(c) for c in data.pool.ids]
     seed_everything(0)
     model = build_model(config.model, data.plan)
-    laps: list[float] = []
-    tick = [time.perf_counter()]
-
-    def lap(_: int) -> None:
-        end = time.perf_counter()
-        laps.append(end - tick[0])
-        tick[0] = end
-
-    device = torch.device("cpu")
-    train(model, examples, data.plan.patch_size, config.train, device, seed=0, progress=lap, unlabelled=pool)
-    return statistics.median(laps[WARM_STEPS:])
+    return train_step_seconds(model, examples, data.plan.patch_size, config.train, torch.device("cpu"), unlabelled=pool)
 
 
 def main() -> None:

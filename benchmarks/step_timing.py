@@ -11,6 +11,8 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
 from activeseg.config import TrainConfig
@@ -33,6 +35,29 @@ def synchronised(device: torch.device) -> Callable[[], float]:
     return now
 
 
+def train_step_seconds(
+    model: torch.nn.Module,
+    examples: Sequence[Example],
+    patch: tuple[int, int, int],
+    config: TrainConfig,
+    device: torch.device,
+    amp: bool = False,
+    unlabelled: Sequence[npt.NDArray[np.float32]] = (),
+) -> float:
+    """Median seconds of a ``train`` step with the whole data path over ``config.iterations`` steps (seed 0)."""
+    now = synchronised(device)
+    laps: list[float] = []
+    tick = [now()]
+
+    def lap(_: int) -> None:
+        end = now()  # one reading ends this lap and starts the next, so no time falls between laps
+        laps.append(end - tick[0])
+        tick[0] = end
+
+    train(model, examples, patch, config, device, seed=0, amp=amp, progress=lap, unlabelled=unlabelled)
+    return statistics.median(laps[WARM_STEPS:])
+
+
 def step_seconds(
     model: torch.nn.Module,
     examples: Sequence[Example],
@@ -44,15 +69,7 @@ def step_seconds(
     """(median seconds of a ``train`` step with the data path, of a bare step on synthetic device tensors) over
     ``config.iterations`` steps each, the same model, loss, optimiser kind and precision."""
     now = synchronised(device)
-    laps: list[float] = []
-    tick = [now()]
-
-    def lap(_: int) -> None:
-        end = now()  # one reading ends this lap and starts the next, so no time falls between laps
-        laps.append(end - tick[0])
-        tick[0] = end
-
-    train(model, examples, plan.patch_size, config, device, seed=0, amp=amp, progress=lap)
+    step = train_step_seconds(model, examples, plan.patch_size, config, device, amp)
     loss_fn, optimiser = PartialDiceCELoss(), torch.optim.AdamW(model.parameters())
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     images = torch.randn(plan.batch_size, plan.channels, *plan.patch_size, device=device)
@@ -68,4 +85,4 @@ def step_seconds(
         scaler.step(optimiser)
         scaler.update()
         bare.append(now() - start)
-    return statistics.median(laps[WARM_STEPS:]), statistics.median(bare[WARM_STEPS:])
+    return step, statistics.median(bare[WARM_STEPS:])
