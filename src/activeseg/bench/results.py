@@ -396,13 +396,14 @@ def _describe_run(config: BenchmarkConfig) -> dict[str, Any]:
     run = config.run
     first = {st.name: config.run_config(st, config.strategies[0], config.seeds[0]) for st in config.settings}
     iterations = {name: c.train.iterations for name, c in first.items()}  # settings may override the run's
+    distinct = set(iterations.values())
     return {
         "dataset": str(run.data.root.name) if run.data.root else None,
         "test_size": run.data.test_size if run.data.test_root is None else None,
         "max_cases": run.data.max_cases,
         "patch": list(run.plan.patch_size) if run.plan.patch_size else "planned",
         "channels": list(run.model.channels),
-        "iterations": iterations.popitem()[1] if len(set(iterations.values())) == 1 else iterations,
+        "iterations": distinct.pop() if len(distinct) == 1 else iterations,
         "mc_samples": run.strategy.mc_samples,
         "uncertainty": run.strategy.uncertainty,
         "reduction": run.strategy.reduction,
