@@ -344,6 +344,8 @@ def peak_rss_gb(samples: int) -> float:
 
 @pytest.mark.slow
 def test_peak_rss_does_not_grow_with_k() -> None:
-    k8, k32 = peak_rss_gb(8), peak_rss_gb(32)
+    # One process's peak varies by up to ~25% between identical runs (1.00-1.25 GB at K = 8 on a 2-core VM, from
+    # the allocator and thread pools): the least of three runs is the footprint K itself sets.
+    k8, k32 = (min(peak_rss_gb(k) for _ in range(3)) for k in (8, 32))
     # Holding K×C×window float32 would add 32 x 3 x 96x96x64 x 4 B = 226 MB over K=8's 57 MB.
     assert k32 <= 1.15 * k8, (k8, k32)
