@@ -42,8 +42,12 @@ REGIME_NOTES = {
     "full-size patches (204) in its third acquisition round, so its last point is the whole pool for every arm.",
     "regimes-patch-cpu-plateau-mt": " Its foreground-random and clasp-pe runs, their round 0s and the full-data "
     "bounds are `regimes-patch-cpu-plateau`'s, adopted with `--adopt-from` (same run configs, plan and split), so "
-    "the wall time does not count them. It runs one setting per sitting, its finished runs carried in "
-    "`benchmarks/results/raw/regimes-patch-cpu-plateau-mt.tar.xz`.",
+    "the wall time does not count them. It ran over three sittings (2026-12-01) on machines of the same kind, its "
+    "finished runs archived after each in `benchmarks/results/raw/regimes-patch-cpu-plateau-mt.tar.xz`: low's "
+    "round 0s and seeds 0–1 in the first, low's seeds 2–4 and medium's round 0s and seeds 0–2 in the second, "
+    "medium's seeds 3–4 and high in the third. Invocations stopped before they ended (the first sitting's, and the "
+    "second's of medium) are not in the wall time. The one change between sittings to code the runs execute "
+    "(409f455, patch cropping) reads the same arrays.",
     "regimes-slice-cpu": " The wall time counts three invocations: the first trained every setting's round 0 (high's "
     "too), the full-data bound, the low setting and one medium run, the second (`--setting medium`) the rest of "
     "medium, and the third (`--setting high`, in a later session of the same day) the high setting, on an AMD EPYC "
