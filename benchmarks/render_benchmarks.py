@@ -17,7 +17,7 @@ from typing import Any
 
 from render_common import HERE, IMAGE_DIR, RESULTS, describe, figure  # this script's folder is on sys.path
 from render_pipeline import render_pipeline
-from render_regimes import render_regimes
+from render_regimes import acceptance_summary, render_regimes
 from unit_seeds import render_unit_seeds
 
 from activeseg.artifacts import read_json, write_text_atomic
@@ -416,6 +416,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         if part == "full":
             content += render_pipeline(results)
         if part == "hippocampus":
+            content += acceptance_summary(results)
             for name in sorted(n for n in results if n.startswith("regimes-")):
                 content += render_regimes(name, results[name], describe(results[name]["machine"]))
     if "gpu" in results:

@@ -86,6 +86,74 @@ AXES = (("aubc", "rounds"), ("aubc_voxels", "labelled voxels"))
 """The budget axes issue 14's acceptance is read on: AUBC over rounds (the issue's), and over labelled voxels."""
 
 
+Paired = dict[tuple[str, str, str, str], dict[str, Any]]
+"""A summary's paired comparisons by (strategy, baseline, setting, metric)."""
+
+
+def paired_rows(result: dict[str, Any]) -> Paired:
+    """``result["paired"]`` keyed by (strategy, baseline, setting, metric)."""
+    return {(r["strategy"], r["baseline"], r["setting"], r["metric"]): r for r in result["paired"]}
+
+
+def significant(rows: Paired, arm: str, baseline: str, setting: str, metric: str, sign: int) -> bool:
+    """Whether ``arm`` differs from ``baseline`` in the direction ``sign`` with a Holm-adjusted paired t p < 0.05."""
+    row = rows.get((arm, baseline, setting, metric))
+    return row is not None and row["t_p_holm"] < 0.05 and sign * row["mean_difference"] > 0
+
+
+def wins_and_losses(
+    rows: Paired, settings: list[str], arm: str, baselines: tuple[str, ...], metric: str
+) -> tuple[list[str], list[str]]:
+    """The settings where ``arm`` significantly beats every baseline, and those where it is significantly worse
+    than one; issue 14's acceptance is at least 2 of the first and none of the second."""
+    wins = [s for s in settings if all(significant(rows, arm, b, s, metric, +1) for b in baselines)]
+    losses = [s for s in settings if any(significant(rows, arm, b, s, metric, -1) for b in baselines)]
+    return wins, losses
+
+
+def acceptance_summary(results: dict[str, dict[str, Any]]) -> list[Block]:
+    """Issue 14's acceptance over every finished regime benchmark stored, one row per arm it names (``VERDICTS``),
+    read on AUBC over rounds as in each benchmark's own section."""
+    table = []
+    for name, (arms, baselines) in sorted(VERDICTS.items()):
+        result = results.get(name)
+        if result is None or unfinished(result):
+            continue
+        rows = paired_rows(result)
+        settings = [s for s in setting_order(result) if any(key[2] == s for key in rows)]
+        iterations = result["run"]["iterations"]
+        per_round = iterations if isinstance(iterations, int) else "/".join(map(str, sorted(set(iterations.values()))))
+        for arm in arms:
+            wins, losses = wins_and_losses(rows, settings, arm, baselines, "aubc")
+            met = len(wins) >= 2 and not losses
+            table.append(
+                [
+                    f"`{name}`",
+                    str(per_round),
+                    f"`{arm}`",
+                    f"{len(wins)} of {len(settings)}" + (f" ({', '.join(wins)})" if wins else ""),
+                    f"{len(losses)} of {len(settings)}" + (f" ({', '.join(losses)})" if losses else ""),
+                    "**met**" if met else "not met",
+                ]
+            )
+    header = ["benchmark", "iterations per round", "arm", "beats both", "worse than one", "acceptance"]
+    return [
+        ("h", 2, "Issue 14: beating foreground-aware random and ClaSP PE"),
+        (
+            "p",
+            "Issue 14 asks for a method that beats foreground-random and ClaSP PE on AUBC with a Holm-adjusted "
+            "paired t p < 0.05 in at least 2 of 3 regimes and is significantly worse in none. Read from each "
+            "finished regime benchmark's stored summary (its section below has the tables). **It is not met where "
+            "rounds are trained to the plateau** (2,000 iterations per round, where the full-data bound is within "
+            "0.01 of its 8,000-iteration value): there no attempt adds to ClaSP PE, and the best method is ClaSP PE "
+            "itself. Where it is met, rounds train 400 iterations, short of the plateau, and the gain came from "
+            "warm start, which helps a network that has not yet learned what its labels hold and vanishes once it "
+            "has. `docs/attempts.md` gives each attempt's rationale and why it fell short.",
+        ),
+        ("table", header, table),
+    ]
+
+
 def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str, ...]) -> list[Block]:
     """Issue 14's acceptance read from a summary, on each budget axis the summary has: in how many settings each arm
     beats every baseline on AUBC with a Holm-adjusted paired t p < 0.05, in how many it is significantly worse than
@@ -99,11 +167,7 @@ def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str,
     regimes += f" ({len(settings)} tested so far)" if total > len(settings) else ""
     not_met = "not met yet" if total > len(settings) else "not met"
     axes = [(metric, name) for metric, name in AXES if any(r["metric"] == metric for r in result["paired"])]
-    rows = {(r["strategy"], r["baseline"], r["setting"], r["metric"]): r for r in result["paired"]}
-
-    def significant(arm: str, baseline: str, setting: str, metric: str, sign: int) -> bool:
-        row = rows.get((arm, baseline, setting, metric))
-        return row is not None and row["t_p_holm"] < 0.05 and sign * row["mean_difference"] > 0
+    rows = paired_rows(result)
 
     def power(arm: str, fair: str, metric: str) -> str:
         needed = [
@@ -120,11 +184,10 @@ def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str,
     met = dict.fromkeys((name for _, name in axes), False)
     for metric, name in axes:
         for arm in arms:
-            wins = [s for s in settings if all(significant(arm, b, s, metric, +1) for b in baselines)]
-            losses = [s for s in settings if any(significant(arm, b, s, metric, -1) for b in baselines)]
+            wins, losses = wins_and_losses(rows, settings, arm, baselines, metric)
             met[name] = met[name] or (len(wins) >= 2 and not losses)
             fair = SAME_TRAINING.get(arm)
-            fair_wins = [s for s in settings if fair and significant(arm, fair, s, metric, +1)]
+            fair_wins = [s for s in settings if fair and significant(rows, arm, fair, s, metric, +1)]
             compared = fair is not None and any((arm, fair, s, metric) in rows for s in settings)
             fair_cell = f"{count(fair_wins)} (`{fair}`{power(arm, fair, metric)})" if fair and compared else "—"
             cells[arm] += [count(wins), count(losses), fair_cell]

@@ -142,3 +142,27 @@ def test_an_unfinished_confirmatory_grid_shows_progress_and_no_result(render: Mo
     assert "in progress: 31 of 120 runs finished" in blocks[-1][1] and "+0." not in " ".join(b[1] for b in blocks[1:])
     assert not any("Acceptance" in b[1] for b in blocks[1:])
     assert sorted(p.name for p in (REPO / "benchmarks/results").iterdir()) == before  # nothing written
+
+
+def test_the_summary_reads_every_finished_regime_benchmark_and_skips_unfinished_ones(render: ModuleType) -> None:
+    arm = "clasp-pe+mt"
+    name, unfinished_name = "regimes-patch-cpu-plateau-mt", "regimes-patch-cpu-plateau"
+    assert render.VERDICTS[name] == ((arm,), BASELINES) and render.VERDICTS[unfinished_name][1] == BASELINES
+    losing = [r | {"strategy": arm} for r in winning_rows() if r["baseline"] != FAIR]
+    losing[3] = losing[3] | {"mean_difference": -0.02, "t_p_holm": 0.01}  # worse than clasp-pe in medium
+    grid = {"settings": {"high": {}, "low": {}, "medium": {}}, "setting_order": ["low", "medium", "high"]}
+    results = {
+        name: grid
+        | {"paired": losing, "run": {"iterations": {"high": 2000, "low": 2000, "medium": 2000}}}
+        | {"progress": {"finished": 60, "planned": 60}},
+        unfinished_name: grid
+        | {"paired": winning_rows(), "run": {"iterations": 2000}}
+        | {"progress": {"finished": 59, "planned": 60}},
+    }
+    heading, _, (_, header, cells) = render.acceptance_summary(results)
+    assert heading[0] == "h" and header[-1] == "acceptance"
+    # two wins over both baselines, but a significant loss in medium: not met; the unfinished grid is not read
+    assert cells == [[f"`{name}`", "2000", f"`{arm}`", "2 of 3 (low, high)", "1 of 3 (medium)", "not met"]]
+    winning = [r | {"strategy": arm} for r in winning_rows()]
+    (_, _, (_, _, cells)) = render.acceptance_summary({name: results[name] | {"paired": winning}})
+    assert cells[0][-1] == "**met**"
