@@ -111,6 +111,22 @@ def wins_and_losses(
     return wins, losses
 
 
+def accepted(wins: list[str], losses: list[str]) -> bool:
+    """Issue 14's acceptance from ``wins_and_losses``: at least 2 settings won, none lost."""
+    return len(wins) >= 2 and not losses
+
+
+def tested_settings(result: dict[str, Any]) -> list[str]:
+    """The settings a summary has paired tests in, in its config's order."""
+    tested = {row["setting"] for row in result["paired"]}
+    return [s for s in setting_order(result) if s in tested] if "settings" in result else sorted(tested)
+
+
+def count(hits: list[str], settings: list[str]) -> str:
+    """``hits`` as "2 of 3 (low, high)"."""
+    return f"{len(hits)} of {len(settings)}" + (f" ({', '.join(hits)})" if hits else "")
+
+
 def acceptance_summary(results: dict[str, dict[str, Any]]) -> list[Block]:
     """Issue 14's acceptance over every finished regime benchmark stored, one row per arm it names (``VERDICTS``),
     read on AUBC over rounds as in each benchmark's own section."""
@@ -120,22 +136,13 @@ def acceptance_summary(results: dict[str, dict[str, Any]]) -> list[Block]:
         if result is None or unfinished(result):
             continue
         rows = paired_rows(result)
-        settings = [s for s in setting_order(result) if any(key[2] == s for key in rows)]
+        settings = tested_settings(result)
         iterations = result["run"]["iterations"]
         per_round = iterations if isinstance(iterations, int) else "/".join(map(str, sorted(set(iterations.values()))))
         for arm in arms:
             wins, losses = wins_and_losses(rows, settings, arm, baselines, "aubc")
-            met = len(wins) >= 2 and not losses
-            table.append(
-                [
-                    f"`{name}`",
-                    str(per_round),
-                    f"`{arm}`",
-                    f"{len(wins)} of {len(settings)}" + (f" ({', '.join(wins)})" if wins else ""),
-                    f"{len(losses)} of {len(settings)}" + (f" ({', '.join(losses)})" if losses else ""),
-                    "**met**" if met else "not met",
-                ]
-            )
+            met = "**met**" if accepted(wins, losses) else "not met"
+            table.append([f"`{name}`", str(per_round), f"`{arm}`", count(wins, settings), count(losses, settings), met])
     header = ["benchmark", "iterations per round", "arm", "beats both", "worse than one", "acceptance"]
     return [
         ("h", 2, "Issue 14: beating foreground-aware random and ClaSP PE"),
@@ -159,8 +166,7 @@ def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str,
     beats every baseline on AUBC with a Holm-adjusted paired t p < 0.05, in how many it is significantly worse than
     one, and in how many it beats foreground-random trained the same way (``SAME_TRAINING``), with the seeds that
     comparison would need for 80% power where the summary has them."""
-    tested = {row["setting"] for row in result["paired"]}
-    settings = [s for s in setting_order(result) if s in tested] if "settings" in result else sorted(tested)
+    settings = tested_settings(result)
     kinds = set((result.get("run") or {}).get("unit", {}).values())
     total = len(result.get("settings", settings))  # a grid still running has tests in fewer settings
     regimes = f"{total} {kinds.pop() if len(kinds) == 1 else 'patch'} regimes"
@@ -177,20 +183,19 @@ def verdict(result: dict[str, Any], arms: tuple[str, ...], baselines: tuple[str,
             return ""  # summaries stored before the planning figure
         return "; seeds for 80% power: " + ", ".join(f"{s} {n or '—'}" for s, n in needed)
 
-    def count(hits: list[str]) -> str:
-        return f"{len(hits)} of {len(settings)}" + (f" ({', '.join(hits)})" if hits else "")
-
     cells: dict[str, list[str]] = {arm: [f"`{arm}`"] for arm in arms}
     met = dict.fromkeys((name for _, name in axes), False)
     for metric, name in axes:
         for arm in arms:
             wins, losses = wins_and_losses(rows, settings, arm, baselines, metric)
-            met[name] = met[name] or (len(wins) >= 2 and not losses)
+            met[name] = met[name] or accepted(wins, losses)
             fair = SAME_TRAINING.get(arm)
             fair_wins = [s for s in settings if fair and significant(rows, arm, fair, s, metric, +1)]
             compared = fair is not None and any((arm, fair, s, metric) in rows for s in settings)
-            fair_cell = f"{count(fair_wins)} (`{fair}`{power(arm, fair, metric)})" if fair and compared else "—"
-            cells[arm] += [count(wins), count(losses), fair_cell]
+            fair_cell = "—"
+            if fair and compared:
+                fair_cell = f"{count(fair_wins, settings)} (`{fair}`{power(arm, fair, metric)})"
+            cells[arm] += [count(wins, settings), count(losses, settings), fair_cell]
     both = " and ".join(f"`{b}`" for b in baselines)
     headline = (
         f"**Acceptance (issue 14: beat {both}, Holm-adjusted paired t p < 0.05 on AUBC, in at least 2 of the "
