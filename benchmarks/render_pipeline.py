@@ -414,8 +414,15 @@ def ranking_text(ranking: dict[str, Any]) -> str:
     return text
 
 
-ENGINE_PATHS = ("ours_channels_last", "ours_bf16_channels_last")
-"""How the engine scores on a CPU: in float32, and in bf16 with ``strategy.cpu_bf16`` where oneDNN convolves it."""
+ENGINE_PATHS = (
+    "ours_channels_last",
+    "ours_channels_last_workers",
+    "ours_bf16_channels_last",
+    "ours_bf16_channels_last_workers",
+)
+"""How the engine scores on a CPU: in float32, and in bf16 with ``strategy.cpu_bf16`` where oneDNN convolves it; one
+window at a time on every thread (records before 2026-12-01), or (``_workers``) a batch of windows shared among
+worker threads, as ``engine.model.scoring_sampler`` has done since."""
 
 
 def speed_blocks(speed: dict[str, Any], cpu: str) -> list[Block]:
@@ -471,6 +478,13 @@ def speed_blocks(speed: dict[str, Any], cpu: str) -> list[Block]:
                 if versus.get("subpixel_layers")
                 else ""
             )
+            workers = (
+                " The `_workers` paths score as the engine does on a CPU: four windows per batch "
+                "(`inference.windows_per_batch`) shared among min(threads, 4) worker threads, each with its own "
+                "copy of the model (`WindowSampler.moments`); the others score one window at a time on every thread."
+                if any(name.endswith("_workers") for name in engine)
+                else ""
+            )
             ratios = "; ".join(
                 f"`{name}` is {versus['speedup_vs_monailabel'][name]:.2f}× as fast as the passes alone and "
                 f"{reloading / versus['median_s'][name]:.2f}× as fast as the path as written"
@@ -485,7 +499,8 @@ def speed_blocks(speed: dict[str, Any], cpu: str) -> list[Block]:
                     "reoriented to RAS, resampled to the plan's spacing and windowed by MONAI's transforms "
                     "(`pipeline_benchmark.monailabel_loader`, the radiology app's chain for a CT model) K times. "
                     "MONAI Label's apps also ship overlap 0.25 with flat blending (fewer windows); both paths here "
-                    f"use 0.5 with Gaussian blending, as activeseg does.{subpixel} Issue 12's goal of 3×: {ratios}.",
+                    f"use 0.5 with Gaussian blending, as activeseg does.{subpixel}{workers} Issue 12's goal of 3×: "
+                    f"{ratios}.",
                 )
             )
     return out

@@ -116,12 +116,14 @@ def monailabel_epistemic(
 
 
 def ours(
-    sampler: WindowSampler, scorer: str = "foreground_entropy", roi: tuple[int, ...] = ROI
+    sampler: WindowSampler, scorer: str = "foreground_entropy", roi: tuple[int, ...] = ROI, windows_per_batch: int = 1
 ) -> Callable[[np.ndarray], float]:
-    """sliding_moments with this sampler (one window per batch, as MONAI Label), then the scorer's mean."""
+    """sliding_moments with this sampler (by default one window per batch, as MONAI Label), then the scorer's
+    mean."""
 
     def score(image_1_D_H_W: np.ndarray) -> float:
-        moments = sliding_moments(image_1_D_H_W, sampler, roi, OVERLAP, 1, seed=0, needs=moments_needed(scorer))
+        needs = moments_needed(scorer)
+        moments = sliding_moments(image_1_D_H_W, sampler, roi, OVERLAP, windows_per_batch, seed=0, needs=needs)
         return reduce_mean(strategy_maps(scorer, moments)[0], moments.mean_probs_C_D_H_W)
 
     return score

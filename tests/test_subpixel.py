@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from activeseg.acquisition.subpixel import SubpixelConvTranspose3d, supports, use_subpixel_upsampling
+from activeseg.acquisition.subpixel import SubpixelConvTranspose3d, pixel_shuffle, supports, use_subpixel_upsampling
 from activeseg.acquisition.uncertainty import make_window_sampler
 from activeseg.config import ModelConfig
 from activeseg.engine.model import build_model, network_plan
@@ -59,3 +59,31 @@ def test_a_channels_last_sampler_scores_the_unet_through_subpixel_layers_with_th
     assert transposed == 2 and sum(isinstance(m, SubpixelConvTranspose3d) for m in fast.models[0].modules()) == 2
     assert sum(isinstance(m, nn.ConvTranspose3d) for m in model.modules()) == 2  # the caller's model is untouched
     torch.testing.assert_close(fast(windows, [3, 4]), plain(windows, [3, 4]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding", "output_padding", "shape"), LAYERS)
+def test_a_channels_last_input_gives_the_same_map_laid_out_channels_last(
+    kernel: int, stride: int, padding: int, output_padding: int, shape: tuple[int, int, int]
+) -> None:
+    torch.manual_seed(0)
+    layer = nn.ConvTranspose3d(4, 3, kernel, stride, padding, output_padding)  # float32: oneDNN keeps the layout
+    x = torch.randn(2, 4, *shape)
+    fast = SubpixelConvTranspose3d(layer).to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+    with torch.no_grad():
+        expected, got = layer.double()(x.double()), fast(x.contiguous(memory_format=torch.channels_last_3d))
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
+    assert got.stride(1) == 1  # channels-last (a cropped view of a channels-last tensor)
+
+
+def test_pixel_shuffle_interleaves_the_phases_the_same_way_in_both_layouts() -> None:
+    channels, stride = 2, (2, 1, 3)
+    phases_N_PC_U = torch.arange(2 * 6 * channels * 3 * 4 * 2, dtype=torch.float64).reshape(2, 6 * channels, 3, 4, 2)
+    standard = pixel_shuffle(phases_N_PC_U, stride, channels)
+    # by hand: output (n, c, 2u1 + a, u2, 3u3 + b) is phase (a, 0, b) of channel c, phase-major channel order
+    for a, b, c in ((0, 0, 0), (1, 2, 1), (1, 0, 0), (0, 1, 1)):
+        phase = (a * 1 + 0) * 3 + b
+        torch.testing.assert_close(standard[:, c, a::2, :, b::3], phases_N_PC_U[:, phase * channels + c])
+    last = pixel_shuffle(phases_N_PC_U.contiguous(memory_format=torch.channels_last_3d), stride, channels)
+    assert torch.equal(last, standard) and last.is_contiguous(memory_format=torch.channels_last_3d)
+    cropped = phases_N_PC_U.contiguous(memory_format=torch.channels_last_3d)[:, :, :2, :3, :1]  # a view with gaps
+    assert torch.equal(pixel_shuffle(cropped, stride, channels), pixel_shuffle(cropped.contiguous(), stride, channels))

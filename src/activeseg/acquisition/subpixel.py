@@ -65,15 +65,30 @@ class SubpixelConvTranspose3d(nn.Module):
             w for i, j, u in reversed(list(zip(size, self.taps, rows, strict=True))) for w in (j - 1, max(0, u - i))
         ]
         y = F.conv3d(F.pad(x_N_Cin_D_H_W, widths), self.weight, self.bias)
-        y = y[:, :, : rows[0], : rows[1], : rows[2]]
-        (s1, s2, s3), (u1, u2, u3), n = self.stride, y.shape[2:], y.shape[0]
-        shuffled = (
-            y.reshape(n, s1, s2, s3, self.out_channels, u1, u2, u3)
-            .permute(0, 4, 5, 1, 6, 2, 7, 3)
-            .reshape(n, self.out_channels, u1 * s1, u2 * s2, u3 * s3)
-        )
         (p1, p2, p3), (o1, o2, o3) = self.padding, out
+        shuffled = pixel_shuffle(y[:, :, : rows[0], : rows[1], : rows[2]], self.stride, self.out_channels)
         return shuffled[:, :, p1 : p1 + o1, p2 : p2 + o2, p3 : p3 + o3]
+
+
+def pixel_shuffle(phases_N_PC_U1_U2_U3: Tensor, stride: tuple[int, int, int], channels: int) -> Tensor:
+    """Interleave the s₁·s₂·s₃ phases of each of ``channels`` channels (phase-major, as the sub-pixel weight orders
+    them) into out_N_C_(U1·s1)_(U2·s2)_(U3·s3), in the input's layout: a channels-last input is shuffled into a
+    channels-last output, which moves blocks of s₃·C contiguous values (about 5× faster for 8 channels than the
+    standard layout's single values, and the next layers read channels-last anyway)."""
+    y = phases_N_PC_U1_U2_U3
+    (s1, s2, s3), (u1, u2, u3), n = stride, y.shape[2:], y.shape[0]
+    if y.stride(1) != 1 or y.is_contiguous():  # not laid out channels-last (a cropped view may have gaps)
+        return (
+            y.reshape(n, s1, s2, s3, channels, u1, u2, u3)
+            .permute(0, 4, 5, 1, 6, 2, 7, 3)
+            .reshape(n, channels, u1 * s1, u2 * s2, u3 * s3)
+        )
+    out = torch.empty(
+        (n, channels, u1 * s1, u2 * s2, u3 * s3), dtype=y.dtype, device=y.device, memory_format=torch.channels_last_3d
+    )
+    source = y.permute(0, 2, 3, 4, 1).reshape(n, u1, u2, u3, s1, s2, s3, channels).permute(0, 1, 4, 2, 5, 3, 6, 7)
+    out.permute(0, 2, 3, 4, 1).view(n, u1, s1, u2, s2, u3, s3, channels).copy_(source)
+    return out
 
 
 def _triple(values: Any) -> tuple[int, int, int]:
