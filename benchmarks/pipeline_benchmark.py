@@ -43,6 +43,7 @@ from run_benchmarks import machine
 from score_speed import monailabel_epistemic, ours
 from step_timing import step_seconds
 
+from activeseg.acquisition.instance_norm import supports as norm_supports
 from activeseg.acquisition.scorers import bald, reduce_mean
 from activeseg.acquisition.sliding import score_pool
 from activeseg.acquisition.subpixel import supports
@@ -61,7 +62,7 @@ from activeseg.engine.evaluation import dice_per_class
 from activeseg.engine.full_data import full_data_run
 from activeseg.engine.inference import largest_component, predict_volume
 from activeseg.engine.malloc import keep_freed_memory
-from activeseg.engine.model import build_model, cpu_bf16_native, load_weights, scoring_sampler
+from activeseg.engine.model import build_model, cpu_bf16_native, load_weights
 from activeseg.engine.patches import Example
 from activeseg.progress import RichReporter, SilentReporter
 
@@ -249,12 +250,12 @@ def bench_speed(clinical: Path, work: Path, steps: int = 12) -> dict[str, Any]:
     model = build_model(run_config.model, plan)
     examples = [Example(data.image(c), data.ground_truth(c)) for c in pool[:8]]
     step_with_data, bare_step = step_seconds(model, examples, plan, run_config.train, torch.device("cpu"), amp=False)
-    sampler = scoring_sampler(run_config, model)  # as pool.py: channels-last copies, one per worker thread
+    sampler = make_window_sampler("mc_dropout", model, 8, None, (), amp=False, channels_last=True)  # as pool.py
+    windows = run_config.inference.windows_per_batch  # as pool.py
     scoring = []
     for case_id in pool[:3]:
         start = time.perf_counter()
         volume = [(case_id, data.image(case_id))]
-        windows = run_config.inference.windows_per_batch
         list(score_pool(volume, sampler, bald, reduce_mean, lambda c: 0, plan.patch_size, windows_per_batch=windows))
         scoring.append(time.perf_counter() - start)
     shapes = [list(data.shape_of(c)) for c in pool[:3]]
@@ -302,22 +303,18 @@ def versus_monailabel(
     if reloads is not None:
         paths["monailabel_reloading"] = lambda i: monailabel_epistemic(model, reloads[i], roi)
 
-    def ours_path(rows: int | None, amp: bool, windows: int) -> Callable[[int], float]:
-        workers = min(torch.get_num_threads(), windows)  # as engine.model.scoring_sampler
-        sampler = make_window_sampler("mc_dropout", model, 8, rows, (), amp, channels_last=True, workers=workers)
-        score = ours(sampler, roi=roi, windows_per_batch=windows)
+    def ours_path(rows: int | None, amp: bool) -> Callable[[int], float]:
+        sampler = make_window_sampler("mc_dropout", model, 8, rows, (), amp, channels_last=True)
+        score = ours(sampler, roi=roi, windows_per_batch=InferenceConfig().windows_per_batch)  # as the engine
         return lambda i: score(images[i])
 
-    engine_windows = InferenceConfig().windows_per_batch
-    for name, amp, rows, windows in (
-        ("ours_channels_last", False, None, 1),
-        ("ours_channels_last_workers", False, None, engine_windows),
-        ("ours_bf16_channels_last", True, None, 1),
-        ("ours_bf16_channels_last_workers", True, None, engine_windows),
-        ("ours_bf16_channels_last_rows8", True, 8, 1),
+    for name, amp, rows in (
+        ("ours_channels_last", False, None),
+        ("ours_bf16_channels_last", True, None),
+        ("ours_bf16_channels_last_rows8", True, 8),
     ):
         if native or not amp:
-            paths[name] = ours_path(rows, amp, windows)
+            paths[name] = ours_path(rows, amp)
     seconds: dict[str, list[float]] = {name: [] for name in paths}
     scores = {name: path(0) for name, path in paths.items()}
     for i in range(len(images)):
@@ -328,6 +325,8 @@ def versus_monailabel(
     medians = {name: statistics.median(s) for name, s in seconds.items()}
     return {
         "subpixel_layers": sum(supports(m) for m in model.modules()),  # what each of our samplers' copies swapped
+        "instance_norm_layers": sum(norm_supports(m) for m in model.modules()),  # swapped in float32
+        "windows_per_batch": InferenceConfig().windows_per_batch,
         "volumes": len(images),
         "roi": list(roi),
         "median_s": medians,

@@ -414,15 +414,8 @@ def ranking_text(ranking: dict[str, Any]) -> str:
     return text
 
 
-ENGINE_PATHS = (
-    "ours_channels_last",
-    "ours_channels_last_workers",
-    "ours_bf16_channels_last",
-    "ours_bf16_channels_last_workers",
-)
-"""How the engine scores on a CPU: in float32, and in bf16 with ``strategy.cpu_bf16`` where oneDNN convolves it; one
-window at a time on every thread (records before 2026-12-01), or (``_workers``) a batch of windows shared among
-worker threads, as ``engine.model.scoring_sampler`` has done since."""
+ENGINE_PATHS = ("ours_channels_last", "ours_bf16_channels_last")
+"""How the engine scores on a CPU: in float32, and in bf16 with ``strategy.cpu_bf16`` where oneDNN convolves it."""
 
 
 def speed_blocks(speed: dict[str, Any], cpu: str) -> list[Block]:
@@ -471,18 +464,25 @@ def speed_blocks(speed: dict[str, Any], cpu: str) -> list[Block]:
         reloading = versus["median_s"].get("monailabel_reloading")
         if reloading is not None:
             engine = [name for name in ENGINE_PATHS if name in versus["median_s"]]
+            norms = versus.get("instance_norm_layers")
             subpixel = (
                 f" Ours runs the same weights channels-last, with its {versus['subpixel_layers']} transposed "
-                "convolutions in sub-pixel form (`acquisition/subpixel.py`, the same map), as the engine does on a "
-                "CPU."
+                "convolutions in sub-pixel form (`acquisition/subpixel.py`, the same map)"
+                + (
+                    f" and, in float32, its {norms} instance normalisations computed in that layout "
+                    "(`acquisition/instance_norm.py`, the same map)"
+                    if norms
+                    else ""
+                )
+                + ", as the engine does on a CPU"
+                + (
+                    f", {versus['windows_per_batch']} windows per batch (`inference.windows_per_batch`) taken a "
+                    "model call's rows at a time"
+                    if versus.get("windows_per_batch")
+                    else ""
+                )
+                + "."
                 if versus.get("subpixel_layers")
-                else ""
-            )
-            workers = (
-                " The `_workers` paths score as the engine does on a CPU: four windows per batch "
-                "(`inference.windows_per_batch`) shared among min(threads, 4) worker threads, each with its own "
-                "copy of the model (`WindowSampler.moments`); the others score one window at a time on every thread."
-                if any(name.endswith("_workers") for name in engine)
                 else ""
             )
             ratios = "; ".join(
@@ -499,8 +499,7 @@ def speed_blocks(speed: dict[str, Any], cpu: str) -> list[Block]:
                     "reoriented to RAS, resampled to the plan's spacing and windowed by MONAI's transforms "
                     "(`pipeline_benchmark.monailabel_loader`, the radiology app's chain for a CT model) K times. "
                     "MONAI Label's apps also ship overlap 0.25 with flat blending (fewer windows); both paths here "
-                    f"use 0.5 with Gaussian blending, as activeseg does.{subpixel}{workers} Issue 12's goal of 3×: "
-                    f"{ratios}.",
+                    f"use 0.5 with Gaussian blending, as activeseg does.{subpixel} Issue 12's goal of 3×: {ratios}.",
                 )
             )
     return out

@@ -15,7 +15,7 @@ from monai.inferers import sliding_window_inference
 from torch import Tensor, nn
 
 from activeseg.acquisition import uncertainty
-from activeseg.acquisition.moments import EVERY_MOMENT, Moments
+from activeseg.acquisition.moments import EVERY_MOMENT, Moments, moment_channels
 from activeseg.acquisition.scorers import bald, reduce_mean, top_sites
 from activeseg.acquisition.sliding import WindowGrid, score_pool, site_probs, sliding_moments, window_seed
 from activeseg.acquisition.uncertainty import (
@@ -32,7 +32,7 @@ from activeseg.acquisition.uncertainty import (
 )
 from activeseg.config import ModelConfig, config_from_dict
 from activeseg.engine import model as model_module
-from activeseg.engine.model import build_model, network_plan, scoring_amp, scoring_sampler
+from activeseg.engine.model import build_model, network_plan, scoring_amp
 
 from _support import REPO
 
@@ -161,35 +161,21 @@ def test_channels_last_sampling_gives_the_same_samples_and_leaves_the_model_alon
 
 
 @pytest.mark.parametrize("source", ["mc_dropout", "tta", "ensemble"])
-def test_worker_threads_score_each_window_as_one_thread_does_and_restore_the_thread_count(
+def test_a_batch_of_windows_is_scored_a_calls_worth_of_windows_at_a_time_with_each_windows_own_samples(
     source: uncertainty.Source,
 ) -> None:
     model, members = unet(), [unet(seed=1)] if source == "ensemble" else []
     windows = torch.stack([image(16, 16, 16, seed=s) for s in (3, 4, 5)])
-    needs = EVERY_MOMENT
-    alone = make_window_sampler(source, model, 4, None, (0, 1), False, members, channels_last=True)
-    shared = make_window_sampler(source, model, 4, None, (0, 1), False, members, channels_last=True, workers=2)
-    assert len(shared.worker_models) == 1
-    assert all(w is not m for w, m in zip(shared.worker_models[0], shared.models, strict=True))  # hooks are per model
-    threads = torch.get_num_threads()
-    got = shared.moments(windows, [7, 8, 9], needs)  # three windows on two workers: shares of 2 and 1
-    assert torch.get_num_threads() == threads
-    torch.testing.assert_close(got, alone.moments(windows, [7, 8, 9], needs), atol=1e-6, rtol=0)
-    torch.testing.assert_close(got[2:], alone.moments(windows[2:], [9], needs), atol=1e-6, rtol=0)  # per window
-    with pytest.raises(ValueError, match="workers must be at least 1"):
-        make_window_sampler(source, model, 4, None, (), False, members, workers=0)
-
-
-def test_the_engine_scores_on_a_cpu_with_one_worker_per_thread_up_to_the_windows_per_batch() -> None:
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(3)
-        config = config_from_dict({"inference": {"windows_per_batch": 2}})
-        assert len(scoring_sampler(config, unet()).worker_models) == 1  # min(3 threads, 2 windows) workers
-        torch.set_num_threads(1)
-        assert scoring_sampler(config, unet()).worker_models == ()
-    finally:
-        torch.set_num_threads(threads)
+    sampler = make_window_sampler(source, model, 4, 2, (0, 1), False, members)  # 2 rows per model call
+    rows: list[int] = []
+    hooks = [m.register_forward_pre_hook(lambda _, x: rows.append(x[0].shape[0])) for m in sampler.models]
+    got = sampler.moments(windows, [7, 8, 9], EVERY_MOMENT)  # windows 1–2, then window 3
+    for hook in hooks:
+        hook.remove()
+    assert max(rows) == 2 and got.shape[0] == 3
+    for b, seed in enumerate((7, 8, 9)):  # each window's moments, as if it were scored alone
+        alone = moment_channels(sampler.chunks(windows[b : b + 1], [seed]), EVERY_MOMENT)
+        torch.testing.assert_close(got[b : b + 1], alone, atol=1e-6, rtol=0)
 
 
 def test_seeded_dropout_drops_like_dropout() -> None:

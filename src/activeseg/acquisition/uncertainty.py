@@ -20,9 +20,7 @@ Any sampler combines with any scorer (through ``moments`` and ``sliding``).
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -196,9 +194,6 @@ class WindowSampler:
     amp: bool = False
     channels_last: bool = False
     """Feed the model channels-last (NDHWC) windows."""
-    worker_models: tuple[tuple[nn.Module, ...], ...] = ()
-    """CPU: a copy of ``models`` for each extra worker thread of :meth:`moments` (copies, as seeded dropout hooks
-    its own model)."""
 
     def __call__(self, windows_B_Cin_d_h_w: Tensor, seeds: Sequence[int]) -> Tensor:
         """probs_K_B_C_d_h_w (float32, CPU); sample k of window b depends only on the window and ``seeds[b]``."""
@@ -209,26 +204,17 @@ class WindowSampler:
     ) -> Tensor:
         """moments_B_M_d_h_w: the moments of each window's K samples (``moments.moment_channels``).
 
-        With worker models, the B windows are shared among up to 1 + len(worker_models) threads that split torch's
-        threads between them (two windows on one thread each, rather than one window on two threads, on 2 cores:
-        small layers leave a second thread idle much of the time). Each window's samples are the same either way.
-        """
-        workers = min(1 + len(self.worker_models), len(seeds))
-        if workers == 1:
-            return moment_channels(self.chunks(windows_B_Cin_d_h_w, seeds), needs)
-        samplers = [self, *(dataclasses.replace(self, models=m, worker_models=()) for m in self.worker_models)]
-        shares = np.array_split(np.arange(len(seeds)), workers)
-        threads = torch.get_num_threads()
-
-        def share_moments(sampler: WindowSampler, share: np.ndarray) -> Tensor:
-            torch.set_num_threads(max(1, threads // workers))  # this thread's own torch threads
-            return moment_channels(sampler.chunks(windows_B_Cin_d_h_w[share], [seeds[i] for i in share]), needs)
-
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                return torch.cat(list(pool.map(share_moments, samplers, shares)))
-        finally:
-            torch.set_num_threads(threads)
+        When the B windows are more than one model call's rows, they are taken a call's worth at a time, one pass
+        each per call, rather than all B in every call: a CPU's cache-sized calls (:func:`rows_per_call`) stay that
+        size whatever ``inference.windows_per_batch`` is. Each window's samples are the same either way."""
+        device = next(self.models[0].parameters()).device
+        group = rows_per_call(self.batch_size, windows_B_Cin_d_h_w[0, 0].numel(), device)
+        return torch.cat(
+            [
+                moment_channels(self.chunks(windows_B_Cin_d_h_w[i : i + group], seeds[i : i + group]), needs)
+                for i in range(0, len(seeds), group)
+            ]
+        )
 
     def chunks(self, windows_B_Cin_d_h_w: Tensor, seeds: Sequence[int]) -> Iterator[Tensor]:
         """The K samples as consecutive groups probs_k_B_C_d_h_w (k <= max(1, rows // B)), in sample order."""
@@ -286,16 +272,12 @@ def make_window_sampler(
     amp: bool,
     members: Sequence[nn.Module] = (),
     channels_last: bool = False,
-    workers: int = 1,
 ) -> WindowSampler:
     """The uncertainty source called ``source`` bound to a trained model (and, for ``ensemble``, its other
     ``members``; K is then ``1 + len(members)``). With ``channels_last`` the sampler holds channels-last (NDHWC)
     copies of the models, which oneDNN convolves faster on a CPU, with their transposed convolutions in sub-pixel
-    form (``subpixel``: the same map, faster there) and their instance normalisation kept channels-last
-    (``instance_norm``); the models passed in are left as they are. With ``workers`` > 1 the sampler also holds
-    ``workers - 1`` further copies, so that :meth:`WindowSampler.moments` scores that many windows at once."""
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+    form (``subpixel``: the same map, faster there) and, in float32, their instance normalisation kept channels-last
+    (``instance_norm``); the models passed in are left as they are."""
     if source not in SOURCES:
         raise ValueError(f"unknown uncertainty source {source!r}; valid: {', '.join(SOURCES)}")
     if source == "ensemble" and not members:
@@ -305,8 +287,8 @@ def make_window_sampler(
         models = tuple(copy.deepcopy(m).to(memory_format=torch.channels_last_3d) for m in models)  # type: ignore[call-overload]
         for copied in models:
             use_subpixel_upsampling(copied, torch.channels_last_3d)
-            use_channels_last_instance_norm(copied)
-    copies = tuple(tuple(copy.deepcopy(m) for m in models) for _ in range(workers - 1))
+            if not amp:  # under bf16 autocast torch's own is faster (it normalises in float32)
+                use_channels_last_instance_norm(copied)
     if source == "ensemble":
-        return WindowSampler(source, models, len(models), batch_size, (), amp, channels_last, copies)
-    return WindowSampler(source, models, samples, batch_size, tuple(flip_axes), amp, channels_last, copies)
+        return WindowSampler(source, models, len(models), batch_size, amp=amp, channels_last=channels_last)
+    return WindowSampler(source, models, samples, batch_size, tuple(flip_axes), amp, channels_last)

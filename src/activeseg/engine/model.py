@@ -97,10 +97,8 @@ def scoring_amp(config: RunConfig, device: torch.device) -> bool:
 def scoring_sampler(config: RunConfig, model: nn.Module, members: Sequence[nn.Module] = ()) -> WindowSampler:
     """The uncertainty source that scores a round's pool, and so the maps the human loop exports: the config's
     source bound to the round's model (and ensemble ``members``), autocast as :func:`scoring_amp` says, and on a CPU
-    through channels-last copies (oneDNN's faster layout; BENCHMARKS.md: score_speed) with one copy per torch thread,
-    up to ``inference.windows_per_batch``, so that a batch's windows are scored side by side."""
+    through channels-last copies (oneDNN's faster layout; BENCHMARKS.md: score_speed)."""
     settings, device = config.strategy, next(model.parameters()).device
-    on_cpu = device.type == "cpu"
     return make_window_sampler(
         settings.uncertainty,
         model,
@@ -109,8 +107,7 @@ def scoring_sampler(config: RunConfig, model: nn.Module, members: Sequence[nn.Mo
         config.train.flip_indices,
         scoring_amp(config, device),
         members,
-        channels_last=on_cpu,
-        workers=min(torch.get_num_threads(), config.inference.windows_per_batch) if on_cpu else 1,
+        channels_last=device.type == "cpu",
     )
 
 
