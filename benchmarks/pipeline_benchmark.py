@@ -287,17 +287,24 @@ def speed_key(machine: dict[str, Any]) -> str:
     return SPEED_KEYS[machine["cpu_bf16_native"]] + ("" if kept else SYSTEM_MALLOC)
 
 
+SPEED_ROUNDS = 3
+"""Timed rounds over the volumes against MONAI Label: the median of 3 per path and volume steadies the ratio on a
+shared VM, where one round's ratios moved by about 10% between runs of the same code."""
+
+
 def versus_monailabel(
     model: torch.nn.Module,
     images: list[np.ndarray],
     roi: tuple[int, int, int],
     reloads: list[Callable[[], np.ndarray]] | None = None,
+    rounds: int = SPEED_ROUNDS,
 ) -> dict[str, Any]:
     """MONAI Label's epistemic path against ours computing the same score (foreground entropy of the mean, K = 8,
     the same model and windows, overlap 0.5) on the same volumes: the median seconds per volume of each path, the
-    paths interleaved volume by volume after one untimed call each. With ``reloads`` (one per volume: MONAI Label's
-    pre-transforms on its file, :func:`monailabel_loader`) MONAI Label's path also runs as its code does, reading
-    and preprocessing the image again for each of the K samples (``monailabel_reloading``)."""
+    paths interleaved volume by volume after one untimed call each, over ``rounds`` rounds of the volumes. With
+    ``reloads`` (one per volume: MONAI Label's pre-transforms on its file, :func:`monailabel_loader`) MONAI Label's
+    path also runs as its code does, reading and preprocessing the image again for each of the K samples
+    (``monailabel_reloading``)."""
     native = cpu_bf16_native()  # elsewhere bf16 runs a reference convolution, about 20x slower: not timed
     paths: dict[str, Callable[[int], float]] = {"monailabel": lambda i: monailabel_epistemic(model, images[i], roi)}
     if reloads is not None:
@@ -317,7 +324,7 @@ def versus_monailabel(
             paths[name] = ours_path(rows, amp)
     seconds: dict[str, list[float]] = {name: [] for name in paths}
     scores = {name: path(0) for name, path in paths.items()}
-    for i in range(len(images)):
+    for i in [v for _ in range(rounds) for v in range(len(images))]:
         for name, path in paths.items():
             start = time.perf_counter()
             scores[name] = path(i)
@@ -328,6 +335,7 @@ def versus_monailabel(
         "instance_norm_layers": sum(norm_supports(m) for m in model.modules()),  # swapped in float32
         "windows_per_batch": InferenceConfig().windows_per_batch,
         "volumes": len(images),
+        "rounds": rounds,
         "roi": list(roi),
         "median_s": medians,
         "speedup_vs_monailabel": {name: medians["monailabel"] / m for name, m in medians.items()},

@@ -445,11 +445,12 @@ def speed_blocks(speed: dict[str, Any], cpu: str) -> list[Block]:
         out.append(("p", speed["note"]))
     versus = speed.get("versus_monailabel")
     if versus:
+        timed = f", each timed {versus['rounds']} times in interleaved rounds" if versus.get("rounds") else ""
         out += [
             (
                 "p",
                 f"MONAI Label's epistemic path beside ours on {versus['volumes']} volumes of the clinical-shape "
-                f"set (the same model and {'×'.join(map(str, versus['roi']))} windows, K = 8, overlap 0.5, both "
+                f"set{timed} (the same model and {'×'.join(map(str, versus['roi']))} windows, K = 8, overlap 0.5, both "
                 "scoring MONAI Label's foreground entropy of the mean; median seconds per volume):",
             ),
             (

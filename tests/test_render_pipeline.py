@@ -109,8 +109,10 @@ def test_speed_blocks_give_the_ratio_to_monailabel_with_and_without_its_per_samp
     assert "`ours_bf16_channels_last` is 3.00× as fast as the passes alone and 5.00× as fast as the path" in text
     assert "its 3 transposed convolutions in sub-pixel form" in text and "Measured before a change." in text
     assert "instance normalisations" not in text and "windows per batch" not in text  # records before 2026-12-01
-    speed["versus_monailabel"] |= {"instance_norm_layers": 9, "windows_per_batch": 4}
+    assert "each timed" not in text and "volumes of the clinical-shape set (the same model" in text
+    speed["versus_monailabel"] |= {"instance_norm_layers": 9, "windows_per_batch": 4, "rounds": 3}
     text = " ".join(str(block[-1]) for block in render.speed_blocks(speed, "test"))
+    assert "volumes of the clinical-shape set, each timed 3 times in interleaved rounds (the same model" in text
     assert "and, in float32, its 9 instance normalisations computed in that layout" in text
     assert "as the engine does on a CPU, 4 windows per batch (`inference.windows_per_batch`) taken a model" in text
     del medians["monailabel_reloading"]
