@@ -12,6 +12,10 @@ from activeseg.acquisition.instance_norm import (
     supports,
     use_channels_last_instance_norm,
 )
+from activeseg.acquisition.subpixel import SubpixelConvTranspose3d
+from activeseg.acquisition.uncertainty import make_window_sampler
+from activeseg.config import ModelConfig
+from activeseg.engine.model import build_model, network_plan
 
 CHANNELS_LAST = torch.channels_last_3d
 
@@ -57,3 +61,15 @@ def test_only_per_instance_statistics_are_swapped() -> None:
     model = nn.Sequential(nn.Conv3d(1, 4, 3), nn.InstanceNorm3d(4, affine=True), running, nn.BatchNorm3d(4))
     assert use_channels_last_instance_norm(model) == 1
     assert isinstance(model[1], ChannelsLastInstanceNorm3d) and model[2] is running
+
+
+def test_a_float32_scoring_copy_stays_channels_last_and_a_bf16_one_keeps_torchs_norm() -> None:
+    config = ModelConfig(channels=(4, 8, 16), strides=(2, 2), dropout=0.2)
+    model = build_model(config, network_plan(config, 3))
+    norms = sum(isinstance(m, nn.InstanceNorm3d) for m in model.modules())
+    for amp in (False, True):
+        copy = make_window_sampler("mc_dropout", model, 3, None, (), amp, channels_last=True).models[0]
+        swapped = sum(isinstance(m, ChannelsLastInstanceNorm3d) for m in copy.modules())
+        shuffles = {m.channels_last_output for m in copy.modules() if isinstance(m, SubpixelConvTranspose3d)}
+        assert (swapped, shuffles) == ((0, {False}) if amp else (norms, {True}))
+    assert sum(isinstance(m, nn.InstanceNorm3d) for m in model.modules()) == norms > 0  # the caller's model

@@ -27,8 +27,9 @@ class SubpixelConvTranspose3d(nn.Module):
     """The same map as a given ``nn.ConvTranspose3d`` (groups 1, dilation 1, zero padding), computed as one
     convolution over the input followed by a pixel shuffle. Its weights are a rearranged copy, fixed at build."""
 
-    def __init__(self, transposed: nn.ConvTranspose3d) -> None:
+    def __init__(self, transposed: nn.ConvTranspose3d, channels_last_output: bool = True) -> None:
         super().__init__()
+        self.channels_last_output = channels_last_output  # else shuffled into the standard layout
         if not supports(transposed):
             raise ValueError(f"no sub-pixel form for {transposed} (needs groups 1, dilation 1, zero padding)")
         self.stride = _triple(transposed.stride)
@@ -66,18 +67,22 @@ class SubpixelConvTranspose3d(nn.Module):
         ]
         y = F.conv3d(F.pad(x_N_Cin_D_H_W, widths), self.weight, self.bias)
         (p1, p2, p3), (o1, o2, o3) = self.padding, out
-        shuffled = pixel_shuffle(y[:, :, : rows[0], : rows[1], : rows[2]], self.stride, self.out_channels)
+        phases = y[:, :, : rows[0], : rows[1], : rows[2]]
+        shuffled = pixel_shuffle(phases, self.stride, self.out_channels, self.channels_last_output)
         return shuffled[:, :, p1 : p1 + o1, p2 : p2 + o2, p3 : p3 + o3]
 
 
-def pixel_shuffle(phases_N_PC_U1_U2_U3: Tensor, stride: tuple[int, int, int], channels: int) -> Tensor:
+def pixel_shuffle(
+    phases_N_PC_U1_U2_U3: Tensor, stride: tuple[int, int, int], channels: int, channels_last: bool = True
+) -> Tensor:
     """Interleave the s₁·s₂·s₃ phases of each of ``channels`` channels (phase-major, as the sub-pixel weight orders
-    them) into out_N_C_(U1·s1)_(U2·s2)_(U3·s3), in the input's layout: a channels-last input is shuffled into a
+    them) into out_N_C_(U1·s1)_(U2·s2)_(U3·s3). With ``channels_last``, a channels-last input is shuffled into a
     channels-last output, which moves blocks of s₃·C contiguous values (about 5× faster for 8 channels than the
-    standard layout's single values, and the next layers read channels-last anyway)."""
+    standard layout's single values, and float32 scoring's next layers read channels-last); otherwise the output
+    has the standard layout (what torch's instance norm reads fastest, under bf16 autocast)."""
     y = phases_N_PC_U1_U2_U3
     (s1, s2, s3), (u1, u2, u3), n = stride, y.shape[2:], y.shape[0]
-    if y.stride(1) != 1 or y.is_contiguous():  # not laid out channels-last (a cropped view may have gaps)
+    if not channels_last or y.stride(1) != 1 or y.is_contiguous():  # (a cropped channels-last view may have gaps)
         return (
             y.reshape(n, s1, s2, s3, channels, u1, u2, u3)
             .permute(0, 4, 5, 1, 6, 2, 7, 3)
@@ -108,13 +113,17 @@ def supports(layer: nn.Module) -> TypeGuard[nn.ConvTranspose3d]:
     )
 
 
-def use_subpixel_upsampling(model: nn.Module, memory_format: torch.memory_format = torch.contiguous_format) -> int:
+def use_subpixel_upsampling(
+    model: nn.Module, memory_format: torch.memory_format = torch.contiguous_format, channels_last_output: bool = True
+) -> int:
     """Replace every supported transposed 3-D convolution in ``model`` (in place) by its sub-pixel form, with its
-    weights in ``memory_format``; returns how many were replaced."""
+    weights in ``memory_format`` and, given a channels-last input, a channels-last output if
+    ``channels_last_output`` (:func:`pixel_shuffle`); returns how many were replaced."""
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if supports(child):
-                setattr(parent, name, SubpixelConvTranspose3d(child).to(memory_format=memory_format))  # type: ignore[call-overload]
+                layer = SubpixelConvTranspose3d(child, channels_last_output)
+                setattr(parent, name, layer.to(memory_format=memory_format))  # type: ignore[call-overload]
                 replaced += 1
     return replaced

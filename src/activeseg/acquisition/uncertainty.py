@@ -286,8 +286,9 @@ def make_window_sampler(
     if channels_last:
         models = tuple(copy.deepcopy(m).to(memory_format=torch.channels_last_3d) for m in models)  # type: ignore[call-overload]
         for copied in models:
-            use_subpixel_upsampling(copied, torch.channels_last_3d)
-            if not amp:  # under bf16 autocast torch's own is faster (it normalises in float32)
+            # under bf16 autocast torch's instance norm (in float32, from the standard layout) is faster than ours
+            use_subpixel_upsampling(copied, torch.channels_last_3d, channels_last_output=not amp)
+            if not amp:
                 use_channels_last_instance_norm(copied)
     if source == "ensemble":
         return WindowSampler(source, models, len(models), batch_size, amp=amp, channels_last=channels_last)
