@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from run_benchmarks import machine  # this script's folder is on sys.path when it runs
 
+from activeseg.acquisition.instance_norm import NORM_RANGE
 from activeseg.acquisition.uncertainty import make_window_sampler
 from activeseg.config import ModelConfig
 from activeseg.engine.malloc import keep_freed_memory
@@ -38,7 +39,18 @@ GROUPS = {
     "concatenation": ("aten::cat",),
     "softmax": ("softmax",),
 }
-"""Operator-name fragments per group (first match wins; ``aten::mul`` is the dropout's scaling)."""
+"""Operator-name fragments per group (first match wins; ``aten::mul`` is the dropout's scaling). Every operator
+inside the channels-last instance norm (its ``NORM_RANGE``) counts as normalisation instead."""
+
+
+def within(event: Any, name: str) -> bool:
+    """Whether a profiler event ran inside a ``record_function`` range called ``name``."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name == name:
+            return True
+        parent = parent.cpu_parent
+    return False
 
 
 def group_of(name: str) -> str:
@@ -57,9 +69,9 @@ def profile(amp: bool, repeats: int) -> dict[str, Any]:
         for _ in range(repeats):
             sampler(window, [0])
     seconds: dict[str, float] = {}
-    for event in prof.key_averages():
-        if event.key.startswith("aten::"):
-            group = group_of(event.key)
+    for event in prof.events():
+        if event.name.startswith("aten::"):
+            group = "normalisation" if within(event, NORM_RANGE) else group_of(event.name)
             seconds[group] = seconds.get(group, 0.0) + event.self_cpu_time_total / 1e6 / repeats
     total = sum(seconds.values())
     return {
