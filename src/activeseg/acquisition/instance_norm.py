@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from activeseg.acquisition.layer_swap import replace_layers
+
 NORM_RANGE = "activeseg::channels_last_instance_norm"
 """The profiler range each normalisation runs in."""
 
@@ -61,10 +63,4 @@ def supports(layer: nn.Module) -> TypeGuard[nn.InstanceNorm3d]:
 def use_channels_last_instance_norm(model: nn.Module) -> int:
     """Replace every supported ``nn.InstanceNorm3d`` in ``model`` (in place) by
     :class:`ChannelsLastInstanceNorm3d`; returns how many were replaced."""
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if supports(child):
-                setattr(parent, name, ChannelsLastInstanceNorm3d(child))
-                replaced += 1
-    return replaced
+    return replace_layers(model, lambda layer: ChannelsLastInstanceNorm3d(layer) if supports(layer) else None)

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from activeseg.acquisition.layer_swap import replace_layers
+
 
 class SubpixelConvTranspose3d(nn.Module):
     """The same map as a given ``nn.ConvTranspose3d`` (groups 1, dilation 1, zero padding), computed as one
@@ -119,11 +121,11 @@ def use_subpixel_upsampling(
     """Replace every supported transposed 3-D convolution in ``model`` (in place) by its sub-pixel form, with its
     weights in ``memory_format`` and, given a channels-last input, a channels-last output if
     ``channels_last_output`` (:func:`pixel_shuffle`); returns how many were replaced."""
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if supports(child):
-                layer = SubpixelConvTranspose3d(child, channels_last_output)
-                setattr(parent, name, layer.to(memory_format=memory_format))  # type: ignore[call-overload]
-                replaced += 1
-    return replaced
+
+    def replacement(layer: nn.Module) -> nn.Module | None:
+        if not supports(layer):
+            return None
+        subpixel = SubpixelConvTranspose3d(layer, channels_last_output)
+        return subpixel.to(memory_format=memory_format)  # type: ignore[call-overload,no-any-return]
+
+    return replace_layers(model, replacement)
