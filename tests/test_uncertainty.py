@@ -169,7 +169,7 @@ def test_a_batch_of_windows_is_scored_a_calls_worth_of_windows_at_a_time_with_ea
     sampler = make_window_sampler(source, model, 4, 2, (0, 1), False, members)  # 2 rows per model call
     rows: list[int] = []
     hooks = [m.register_forward_pre_hook(lambda _, x: rows.append(x[0].shape[0])) for m in sampler.models]
-    got = sampler.moments(windows, [7, 8, 9], EVERY_MOMENT)  # windows 1–2, then window 3
+    got = moment_channels(sampler.chunks(windows, [7, 8, 9]), EVERY_MOMENT)  # windows 1–2, then window 3
     for hook in hooks:
         hook.remove()
     assert max(rows) == 2 and got.shape[0] == 3

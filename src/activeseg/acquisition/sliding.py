@@ -24,7 +24,7 @@ from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.inferers import sliding_window_inference
 from torch import Tensor
 
-from activeseg.acquisition.moments import EVERY_MOMENT, MomentName, Moments
+from activeseg.acquisition.moments import EVERY_MOMENT, MomentName, Moments, moment_channels
 from activeseg.acquisition.scorers import Reduction, SiteChooser, as_map_stack, top_sites
 from activeseg.acquisition.uncertainty import WindowSampler
 from activeseg.seeds import derive_seed
@@ -101,7 +101,7 @@ def sliding_moments(
 
     def predictor(windows_B_Cin_d_h_w: Tensor, coordinates: list[list[slice]]) -> Tensor:
         seeds = [window_seed(seed, [s.start for s in window[2:]]) for window in coordinates]
-        return sampler.moments(windows_B_Cin_d_h_w, seeds, needs)
+        return moment_channels(sampler.chunks(windows_B_Cin_d_h_w, seeds), needs)
 
     with torch.no_grad():
         fused = sliding_window_inference(
