@@ -51,6 +51,7 @@ from activeseg.acquisition.uncertainty import make_window_sampler
 from activeseg.config import InferenceConfig, RunConfig, config_from_dict, load_config
 from activeseg.data.clinical import (
     crop_to_structure,
+    field_image_on_source_grid,
     make_clinical_dataset,
     paste_class_maps,
     through_clinical_spacing,
@@ -143,9 +144,11 @@ def native_subset(source: Path, ids: list[str], out: Path) -> Path:
 
 
 SETS = ("native", "cropped", "clinical")
-DIAGNOSTIC_SETS = ("thick",)
+DIAGNOSTIC_SETS = ("thick", "thick-field")
 """``thick``: the native cases with each image sent to its clinical field's spacing and back
-(``clinical.through_clinical_spacing``): the thick slices' information on the 1 mm grid, with the 1 mm labels."""
+(``clinical.through_clinical_spacing``): the thick slices' information on the 1 mm grid, with the 1 mm labels.
+``thick-field``: the same, but each image is the field's own box (CT intensities, noise, faded border) brought back
+to the 1 mm grid (``clinical.field_image_on_source_grid``): the clinical image's information there."""
 
 
 def bench_full(
@@ -157,6 +160,7 @@ def bench_full(
     options: Options = Options(),
     sets: tuple[str, ...] = SETS,
     thick: Path | None = None,
+    thick_field: Path | None = None,
 ) -> dict[str, Any]:
     """Full-data Dice of the three sets with the same budget (a run already finished in ``work`` with the same
     config is read, not repeated)."""
@@ -168,7 +172,7 @@ def bench_full(
         "plan_strides": [list(s) for s in options.strides] if options.strides else None,
         "native_export": "linear probabilities",  # how predictions reach the native grid (evaluation.evaluate)
     }
-    roots = {"native": native, "cropped": cropped, "clinical": clinical, "thick": thick}
+    roots = {"native": native, "cropped": cropped, "clinical": clinical, "thick": thick, "thick-field": thick_field}
     for name in sets:
         root = roots[name]
         if root is None:
@@ -435,9 +439,13 @@ def main() -> None:
         cropped = work / f"{clinical.name}-cropped"
         if not (cropped / "dataset.json").exists():
             crop_to_structure(clinical, cropped)
-        thick = work / f"{clinical.name}-thick"
-        if "thick" in args.sets and not thick.is_dir():  # written aside, then renamed: never half there
-            through_clinical_spacing(clinical, work / f"{thick.name}.partial").rename(thick)
+        thick, thick_field = work / f"{clinical.name}-thick", work / f"{clinical.name}-thick-field"
+        for name, folder, write in (
+            ("thick", thick, through_clinical_spacing),
+            ("thick-field", thick_field, field_image_on_source_grid),
+        ):
+            if name in args.sets and not folder.is_dir():  # written aside, then renamed: never half there
+                write(clinical, work / f"{folder.name}.partial").rename(folder)
         full = bench_full(
             clinical,
             native,
@@ -447,6 +455,7 @@ def main() -> None:
             options,
             tuple(args.sets),
             thick,
+            thick_field,
         )
         full |= {"paste": args.paste, "in_plane_mm": list(args.in_plane), "slices_mm": list(args.slices)}
         full |= {"first_case": args.first_case, "seed": args.seed, "cases": len(ids)}

@@ -14,6 +14,7 @@ import pytest
 
 from activeseg.data.clinical import (
     crop_to_structure,
+    field_image_on_source_grid,
     make_clinical_dataset,
     paste_class_maps,
     reoriented_copy,
@@ -266,6 +267,42 @@ def test_through_clinical_spacing_keeps_what_the_coarse_slices_keep(tmp_path: Pa
     (tmp_path / "src" / "dataset.json").write_text("{}")
     with pytest.raises(ValueError, match="no 'clinical' record"):
         crop_to_structure(tmp_path / "src", tmp_path / "other")
+
+
+def test_field_image_on_source_grid_is_the_pasted_box_on_the_source_grid(voxel_dataset: Path, tmp_path: Path) -> None:
+    """Pasted voxel-wise, the box holds one field voxel per source voxel: the image comes back as the field's box
+    voxels (CT intensities, noise, faded border) exactly, read in another way (``nib.as_closest_canonical``), for
+    every orientation; label and affine are the source's."""
+    out = field_image_on_source_grid(voxel_dataset, tmp_path / "out")
+    drawn_cases = json.loads((voxel_dataset / "dataset.json").read_text())["clinical"]
+    for case_id, drawn in drawn_cases.items():
+        image, affine, _ = _load(out / "imagesTr" / f"{case_id}.nii.gz")
+        label, label_affine, _ = _load(out / "labelsTr" / f"{case_id}.nii.gz")
+        source, source_affine, _ = _load(Path(drawn["source"]))
+        source_label, _, _ = _load(hippocampus_root() / "labelsTr" / f"{case_id}.nii.gz")
+        field, _ = _canonical(voxel_dataset / "imagesTr" / f"{case_id}.nii.gz")
+        box = tuple(slice(o, o + n) for o, n in zip(drawn["offset"], source.shape, strict=True))
+        assert image.shape == source.shape and image.dtype == np.float32
+        np.testing.assert_allclose(image, field[box], atol=1e-3)
+        np.testing.assert_array_equal(label, source_label)
+        np.testing.assert_allclose(affine, source_affine)
+        np.testing.assert_allclose(label_affine, source_affine)
+
+
+def test_field_image_on_source_grid_shows_the_structure_where_the_source_has_it(dataset: Path, tmp_path: Path) -> None:
+    """Pasted at the field's spacing, the box comes back on the source's grid: in HU it follows the thick-slice
+    image of :func:`through_clinical_spacing` (the same structure, the field's noise aside) voxel by voxel, and the
+    mirrored image does not."""
+    field_images = field_image_on_source_grid(dataset, tmp_path / "field")
+    thick = through_clinical_spacing(dataset, tmp_path / "thick")
+    for path in sorted((field_images / "imagesTr").iterdir()):
+        hu, _, _ = _load(path)
+        mri, _, _ = _load(thick / "imagesTr" / path.name)
+        assert hu.shape == mri.shape
+        inner = tuple(slice(4, n - 4) for n in hu.shape)  # clear of the faded border
+        same = np.corrcoef(hu[inner].ravel(), mri[inner].ravel())[0, 1]
+        mirrored = np.corrcoef(hu[inner][::-1, ::-1].ravel(), mri[inner].ravel())[0, 1]
+        assert same > 0.8 and abs(mirrored) < 0.5, (path.name, same, mirrored)
 
 
 def test_rejects_bad_arguments(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -42,6 +43,35 @@ def test_pooled_refuses_runs_without_the_same_cases(render: ModuleType) -> None:
     assert render.pooled([(older, "clinical", older, "native")]) is None
     mismatched = run(clinical={"a": [0.5, 0.5]}, native={"b": [0.5, 0.5]})
     assert render.pooled([(mismatched, "clinical", mismatched, "native")]) is None
+
+
+def split(thick: float, field_cost: float, planning_cost: list[float]) -> dict[str, Any]:
+    """A field-image variant of 10 cases: thick-field = thick − field_cost, cropped = thick-field + planning_cost[i]
+    (case i's thick Dice varies so that the cases differ)."""
+    cases = [f"case{i}" for i in range(len(planning_cost))]
+    base = {c: thick + 0.01 * i for i, c in enumerate(cases)}
+    sets: dict[str, dict[str, list[float | None]]] = {
+        "thick": {c: [base[c]] * 2 for c in cases},
+        "thick-field": {c: [base[c] - field_cost] * 2 for c in cases},
+        "cropped": {c: [base[c] - field_cost + d] * 2 for c, d in zip(cases, planning_cost, strict=True)},
+    }
+    return run(**sets)
+
+
+def test_field_image_text_applies_the_rule_written_down_before_the_runs(render: ModuleType) -> None:
+    names = render.FIELD_IMAGE
+    assert render.field_image_text({names[0]: split(0.8, 0.02, [0.0] * 10)}) is None  # one set alone: nothing
+    noise = [0.004, -0.004, 0.002, -0.002, 0.001, -0.001, 0.003, -0.003, 0.0, 0.0]  # planning: mean 0
+    image_only = render.field_image_text({n: split(0.8, 0.02, noise) for n in names})
+    assert "**the image's:" in image_only
+    # by hand: the field's image −0.02 in every case, planning on the grid 0.0 on average, cut-out − thick their sum
+    assert "cut-out cases at 1 mm − thick-slice images -0.0200 [" in image_only
+    assert "the field's image (thick-field − thick) -0.0200 [-0.0200, -0.0200]" in image_only
+    assert re.search(r"cut-out at 1 mm − thick-field\) [+-]0\.0000 \[", image_only)
+    costly = render.field_image_text({n: split(0.8, 0.0, [-0.01 + d for d in noise]) for n in names})
+    assert "**the pipeline's:" in costly and "thick-field) -0.0100 [" in costly
+    # the field's image costs nothing and planning nothing: neither rule holds
+    assert "**undecided**" in render.field_image_text({n: split(0.8, 0.0, noise) for n in names})
 
 
 def cut_out(dice: float, patch: list[int], strides: list[list[int]], **record: Any) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +38,7 @@ _BLEND = 3  # voxels over which the crop's border fades into the surrounding tis
 _AXIS = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}
 
 FloatArray = npt.NDArray[np.float32]
+Float64Array = npt.NDArray[np.float64]
 _nio: Any = nibabel.orientations  # untyped
 
 
@@ -187,6 +188,41 @@ def through_clinical_spacing(clinical: Path, out: Path) -> Path:
     Writes ``out/imagesTr`` (float32, the source's affine) and ``out/labelsTr`` (the source labels, unchanged);
     returns ``out``.
     """
+
+    def coarse(_: str, drawn: dict[str, Any], source: Float64Array, affine: Float64Array) -> Float64Array:
+        zoom = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0) / np.asarray(drawn["ras_spacing"])
+        return _resample_image(source, _paste_factors(source.shape, zoom))
+
+    return _back_on_source_grid(clinical, out, coarse)
+
+
+def field_image_on_source_grid(clinical: Path, out: Path) -> Path:
+    """The clinical set's source cases on their own grid, each image taken from its clinical field: the voxels of
+    the box its crop was pasted into (CT intensities, the field's noise and the faded border), resampled back as
+    :func:`through_clinical_spacing` resamples. Beside that function's images, it tells what the field's intensities
+    and noise take from the thick slices, apart from what planning and training on their grid cost.
+
+    Writes ``out/imagesTr`` (float32 HU, the source's affine) and ``out/labelsTr`` (the source labels, unchanged);
+    returns ``out``.
+    """
+
+    def coarse(case_id: str, drawn: dict[str, Any], _: Float64Array, __: Float64Array) -> Float64Array:
+        stored = read_volume(clinical / "imagesTr" / f"{case_id}.nii.gz")
+        ras, _affine = _reorient(stored.array, stored.affine, "RAS")
+        box = tuple(slice(o, o + n) for o, n in zip(drawn["offset"], drawn["crop_shape"], strict=True))
+        return np.asarray(ras[box], dtype=np.float64)
+
+    return _back_on_source_grid(clinical, out, coarse)
+
+
+def _back_on_source_grid(
+    clinical: Path,
+    out: Path,
+    coarse_of: Callable[[str, dict[str, Any], Float64Array, Float64Array], Float64Array],
+) -> Path:
+    """Each source case's image as ``coarse_of(case_id, drawn, source image, source affine)`` gives it on the field's
+    grid, resampled back to the source's grid with the source's label: :func:`through_clinical_spacing` and
+    :func:`field_image_on_source_grid`."""
     clinical, out = Path(clinical), Path(out)
     meta = _clinical_meta(clinical)
     _empty_folders(out)
@@ -195,8 +231,7 @@ def through_clinical_spacing(clinical: Path, out: Path) -> Path:
     for case_id, drawn in meta["clinical"].items():
         image, label = read_volume(Path(drawn["source"])), read_volume(label_files[case_id])
         array = np.asarray(image.array, dtype=np.float64)
-        zoom = np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0) / np.asarray(drawn["ras_spacing"])
-        coarse = _resample_image(array, _paste_factors(array.shape, zoom))
+        coarse = coarse_of(case_id, drawn, array, np.asarray(image.affine, dtype=np.float64))
         fine = _resample_image(coarse, [n / m for n, m in zip(array.shape, coarse.shape, strict=True)])
         if fine.shape != array.shape:  # ndimage rounds each output length; n / m * m must give n back
             raise RuntimeError(f"{case_id}: resampled back to {fine.shape}, not {array.shape}")
