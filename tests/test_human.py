@@ -351,6 +351,9 @@ def test_command_line_export_ingest_status_and_resume(tmp_path_factory: pytest.T
     # the last labels in, and the next round started from the same command
     for case_id in queue_ids(run)[1:]:
         (out / case_id / "label.nii.gz").write_bytes(ground_truth_nifti(shared.data, case_id))
+    timings = (run / "rounds" / "round_000" / "timings.json").read_text()
     both = runner.invoke(app, ["ingest", str(run), str(out), "--next-round"])
     assert both.exit_code == 0, both.output
+    # round 0 is entered again and reads its model, metrics and scores back: its stage times stay the measured ones
+    assert (run / "rounds" / "round_000" / "timings.json").read_text() == timings
     assert "all labels are in" in both.output and "waiting for labels: round 2 has 0 of 3" in both.output

@@ -19,7 +19,7 @@ import torch
 from activeseg.acquisition.registry import STRATEGIES
 from activeseg.config import save_config
 from activeseg.demo import run_demo
-from activeseg.engine.loop import HALT_AT, RunError
+from activeseg.engine.loop import HALT_AT, RunError, Timer
 from activeseg.engine.run import adopt_round_zero, create_run, resume_run, start_run
 from activeseg.rundir.ledger import Ledger
 from activeseg.seeds import derive_seed, round_seeds
@@ -135,6 +135,27 @@ def test_seeds_are_named_and_stable() -> None:
     assert derive_seed(0, "train", 1) == derive_seed(0, "train", 1)
     assert len({derive_seed(0, "train", 1), derive_seed(0, "train", 2), derive_seed(1, "train", 1)}) == 3
     assert 0 <= derive_seed(123, "x") < 2**63
+
+
+def test_stage_times_survive_a_resume_that_only_reads_their_artifacts(tmp_path: Path) -> None:
+    path, model, scores = tmp_path / "timings.json", tmp_path / "model.pt", tmp_path / "scores.csv"
+    first = Timer(path)
+    with first("train_s", model):
+        model.write_bytes(b"weights")
+    with first("select_s"):
+        pass
+    measured = json.loads(path.read_text())  # written as each stage ends, not at the end of the round
+    assert set(measured) == {"train_s", "select_s"} and measured["train_s"] >= 0
+    again = Timer(path)  # the round entered again: training only loads model.pt; scoring was never finished
+    with again("train_s", model):
+        time.sleep(0.01)
+    with again("score_s", scores):
+        scores.write_text("score")
+    kept = json.loads(path.read_text())
+    assert kept["train_s"] == measured["train_s"] and kept["select_s"] == measured["select_s"] and "score_s" in kept
+    with Timer(tmp_path / "other.json")("evaluate_s", model):  # made by an attempt that recorded no time: none
+        pass
+    assert not (tmp_path / "other.json").exists()
 
 
 def test_refuses_to_overwrite_or_resume_a_non_run(reference_run: Path, cache: Path, tmp_path: Path) -> None:

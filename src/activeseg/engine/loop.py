@@ -72,16 +72,26 @@ def halt_point(name: str) -> None:
 
 
 class Timer:
-    """Seconds spent in each named stage of a round (``timings.json``)."""
+    """Seconds spent in each named stage of a round, written to ``timings.json`` as each stage ends.
 
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+    A round is entered again on every resume (after a kill, or when a person's labels arrive), and its finished
+    stages then only read their artifacts back. A stage whose ``artifacts`` all existed before it started keeps
+    the time the attempt that made them recorded (or none, if that attempt stopped before writing it): a resume
+    never replaces a stage's time with the time it took to load its result.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seconds: dict[str, float] = dict(read_json(path)) if path.exists() else {}
 
     @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
+    def __call__(self, name: str, *artifacts: Path) -> Iterator[None]:
+        reused = bool(artifacts) and all(path.exists() for path in artifacts)
         tick = time.perf_counter()
         yield
-        self.seconds[name] = time.perf_counter() - tick
+        if not reused:
+            self.seconds[name] = time.perf_counter() - tick
+            write_json_atomic(self.path, self.seconds)
 
 
 class ActiveLearningLoop:
@@ -116,10 +126,10 @@ class ActiveLearningLoop:
         seeds = round_seeds(self.config.seed, r)
         write_json_atomic(self.layout.seeds(r), seeds)
         labelled = self.ledger.labelled_ids()  # cases with any labelled voxel: the training set
-        timer = Timer()
-        with timer("train_s"):
+        timer = Timer(self.layout.timings(r))
+        with timer("train_s", self.layout.model(r)):
             model = self.train_member(r, 0, labelled, seeds["train"])
-        with timer("evaluate_s"):
+        with timer("evaluate_s", self.layout.metrics(r)):
             self.evaluate(r, model, seeds)
 
         cases = self.pool.cases_with_candidates()
@@ -132,14 +142,13 @@ class ActiveLearningLoop:
         if reason is not None:
             self.ledger.stop(r, reason)
         else:
-            with timer("select_s"):
+            with timer("select_s", self.layout.selection(r)):
                 context = self.pool.context(r, model, candidates, labelled, seeds["select"], self.truth_for_baselines())
                 choices = self.strategy.select(candidates.units, candidates.scores, self.config.loop.per_round, context)
                 choices = self.within_budget(choices)
             write_json_atomic(self.layout.selection(r), [dataclasses.asdict(c) for c in choices])
             halt_point(f"round {r}: selected")
             self.request(r + 1, choices)
-        write_json_atomic(self.layout.timings(r), timer.seconds)
         shutil.rmtree(self.layout.teacher_votes(r), ignore_errors=True)  # every model of round r is trained
 
     # --- the stages ---------------------------------------------------------------------------------------------
@@ -292,12 +301,10 @@ class ActiveLearningLoop:
             return self.pool.unscored(cases, seeds["select"])
         members = []
         if self.config.strategy.uncertainty == "ensemble":
-            with timer("ensemble_train_s"):
-                members = [
-                    self.train_member(r, m, labelled, seeds["train"])
-                    for m in range(1, self.config.strategy.ensemble_size)
-                ]
-        with timer("score_s"):
+            size = self.config.strategy.ensemble_size
+            with timer("ensemble_train_s", *(self.layout.model(r, m) for m in range(1, size))):
+                members = [self.train_member(r, m, labelled, seeds["train"]) for m in range(1, size)]
+        with timer("score_s", self.layout.scores(r)):
             return self.pool.scored(r, model, members, cases, seeds["mc_dropout"])
 
     def within_budget(self, choices: list[Choice]) -> list[Choice]:
