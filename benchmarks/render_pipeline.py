@@ -345,7 +345,37 @@ def field_image_text(variants: dict[str, Any]) -> str | None:
         f"the clinical grid (cut-out at 1 mm − thick-field) {paired_of(pipeline)}. The rule, written down before "
         "they ran (the pipeline's share is the image's if the second interval holds 0 and the first lies below 0, "
         f"the pipeline's if the second lies below 0): **{verdict}**."
+    ) + whole_pipeline_text(variants, runs)
+
+
+def whole_pipeline_text(variants: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    """Not part of the rule: the full clinical fields at 1 mm against the native pipeline on their own images
+    (what the whole pipeline costs beyond the image it is given), and those images against the originals."""
+    text = ""
+    natives = (
+        pooled([(run, "thick-field", run, "native") for run in runs]) if all("native" in r for r in runs) else None
     )
+    if natives is not None:
+        text += (
+            " Read beside it, not part of the rule: the field's images on the 1 mm grid − the original crops, same "
+            f"runs: {paired_of(natives)}, what the generated images lack at this budget whatever the pipeline."
+        )
+    if all(name in variants for name in (CLINICAL_PLAN, FRESH_CLINICAL_PLAN)):
+        fields = [variants[CLINICAL_PLAN], variants[FRESH_CLINICAL_PLAN]]
+        drift = pooled(
+            [(run, "thick", variants[old], "thick") for run, old in zip(runs, (THICK, FRESH_THICK), strict=True)]
+        )
+        whole = pooled([(field, "clinical", run, "thick-field") for field, run in zip(fields, runs, strict=True)])
+        if whole is not None and drift is not None:
+            inside = whole.low >= -GAP_GOAL and whole.high <= GAP_GOAL
+            text += (
+                f" The full clinical fields planned at 1 mm (`{CLINICAL_PLAN}`, `{FRESH_CLINICAL_PLAN}`, on the other "
+                "kind of CPU; the thick-slice images moved by "
+                f"{drift.mean_difference:+.4f} between the two) − the field's images on the 1 mm grid: "
+                f"{paired_of(whole)}: what the whole pipeline, field and all, costs beyond the image it is given "
+                f"({'within' if inside else 'not within'} ±{GAP_GOAL})."
+            )
+    return text
 
 
 def clinical_scale_blocks(scale: dict[str, Any]) -> list[Block]:

@@ -74,6 +74,31 @@ def test_field_image_text_applies_the_rule_written_down_before_the_runs(render: 
     assert "**undecided**" in render.field_image_text({n: split(0.8, 0.0, noise) for n in names})
 
 
+def test_whole_pipeline_text_reads_the_field_images_against_the_originals_and_the_full_fields(
+    render: ModuleType,
+) -> None:
+    runs = [split(0.8, 0.02, [0.0] * 10) for _ in render.FIELD_IMAGE]
+    variants = dict(zip(render.FIELD_IMAGE, runs, strict=True))
+    assert render.whole_pipeline_text(variants, runs) == ""  # neither the originals nor the full fields: nothing
+    cases = sorted(runs[0]["thick"]["per_case"])
+    for record in runs:  # the originals 0.03 above the thick-slice images, so 0.05 above the field's images
+        record["native"] = {"per_case": {c: [v[0] + 0.03] * 2 for c, v in record["thick"]["per_case"].items()}}
+    older = {c: [v[0] - 0.001] * 2 for c, v in runs[0]["thick"]["per_case"].items()}  # the other CPU: 0.001 lower
+    fields = {c: [v[0] - 0.01] * 2 for c, v in runs[0]["thick-field"]["per_case"].items()}  # 0.01 below the images
+    variants |= {
+        render.THICK: run(thick=older),
+        render.FRESH_THICK: run(thick=older),
+        render.CLINICAL_PLAN: run(clinical=fields),
+        render.FRESH_CLINICAL_PLAN: run(clinical=fields),
+    }
+    text = render.whole_pipeline_text(variants, runs)
+    assert len(cases) == 10
+    assert "the field's images on the 1 mm grid − the original crops, same runs: -0.0500 [" in text
+    assert "the thick-slice images moved by +0.0010 between the two" in text
+    assert "− the field's images on the 1 mm grid: -0.0100 [-0.0100, -0.0100] over 20 test cases" in text
+    assert "(within ±0.03)" in text
+
+
 def cut_out(dice: float, patch: list[int], strides: list[list[int]], **record: Any) -> dict[str, Any]:
     return {"cropped": {"dice": {"mean_foreground": dice}, "patch": patch, "strides": strides}, **record}
 
