@@ -336,7 +336,8 @@ def field_image_text(variants: dict[str, Any]) -> str | None:
     )
     return (
         f"Is the pipeline's own share the pipeline, or the field's image? `{FIELD_IMAGE[0]}` and `{FIELD_IMAGE[1]}` "
-        "(`--sets cropped thick thick-field --plan-spacing 1 1 1`, cases 1–40 and 41–80) train, on one machine and "
+        "(`--sets native cropped thick thick-field --plan-spacing 1 1 1`, cases 1–40 and 41–80; `native` was added "
+        "after the rule's three sets had run) train, on one machine and "
         "commit, the cut-out clinical cases planned at 1 mm, the thick-slice images, and `thick-field`: each case's "
         "pasted box taken from its field (CT intensities, the field's noise and faded border) and brought back to "
         "the 1 mm grid the same way (`clinical.field_image_on_source_grid`), with the 1 mm labels and the native "
@@ -358,7 +359,8 @@ def whole_pipeline_text(variants: dict[str, Any], runs: list[dict[str, Any]]) ->
     if natives is not None:
         text += (
             " Read beside it, not part of the rule: the field's images on the 1 mm grid − the original crops, same "
-            f"runs: {paired_of(natives)}, what the generated images lack at this budget whatever the pipeline."
+            f"runs: {paired_of(natives)}, what the generated images lack at this budget even for the native "
+            "pipeline with the 1 mm labels."
         )
     if all(name in variants for name in (CLINICAL_PLAN, FRESH_CLINICAL_PLAN)):
         fields = [variants[CLINICAL_PLAN], variants[FRESH_CLINICAL_PLAN]]
