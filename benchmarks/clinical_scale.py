@@ -44,11 +44,9 @@ FIELD = (512, 512, (200, 300))
 SLICES_MM = (1.0, 2.5)
 
 
-PEAK_RSS = (  # a small process between: Linux keeps the high-water mark across fork and exec, so a command started
-    # straight from this (large) process would report this process's memory too (see tests/_peak_rss.py)
-    "import resource, subprocess, sys; code = subprocess.call(sys.argv[2:]); "
-    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(code)"
-)
+PEAK_RSS = Path(__file__).resolve().parents[1] / "tests" / "_peak_rss.py"
+"""The small process each step runs under, which reads the step's own peak: a command started straight from this
+(large) process would report this process's memory too (Linux keeps the high-water mark across fork and exec)."""
 
 
 def timed(command: list[str], log: Path) -> dict[str, Any]:
@@ -56,7 +54,7 @@ def timed(command: list[str], log: Path) -> dict[str, Any]:
     peak = log.with_suffix(".peak")
     start = time.perf_counter()
     with log.open("w") as out:
-        code = subprocess.call([sys.executable, "-c", PEAK_RSS, str(peak), *command], stdout=out, stderr=out)
+        code = subprocess.call([sys.executable, str(PEAK_RSS), str(peak), *command], stdout=out, stderr=out)
     seconds = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"{' '.join(command)} failed ({code}); see {log}")
