@@ -362,7 +362,7 @@ def whole_pipeline_text(variants: dict[str, Any], runs: list[dict[str, Any]]) ->
             f"runs: {paired_of(natives)}, what the generated images lack at this budget even for the native "
             "pipeline with the 1 mm labels."
         )
-    if all(name in variants for name in (CLINICAL_PLAN, FRESH_CLINICAL_PLAN)):
+    if all(name in variants for name in (CLINICAL_PLAN, FRESH_CLINICAL_PLAN, THICK, FRESH_THICK)):
         fields = [variants[CLINICAL_PLAN], variants[FRESH_CLINICAL_PLAN]]
         drift = pooled(
             [(run, "thick", variants[old], "thick") for run, old in zip(runs, (THICK, FRESH_THICK), strict=True)]
