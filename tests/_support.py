@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -71,3 +73,25 @@ def benchmark_script(name: str) -> Iterator[ModuleType]:
         yield importlib.import_module(name)
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
+
+
+class RecordingReporter:
+    """Keeps each progress bar: its description, its total and every advance."""
+
+    def __init__(self) -> None:
+        self.bars: list[tuple[str, int, list[int]]] = []
+
+    @contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        advances: list[int] = []
+        self.bars.append((description, total, advances))
+        yield advances.append
+
+    def info(self, message: str) -> None:
+        del message
+
+
+def half_step_windows(shape: Sequence[int], roi: Sequence[int]) -> int:
+    """How many windows MONAI's sliding window lays over ``shape`` at overlap 0.5, counted by hand: one along an
+    axis the roi covers, else a window every half roi plus one flush with the end."""
+    return math.prod(1 if s <= r else math.ceil((s - r) / (r // 2)) + 1 for s, r in zip(shape, roi, strict=True))

@@ -32,7 +32,7 @@ from activeseg.rundir.layout import RunLayout
 from activeseg.rundir.ledger import Ledger
 from activeseg.seeds import derive_seed, round_seeds
 
-from _support import load_nifti, requires_hippocampus, tiny_config
+from _support import RecordingReporter, half_step_windows, load_nifti, requires_hippocampus, tiny_config
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -94,9 +94,13 @@ def test_full_human_cycle_selects_what_the_simulated_oracle_selects(
 
     # export: one folder per queried case, in a layout Slicer and ITK-SNAP open directly
     out = tmp_path / "export"
-    folders = export_queue(human, out, data=shared.data)
+    reporter = RecordingReporter()
+    folders = export_queue(human, out, reporter, data=shared.data)
     queued = queue_ids(human)
     assert sorted(f.name for f in folders) == sorted(queued)
+    ((description, total, advances),) = reporter.bars
+    windows = [half_step_windows(shared.data.shape_of(c), shared.data.plan.patch_size) for c in queued]
+    assert description == "round 1: 3 annotation packages (windows)" and total == sum(advances) == sum(windows)
     assert {p.name for p in out.iterdir()} == {*queued, "manifest.json", "README.txt", "itksnap_labels.txt"}
     for folder in folders:
         manifest = json.loads((folder / "manifest.json").read_text())

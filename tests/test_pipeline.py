@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from activeseg.acquisition.registry import get_strategy
 from activeseg.config import RunConfig, config_from_dict
 from activeseg.data.clinical import make_clinical_dataset, reoriented_copy
 from activeseg.data.dataset import load_dataset
@@ -23,12 +24,13 @@ from activeseg.data.preprocess import prepare_case
 from activeseg.data.splits import open_data
 from activeseg.engine.inference import largest_component, predict_native_label, predict_volume
 from activeseg.engine.model import build_model
+from activeseg.engine.pool import Pool
 from activeseg.engine.run import start_run
 from activeseg.engine.training import seed_everything
 from activeseg.progress import SilentReporter
 from activeseg.rundir.layout import RunLayout
 
-from _support import hippocampus_root, requires_hippocampus
+from _support import RecordingReporter, half_step_windows, hippocampus_root, requires_hippocampus
 
 CASES = 10
 
@@ -203,6 +205,24 @@ def test_a_las_copy_predicts_the_same_in_world_space_as_its_ras_original(clinica
         copy, copy_affine = predicted_world(copies / f"{codes}.nii.gz", copies / f"{codes}-label.nii.gz")
         np.testing.assert_allclose(copy_affine, affine, atol=1e-5)
         assert np.array_equal(copy, original), codes
+
+
+def test_pool_scoring_moves_its_progress_bar_window_by_window(clinical: Path, tmp_path: Path) -> None:
+    roi = (32, 32, 8)
+    config = run_config(
+        clinical, tmp_path / "cache", data={"test_size": 2}, plan={"patch_size": list(roi)}, inference={"overlap": 0.5}
+    )
+    data = open_data(config, SilentReporter())
+    cases = list(data.pool.ids)
+    reporter = RecordingReporter()
+    pool = Pool(config, RunLayout(tmp_path / "run"), data, None, get_strategy("entropy"), reporter)  # type: ignore[arg-type]
+    scored = pool.scored(0, build_model(config.model, data.plan), [], cases, seed=0)
+    assert scored.units == sorted(cases)
+    ((description, total, advances),) = reporter.bars
+    expected = sum(half_step_windows(data.shape_of(c), roi) for c in cases)
+    assert description == f"round 0: scoring {len(cases)} pool volumes (windows)"
+    assert total == sum(advances) == expected > 4 * len(cases)  # several windows per volume
+    assert max(advances) <= config.inference.windows_per_batch
 
 
 def test_native_predictions_are_the_argmax_of_probabilities_resampled_to_the_native_grid(

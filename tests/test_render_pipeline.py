@@ -194,3 +194,31 @@ def test_allocator_text_compares_like_with_like_and_monailabel_as_it_runs(render
     assert "freed memory kept" in render.describe(kept["machine"]) and "allocator defaults" in render.describe(
         system["machine"]
     )
+
+
+def test_clinical_scale_text_says_the_structure_is_found_only_when_every_round_finds_it(render: ModuleType) -> None:
+    def record(*dice: float) -> dict[str, Any]:
+        machine = {"cpu": "c", "threads": 2, "gpu": "none", "torch": "2", "date": "d", "malloc": "system"}
+        case = {"shape": [512, 512, 230], "spacing": [0.8, 0.8, 1.5], "orientation": "LAS", "oblique_degrees": 0.0}
+        metrics = [{"round": r, "n_labelled": 2 + r, "dice": {"mean_foreground": d}} for r, d in enumerate(dice)]
+        return {
+            "machine": machine,
+            "command": "python benchmarks/clinical_scale.py",
+            "cases": {"a": case},
+            "plan": {"target_spacing": [0.8, 0.8, 1.5], "patch_size": [112, 120, 72], "batch_size": 2},
+            "iterations": 1500,
+            "strategy": {"name": "bald", "mc_samples": 8},
+            "loop": {"initial": 2, "per_round": 1, "rounds": 1},
+            "steps": {"plan": {"seconds": 33.0, "peak_rss_gb": 1.79}, "generate": {"seconds": 104.0}},
+            "checks": {"exported_on_native_grid": ["image.nii.gz"], "metrics": metrics},
+        }
+
+    def text(scale: dict[str, Any]) -> str:
+        return " ".join(str(block[1]) for block in render.clinical_scale_blocks(scale) if block[0] == "p")
+
+    found = text(record(0.61, 0.72))
+    assert "round 0 (2 labelled) 0.610, round 1 (3 labelled) 0.720: the model finds the structure" in found
+    missed = text(record(0.0, 0.62))  # one round below 0.5 is not a finding
+    assert "do not find the structure in every round" in missed and "finds the structure at" not in missed
+    rows = next(block[2] for block in render.clinical_scale_blocks(record(0.6)) if block[0] == "table")
+    assert rows == [["plan", "33 s", "1.79 GB"], ["generate", "104 s", "–"]]

@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -285,6 +286,28 @@ def test_windows_of_a_pointwise_model_fuse_to_its_whole_volume_moments() -> None
     torch.testing.assert_close(got.mean_probs_C_D_H_W, expected.mean_probs_C_D_H_W, atol=2e-6, rtol=0)
     torch.testing.assert_close(got.mean_entropy_D_H_W, expected.mean_entropy_D_H_W, atol=2e-6, rtol=0)
     torch.testing.assert_close(got.mean_sq_probs_C_D_H_W, expected.mean_sq_probs_C_D_H_W, atol=2e-6, rtol=0)
+
+
+def test_progress_hears_of_every_window_the_sampler_scores_once_and_the_grid_counts_them() -> None:
+    sampler = pointwise_ensemble()
+    scored: list[int] = []
+
+    class Counting:  # what sliding_moments calls, counting the windows of each call
+        def chunks(self, windows: Tensor, seeds: list[int]) -> Any:
+            scored.append(windows.shape[0])
+            return sampler.chunks(windows, seeds)
+
+    heard: list[int] = []
+    volume = image(30, 20, 9)
+    counting = cast(WindowSampler, Counting())
+    sliding_moments(volume, counting, (16, 16, 16), overlap=0.5, windows_per_batch=3, on_windows=heard.append)
+    # by hand: D 30 → starts 0, 8, 14; H 20 → 0, 4; W padded to 16 → 0: 6 windows, in batches of 3
+    assert heard == scored == [3, 3]
+    assert len(WindowGrid.of((30, 20, 9), (16, 16, 16), 0.5)) == 6
+    heard.clear()
+    volumes = [("a", image(30, 20, 9, seed=1).numpy()), ("b", image(12, 20, 8, seed=2).numpy())]
+    list(score_pool(volumes, sampler, bald, reduce_mean, lambda c: 0, (16, 16, 16), 0.5, 4, on_windows=heard.append))
+    assert heard == [4, 2, 2]  # a: its 6 windows, 4 at a time; b: padded to 16 along D and W, H 20 → 0, 4
 
 
 def test_windows_fuse_only_the_moments_asked_for_and_the_same_mean() -> None:

@@ -35,6 +35,10 @@ Image = np.ndarray | Tensor
 SIGMA_SCALE = 0.125
 """MONAI's default Gaussian width (σ = 0.125 · roi), used by both passes."""
 
+WindowsDone = Callable[[int], None]
+"""Called with the number of windows just scored: a progress bar's advance (a clinical scan's volume takes minutes
+on a CPU, so a bar that moves once per volume looks stuck)."""
+
 
 def as_batch(image_C_D_H_W: Image) -> Tensor:
     """image_1_C_D_H_W (float32, CPU), without a copy when the image already is float32."""
@@ -81,6 +85,9 @@ class WindowGrid:
         """Window ``w``'s box in padded coordinates."""
         return tuple(slice(int(s), int(s) + r) for s, r in zip(self.starts_W_3[w], self.roi, strict=True))
 
+    def __len__(self) -> int:
+        return len(self.starts_W_3)
+
 
 def sliding_moments(
     image_C_D_H_W: Image,
@@ -90,9 +97,11 @@ def sliding_moments(
     windows_per_batch: int = 1,
     seed: int = 0,
     needs: frozenset[MomentName] = EVERY_MOMENT,
+    on_windows: WindowsDone | None = None,
 ) -> Moments:
     """The moments of ``sampler``'s K samples over the whole volume, fused over Gaussian-weighted windows (CPU):
-    p̄ and the optional moments in ``needs``.
+    p̄ and the optional moments in ``needs``. ``on_windows`` hears of each batch of windows once it is scored (they
+    number ``len(WindowGrid.of(shape, roi_size, overlap))`` in all).
 
     K×C×volume is never materialised: each batch of ``windows_per_batch`` windows yields its samples in groups that
     are reduced to moment channels at once. A volume smaller than the roi is zero-padded by MONAI and cropped back.
@@ -101,7 +110,10 @@ def sliding_moments(
 
     def predictor(windows_B_Cin_d_h_w: Tensor, coordinates: list[list[slice]]) -> Tensor:
         seeds = [window_seed(seed, [s.start for s in window[2:]]) for window in coordinates]
-        return moment_channels(sampler.chunks(windows_B_Cin_d_h_w, seeds), needs)
+        channels = moment_channels(sampler.chunks(windows_B_Cin_d_h_w, seeds), needs)
+        if on_windows is not None:
+            on_windows(len(coordinates))
+        return channels
 
     with torch.no_grad():
         fused = sliding_window_inference(
@@ -201,6 +213,7 @@ def score_pool(
     units: UnitSummary | None = None,
     choose_sites: SiteChooser = top_sites,
     needs: frozenset[MomentName] = EVERY_MOMENT,
+    on_windows: WindowsDone | None = None,
 ) -> Iterator[UnitScore]:
     """Score volumes one at a time with :func:`sliding_moments`; only the scalars (and sketches) outlive a volume,
     so memory is flat in pool size.
@@ -210,11 +223,12 @@ def score_pool(
     M maps is reduced to one number by ``reduction``; ``units`` instead turns a volume's maps into its candidate
     slices or patches (see ``pooling.unit_scores``). With ``sketch_sites`` = V, each unit also gets the K×V×C
     samples of its V sites (``choose_sites``), read by one :func:`site_probs` pass over the volume's units.
+    ``on_windows`` follows the first pass over each volume (:func:`sliding_moments`), not the sketches' pass.
     """
     everything: tuple[slice, ...] = (slice(None),) * 3
     for case_id, image_C_D_H_W in volumes:
         seed = seed_for(case_id)
-        moments = sliding_moments(image_C_D_H_W, sampler, roi_size, overlap, windows_per_batch, seed, needs)
+        moments = sliding_moments(image_C_D_H_W, sampler, roi_size, overlap, windows_per_batch, seed, needs, on_windows)
         score_M_D_H_W = as_map_stack(scorer(moments), moments)
         if units is None:
             scores = tuple(reduction(score_D_H_W, moments.mean_probs_C_D_H_W) for score_D_H_W in score_M_D_H_W)

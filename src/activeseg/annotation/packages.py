@@ -23,7 +23,7 @@ import torch
 
 from activeseg.acquisition.registry import get_strategy
 from activeseg.acquisition.scorers import moments_needed, strategy_maps
-from activeseg.acquisition.sliding import sliding_moments
+from activeseg.acquisition.sliding import WindowGrid, WindowsDone, sliding_moments
 from activeseg.acquisition.uncertainty import WindowSampler
 from activeseg.acquisition.units import is_whole_volume
 from activeseg.artifacts import write_bytes_atomic
@@ -99,10 +99,12 @@ def prepare_packages(run: HumanRun, queue: Queue, reporter: Reporter | None = No
     sampler, model = chooser_sampler(run, chooser)
     scorer = get_strategy(run.config.strategy.name).scorer
     seed = round_seeds(run.config.seed, chooser)["mc_dropout"]
-    with reporter.progress(f"round {queue.round}: annotation packages", len(todo)) as advance:
+    roi, overlap = run.data.plan.patch_size, run.config.inference.overlap
+    windows = sum(len(WindowGrid.of(run.data.shape_of(i.case_id), roi, overlap)) for i in todo)
+    with reporter.progress(f"round {queue.round}: {len(todo)} annotation packages (windows)", windows) as advance:
         for item in todo:
-            write_package(run, model, sampler, scorer, derive_seed(seed, item.case_id), item, folders[item.case_id])
-            advance(1)
+            case_seed = derive_seed(seed, item.case_id)
+            write_package(run, model, sampler, scorer, case_seed, item, folders[item.case_id], advance)
     return folders
 
 
@@ -122,16 +124,19 @@ def write_package(
     seed: int,
     item: QueueItem,
     out: Path,
+    on_windows: WindowsDone | None = None,
 ) -> None:
     """image, prediction, uncertainty (and the region of a slice or patch query) of one case on its native grid,
-    each file written atomically."""
+    each file written atomically. ``on_windows`` follows the uncertainty's sliding windows."""
     native = read_volume(run.data.pool.case(item.case_id).image)
     geometry = run.data.geometry(item.case_id)
     image_C_D_H_W = run.data.image(item.case_id)
     roi, inference = run.data.plan.patch_size, run.config.inference
     shown = scorer or "predictive_entropy"
     needs = moments_needed(shown)
-    moments = sliding_moments(image_C_D_H_W, sampler, roi, inference.overlap, inference.windows_per_batch, seed, needs)
+    moments = sliding_moments(
+        image_C_D_H_W, sampler, roi, inference.overlap, inference.windows_per_batch, seed, needs, on_windows
+    )
     uncertainty_D_H_W = strategy_maps(shown, moments)[0]
     affine = native.affine
     write_bytes_atomic(out / "image.nii.gz", nifti_gz(native.array, affine))

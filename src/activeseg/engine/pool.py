@@ -9,7 +9,6 @@ one :class:`SelectionContext`.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from activeseg.acquisition.pooling import unit_scores
 from activeseg.acquisition.registry import Strategy
 from activeseg.acquisition.scorers import SKETCHES, make_reduction, moments_needed, strategy_maps, top_sites
 from activeseg.acquisition.selectors import ScoreVector, SelectionContext
-from activeseg.acquisition.sliding import score_pool
+from activeseg.acquisition.sliding import WindowGrid, score_pool
 from activeseg.acquisition.units import (
     UnitSpec,
     best_disjoint,
@@ -157,26 +156,23 @@ class Pool:
         assert scorer is not None
         scores: dict[str, ScoreVector] = {}
         sketches: dict[str, np.ndarray] = {}
-        with self.reporter.progress(f"round {r}: scoring pool", len(cases)) as advance:
-
-            def volumes() -> Iterator[tuple[str, np.ndarray]]:
-                for case_id in cases:
-                    yield case_id, self.data.image(case_id)
-                    advance(1)  # the consumer asks for the next volume once this one's units are out
-
+        roi, overlap = self.data.plan.patch_size, self.config.inference.overlap
+        windows = sum(len(WindowGrid.of(self.data.shape_of(c), roi, overlap)) for c in cases)
+        with self.reporter.progress(f"round {r}: scoring {len(cases)} pool volumes (windows)", windows) as advance:
             for item in score_pool(
-                volumes(),
+                ((case_id, self.data.image(case_id)) for case_id in cases),
                 sampler,
                 lambda moments: strategy_maps(scorer, moments),
                 make_reduction(settings.reduction, settings.top_q),
                 seed_for=lambda case_id: derive_seed(seed, case_id),
-                roi_size=self.data.plan.patch_size,
-                overlap=self.config.inference.overlap,
+                roi_size=roi,
+                overlap=overlap,
                 windows_per_batch=self.config.inference.windows_per_batch,
                 sketch_sites=None if sketch is None else settings.sketch_sites,
                 units=None if self.units.kind == "volume" else self.unit_candidates,
                 choose_sites=sketch or top_sites,
                 needs=moments_needed(scorer, self.strategy.sketch),
+                on_windows=advance,
             ):
                 scores[item.key] = item.scores
                 if item.sketch is not None:
