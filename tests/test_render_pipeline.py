@@ -216,9 +216,14 @@ def test_clinical_scale_text_says_the_structure_is_found_only_when_every_round_f
     def text(scale: dict[str, Any]) -> str:
         return " ".join(str(block[1]) for block in render.clinical_scale_blocks(scale) if block[0] == "p")
 
-    found = text(record(0.61, 0.72))
-    assert "round 0 (2 labelled) 0.610, round 1 (3 labelled) 0.720: the model finds the structure" in found
-    missed = text(record(0.0, 0.62))  # one round below 0.5 is not a finding
-    assert "do not find the structure in every round" in missed and "finds the structure at" not in missed
+    assert (
+        "round 0 (2 labelled) 0.610, round 1 (3 labelled) 0.720. The model finds the structure at this size "
+        "(Dice at least 0.5) in every round." in text(record(0.61, 0.72))
+    )
+    assert (
+        "finds the structure at this size (Dice at least 0.5) in round 1 (3 labelled scans), not in round 0 "
+        "(2 labelled scans)." in text(record(0.38, 0.52))
+    )
+    assert "do not find the structure at this size (Dice below 0.5)" in text(record(0.0, 0.49))
     rows = next(block[2] for block in render.clinical_scale_blocks(record(0.6)) if block[0] == "table")
     assert rows == [["plan", "33 s", "1.79 GB"], ["generate", "104 s", "–"]]
