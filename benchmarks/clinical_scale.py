@@ -1,7 +1,7 @@
 """The whole human loop on clinical-size scans: plan, train, score, export, ingest and the next round, as a user
 runs them from the command line, with each step's wall time and peak resident memory.
 
-    python benchmarks/clinical_scale.py --work /tmp/cs     # about 45 min on 2 cores -> results/clinical_scale.json
+    python benchmarks/clinical_scale.py --work /tmp/cs     # about 47 min on 2 cores -> results/clinical_scale.json
 
 It writes ``--cases`` hippocampus cases pasted into 512×512×200–300 CT-like fields (0.7–1.0 mm in-plane, 1.0–2.5 mm
 slices, five orientations; ``activeseg.data.clinical``), then runs, each in its own process:

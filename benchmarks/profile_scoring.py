@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from run_benchmarks import machine  # this script's folder is on sys.path when it runs
+from torch import nn
 
 from activeseg.acquisition.instance_norm import NORM_RANGE
 from activeseg.acquisition.uncertainty import make_window_sampler
@@ -57,11 +58,21 @@ def group_of(name: str) -> str:
     return next((group for group, parts in GROUPS.items() if any(p in name for p in parts)), "other")
 
 
+def network() -> nn.Module:
+    """The clinical plan's U-Net, with seeded weights."""
+    torch.manual_seed(0)
+    config = ModelConfig(channels=(8, 16, 32, 64), dropout=0.1)
+    return build_model(config, dataclasses.replace(network_plan(config), strides=STRIDES))
+
+
+def setting() -> dict[str, Any]:
+    """The window, strides and K, as a summary records them."""
+    return {"window": list(WINDOW), "strides": [list(s) for s in STRIDES], "samples": SAMPLES}
+
+
 def profile(amp: bool, repeats: int) -> dict[str, Any]:
     """Self CPU seconds per group over ``repeats`` scorings of one window, and each group's share."""
-    torch.manual_seed(0)
-    network = ModelConfig(channels=(8, 16, 32, 64), dropout=0.1)
-    model = build_model(network, dataclasses.replace(network_plan(network), strides=STRIDES))
+    model = network()
     sampler = make_window_sampler("mc_dropout", model, SAMPLES, None, (), amp, channels_last=True)
     window = torch.randn(1, 1, *WINDOW)
     sampler(window, [0])  # warm-up
@@ -95,9 +106,7 @@ def main() -> None:
         for group, row in result["groups"].items():
             print(f"  {group:30s} {row['share']:6.1%}")
     summary = {
-        "window": list(WINDOW),
-        "strides": [list(s) for s in STRIDES],
-        "samples": SAMPLES,
+        **setting(),
         "repeats": args.repeats,
         "paths": paths,
         "machine": machine(),

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import math
 import statistics
@@ -37,15 +36,13 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from profile_scoring import SAMPLES, STRIDES, WINDOW  # this script's folder is on sys.path when it runs
+from profile_scoring import SAMPLES, WINDOW, network, setting  # this script's folder is on sys.path when it runs
 from run_benchmarks import machine
 from torch import Tensor, nn
 
 from activeseg.acquisition import instance_norm, subpixel, uncertainty
 from activeseg.acquisition.uncertainty import WindowSampler, make_window_sampler
-from activeseg.config import ModelConfig
 from activeseg.engine.malloc import keep_freed_memory
-from activeseg.engine.model import build_model, network_plan
 
 RESULT = Path(__file__).resolve().parent / "results" / "scoring_avenues.json"
 
@@ -111,12 +108,6 @@ def patched(target: Any, name: str, value: Any) -> Iterator[None]:
         yield
     finally:
         setattr(target, name, original)
-
-
-def network() -> nn.Module:
-    torch.manual_seed(0)
-    config = ModelConfig(channels=(8, 16, 32, 64), dropout=0.1)
-    return build_model(config, dataclasses.replace(network_plan(config), strides=STRIDES))
 
 
 def main() -> None:
@@ -208,9 +199,7 @@ def main() -> None:
     for name, median in medians.items():
         print(f"{name:24s} {median:.3f} s per window   {ratios[name]:.3f}")
     summary = {
-        "window": list(WINDOW),
-        "strides": [list(s) for s in STRIDES],
-        "samples": SAMPLES,
+        **setting(),
         "rounds": args.rounds,
         "median_s_per_window": medians,
         "ratio": ratios,

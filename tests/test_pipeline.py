@@ -207,6 +207,7 @@ def test_a_las_copy_predicts_the_same_in_world_space_as_its_ras_original(clinica
         assert np.array_equal(copy, original), codes
 
 
+@requires_hippocampus
 def test_pool_scoring_moves_its_progress_bar_window_by_window(clinical: Path, tmp_path: Path) -> None:
     roi = (32, 32, 8)
     config = run_config(

@@ -196,7 +196,7 @@ def test_allocator_text_compares_like_with_like_and_monailabel_as_it_runs(render
     )
 
 
-def test_clinical_scale_text_says_the_structure_is_found_only_when_every_round_finds_it(render: ModuleType) -> None:
+def test_clinical_scale_text_says_in_which_rounds_the_model_found_the_structure(render: ModuleType) -> None:
     def record(*dice: float) -> dict[str, Any]:
         machine = {"cpu": "c", "threads": 2, "gpu": "none", "torch": "2", "date": "d", "malloc": "system"}
         case = {"shape": [512, 512, 230], "spacing": [0.8, 0.8, 1.5], "orientation": "LAS", "oblique_degrees": 0.0}
