@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -100,16 +101,6 @@ def channels_last_masks(model: nn.Module, row_seeds: list[int], channels_last: b
             hook.remove()
 
 
-@contextmanager
-def patched(target: Any, name: str, value: Any) -> Iterator[None]:
-    original = getattr(target, name)
-    setattr(target, name, value)
-    try:
-        yield
-    finally:
-        setattr(target, name, original)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=11)
@@ -136,9 +127,11 @@ def main() -> None:
     def score(on: WindowSampler) -> Callable[[], object]:
         return lambda: on(window, [0])
 
-    def under(context: Callable[[], Any], run: Callable[[], object]) -> Callable[[], object]:
+    def under(replaced: Any, run: Callable[[], object]) -> Callable[[], object]:
+        """``run`` with one attribute replaced (a ``mock.patch.object``, entered anew at each call)."""
+
         def call() -> object:
-            with context():
+            with replaced:
                 return run()
 
         return call
@@ -162,21 +155,15 @@ def main() -> None:
 
         return call
 
-    def norm() -> Any:
-        return patched(instance_norm.ChannelsLastInstanceNorm3d, "_normalise", vector_norm_normalise)
-
+    masks = mock.patch.object(uncertainty, "seeded_dropout", channels_last_masks)
+    norm = mock.patch.object(instance_norm.ChannelsLastInstanceNorm3d, "_normalise", vector_norm_normalise)
+    padding = mock.patch.object(subpixel.SubpixelConvTranspose3d, "forward", padded_conv_forward)
     paths: dict[str, tuple[Callable[[], object], float]] = {  # (timed call, windows it scores)
         "engine": (score(engine), 1),
         "no_dropout": (score(no_dropout), 1),
-        "mask_channels_last": (
-            under(lambda: patched(uncertainty, "seeded_dropout", channels_last_masks), score(engine)),
-            1,
-        ),
+        "mask_channels_last": (under(masks, score(engine)), 1),
         "norm_vector_norm": (under(norm, score(engine)), 1),
-        "subpixel_conv_padding": (
-            under(lambda: patched(subpixel.SubpixelConvTranspose3d, "forward", padded_conv_forward), score(engine)),
-            1,
-        ),
+        "subpixel_conv_padding": (under(padding, score(engine)), 1),
         "two_workers": (two_workers, 2),
         "engine_forward": (forward(swapped), 1),
         "unswapped_forward": (forward(unswapped), 1),
