@@ -35,7 +35,7 @@ from activeseg.progress import SilentReporter
 from activeseg.rundir.layout import RunLayout
 from activeseg.rundir.ledger import Ledger
 
-from _support import tiny_config
+from _support import tiny_config, two_channel_hippocampus
 
 CHROMIUM = Path(os.environ.get("ACTIVESEG_CHROMIUM", "/usr/bin/chromium"))
 TOKEN = "test-token-0123456789abcdef"
@@ -106,6 +106,21 @@ def prepared(factory: pytest.TempPathFactory, unit: str = "volume") -> Prepared:
         assert result.startswith("waiting for labels: round 1 has 0 of "), result
         _PREPARED[unit] = Prepared(config, data, template)
     return _PREPARED[unit]
+
+
+def prepared_two_channel(factory: pytest.TempPathFactory) -> Prepared:
+    """A human-oracle run, as :func:`prepared`'s volume run, on 16 hippocampus cases stored as two-channel MSD 4D
+    images (the image, and its square root), waiting for round 1's labels; made once per session."""
+    if "two-channel" not in _PREPARED:
+        root = factory.mktemp("human-two-channel")
+        _, stacked = two_channel_hippocampus(root, 16)
+        config = human_config(root / "cache").override({"data.root": stacked})
+        data = open_data(config, SilentReporter())
+        template, _ = create_run(config, root / "template", data=data)
+        result = resume_run(template, data=data)
+        assert result == "waiting for labels: round 1 has 0 of 3", result
+        _PREPARED["two-channel"] = Prepared(config, data, template)
+    return _PREPARED["two-channel"]
 
 
 def copy_run(source: Path, target: Path) -> Path:

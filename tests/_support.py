@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -13,9 +15,11 @@ from types import ModuleType
 from typing import Any
 
 import nibabel as nib
+import numpy as np
 import pytest
 
 from activeseg.config import RunConfig, config_from_dict
+from activeseg.data.io import read_volume, write_volume
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,6 +27,34 @@ REPO = Path(__file__).resolve().parents[1]
 def hippocampus_root() -> Path:
     """``$ACTIVESEG_HIPPOCAMPUS`` or ``../shared/data/hippocampus`` beside the checkout."""
     return Path(os.environ.get("ACTIVESEG_HIPPOCAMPUS", REPO.parent / "shared" / "data" / "hippocampus"))
+
+
+def hippocampus_subset(n: int) -> list[str]:
+    """The first ``n`` hippocampus case ids."""
+    return sorted(p.name.removesuffix(".nii.gz") for p in (hippocampus_root() / "imagesTr").glob("*.nii.gz"))[:n]
+
+
+def two_channel_hippocampus(base: Path, n: int) -> tuple[Path, Path]:
+    """The first ``n`` hippocampus cases with two channels (the image, and its square root as a second modality),
+    stored as nnU-Net channel files (``base/nnunet``: ``_0000``, ``_0001``) and as MSD 4D images (``base/msd``)."""
+    files, stacked = base / "nnunet", base / "msd"
+    for root in (files, stacked):
+        (root / "imagesTr").mkdir(parents=True)
+        (root / "labelsTr").mkdir()
+        meta = {
+            "channel_names": {"0": "MRI", "1": "sqrt"},
+            "labels": {"0": "background", "1": "anterior", "2": "posterior"},
+        }
+        (root / "dataset.json").write_text(json.dumps(meta))
+    for case_id in hippocampus_subset(n):
+        image = read_volume(hippocampus_root() / "imagesTr" / f"{case_id}.nii.gz")
+        second = np.sqrt(np.abs(image.array.astype(np.float32)))
+        write_volume(files / "imagesTr" / f"{case_id}_0000.nii.gz", image.array, image.affine)
+        write_volume(files / "imagesTr" / f"{case_id}_0001.nii.gz", second, image.affine)
+        write_volume(stacked / "imagesTr" / f"{case_id}.nii.gz", np.stack([image.array, second], axis=-1), image.affine)
+        for root in (files, stacked):
+            shutil.copy(hippocampus_root() / "labelsTr" / f"{case_id}.nii.gz", root / "labelsTr" / f"{case_id}.nii.gz")
+    return files, stacked
 
 
 requires_hippocampus = pytest.mark.skipif(

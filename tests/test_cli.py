@@ -52,7 +52,7 @@ def test_invalid_dataset_names_files_and_writes_nothing(phantoms: Path, tmp_path
     ("sections", "message"),
     [
         ({"loop": {"initial": 9}}, "loop.initial: asks for 9 initial volumes but the pool holds only 8"),
-        ({"data": {"test_size": 12}}, "leaves no pool"),
+        ({"data": {"test_size": 12}}, "has 12 cases; hold out fewer (data.test_size in the run config, e.g. 2)"),
         ({"train": {"iterationz": 3}}, "unknown key 'iterationz' in train; valid keys: iterations"),
     ],
 )
@@ -138,6 +138,26 @@ def test_full_data_without_out_dir_writes_under_runs_in_the_current_directory(
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["iterations"] == 2
     assert 0.0 <= full_data_dice(out) <= 1.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "runs"]
+
+
+def test_a_run_started_with_relative_paths_resumes_from_any_folder(
+    phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    shutil.copytree(phantoms, work / "data")
+    elsewhere.mkdir()
+    write_config(work / "c.yaml", Path("data"), Path("cache"), loop={"rounds": 1})
+    monkeypatch.chdir(work)
+    started = runner.invoke(app, ["run", "c.yaml", "--data", "data", "--run-dir", "runs/r"])
+    assert started.exit_code == 0, started.output
+    saved = yaml.safe_load((work / "runs" / "r" / "config.yaml").read_text())["data"]
+    assert (saved["root"], saved["cache_dir"]) == (str((work / "data").resolve()), str((work / "cache").resolve()))
+
+    monkeypatch.chdir(elsewhere)
+    resumed = runner.invoke(app, ["resume", str(work / "runs" / "r")])
+    assert resumed.exit_code == 0, resumed.output
+    assert "stopped" in resumed.output
+    assert list(elsewhere.iterdir()) == []  # no stray cache or data folder made here
 
 
 @pytest.mark.parametrize(

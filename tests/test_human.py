@@ -14,12 +14,23 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from _human_support import copy_run, ground_truth_nifti, one_torch_thread, prepared, simulated_twin
+from _human_support import (
+    TOKEN,
+    copy_run,
+    ground_truth_nifti,
+    http,
+    one_torch_thread,
+    prepared,
+    prepared_two_channel,
+    serve_in_thread,
+    simulated_twin,
+)
 from activeseg.acquisition.scorers import bald
 from activeseg.acquisition.sliding import sliding_moments
 from activeseg.acquisition.uncertainty import Source, make_window_sampler
 from activeseg.annotation.export import export_queue
 from activeseg.annotation.ingest import IngestError, ingest_folder
+from activeseg.annotation.server import create_app
 from activeseg.cli import app
 from activeseg.config import ConfigError
 from activeseg.data.io import nifti_gz, read_volume
@@ -138,6 +149,41 @@ def test_full_human_cycle_selects_what_the_simulated_oracle_selects(
         assert a.labelled_ids() == b.labelled_ids(1)
         # the human run now waits for exactly what the simulated oracle was asked for in round 2
         assert queue_ids(human) == [r.case_id for r in b.labels() if r.round == 2]
+
+
+@requires_hippocampus
+def test_a_two_channel_case_comes_as_one_3d_file_per_channel_and_takes_a_3d_label(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    shared = prepared_two_channel(tmp_path_factory)  # MSD 4D images: x, y, z, channel in one file
+    human = copy_run(shared.template, tmp_path / "human")
+    out = tmp_path / "export"
+    folders = export_queue(human, out, data=shared.data)
+    channels = {}
+    for folder in folders:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert list(manifest["files"]) == ["image", "image_0001", "prediction", "uncertainty"]
+        stored = read_volume(shared.data.pool.case(manifest["case_id"]).image)
+        assert stored.array.ndim == 4 and stored.array.shape[-1] == 2
+        for c, name in enumerate(("image", "image_0001")):
+            channel = load_nifti(folder / f"{name}.nii.gz")
+            assert channel.shape == stored.array.shape[:3] == load_nifti(folder / "prediction.nii.gz").shape
+            assert np.allclose(channel.affine, stored.affine, atol=1e-5)
+            assert np.array_equal(np.asarray(channel.dataobj), stored.array[..., c])
+        channels[manifest["case_id"]] = (folder / "image_0001.nii.gz").read_bytes()
+        (folder / "label.nii.gz").write_bytes(ground_truth_nifti(shared.data, manifest["case_id"]))
+
+    with serve_in_thread(create_app(human, TOKEN, data=shared.data)) as base:  # the viewer's view of the same
+        queue = http("GET", f"{base}/api/queue", token=TOKEN).json()
+        assert queue["channels"] == [{"volume": "image", "name": "MRI"}, {"volume": "image_0001", "name": "sqrt"}]
+        case_id = queue["cases"][0]["case_id"]
+        served = http("GET", f"{base}/api/cases/{case_id}/image_0001.nii.gz", token=TOKEN)
+        assert served.status == 200 and served.body == channels[case_id]
+        missing = http("GET", f"{base}/api/cases/{case_id}/image_0002.nii.gz", token=TOKEN)
+        assert missing.status == 404 and "has 2 channel(s)" in missing.json()["detail"]
+
+    report = ingest_folder(human, out, data=shared.data)
+    assert report.outcomes == dict.fromkeys(queue_ids(human), "created") and report.missing == []
 
 
 @requires_hippocampus
@@ -361,3 +407,4 @@ def test_command_line_export_ingest_status_and_resume(tmp_path_factory: pytest.T
     # round 0 is entered again and reads its model, metrics and scores back: its stage times stay the measured ones
     assert (run / "rounds" / "round_000" / "timings.json").read_text() == timings
     assert "all labels are in" in both.output and "waiting for labels: round 2 has 0 of 3" in both.output
+    assert "activeseg resume" not in both.output  # no hint to do what the command just did

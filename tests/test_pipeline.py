@@ -4,7 +4,6 @@ foreground, and orientation-independent predictions in world space."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,14 @@ from activeseg.engine.training import seed_everything
 from activeseg.progress import SilentReporter
 from activeseg.rundir.layout import RunLayout
 
-from _support import RecordingReporter, half_step_windows, hippocampus_root, requires_hippocampus
+from _support import (
+    RecordingReporter,
+    half_step_windows,
+    hippocampus_root,
+    hippocampus_subset,
+    requires_hippocampus,
+    two_channel_hippocampus,
+)
 
 CASES = 10
 
@@ -51,34 +57,10 @@ def run_config(root: Path, cache: Path, **sections: Any) -> RunConfig:
     return config_from_dict(raw)
 
 
-def hippocampus_subset(n: int = CASES) -> list[str]:
-    """The first ``n`` hippocampus case ids."""
-    return sorted(p.name.removesuffix(".nii.gz") for p in (hippocampus_root() / "imagesTr").glob("*.nii.gz"))[:n]
-
-
 @pytest.fixture(scope="module")
 def two_layouts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The same two-channel hippocampus cases (the image, and its square root as a second modality) stored as
-    nnU-Net channel files (``_0000``, ``_0001``) and as MSD 4D images."""
-    base = tmp_path_factory.mktemp("channels")
-    files, stacked = base / "nnunet", base / "msd"
-    for root in (files, stacked):
-        (root / "imagesTr").mkdir(parents=True)
-        (root / "labelsTr").mkdir()
-        meta = {
-            "channel_names": {"0": "MRI", "1": "sqrt"},
-            "labels": {"0": "background", "1": "anterior", "2": "posterior"},
-        }
-        (root / "dataset.json").write_text(json.dumps(meta))
-    for case_id in hippocampus_subset():
-        image = read_volume(hippocampus_root() / "imagesTr" / f"{case_id}.nii.gz")
-        second = np.sqrt(np.abs(image.array.astype(np.float32)))
-        write_volume(files / "imagesTr" / f"{case_id}_0000.nii.gz", image.array, image.affine)
-        write_volume(files / "imagesTr" / f"{case_id}_0001.nii.gz", second, image.affine)
-        write_volume(stacked / "imagesTr" / f"{case_id}.nii.gz", np.stack([image.array, second], axis=-1), image.affine)
-        for root in (files, stacked):
-            shutil.copy(hippocampus_root() / "labelsTr" / f"{case_id}.nii.gz", root / "labelsTr" / f"{case_id}.nii.gz")
-    return files, stacked
+    """The same two-channel hippocampus cases as nnU-Net channel files and as MSD 4D images."""
+    return two_channel_hippocampus(tmp_path_factory.mktemp("channels"), CASES)
 
 
 @requires_hippocampus

@@ -3,7 +3,7 @@ uvicorn server. It opens a queued hippocampus case, accepts the prediction, then
 saves again; the ledger must hold both, the second as a correction. A screenshot is kept (``scripts/viewer_screenshot``
 copies it to docs/viewer.png). A second test opens a slice query: the region to label is a violet overlay (the
 label colours are red and green), and only the region of a saved label is kept (its screenshot becomes
-docs/viewer-slices.png)."""
+docs/viewer-slices.png). A third shows either channel of a two-channel case under the same drawing."""
 
 from __future__ import annotations
 
@@ -14,7 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _human_support import TOKEN, Browser, browser_on, copy_run, one_torch_thread, prepared, require_chromium
+from _human_support import (
+    TOKEN,
+    Browser,
+    browser_on,
+    copy_run,
+    one_torch_thread,
+    prepared,
+    prepared_two_channel,
+    require_chromium,
+)
 from activeseg.annotation.server import create_app
 from activeseg.data.io import read_volume
 from activeseg.rundir.layout import RunLayout
@@ -45,6 +54,17 @@ def open_first_case(browser: Browser, case_id: str) -> None:
     browser.wait_for(f"window.viewerState.loaded === {json.dumps(case_id)}", timeout=120)
 
 
+def pen_stroke(browser: Browser) -> None:
+    """NiiVue's pen with label 2: a stroke through the middle of the first view."""
+    browser.evaluate("document.getElementById('pen').value = '2'; document.getElementById('draw').click()")
+    left, top, width, height = browser.evaluate(
+        "(() => { const r = document.getElementById('gl').getBoundingClientRect();"
+        " return [r.left, r.top, r.width, r.height]; })()"
+    )
+    x0, y0 = left + width * 0.12, top + height * 0.22
+    browser.drag([(x0 + dx, y0 + dy) for dx, dy in zip(range(0, 60, 3), range(0, 80, 4), strict=True)])
+
+
 def test_viewer_accepts_then_corrects_a_label_and_the_ledger_holds_it(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
@@ -70,13 +90,7 @@ def test_viewer_accepts_then_corrects_a_label_and_the_ledger_holds_it(
 
         # correct it: NiiVue's pen with label 2, a stroke through the middle of the first view
         browser.evaluate("window.viewerState.saved = null")
-        browser.evaluate("document.getElementById('pen').value = '2'; document.getElementById('draw').click()")
-        left, top, width, height = browser.evaluate(
-            "(() => { const r = document.getElementById('gl').getBoundingClientRect();"
-            " return [r.left, r.top, r.width, r.height]; })()"
-        )
-        x0, y0 = left + width * 0.12, top + height * 0.22
-        browser.drag([(x0 + dx, y0 + dy) for dx, dy in zip(range(0, 60, 3), range(0, 80, 4), strict=True)])
+        pen_stroke(browser)
         browser.evaluate("document.getElementById('save').click()")
         saved = browser.wait_for("window.viewerState.saved", timeout=120)
         assert saved["outcome"] == "corrected", saved
@@ -130,3 +144,45 @@ def test_viewer_shows_the_region_of_a_slice_query_and_the_server_keeps_only_it(
         errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
         assert errors == [] and browser.evaluate("window.viewerState.error") is None
     assert screenshot.stat().st_size > 10_000
+
+
+def test_viewer_shows_either_channel_of_a_two_channel_case_and_keeps_the_drawing_across(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    require_chromium()
+
+    shared = prepared_two_channel(tmp_path_factory)  # MSD 4D images
+    run = copy_run(shared.template, tmp_path / "run")
+    with browser_on(create_app(run, TOKEN, data=shared.data), tmp_path / "profile") as (browser, base):
+        case_id = open_viewer(browser, base)
+        options = "[...document.querySelectorAll('#channel option')].map((o) => [o.value, o.text])"
+        assert browser.evaluate(options) == [["image", "MRI"], ["image_0001", "sqrt"]]
+        assert browser.evaluate("document.getElementById('channel-choice').hidden") is False
+        open_first_case(browser, case_id)
+        assert browser.evaluate("nv.volumes[0].url").endswith(f"/{case_id}/image.nii.gz")
+        pen_stroke(browser)
+
+        # the second channel becomes the image under the same drawing (the prediction and the stroke)
+        browser.evaluate(
+            "document.getElementById('channel').value = 'image_0001';"
+            " document.getElementById('channel').dispatchEvent(new Event('change'))"
+        )
+        browser.wait_for(
+            f"window.viewerState.loaded === {json.dumps(case_id)} && window.viewerState.channel === 'image_0001'",
+            timeout=120,
+        )
+        assert browser.evaluate("nv.volumes[0].url").endswith(f"/{case_id}/image_0001.nii.gz")
+        folder = run / "annotation" / "round_001" / case_id
+        shown = np.asarray(load_nifti(folder / "image_0001.nii.gz").dataobj)
+        assert browser.evaluate("nv.volumes[0].img.length") == shown.size
+
+        browser.evaluate("document.getElementById('save').click()")
+        saved = browser.wait_for("window.viewerState.saved", timeout=120)
+        assert (saved["case_id"], saved["outcome"]) == (case_id, "created"), saved
+        (row,) = RunLayout(run).label_store().submissions()
+        prediction = np.asarray(load_nifti(folder / "prediction.nii.gz").dataobj)
+        label = read_volume(run / row["file"]).array
+        changed = label != prediction
+        assert changed.any() and (label[changed] == 2).all()  # the stroke, drawn before the switch, and nothing else
+        errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
+        assert errors == [] and browser.evaluate("window.viewerState.error") is None

@@ -213,7 +213,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="Output folder (rerunning resumes).")] = Path("demo-output"),
     data: Annotated[Path | None, typer.Option("--data", help="Hippocampus folder (MSD Task04 layout).")] = None,
 ) -> None:
-    """Random vs predictive entropy vs BALD on the hippocampus data, with the full-data bound (~8-10 min on 2 CPUs)."""
+    """Random vs predictive entropy vs BALD on the hippocampus data, with the full-data bound (minutes on 2 CPUs)."""
     try:
         result = run_demo(out, data, reporter=RichReporter(console))
     except (DataNotFoundError, *USER_ERRORS) as err:
@@ -339,7 +339,7 @@ def ingest(
         report = ingest_folder(run_dir, in_dir, RichReporter())
     except (IngestError, *USER_ERRORS) as err:
         raise _fail(err) from None
-    console.print(escape(describe(report)))
+    console.print(escape(describe(report, continuing=next_round)))
     if next_round:
         try:
             reason = resume_run(run_dir, RichReporter())

@@ -361,6 +361,17 @@ class RunConfig:
         """A plain, YAML-safe snapshot (paths as strings, tuples as lists)."""
         return typing.cast(dict[str, Any], plain(dataclasses.asdict(self)))
 
+    def with_absolute_paths(self) -> RunConfig:
+        """A copy whose paths are absolute, resolved against the working directory as they are read, so that the
+        config a run saves works from any folder (``resume``, ``serve``, ``export``)."""
+        changes: dict[str, Any] = {}
+        for dotted in PATH_KEYS:
+            section, key = dotted.split(".")
+            value = getattr(getattr(self, section), key)
+            if value is not None:
+                changes[dotted] = Path(value).expanduser().resolve()
+        return self.override(changes) if changes else self
+
     def override(self, changes: dict[str, Any]) -> RunConfig:
         """A copy with dotted keys replaced, e.g. ``{"data.root": "/data", "strategy.name": "bald"}``.
 
@@ -376,6 +387,10 @@ class RunConfig:
                 node = node[section]
             node[key] = plain(value)
         return config_from_dict(raw)
+
+
+PATH_KEYS = ("data.root", "data.test_root", "data.cache_dir", "plan.file")
+"""The run config's file and folder paths."""
 
 
 def load_config(path: Path) -> RunConfig:

@@ -67,7 +67,7 @@ def export_queue(
     written = []
     for item in queue.items:
         target = out_dir / safe_name(item.case_id)
-        for name in package_files(item):
+        for name in package_files(item, run.data.plan.channels):
             copy_atomic(folders[item.case_id] / f"{name}.nii.gz", target / f"{name}.nii.gz")
         write_json_atomic(target / "manifest.json", case_manifest(run, queue, item))
         written.append(target)
@@ -92,7 +92,7 @@ def export_queue(
 
 def case_manifest(run: HumanRun, queue: Queue, item: QueueItem) -> dict[str, Any]:
     """The per-case manifest: what to label and how."""
-    files = package_files(item)
+    files = package_files(item, run.data.plan.channels)
     partial = REGION_FILE in files
     manifest: dict[str, Any] = {
         "case_id": item.case_id,

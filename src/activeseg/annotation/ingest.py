@@ -136,12 +136,14 @@ def ingest_folder(
     return report
 
 
-def describe(report: IngestReport) -> str:
-    """A short human summary of an ingest."""
+def describe(report: IngestReport, continuing: bool = False) -> str:
+    """A short human summary of an ingest (``continuing``: the next round follows at once, so no hint to start it)."""
     lines = [f"round {report.round}: " + ", ".join(f"{c} {o}" for c, o in sorted(report.outcomes.items()))]
     lines += report.notes
     if report.missing:
         lines.append(f"still missing: {', '.join(report.missing)}")
+    elif continuing:
+        lines.append("all labels are in")
     else:
         lines.append("all labels are in: `activeseg resume RUN_DIR` (or `ingest --next-round`) starts the next round")
     return "\n".join(lines)

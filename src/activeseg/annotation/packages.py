@@ -2,7 +2,9 @@
 
 For each queried case of the waiting round, a package holds, with the image's affine:
 
-- ``image.nii.gz``: the image;
+- ``image.nii.gz``: the image (its first channel), the grid every other file shares;
+- ``image_0001.nii.gz`` … (multi-channel images only): each further channel as a 3D volume, numbered as nnU-Net
+  numbers channel files, whether the dataset stores channels as files or as an MSD 4D image;
 - ``prediction.nii.gz``: the label map of the model that chose the case (a pre-annotation to correct);
 - ``uncertainty.nii.gz``: a float voxel map: the strategy's voxel score from the run's uncertainty source (MC
   dropout, test-time augmentation or the deep ensemble; predictive entropy for strategies that use no scores), the
@@ -28,7 +30,7 @@ from activeseg.acquisition.uncertainty import WindowSampler
 from activeseg.acquisition.units import is_whole_volume
 from activeseg.artifacts import write_bytes_atomic
 from activeseg.config import RunConfig, load_config
-from activeseg.data.io import nifti_gz, read_volume
+from activeseg.data.io import nifti_gz, read_image
 from activeseg.data.splits import RunData, open_data
 from activeseg.engine.inference import predict_native_label
 from activeseg.engine.loop import RunError, load_round_model
@@ -39,9 +41,14 @@ from activeseg.rundir.label_store import LabelStore, Queue, QueueItem
 from activeseg.rundir.layout import RunLayout
 from activeseg.seeds import derive_seed, round_seeds
 
-PACKAGE_FILES = ("image", "prediction", "uncertainty")
+MODEL_FILES = ("prediction", "uncertainty")
 REGION_FILE = "region"
 """The extra package file of a slice or patch query: the voxels to label."""
+
+
+def image_files(channels: int) -> tuple[str, ...]:
+    """The image's package files: ``image`` (channel 0), then ``image_0001`` … for the further channels."""
+    return ("image", *(f"image_{c:04d}" for c in range(1, channels)))
 
 
 @dataclass(frozen=True)
@@ -82,17 +89,22 @@ def package_dir(run: HumanRun, round_index: int, case_id: str) -> Path:
     return run.layout.package_dir(round_index, safe_name(case_id))
 
 
-def package_files(item: QueueItem) -> tuple[str, ...]:
-    """The volumes of a queued case's package: a slice or patch query adds its region."""
-    whole = any(is_whole_volume(unit) for unit in item.units)
-    return PACKAGE_FILES if whole else (*PACKAGE_FILES, REGION_FILE)
+def package_files(item: QueueItem, channels: int) -> tuple[str, ...]:
+    """The volumes of a queued case's package (``channels``: the image's): a slice or patch query adds its region."""
+    files = (*image_files(channels), *MODEL_FILES)
+    return files if any(is_whole_volume(unit) for unit in item.units) else (*files, REGION_FILE)
+
+
+def package_complete(folder: Path, item: QueueItem, channels: int) -> bool:
+    return all((folder / f"{name}.nii.gz").exists() for name in package_files(item, channels))
 
 
 def prepare_packages(run: HumanRun, queue: Queue, reporter: Reporter | None = None) -> dict[str, Path]:
     """Compute the missing packages of the queue's cases (one model load); returns case id → package folder."""
     reporter = reporter or SilentReporter()
     folders = {i.case_id: package_dir(run, queue.round, i.case_id) for i in queue.items}
-    todo = [i for i in queue.items if not all((folders[i.case_id] / f"{n}.nii.gz").exists() for n in package_files(i))]
+    channels = run.data.plan.channels
+    todo = [i for i in queue.items if not package_complete(folders[i.case_id], i, channels)]
     if not todo:
         return folders
     chooser = queue.round - 1  # the round whose model (and ensemble members) selected these cases
@@ -126,9 +138,9 @@ def write_package(
     out: Path,
     on_windows: WindowsDone | None = None,
 ) -> None:
-    """image, prediction, uncertainty (and the region of a slice or patch query) of one case on its native grid,
-    each file written atomically. ``on_windows`` follows the uncertainty's sliding windows."""
-    native = read_volume(run.data.pool.case(item.case_id).image)
+    """image channels, prediction, uncertainty (and the region of a slice or patch query) of one case on its native
+    grid, each file written atomically. ``on_windows`` follows the uncertainty's sliding windows."""
+    native = read_image(run.data.pool.case(item.case_id))
     geometry = run.data.geometry(item.case_id)
     image_C_D_H_W = run.data.image(item.case_id)
     roi, inference = run.data.plan.patch_size, run.config.inference
@@ -139,7 +151,8 @@ def write_package(
     )
     uncertainty_D_H_W = strategy_maps(shown, moments)[0]
     affine = native.affine
-    write_bytes_atomic(out / "image.nii.gz", nifti_gz(native.array, affine))
+    for name, channel_X_Y_Z in zip(image_files(len(native.array)), native.array, strict=True):
+        write_bytes_atomic(out / f"{name}.nii.gz", nifti_gz(channel_X_Y_Z, affine))
     prediction = predict_native_label(model, image_C_D_H_W, geometry, roi, inference)
     write_bytes_atomic(out / "prediction.nii.gz", nifti_gz(prediction, affine))
     uncertainty = geometry.to_native(uncertainty_D_H_W.numpy().astype(np.float32)[None])[0]

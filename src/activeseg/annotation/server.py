@@ -3,9 +3,11 @@
 Endpoints (OpenAPI schema at ``/openapi.json``; the viewer at ``/``):
 
 - ``GET  /api/status``: round, state (waiting / running / stopped), labels in, the background job, the advance policy;
-- ``GET  /api/queue``: the waiting round's cases, their ranks and scores, and the label received for each (sha256);
+- ``GET  /api/queue``: the waiting round's cases, their ranks and scores, the label received for each (sha256),
+  and the image's channels;
 - ``GET  /api/cases/{case_id}/{image|prediction|uncertainty|region|label}.nii.gz``: one case's volumes (native
-  grid; ``region`` only for slice and patch queries: the voxels to label);
+  grid; ``region`` only for slice and patch queries: the voxels to label; ``image_0001`` … for the further
+  channels of a multi-channel image);
 - ``PUT  /api/cases/{case_id}/label``: a label NIfTI as the raw request body, validated as ``activeseg ingest`` does;
 - ``POST /api/next-round``: start the next round as a background job (``?accept_partial=true``: with what arrived);
 - ``GET  /api/job``: that job's progress; ``GET /api/curve`` and ``/api/curve.png``: the learning curve so far.
@@ -23,6 +25,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import re
 import secrets
 import socket
 from collections.abc import Callable
@@ -51,6 +54,8 @@ TOKEN_ENV = "ACTIVESEG_TOKEN"
 MIN_TOKEN_LENGTH = 16
 BEARER = HTTPBearer(auto_error=False, description="The token of `activeseg serve` (every /api request needs it).")
 VOLUMES = ("image", "prediction", "uncertainty", "region", "label")
+CHANNEL_VOLUME = re.compile(r"image_\d{4}")
+"""A further channel of a multi-channel image (``image_0001`` …)."""
 CSP = (
     "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data: blob:; connect-src 'self' data: blob:; worker-src 'self' blob:; object-src 'none'; "
@@ -174,13 +179,13 @@ def create_app(
 
     @app.get(
         "/api/cases/{case_id}/{volume}.nii.gz",
-        summary="A queued case's image, prediction, uncertainty, region or received label (NIfTI, native grid)",
+        summary="A queued case's image or channel, prediction, uncertainty, region or received label (NIfTI, native)",
         response_class=FileResponse,
         dependencies=authorised_only,
     )
     def get_volume(case_id: str, volume: str) -> FileResponse:
-        if volume not in VOLUMES:
-            raise HTTPException(404, f"unknown volume {volume!r}; one of {', '.join(VOLUMES)}")
+        if volume not in VOLUMES and not CHANNEL_VOLUME.fullmatch(volume):
+            raise HTTPException(404, f"unknown volume {volume!r}; one of {', '.join(VOLUMES)}, or image_0001 …")
         path = service.volume(case_id, volume)
         return FileResponse(path, media_type="application/octet-stream")
 

@@ -19,7 +19,14 @@ from typing import Any
 
 from fastapi import HTTPException
 
-from activeseg.annotation.packages import HumanRun, package_dir, package_files, prepare_packages
+from activeseg.annotation.packages import (
+    REGION_FILE,
+    HumanRun,
+    image_files,
+    package_dir,
+    package_files,
+    prepare_packages,
+)
 from activeseg.engine.run import resume_run
 from activeseg.oracles.label_files import (
     LabelFileError,
@@ -160,8 +167,11 @@ class AnnotationService:
             if path is None:
                 raise HTTPException(404, f"no label has been received for {case_id!r}")
             return path
-        if name not in package_files(item):
+        channels = self.run.data.plan.channels
+        if name == REGION_FILE and name not in package_files(item, channels):
             raise HTTPException(404, f"{case_id!r} is queried as a whole volume, so it has no {name}")
+        if name not in package_files(item, channels):
+            raise HTTPException(404, f"{case_id!r} has no {name}: its image has {channels} channel(s)")
         with self._package_lock:
             prepare_packages(self.run, queue)
         return package_dir(self.run, queue.round, case_id) / f"{name}.nii.gz"
@@ -290,7 +300,14 @@ class AnnotationService:
             "complete": queue.complete,
             "partial_accepted": queue.partial_accepted,
             "label_values": self.label_values(),
+            "channels": self.channels(),
         }
+
+    def channels(self) -> list[dict[str, str]]:
+        """The image's channels in order: package volume and name (dataset.json's, else "channel N")."""
+        names = self.run.data.pool.modality
+        count = self.run.data.plan.channels
+        return [{"volume": v, "name": names.get(str(c), f"channel {c}")} for c, v in enumerate(image_files(count))]
 
     def label_values(self) -> dict[str, str]:
         return {str(k): v for k, v in self.run.data.pool.labels.items()}

@@ -200,13 +200,8 @@ def prepare_results_dir(config: BenchmarkConfig, results_dir: Path) -> None:
 
 
 def resolve_paths(config: BenchmarkConfig) -> BenchmarkConfig:
-    """Absolute data and cache paths, so that tasks in other processes (or on other nodes) find them."""
-    changes: dict[str, Any] = {}
-    for key in ("root", "test_root", "cache_dir"):
-        value = getattr(config.run.data, key)
-        if value is not None:
-            changes[f"data.{key}"] = Path(value).resolve()
-    return dataclasses.replace(config, run=config.run.override(changes)) if changes else config
+    """Absolute data, cache and plan paths, so that tasks in other processes (or on other nodes) find them."""
+    return dataclasses.replace(config, run=config.run.with_absolute_paths())
 
 
 def choose_backend(config: BenchmarkConfig) -> Backend:

@@ -103,7 +103,9 @@ def split_data(config: RunConfig, reporter: Reporter) -> Split:
     else:
         if config.data.test_size >= len(full.ids):
             raise DatasetError(
-                f"data.test_size={config.data.test_size} leaves no pool: {root} has {len(full.ids)} cases"
+                f"data.test_size={config.data.test_size} leaves no pool: {root} has {len(full.ids)} cases; hold out "
+                f"fewer (data.test_size in the run config, e.g. {max(1, len(full.ids) // 5)}) or name a separate "
+                "test set (data.test_root, or --test-data)"
             )
         order = np.random.default_rng(derive_seed(config.data.split_seed, "split")).permutation(len(full.ids))
         test_ids = sorted(full.ids[i] for i in order[: config.data.test_size])

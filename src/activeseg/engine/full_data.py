@@ -30,6 +30,7 @@ def full_data_run(
     reporter = reporter or SilentReporter()
     if data_root is not None:
         config = config.override({"data.root": data_root})
+    config = config.with_absolute_paths()
     data = data or open_data(config, reporter)
     layout = FullDataLayout(out_dir)
     layout.root.mkdir(parents=True, exist_ok=True)

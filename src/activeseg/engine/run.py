@@ -78,6 +78,7 @@ def create_run(
         raise RunError(f"{run_dir} already exists and is not empty; use `activeseg resume {run_dir}`")
     if data_root is not None:
         config = config.override({"data.root": data_root})
+    config = config.with_absolute_paths()
     get_strategy(config.strategy.name)
     data = data or open_data(config, reporter)
     pool, test = list(data.pool.ids), list(data.test.ids)

@@ -1,11 +1,11 @@
-// The activeseg annotation viewer: the queue, one case in NiiVue (image, uncertainty overlay, the region to label
-// for slice and patch queries, the prediction as an editable drawing), accept or correct, save (PUT of the drawing
+// The activeseg annotation viewer: the queue, one case in NiiVue (image, or another channel of a multi-channel
+// image, uncertainty overlay, the region to label for slice and patch queries, the prediction as an editable drawing), accept or correct, save (PUT of the drawing
 // as a NIfTI with the image's header; the server keeps only the region), round progress and the learning curve.
 // Everything comes from this server; every /api request, read or write, carries the token in its Authorization
 // header (the token comes from the address's #token= fragment, which is then removed, or from the token field).
 "use strict";
 
-const state = { token: null, ready: false, caseId: null, sha: null, loaded: null, saved: null, error: null, rounds: -1, region: false };
+const state = { token: null, ready: false, caseId: null, sha: null, loaded: null, saved: null, error: null, rounds: -1, region: false, channel: "image" };
 window.viewerState = state; // read by the browser test
 
 const $ = (id) => document.getElementById(id);
@@ -62,6 +62,11 @@ async function write(method, path, body, headers = {}) {
 async function refreshQueue() {
   const queue = await getJson("queue");
   labelValues = queue.label_values;
+  const channel = $("channel");
+  if (!channel.options.length && queue.channels) {
+    for (const { volume, name } of queue.channels) channel.append(new Option(name, volume));
+    $("channel-choice").hidden = queue.channels.length < 2;
+  }
   queueItems = Object.fromEntries(queue.cases.map((item) => [item.case_id, item]));
   $("queue-round").textContent = queue.round === null ? "(no round waiting)" : `· round ${queue.round}`;
   const list = $("queue");
@@ -136,14 +141,16 @@ function isPartial(item) {
   return Boolean(item) && item.units.some((unit) => unit.includes("@"));
 }
 
-async function openCase(caseId) {
+async function openCase(caseId, keepDrawing = false) {
   say(`opening ${caseId}…`);
+  const drawn = keepDrawing && nv.drawBitmap ? nv.drawBitmap.slice() : null; // every channel shares one grid
   state.loaded = null;
   state.caseId = caseId;
+  state.channel = $("channel").value || "image";
   const partial = isPartial(queueItems[caseId]);
   const headers = auth();
   const volumes = [
-    { url: caseUrl(caseId, "image"), headers },
+    { url: caseUrl(caseId, state.channel), headers },
     { url: caseUrl(caseId, "uncertainty"), headers, colormap: "warm", opacity: Number($("opacity").value) },
   ];
   if (partial) volumes.push({ url: caseUrl(caseId, "region"), headers, colormap: "violet", opacity: REGION_OPACITY });
@@ -151,7 +158,8 @@ async function openCase(caseId) {
   state.region = partial;
   if (partial) showRegion(nv.volumes[2]);
   nv.setOpacity(1, $("show-uncertainty").checked ? Number($("opacity").value) : 0);
-  await loadPrediction();
+  if (drawn) restoreDrawing(drawn);
+  else await loadPrediction();
   const item = document.querySelector(`#queue li[data-case="${CSS.escape(caseId)}"]`);
   state.sha = item && item.dataset.sha ? item.dataset.sha : null;
   document.querySelectorAll("#queue li").forEach((li) => li.classList.toggle("open", li.dataset.case === caseId));
@@ -183,6 +191,15 @@ async function loadPrediction() {
   const url = caseUrl(state.caseId, "prediction");
   const image = await niivue.NVImage.loadFromUrl({ url, headers: auth(), name: "prediction.nii.gz" });
   if (!nv.loadDrawing(image)) throw new Error(`${state.caseId}: the prediction could not be loaded as a drawing`);
+  nv.setDrawOpacity(Number($("opacity").value));
+}
+
+function restoreDrawing(bitmap) {
+  // the drawing of another channel of the same case, kept as drawn (undo starts from here)
+  nv.createEmptyDrawing();
+  nv.drawBitmap.set(bitmap);
+  nv.drawAddUndoBitmap();
+  nv.refreshDrawing(true);
   nv.setDrawOpacity(Number($("opacity").value));
 }
 
@@ -237,6 +254,9 @@ async function main() {
     setDrawing(false);
     await loadPrediction();
     await saveLabel();
+  }));
+  $("channel").addEventListener("change", guard(async () => {
+    if (state.loaded) await openCase(state.loaded, true);
   }));
   $("draw").addEventListener("click", () => setDrawing(!drawing));
   $("pen").addEventListener("change", () => drawing && nv.setPenValue(Number($("pen").value), false));
