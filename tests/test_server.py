@@ -41,7 +41,7 @@ from activeseg.data.io import nifti_gz
 from activeseg.rundir.layout import RunLayout
 from activeseg.rundir.ledger import Ledger
 
-from _support import load_nifti, requires_hippocampus
+from _support import half_step_windows, load_nifti, requires_hippocampus
 
 pytestmark = [requires_hippocampus, pytest.mark.slow]
 LIMIT = 256 * 1024  # bytes; a hippocampus label NIfTI is about 70 kB uncompressed
@@ -138,6 +138,26 @@ def test_queue_status_and_case_volumes(base: str, shared: Prepared, run_dir: Pat
     assert page.status == 200 and b"niivue.umd.js" in page.body
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert http("GET", f"{base}/static/vendor/niivue/LICENSE").body.startswith(b"BSD 2-Clause License")
+
+
+def test_the_server_prepares_the_waiting_rounds_packages_from_its_start_without_being_asked(
+    shared: Prepared, tmp_path: Path
+) -> None:
+    run = copy_run(shared.template, tmp_path / "run")
+    queued = RunLayout(run).label_store().queue()
+    assert queued is not None and not (run / "annotation").exists()
+    with serve_in_thread(create_app(run, TOKEN, data=shared.data)) as url:
+        deadline = time.monotonic() + 120
+        while (packages := http("GET", f"{url}/api/status", token=TOKEN).json()["packages"])["done"] < max(
+            packages["total"], 1
+        ):
+            assert time.monotonic() < deadline, packages
+            time.sleep(0.1)
+    windows = sum(half_step_windows(shared.data.shape_of(i.case_id), shared.data.plan.patch_size) for i in queued.items)
+    assert packages["stage"] == "round 1: 3 annotation packages (windows)" and packages["total"] == windows
+    for item in queued.items:  # every file of every queued case, with no request for any of them
+        folder = run / "annotation" / "round_001" / item.case_id
+        assert sorted(p.name for p in folder.iterdir()) == ["image.nii.gz", "prediction.nii.gz", "uncertainty.nii.gz"]
 
 
 # --- security -------------------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ Packages live in ``annotation/round_NNN/`` of the run and are shared by ``active
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,12 +101,21 @@ def package_complete(folder: Path, item: QueueItem, channels: int) -> bool:
     return all((folder / f"{name}.nii.gz").exists() for name in package_files(item, channels))
 
 
-def prepare_packages(run: HumanRun, queue: Queue, reporter: Reporter | None = None) -> dict[str, Path]:
-    """Compute the missing packages of the queue's cases (one model load); returns case id → package folder."""
-    reporter = reporter or SilentReporter()
+def prepare_packages(
+    run: HumanRun,
+    queue: Queue,
+    reporter: Reporter | None = None,
+    cases: Collection[str] | None = None,
+    guard: AbstractContextManager[object] | None = None,
+) -> dict[str, Path]:
+    """Compute the missing packages of the queue's cases, or of ``cases`` among them (one model load), in rank order;
+    returns case id → package folder. Each case is computed under ``guard`` (a lock shared by several callers: a
+    case that another caller made meanwhile is not made again, and one case is never made twice at once)."""
+    reporter, guard = reporter or SilentReporter(), guard or nullcontext()
     folders = {i.case_id: package_dir(run, queue.round, i.case_id) for i in queue.items}
     channels = run.data.plan.channels
-    todo = [i for i in queue.items if not package_complete(folders[i.case_id], i, channels)]
+    wanted = [i for i in queue.items if cases is None or i.case_id in cases]
+    todo = [i for i in wanted if not package_complete(folders[i.case_id], i, channels)]
     if not todo:
         return folders
     chooser = queue.round - 1  # the round whose model (and ensemble members) selected these cases
@@ -115,8 +126,12 @@ def prepare_packages(run: HumanRun, queue: Queue, reporter: Reporter | None = No
     windows = sum(len(WindowGrid.of(run.data.shape_of(i.case_id), roi, overlap)) for i in todo)
     with reporter.progress(f"round {queue.round}: {len(todo)} annotation packages (windows)", windows) as advance:
         for item in todo:
-            case_seed = derive_seed(seed, item.case_id)
-            write_package(run, model, sampler, scorer, case_seed, item, folders[item.case_id], advance)
+            with guard:
+                if package_complete(folders[item.case_id], item, channels):  # made meanwhile
+                    advance(len(WindowGrid.of(run.data.shape_of(item.case_id), roi, overlap)))
+                    continue
+                case_seed = derive_seed(seed, item.case_id)
+                write_package(run, model, sampler, scorer, case_seed, item, folders[item.case_id], advance)
     return folders
 
 

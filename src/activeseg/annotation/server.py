@@ -2,7 +2,8 @@
 
 Endpoints (OpenAPI schema at ``/openapi.json``; the viewer at ``/``):
 
-- ``GET  /api/status``: round, state (waiting / running / stopped), labels in, the background job, the advance policy;
+- ``GET  /api/status``: round, state (waiting / running / stopped), labels in, the background job, the advance
+  policy, and the progress of the waiting round's packages (computed in the background from the server's start);
 - ``GET  /api/queue``: the waiting round's cases, their ranks and scores, the label received for each (sha256),
   and the image's channels;
 - ``GET  /api/cases/{case_id}/{image|prediction|uncertainty|region|label}.nii.gz``: one case's volumes (native
@@ -28,7 +29,8 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -144,7 +146,13 @@ def create_app(
 
     authorised_only = [Depends(authorised)]
 
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service.prepare_in_background()
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="activeseg annotation server",
         version="1",
         description="The human oracle of one active-learning run: queue, volumes, labels, rounds.",

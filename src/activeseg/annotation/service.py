@@ -126,6 +126,8 @@ class AnnotationService:
         self._job_lock = threading.Lock()
         self._package_lock = threading.Lock()
         self._references: dict[str, Reference] = {}
+        self.packages: JobReporter | None = None
+        """The progress of :meth:`prepare_in_background`, once started."""
 
     @property
     def policy(self) -> str:
@@ -172,8 +174,7 @@ class AnnotationService:
             raise HTTPException(404, f"{case_id!r} is queried as a whole volume, so it has no {name}")
         if name not in package_files(item, channels):
             raise HTTPException(404, f"{case_id!r} has no {name}: its image has {channels} channel(s)")
-        with self._package_lock:
-            prepare_packages(self.run, queue)
+        prepare_packages(self.run, queue, cases=[case_id], guard=self._package_lock)
         return package_dir(self.run, queue.round, case_id) / f"{name}.nii.gz"
 
     def submit(self, case_id: str, payload: bytes, if_match: str | None) -> tuple[int, dict[str, Any]]:
@@ -220,8 +221,7 @@ class AnnotationService:
             result = resume_run(self.run.layout.root, job.reporter, data=self.run.data)
             queue = self.run.store.queue()
             if queue is not None:  # the next round waits: have its packages ready for the viewer
-                with self._package_lock:
-                    prepare_packages(self.run, queue, job.reporter)
+                prepare_packages(self.run, queue, job.reporter, guard=self._package_lock)
             job.result, job.state = result, "finished"
         except Exception as err:
             job.error_id = uuid.uuid4().hex[:12]
@@ -229,6 +229,23 @@ class AnnotationService:
             logger.exception("background round %d failed (error id %s)", job.number, job.error_id)
             job.state = "failed"
         job.finished_at = now()
+
+    def prepare_in_background(self) -> None:
+        """Compute the waiting round's missing packages in a thread, in rank order, so that a case opens without
+        waiting for its scoring (minutes at clinical size); a case asked for meanwhile is made first."""
+        queue = self.run.store.queue()
+        if queue is None:
+            return
+        reporter = self.packages = JobReporter()
+
+        def prepare() -> None:
+            try:
+                prepare_packages(self.run, queue, reporter, guard=self._package_lock)
+            except Exception as err:  # a request for the case computes it again and reports the error
+                reporter.info(public_message(err, self.run.layout.root))
+                logger.exception("preparing the annotation packages of round %d failed", queue.round)
+
+        threading.Thread(target=prepare, name="activeseg-packages", daemon=True).start()
 
     def upload_limit(self, case_id: str) -> int:
         """The largest upload for a queued case: the configured limit, or the largest label file of its image."""
@@ -275,6 +292,7 @@ class AnnotationService:
             "received": len(queue.received) if queue else 0,
             "requested": len(queue.items) if queue else 0,
             "job": job.as_dict() if job else None,
+            "packages": self.packages.snapshot() if self.packages else None,
         }
 
     def queue(self) -> dict[str, Any]:

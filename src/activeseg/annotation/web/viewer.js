@@ -102,11 +102,15 @@ async function refreshStatus() {
   const stop = status.stop_reason ? ` · stopped: ${status.stop_reason}` : "";
   $("run-status").textContent = `${status.run} (${status.strategy}, advance: ${status.advance}) · ${status.state}${waiting}${dice}${stop}`;
   const job = status.job;
-  if (job) {
-    const p = job.progress;
+  const packages = status.packages; // the waiting round's packages, computed when the server starts
+  const preparing = packages && packages.total && packages.done < packages.total;
+  if (job || preparing) {
+    const p = job && (job.state === "running" || !preparing) ? job.progress : packages;
     $("job-progress").max = p.total || 1;
     $("job-progress").value = p.done;
-    $("job-text").textContent = `job ${job.job} ${job.state}: ${p.stage || ""} ${p.total ? `${p.done}/${p.total}` : ""} ${job.result || job.error || ""}`;
+    $("job-text").textContent = p === packages
+      ? `preparing ${p.stage}: ${p.done}/${p.total}`
+      : `job ${job.job} ${job.state}: ${p.stage || ""} ${p.total ? `${p.done}/${p.total}` : ""} ${job.result || job.error || ""}`;
   }
   $("next-round").disabled = status.state !== "waiting";
   if (status.evaluated_rounds !== state.rounds) {
