@@ -20,6 +20,9 @@ from activeseg.data.io import MAX_VOLUME_BYTES, case_id_from_path, read_image, r
 from activeseg.data.phantom import make_phantom_dataset
 from activeseg.data.plan import Normalisation, Plan
 from activeseg.data.preprocess import PlannedCache, default_cache_dir, normalise, prepare_case
+from activeseg.data.splits import validated
+
+from _support import RecordingReporter
 
 SHAPE = (12, 12, 12)
 
@@ -61,6 +64,13 @@ def good_root(tmp_path: Path) -> Path:
     for i in range(3):
         _write_pair(root, f"case_{i}")
     return root
+
+
+def test_validation_moves_its_progress_bar_case_by_case(good_root: Path) -> None:
+    reporter = RecordingReporter()
+    dataset = validated(good_root, reporter)
+    ((description, total, advances),) = reporter.bars
+    assert (description, total, advances) == ("validating ds (3 cases)", 3, [1, 1, 1]) and len(dataset) == 3
 
 
 def assert_invalid(root: Path, *patterns: str, labels: dict[int, str] | None = None) -> str:

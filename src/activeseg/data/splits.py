@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from activeseg.data.geometry import Geometry
 from activeseg.data.io import read_volume
 from activeseg.data.plan import CPU_MEMORY_GB, Plan, make_plan, read_plan
 from activeseg.data.preprocess import PlannedCache, default_cache_dir, file_sha256
-from activeseg.progress import Reporter
+from activeseg.progress import Advance, Reporter
 from activeseg.seeds import derive_seed
 
 
@@ -81,19 +82,32 @@ class Split:
     validation: Dataset | None
 
 
+def validated(root: Path, reporter: Reporter) -> Dataset:
+    """:func:`load_dataset` with a progress bar over its cases (seconds each at clinical size), opened once their
+    number is known."""
+    with ExitStack() as stack:
+        advance: Advance | None = None
+
+        def progress(_: int, total: int) -> None:
+            nonlocal advance
+            if advance is None:
+                advance = stack.enter_context(reporter.progress(f"validating {root.name} ({total} cases)", total))
+            advance(1)
+
+        return load_dataset(root, progress=progress)
+
+
 def split_data(config: RunConfig, reporter: Reporter) -> Split:
     """Validate the dataset(s) and split them by ``data.split_seed`` (nothing is written)."""
     root = config.data.root
     if root is None:
         raise DatasetError("no dataset: set data.root in the config or pass --data DIR")
-    with reporter.progress("validating dataset", total=1) as advance:
-        full = load_dataset(root)
-        advance(1)
+    full = validated(root, reporter)
     if config.data.max_cases is not None and config.data.max_cases < len(full.ids):
         rng = np.random.default_rng(derive_seed(config.data.split_seed, "subset"))
         full = full.subset(sorted(rng.choice(full.ids, config.data.max_cases, replace=False).tolist()))
     if config.data.test_root is not None:
-        pool, test = full, load_dataset(config.data.test_root)
+        pool, test = full, validated(config.data.test_root, reporter)
         shared = sorted(set(pool.ids) & set(test.ids))
         if shared:
             raise DatasetError(
