@@ -137,7 +137,9 @@ def test_full_human_cycle_selects_what_the_simulated_oracle_selects(
     assert again.outcomes == dict.fromkeys(queued, "unchanged")
     assert len(RunLayout(human).label_store().submissions()) == 3
 
+    assert (human / "annotation" / "round_001").is_dir()
     assert resume_run(human, data=shared.data) == "waiting for labels: round 2 has 0 of 3"
+    assert not (human / "annotation" / "round_001").exists()  # a closed round's packages are gone; its labels stay
     (advance,) = RunLayout(human).label_store().advances()
     assert (advance["round"], advance["policy"], advance["requested"], advance["received"]) == (1, "all", 3, 3)
 

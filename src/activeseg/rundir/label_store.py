@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -314,6 +315,7 @@ class LabelStore:
         with self._transaction() as db:
             closed = db.execute("SELECT accepted FROM advances WHERE round = ?", (round_index,)).fetchone()
             if closed is not None:
+                self._drop_packages(round_index)
                 return list(json.loads(closed[0])), Queue(round_index, [], False)
             when = now()
             db.executemany(
@@ -332,4 +334,10 @@ class LabelStore:
                 "INSERT INTO advances VALUES (?, ?, ?, ?, ?, ?)",
                 (round_index, policy, len(queue.items), len(received), json.dumps(accepted), when),
             )
+        self._drop_packages(round_index)
         return accepted, queue
+
+    def _drop_packages(self, round_index: int) -> None:
+        """A closed round's annotation packages: derived from its model (hundreds of MB a case at clinical size),
+        and served by no command once it has closed."""
+        shutil.rmtree(self.layout.packages(round_index), ignore_errors=True)

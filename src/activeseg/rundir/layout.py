@@ -12,7 +12,8 @@
     rounds/round_NNN/           seeds.json, model.pt (member_M.pt), metrics.json, scores.csv, sketches.npz,
                                 embeddings.npz, selection.json, timings.json
     labels/round_NNN/           labels received from a person, named by the hash of their voxels
-    annotation/round_NNN/<case>/  what a person labels: image, prediction, uncertainty, region
+    annotation/round_NNN/<case>/  what a person labels while round NNN waits: image, prediction, uncertainty,
+                                region (derived from the round's model; removed when the round closes)
 
 A full-data upper bound writes ``config.yaml``, ``plan.json``, ``model.pt`` and ``full_data.json`` into a folder
 of its own (:class:`FullDataLayout`).
@@ -124,9 +125,13 @@ class RunLayout:
         """A received label, relative to the run directory (the form the ledger stores)."""
         return f"labels/round_{r:03d}/{sha256}.nii.gz"
 
+    def packages(self, r: int) -> Path:
+        """Round ``r``'s annotation packages (removed once the round closes: no command serves them then)."""
+        return self.root / "annotation" / f"round_{r:03d}"
+
     def package_dir(self, r: int, folder: str) -> Path:
         """A queued case's annotation package (``folder`` is the case's file-system-safe name)."""
-        return self.root / "annotation" / f"round_{r:03d}" / folder
+        return self.packages(r) / folder
 
     # --- SQLite ---------------------------------------------------------------------------------------------
 
