@@ -141,3 +141,9 @@ def test_the_token_is_kept_only_as_its_hash(tmp_path: Path) -> None:
     assert load_config(tmp_path / "c.yaml") == config
     with pytest.raises(ConfigError, match=r"oracle\.token: does not match oracle\.token_sha256"):
         config_from_dict({"oracle": {"token": token, "token_sha256": "0" * 64}})
+
+
+def test_the_default_upload_limit_admits_an_uncompressed_int16_label_of_a_clinical_scan() -> None:
+    limit = config_from_dict({}).oracle.max_upload_mb * 1024 * 1024
+    nifti_header = 352
+    assert limit >= 512 * 512 * 300 * 2 + nifti_header  # 157 MB: 64 MB refused such a label, even as uint8 (79 MB)

@@ -82,6 +82,8 @@ def test_viewer_accepts_then_corrects_a_label_and_the_ledger_holds_it(
         browser.evaluate("document.getElementById('accept').click()")
         saved = browser.wait_for("window.viewerState.saved", timeout=120)
         assert (saved["case_id"], saved["outcome"], saved["received"]) == (case_id, "created", 1)
+        sent = browser.evaluate("window.viewerState.sent")  # gzip: a clinical-size drawing is tens of MB raw
+        assert sent["gzip"] is True and sent["bytes"] < sent["drawn"] / 4, sent
         (accepted,) = RunLayout(run).label_store().submissions()
         assert (accepted["case_id"], accepted["source"], accepted["round"]) == (case_id, "upload", 1)
         prediction = load_nifti(run / "annotation" / "round_001" / case_id / "prediction.nii.gz")

@@ -30,8 +30,10 @@ class OracleConfig:
     from ``--token-file`` or ``$ACTIVESEG_TOKEN``, else the one ``serve`` generated for the run."""
     token_sha256: str | None = None
     """The sha256 (hex) of the bearer token; set from ``token``, or directly."""
-    max_upload_mb: float = 64.0
-    """Largest label upload the server accepts (it also refuses anything larger than a label of the image can be)."""
+    max_upload_mb: float = 1024.0
+    """Largest label upload the server accepts (it also refuses anything larger than a label of the image can be).
+    The default admits an uncompressed label of a clinical scan (512×512×300 voxels: 79 MB as uint8, 157 MB as
+    int16); the viewer sends gzip, a few MB."""
 
     def __post_init__(self) -> None:
         require(self.token is None or len(self.token) >= 16, "oracle.token", "must be at least 16 characters")

@@ -1,11 +1,12 @@
-// The activeseg annotation viewer: the queue, one case in NiiVue (image, or another channel of a multi-channel
-// image, uncertainty overlay, the region to label for slice and patch queries, the prediction as an editable drawing), accept or correct, save (PUT of the drawing
-// as a NIfTI with the image's header; the server keeps only the region), round progress and the learning curve.
+// The activeseg annotation viewer: the queue, one case in NiiVue (the image, or another channel of a multi-channel
+// one, the uncertainty overlay, the region to label for slice and patch queries, the prediction as an editable
+// drawing), accept or correct, save (PUT of the drawing as a gzipped NIfTI with the image's header; the server keeps
+// only the region), round progress and the learning curve.
 // Everything comes from this server; every /api request, read or write, carries the token in its Authorization
 // header (the token comes from the address's #token= fragment, which is then removed, or from the token field).
 "use strict";
 
-const state = { token: null, ready: false, caseId: null, sha: null, loaded: null, saved: null, error: null, rounds: -1, region: false, channel: "image" };
+const state = { token: null, ready: false, caseId: null, sha: null, loaded: null, saved: null, sent: null, error: null, rounds: -1, region: false, channel: "image" };
 window.viewerState = state; // read by the browser test
 
 const $ = (id) => document.getElementById(id);
@@ -207,9 +208,17 @@ function restoreDrawing(bitmap) {
   nv.setDrawOpacity(Number($("opacity").value));
 }
 
+async function gzip(bytes) {
+  // a label is mostly runs of one value: gzip makes a clinical-size drawing (tens of MB) a few hundred kB
+  const stream = new Blob([bytes]).stream().pipeThrough(new CompressionStream("gzip"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
 async function saveLabel() {
-  const bytes = await nv.saveImage({ filename: "", isSaveDrawing: true, volumeByIndex: 0 });
-  if (!(bytes instanceof Uint8Array)) throw new Error("NiiVue returned no drawing to save");
+  const drawn = await nv.saveImage({ filename: "", isSaveDrawing: true, volumeByIndex: 0 });
+  if (!(drawn instanceof Uint8Array)) throw new Error("NiiVue returned no drawing to save");
+  const bytes = await gzip(drawn);
+  state.sent = { bytes: bytes.length, drawn: drawn.length, gzip: bytes[0] === 0x1f && bytes[1] === 0x8b };
   const headers = { "Content-Type": "application/octet-stream" };
   if (state.sha) headers["If-Match"] = state.sha;
   const result = await write("PUT", `cases/${encodeURIComponent(state.caseId)}/label`, bytes, headers);
