@@ -98,6 +98,7 @@ def package_files(item: QueueItem, channels: int) -> tuple[str, ...]:
 
 
 def package_complete(folder: Path, item: QueueItem, channels: int) -> bool:
+    """Whether every file of the case's package is in ``folder`` (each is written atomically)."""
     return all((folder / f"{name}.nii.gz").exists() for name in package_files(item, channels))
 
 

@@ -103,15 +103,12 @@ async function refreshStatus() {
   const stop = status.stop_reason ? ` · stopped: ${status.stop_reason}` : "";
   $("run-status").textContent = `${status.run} (${status.strategy}, advance: ${status.advance}) · ${status.state}${waiting}${dice}${stop}`;
   const job = status.job;
-  const packages = status.packages; // the waiting round's packages, computed when the server starts
-  const preparing = packages && packages.total && packages.done < packages.total;
-  if (job || preparing) {
-    const p = job && (job.state === "running" || !preparing) ? job.progress : packages;
-    $("job-progress").max = p.total || 1;
-    $("job-progress").value = p.done;
-    $("job-text").textContent = p === packages
-      ? `preparing ${p.stage}: ${p.done}/${p.total}`
-      : `job ${job.job} ${job.state}: ${p.stage || ""} ${p.total ? `${p.done}/${p.total}` : ""} ${job.result || job.error || ""}`;
+  const packages = status.packages; // the waiting round's packages, computed from the server's start
+  if (packages && packages.done < packages.total && !(job && job.state === "running")) {
+    showProgress(packages, `preparing ${packages.stage}: ${packages.done}/${packages.total}`);
+  } else if (job) {
+    const p = job.progress;
+    showProgress(p, `job ${job.job} ${job.state}: ${p.stage || ""} ${p.total ? `${p.done}/${p.total}` : ""} ${job.result || job.error || ""}`);
   }
   $("next-round").disabled = status.state !== "waiting";
   if (status.evaluated_rounds !== state.rounds) {
@@ -120,6 +117,12 @@ async function refreshStatus() {
     await refreshQueue();
   }
   return status;
+}
+
+function showProgress(progress, text) {
+  $("job-progress").max = progress.total || 1;
+  $("job-progress").value = progress.done;
+  $("job-text").textContent = text;
 }
 
 async function refreshCurve() {
@@ -209,7 +212,7 @@ function restoreDrawing(bitmap) {
 }
 
 async function gzip(bytes) {
-  // a label is mostly runs of one value: gzip makes a clinical-size drawing (tens of MB) a few hundred kB
+  // a label is mostly runs of one value: gzip sends a clinical-size drawing (tens of MB raw) in a fraction of that
   const stream = new Blob([bytes]).stream().pipeThrough(new CompressionStream("gzip"));
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
