@@ -27,9 +27,9 @@ from activeseg.demo import DEMO_STRATEGIES
 
 OUTPUT = HERE.parent / "BENCHMARKS.md"
 PARTS = ("speed", "memory", "full", "demo", "hippocampus", "units")
-CLINICAL = ("pipeline", "score_memory", "score_speed", "clinical_scale")
+CLINICAL = ("pipeline", "score_memory", "score_speed", "clinical_scale", "viewer_scale")
 """Results of the clinical-size pipeline's own scripts (``pipeline_benchmark.py``, ``score_*.py``,
-``clinical_scale.py``)."""
+``clinical_scale.py``, ``viewer_scale.py``)."""
 GPU_UNITS = RESULTS / "gpu-units"
 """Per-seed summaries (``seed-N/units.json`` and curves) and ``summary.json`` of the GPU units benchmark."""
 CPU_UNITS = RESULTS / "cpu-units"

@@ -446,6 +446,24 @@ def clinical_scale_blocks(scale: dict[str, Any]) -> list[Block]:
     ]
 
 
+def viewer_scale_text(viewer: dict[str, Any]) -> str:
+    """The browser viewer on a clinical-size case (``viewer_scale.py``): the waits, and what a save sends."""
+    seconds, sent, case = viewer["seconds"], viewer["sent"], viewer["case"]
+    files = ", ".join(f"{name} {mb:g} MB" for name, mb in viewer["package_mb"].items())
+    kept = viewer["checks"]["stored_label_is_the_prediction"]
+    return (
+        f"Machine: {where_of(viewer)}. The browser viewer on a clinical-size case (`{viewer['command']}`; headless "
+        f"Chromium drawing in software, against the annotation server on loopback): a "
+        f"{'×'.join(map(str, case['shape']))} case queried by {viewer['strategy']['name']} (MC dropout, K = "
+        f"{viewer['strategy']['mc_samples']}). Opened as soon as the server is up, while the server computes its "
+        f"package in the background: **{seconds['open at start']:.0f} s**; opened with its package made: "
+        f"**{seconds['open ready']:.0f} s** (the package: {files}). Saving the accepted prediction: "
+        f"**{seconds['save']:.0f} s**, sending {sent['bytes'] / 1e6:.1f} MB of gzip for a "
+        f"{sent['drawn'] / 1e6:.1f} MB drawing; the label the run stored "
+        f"{'is' if kept else 'is not'} the prediction voxel for voxel."
+    )
+
+
 def cpu_kind(run: dict[str, Any]) -> bool:
     """Whether a run's CPU convolves bf16 natively (records made before it was recorded came from the AVX-512 CPU,
     where bf16 ran faster)."""
@@ -857,6 +875,9 @@ def render_pipeline(results: dict[str, dict[str, Any]]) -> list[Block]:
     scale = results.get("clinical_scale")
     if scale:
         out += clinical_scale_blocks(scale)
+    viewer = results.get("viewer_scale")
+    if viewer:
+        out.append(("p", viewer_scale_text(viewer)))
     speed_vs = results.get("score_speed")
     if speed_vs:
         res = speed_vs["results"]

@@ -227,3 +227,22 @@ def test_clinical_scale_text_says_in_which_rounds_the_model_found_the_structure(
     assert "do not find the structure at this size (Dice below 0.5)" in text(record(0.0, 0.49))
     rows = next(block[2] for block in render.clinical_scale_blocks(record(0.6)) if block[0] == "table")
     assert rows == [["plan", "33 s", "1.79 GB"], ["generate", "104 s", "–"]]
+
+
+def test_viewer_scale_text_gives_the_waits_and_what_a_save_sends(render: ModuleType) -> None:
+    viewer: dict[str, Any] = {
+        "machine": {"cpu": "c", "threads": 2, "gpu": "none", "torch": "2", "date": "d", "malloc": "system"},
+        "command": "python benchmarks/viewer_scale.py --work DIR --iterations 5",
+        "case": {"id": "a", "shape": [512, 220, 512]},
+        "strategy": {"name": "bald", "mc_samples": 8},
+        "seconds": {"open at start": 233.4, "open ready": 56.6, "save": 12.2},
+        "package_mb": {"image.nii.gz": 55.8, "prediction.nii.gz": 5.9},
+        "sent": {"bytes": 5_900_079, "drawn": 57_672_032, "gzip": True},
+        "checks": {"stored_label_is_the_prediction": True},
+    }
+    text = render.viewer_scale_text(viewer)
+    assert "a 512×220×512 case queried by bald (MC dropout, K = 8)" in text
+    assert "**233 s**; opened with its package made: **57 s** (the package: image.nii.gz 55.8 MB, " in text
+    assert "**12 s**, sending 5.9 MB of gzip for a 57.7 MB drawing; the label the run stored is the prediction" in text
+    viewer["checks"]["stored_label_is_the_prediction"] = False
+    assert "the label the run stored is not the prediction" in render.viewer_scale_text(viewer)
