@@ -120,17 +120,19 @@ def prepare_packages(
     if not todo:
         return folders
     chooser = queue.round - 1  # the round whose model (and ensemble members) selected these cases
-    sampler, model = chooser_sampler(run, chooser)
     scorer = get_strategy(run.config.strategy.name).scorer
     seed = round_seeds(run.config.seed, chooser)["mc_dropout"]
     roi, overlap = run.data.plan.patch_size, run.config.inference.overlap
-    windows = sum(len(WindowGrid.of(run.data.shape_of(i.case_id), roi, overlap)) for i in todo)
-    with reporter.progress(f"round {queue.round}: {len(todo)} annotation packages (windows)", windows) as advance:
+    windows = {i.case_id: len(WindowGrid.of(run.data.shape_of(i.case_id), roi, overlap)) for i in todo}
+    loaded: tuple[WindowSampler, torch.nn.Module] | None = None  # the chooser's model(s), read once first needed
+    total = sum(windows.values())
+    with reporter.progress(f"round {queue.round}: {len(todo)} annotation packages (windows)", total) as advance:
         for item in todo:
             with guard:
-                if package_complete(folders[item.case_id], item, channels):  # made meanwhile
-                    advance(len(WindowGrid.of(run.data.shape_of(item.case_id), roi, overlap)))
+                if package_complete(folders[item.case_id], item, channels):  # made meanwhile by another caller
+                    advance(windows[item.case_id])
                     continue
+                sampler, model = loaded = loaded or chooser_sampler(run, chooser)
                 case_seed = derive_seed(seed, item.case_id)
                 write_package(run, model, sampler, scorer, case_seed, item, folders[item.case_id], advance)
     return folders
