@@ -40,17 +40,13 @@ from activeseg.engine.malloc import keep_freed_memory
 from activeseg.rundir.layout import RunLayout
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _human_support import TOKEN, Browser, browser_on, http  # the tests' Chromium driver and HTTP client
-
-FIRST = "document.querySelector('#queue li')"
+from _human_support import FIRST, TOKEN, Browser, browser_on, http, open_viewer  # the tests' Chromium driver
 
 
 def open_first_case(browser: Browser, base: str) -> tuple[str, dict[str, float]]:
     """Load the page and open the first queued case; its id, and the seconds from the click until the server
     reports the case's package made (``package``) and until the viewer shows the case (``shown``)."""
-    browser.call("Page.navigate", url=f"{base}/#token={TOKEN}")
-    browser.wait_for("window.viewerState && window.viewerState.ready", timeout=300)
-    case_id = str(browser.wait_for(f"{FIRST} && {FIRST}.dataset.case"))
+    case_id = open_viewer(browser, base, timeout=300)
     start = time.perf_counter()
     browser.evaluate(f"{FIRST}.click()")
     waits: dict[str, float] = {}

@@ -344,6 +344,17 @@ class Browser:
                 self.process.wait()
 
 
+FIRST = "document.querySelector('#queue li')"
+"""The viewer's first queued case (a JavaScript expression)."""
+
+
+def open_viewer(browser: Browser, base: str, timeout: float = 120) -> str:
+    """Load the page with the token in its address; returns the first queued case id (not opened yet)."""
+    browser.call("Page.navigate", url=f"{base}/#token={TOKEN}")
+    browser.wait_for("window.viewerState && window.viewerState.ready", timeout=timeout)
+    return str(browser.wait_for(f"{FIRST} && {FIRST}.dataset.case"))
+
+
 @contextmanager
 def browser_on(app: Any, profile: Path) -> Iterator[tuple[Browser, str]]:
     """``app`` served on loopback and a headless Chromium beside it; yields (browser, base URL), closing both."""

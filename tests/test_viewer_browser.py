@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 
 from _human_support import (
+    FIRST,
     TOKEN,
     Browser,
     browser_on,
     copy_run,
     one_torch_thread,
+    open_viewer,
     prepared,
     prepared_two_channel,
     require_chromium,
@@ -37,16 +39,6 @@ pytestmark = [requires_hippocampus, pytest.mark.slow]
 def _one_thread() -> Iterator[None]:
     with one_torch_thread():
         yield
-
-
-FIRST = "document.querySelector('#queue li')"
-
-
-def open_viewer(browser: Browser, base: str) -> str:
-    """Load the page with the token in its address; returns the first queued case id (not opened yet)."""
-    browser.call("Page.navigate", url=f"{base}/#token={TOKEN}")
-    browser.wait_for("window.viewerState && window.viewerState.ready", timeout=120)
-    return str(browser.wait_for(f"{FIRST} && {FIRST}.dataset.case"))
 
 
 def open_first_case(browser: Browser, case_id: str) -> None:
